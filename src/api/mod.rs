@@ -1,0 +1,126 @@
+//! The HTTP API for upstream services (axum): the same operations as the CLI, JSON errors
+//! `{ "error": { "code", "message" } }`, bearer-token auth, and Server-Sent Events for an
+//! agent's output (the stored backlog from `Last-Event-ID`, then live).
+
+mod error;
+mod routes;
+
+pub use error::ApiError;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+use crate::fleet::Fleet;
+
+pub fn router(fleet: Fleet) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/v1/agents",
+            post(routes::spawn_agent).get(routes::list_agents),
+        )
+        .route("/v1/agents/{agent}", get(routes::get_agent))
+        .route("/v1/agents/{agent}/events", get(routes::agent_events))
+        .route("/v1/workers", get(routes::list_workers))
+        .route(
+            "/v1/projects",
+            post(routes::add_project).get(routes::list_projects),
+        )
+        .layer(middleware::from_fn_with_state(fleet.clone(), require_token));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .fallback(routes::not_found)
+        .with_state(fleet)
+}
+
+async fn require_token(
+    State(fleet): State<Fleet>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let tokens = &fleet.settings.api.tokens;
+    if tokens.is_empty() {
+        return Ok(next.run(request).await);
+    }
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token)
+            if tokens
+                .iter()
+                .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) =>
+        {
+            Ok(next.run(request).await)
+        }
+        Some(_) => Err(ApiError::unauthorized("invalid bearer token")),
+        None => Err(ApiError::unauthorized(
+            "missing bearer token (Authorization: Bearer <token>)",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refuses to expose an unauthenticated API beyond this machine.
+pub fn check_bind(addr: SocketAddr, tokens: &[String]) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() && tokens.is_empty() {
+        anyhow::bail!(
+            "refusing to serve on non-loopback address {addr} without api.tokens (set AGENTFLEET__API__TOKENS)"
+        );
+    }
+    Ok(())
+}
+
+/// Serves until `stop` is cancelled; returns the bound address through `bound`.
+pub async fn serve(
+    fleet: Fleet,
+    stop: CancellationToken,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let addr = fleet.settings.api_bind()?;
+    check_bind(addr, &fleet.settings.api.tokens)?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "API listening");
+    if let Some(tx) = bound {
+        let _ = tx.send(local);
+    }
+    axum::serve(listener, router(fleet))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_loopback_needs_tokens() {
+        let public: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert!(check_bind(public, &[]).is_err());
+        assert!(check_bind(public, &["t".into()]).is_ok());
+        assert!(check_bind(local, &[]).is_ok());
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+    }
+}

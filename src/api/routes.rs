@@ -1,0 +1,131 @@
+//! The API's handlers: thin translations between HTTP and the fleet's operations.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+
+use super::ApiError;
+use crate::domain::SpawnRequest;
+use crate::events;
+use crate::fleet::Fleet;
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+pub async fn spawn_agent(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
+    let req: SpawnRequest = parse_json(&body)?;
+    let recorded = fleet.spawn(req).await?;
+    let status = if recorded.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(recorded.agent)).into_response())
+}
+
+pub async fn list_agents(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
+    Ok(Json(fleet.store.list_agents().await?).into_response())
+}
+
+pub async fn get_agent(
+    State(fleet): State<Fleet>,
+    Path(agent): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(fleet.store.agent(&agent).await?).into_response())
+}
+
+pub async fn agent_events(
+    State(fleet): State<Fleet>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let agent = fleet.store.agent(&agent).await?;
+    let after = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                ApiError::bad_request("Last-Event-ID must be an event sequence number")
+            })?,
+    };
+    let stream =
+        events::follow(fleet.store.clone(), fleet.events.clone(), agent.id, after).map(|item| {
+            Ok(match item {
+                Ok(event) => Event::default()
+                    .id(event.seq.to_string())
+                    .event(event.kind.clone())
+                    .data(serde_json::to_string(&event).unwrap_or_default()),
+                Err(message) => Event::default().event("error").data(
+                    serde_json::json!({"error": {"code": "unavailable", "message": message}})
+                        .to_string(),
+                ),
+            })
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+pub async fn list_workers(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
+    Ok(Json(fleet.store.list_workers().await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    name: String,
+    remote_url: String,
+    #[serde(default)]
+    default_branch: Option<String>,
+}
+
+pub async fn add_project(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
+    let p: NewProject = parse_json(&body)?;
+    let project = fleet
+        .add_project(
+            &p.name,
+            &p.remote_url,
+            p.default_branch.as_deref().unwrap_or("main"),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(project)).into_response())
+}
+
+pub async fn list_projects(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
+    Ok(Json(fleet.store.list_projects().await?).into_response())
+}
+
+pub async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(fleet): State<Fleet>) -> Response {
+    let store = fleet.store.ping().await.map_err(|e| e.to_string());
+    let redis = fleet.events.ping().await.map_err(|e| e.to_string());
+    let ok = store.is_ok() && redis.is_ok();
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "unavailable" },
+        "postgres": store.err().unwrap_or_else(|| "ok".into()),
+        "redis": redis.err().unwrap_or_else(|| "ok".into()),
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}

@@ -1,0 +1,301 @@
+//! The `agentfleet` command line (clap): every operation of the fleet, talking to the store
+//! and the queue directly, plus the long-running `worker`, `serve` and `up`.
+
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::domain::{InputFile, SpawnRequest};
+use crate::events;
+use crate::fleet::{Fleet, FleetError};
+use crate::store::Store;
+use crate::worker::{self, Shutdown};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentfleet",
+    version,
+    about = "Run AI coding-agent CLIs as a fleet of queue workers"
+)]
+pub struct Cli {
+    /// Configuration file (also AGENTFLEET_CONFIG).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update the database schema.
+    Migrate,
+    /// Manage projects (git repositories agents work on).
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Run a worker: take spawn jobs and run their agents.
+    Worker,
+    /// Serve the HTTP API.
+    Serve,
+    /// Run the API and a worker in one process.
+    Up,
+    /// Ask for a new agent.
+    Spawn(SpawnArgs),
+    /// List agents.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one agent by id or name.
+    Get {
+        agent: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an agent's normalised output; -f follows it until the agent ends.
+    Logs {
+        agent: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List workers and their leases.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Register a git repository.
+    Add {
+        name: String,
+        #[arg(long)]
+        remote: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+    },
+    /// List projects.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    #[arg(long, default_value = "claude")]
+    provider: String,
+    #[arg(long)]
+    project: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    mode: Option<String>,
+    #[arg(long)]
+    task_id: Option<String>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// A file handed to the agent under .agentfleet/input/ (repeatable).
+    #[arg(long = "input")]
+    inputs: Vec<PathBuf>,
+    /// Read the prompt from a file instead of the command line.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_file: Option<PathBuf>,
+    /// Follow the agent's output until it ends; exit 0 only on success.
+    #[arg(long)]
+    wait: bool,
+    #[arg(long)]
+    json: bool,
+    prompt: Option<String>,
+}
+
+/// Runs the parsed command; the returned code is the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    crate::telemetry::init(matches!(
+        cli.command,
+        Command::Worker | Command::Serve | Command::Up
+    ));
+    if let Command::Migrate = cli.command {
+        let store = connect_store(&settings).await?;
+        store.migrate().await?;
+        println!("database schema is up to date");
+        return Ok(0);
+    }
+    let fleet = Fleet::connect(settings).await?;
+    match cli.command {
+        Command::Migrate => unreachable!("handled above"),
+        Command::Project(ProjectCommand::Add {
+            name,
+            remote,
+            branch,
+        }) => {
+            let project = fleet
+                .add_project(&name, &remote, &branch)
+                .await
+                .map_err(user)?;
+            println!("project {} added ({})", project.name, project.remote_url);
+        }
+        Command::Project(ProjectCommand::List { json }) => {
+            output::projects(&fleet.store.list_projects().await?, json)
+        }
+        Command::Worker => run_until_signal(fleet, false).await?,
+        Command::Serve => {
+            let shutdown = signals();
+            crate::api::serve(fleet, shutdown.soft.clone(), None).await?
+        }
+        Command::Up => run_until_signal(fleet, true).await?,
+        Command::Spawn(args) => return spawn(&fleet, args).await,
+        Command::List { json } => output::agents(&fleet.store.list_agents().await?, json),
+        Command::Get { agent, json } => output::agent(
+            &fleet
+                .store
+                .agent(&agent)
+                .await
+                .map_err(|e| user(e.into()))?,
+            json,
+        ),
+        Command::Logs {
+            agent,
+            follow,
+            json,
+        } => {
+            let agent = fleet
+                .store
+                .agent(&agent)
+                .await
+                .map_err(|e| user(e.into()))?;
+            if follow {
+                follow_events(&fleet, agent.id, json).await?;
+            } else {
+                for event in fleet.store.events_after(agent.id, 0).await? {
+                    output::event(&event, json);
+                }
+            }
+        }
+        Command::Workers { json } => output::workers(&fleet.store.list_workers().await?, json),
+    }
+    Ok(0)
+}
+
+fn user(e: FleetError) -> anyhow::Error {
+    anyhow::anyhow!(e.to_string())
+}
+
+async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    Ok(Store::connect(
+        &settings.database.url,
+        settings.database.max_connections,
+        settings.database.create_if_missing,
+    )
+    .await?)
+}
+
+async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), None) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read prompt file {}", f.display()))?,
+        (None, None) => bail!("give a prompt (PROMPT or --prompt-file FILE)"),
+        (Some(_), Some(_)) => bail!("give either PROMPT or --prompt-file, not both"),
+    };
+    let mut inputs = Vec::new();
+    for path in &args.inputs {
+        let content = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read input file {}", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("input file {} has no usable name", path.display()))?;
+        inputs.push(InputFile {
+            name: name.to_string(),
+            content,
+        });
+    }
+    let recorded = fleet
+        .spawn(SpawnRequest {
+            provider: args.provider,
+            project: args.project,
+            prompt,
+            name: args.name,
+            mode: args.mode,
+            task_id: args.task_id,
+            idempotency_key: args.idempotency_key,
+            inputs,
+        })
+        .await
+        .map_err(user)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&recorded.agent)?);
+    } else {
+        println!("{} {}", recorded.agent.id, recorded.agent.name);
+    }
+    if !args.wait {
+        return Ok(0);
+    }
+    follow_events(fleet, recorded.agent.id, false).await?;
+    let agent = fleet.store.agent(&recorded.agent.id.to_string()).await?;
+    eprintln!("agent {} ended: {}", agent.name, agent.status);
+    if let Some(error) = &agent.error {
+        eprintln!("error: {error}");
+    }
+    Ok(if agent.status.is_success() { 0 } else { 1 })
+}
+
+async fn follow_events(fleet: &Fleet, agent_id: uuid::Uuid, json: bool) -> anyhow::Result<()> {
+    let stream = events::follow(fleet.store.clone(), fleet.events.clone(), agent_id, 0);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => output::event(&event, json),
+            Err(e) => bail!("following agent {agent_id}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// SIGINT/SIGTERM once: soft stop; twice: hard stop.
+fn signals() -> Shutdown {
+    let shutdown = Shutdown::default();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        for stop in [s.soft, s.hard] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("stop requested");
+            stop.cancel();
+        }
+    });
+    shutdown
+}
+
+async fn run_until_signal(fleet: Fleet, with_api: bool) -> anyhow::Result<()> {
+    let shutdown = signals();
+    let api_stop = CancellationToken::new();
+    let api =
+        with_api.then(|| tokio::spawn(crate::api::serve(fleet.clone(), api_stop.clone(), None)));
+    let result = worker::run(fleet, shutdown).await;
+    api_stop.cancel();
+    if let Some(api) = api {
+        api.await??;
+    }
+    result
+}

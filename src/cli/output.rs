@@ -1,0 +1,118 @@
+//! How the CLI prints things: JSON (the API's shapes) or short human-readable lines.
+
+use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
+
+fn json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    );
+}
+
+pub fn agents(agents: &[Agent], as_json: bool) {
+    if as_json {
+        return json(&agents);
+    }
+    println!(
+        "{:<36}  {:<24}  {:<8}  {:<18}  WORKER",
+        "ID", "NAME", "PROVIDER", "STATUS"
+    );
+    for a in agents {
+        println!(
+            "{:<36}  {:<24}  {:<8}  {:<18}  {}",
+            a.id,
+            a.name,
+            a.provider,
+            a.status,
+            a.worker_id.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+pub fn agent(a: &Agent, as_json: bool) {
+    if as_json {
+        return json(a);
+    }
+    println!("id:        {}", a.id);
+    println!("name:      {}", a.name);
+    println!("provider:  {}", a.provider);
+    println!("project:   {}", a.project);
+    println!("status:    {}", a.status);
+    println!("branch:    {}", a.branch);
+    if let Some(w) = &a.worker_id {
+        println!(
+            "worker:    {w} (node {})",
+            a.node_id.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(pid) = a.pid {
+        println!("pid:       {pid}");
+    }
+    if let Some(s) = &a.session_id {
+        println!("session:   {s}");
+    }
+    if let Some(r) = &a.result {
+        println!("result:    {r}");
+    }
+    for q in &a.pending_questions {
+        println!("question:  [{}] {}", q.id, q.question);
+    }
+    if let Some(e) = &a.error {
+        println!("error:     {e}");
+    }
+}
+
+pub fn projects(projects: &[Project], as_json: bool) {
+    if as_json {
+        return json(&projects);
+    }
+    for p in projects {
+        println!("{}  {}  ({})", p.name, p.remote_url, p.default_branch);
+    }
+}
+
+pub fn workers(workers: &[WorkerInfo], as_json: bool) {
+    if as_json {
+        return json(&workers);
+    }
+    println!(
+        "{:<40}  {:<16}  {:<8}  {:>9}  {:>8}  {:>7}",
+        "ID", "NODE", "STATUS", "LEASE AGE", "CAPACITY", "RUNNING"
+    );
+    for w in workers {
+        println!(
+            "{:<40}  {:<16}  {:<8}  {:>8.1}s  {:>8}  {:>7}",
+            w.id, w.node_id, w.status, w.lease_age_seconds, w.capacity, w.running
+        );
+    }
+}
+
+pub fn event(e: &StoredEvent, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string(e).unwrap_or_default());
+        return;
+    }
+    let d = &e.data;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let text = match e.kind.as_str() {
+        "assistant_text" => s("text"),
+        "tool_use" => format!(
+            "{} {}",
+            s("name"),
+            d.get("input").cloned().unwrap_or_default()
+        ),
+        "tool_result" => s("content"),
+        "session_started" => s("session_id"),
+        "result" => s("text"),
+        "status" => s("status"),
+        "raw" => s("line"),
+        _ => {
+            let mut v = d.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("kind");
+            }
+            v.to_string()
+        }
+    };
+    println!("[{:>4}] {:<16} {}", e.seq, e.kind, text);
+}

@@ -1,0 +1,217 @@
+//! Typed configuration, loaded once at start-up from three layers (built-in
+//! `config/default.toml`, an optional file, `AGENTFLEET__*` environment variables) and
+//! validated before anything else runs, so a bad value stops the process with its key named.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] ::config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub worker: WorkerSettings,
+    pub api: ApiSettings,
+    pub limits: LimitSettings,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub create_if_missing: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub capacity: u32,
+    pub workspace_root: PathBuf,
+    pub node_id: String,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub event_flush_interval: Duration,
+    pub output_buffer_lines: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub bind: String,
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub max_prompt_bytes: usize,
+    pub max_input_file_bytes: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ProviderSettings {
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Loads the layers; `file` is `--config` (falls back to `AGENTFLEET_CONFIG`).
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env_file = std::env::var_os("AGENTFLEET_CONFIG").map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(env_file);
+        let mut builder = ::config::Config::builder().add_source(::config::File::from_str(
+            DEFAULTS,
+            ::config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(::config::File::from(path).required(true));
+        }
+        let builder = builder.add_source(
+            ::config::Environment::with_prefix("AGENTFLEET")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("api.tokens"),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres:// URL (the embedded SQLite store is not available in this build)",
+            ));
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            return Err(invalid("redis.url", "must be a redis:// or rediss:// URL"));
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
+            return Err(invalid("redis.prefix", "must be non-empty without spaces"));
+        }
+        if self.worker.capacity == 0 {
+            return Err(invalid("worker.capacity", "must be at least 1"));
+        }
+        if self.worker.lease_ttl <= self.worker.heartbeat_interval {
+            return Err(invalid(
+                "worker.lease_ttl",
+                "must be longer than worker.heartbeat_interval",
+            ));
+        }
+        if self.worker.poll_interval.is_zero() {
+            return Err(invalid("worker.poll_interval", "must be above zero"));
+        }
+        if self.worker.event_flush_interval.is_zero() {
+            return Err(invalid("worker.event_flush_interval", "must be above zero"));
+        }
+        self.api_bind()?;
+        if self.limits.max_prompt_bytes == 0 {
+            return Err(invalid("limits.max_prompt_bytes", "must be above zero"));
+        }
+        if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
+            return Err(invalid("api.tokens", "tokens must not be empty strings"));
+        }
+        Ok(())
+    }
+
+    pub fn api_bind(&self) -> Result<SocketAddr, ConfigError> {
+        self.api
+            .bind
+            .parse()
+            .map_err(|e| invalid("api.bind", format!("not a socket address: {e}")))
+    }
+
+    /// The node id: configured, or the hostname.
+    pub fn node_id(&self) -> String {
+        if self.worker.node_id.trim().is_empty() {
+            hostname()
+        } else {
+            self.worker.node_id.clone()
+        }
+    }
+
+    pub fn provider(&self, name: &str) -> ProviderSettings {
+        self.providers.get(name).cloned().unwrap_or_default()
+    }
+}
+
+pub fn hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s: Settings = ::config::Config::builder()
+            .add_source(::config::File::from_str(
+                DEFAULTS,
+                ::config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.worker.capacity, 4);
+        assert_eq!(s.worker.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(s.limits.max_prompt_bytes, 256 * 1024);
+        assert_eq!(s.provider("claude").command.as_deref(), Some("claude"));
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        std::io::Write::write_all(&mut file, b"[worker]\ncapacity = 0\n").unwrap();
+        let err = Settings::load(Some(file.path())).unwrap_err().to_string();
+        assert!(err.contains("worker.capacity"), "{err}");
+
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        std::io::Write::write_all(&mut file, b"[worker]\ncapacity = \"many\"\n").unwrap();
+        let err = Settings::load(Some(file.path())).unwrap_err().to_string();
+        assert!(err.contains("capacity"), "{err}");
+    }
+}

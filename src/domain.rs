@@ -1,0 +1,199 @@
+//! The plain data every part of the fleet shares: agents, their statuses, projects, workers,
+//! spawn requests and stored events. No I/O here, so the API, the CLI, the worker and the
+//! store all speak the same types.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where an agent is in its life. `pending` is recorded at enqueue; a worker moves it to
+/// `starting` when it claims the request and to `running` once the process is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Pending,
+    Starting,
+    Running,
+    Completed,
+    WaitingForInput,
+    Failed,
+    Crashed,
+    Stopped,
+}
+
+impl AgentStatus {
+    pub const ALL: [AgentStatus; 8] = [
+        Self::Pending,
+        Self::Starting,
+        Self::Running,
+        Self::Completed,
+        Self::WaitingForInput,
+        Self::Failed,
+        Self::Crashed,
+        Self::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::WaitingForInput => "waiting_for_input",
+            Self::Failed => "failed",
+            Self::Crashed => "crashed",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// A status the agent leaves only through a new request (resume, delete).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Pending | Self::Starting | Self::Running)
+    }
+
+    /// Whether `--wait` and friends count this end as a success.
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Completed | Self::WaitingForInput)
+    }
+}
+
+impl std::fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMode {
+    Execute,
+    Plan,
+    Review,
+}
+
+impl AgentMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Execute => "execute",
+            Self::Plan => "plan",
+            Self::Review => "review",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Execute, Self::Plan, Self::Review]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// A question an agent asked before it can go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingQuestion {
+    pub id: String,
+    pub question: String,
+}
+
+/// The agent as the API and `agentfleet get --json` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: Uuid,
+    pub name: String,
+    pub provider: String,
+    pub mode: AgentMode,
+    pub project: String,
+    pub task_id: Option<String>,
+    pub status: AgentStatus,
+    pub session_id: Option<String>,
+    pub worker_id: Option<String>,
+    pub node_id: Option<String>,
+    pub owner_epoch: Option<i64>,
+    pub pid: Option<i32>,
+    pub branch: String,
+    pub workdir: Option<String>,
+    pub output_path: Option<String>,
+    pub result: Option<String>,
+    pub pending_questions: Vec<PendingQuestion>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: Uuid,
+    pub name: String,
+    pub remote_url: String,
+    pub default_branch: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub node_id: String,
+    pub host: String,
+    pub pid: i32,
+    pub capacity: i32,
+    pub running: i32,
+    pub status: String,
+    pub epoch: i64,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    pub lease_expires_at: DateTime<Utc>,
+    /// Seconds since the last renewal, as the store saw it.
+    pub lease_age_seconds: f64,
+}
+
+/// An input file the caller hands the agent; written under `.agentfleet/input/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub name: String,
+    pub content: String,
+}
+
+/// What a caller asks for when it spawns an agent (HTTP body and CLI flags alike).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    pub provider: String,
+    pub project: String,
+    pub prompt: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub task_id: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub inputs: Vec<InputFile>,
+}
+
+/// One normalised event in an agent's durable log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The final word on an agent, written once when its process ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentOutcome {
+    pub status: AgentStatus,
+    pub result: Option<String>,
+    pub questions: Vec<PendingQuestion>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub session_id: Option<String>,
+}

@@ -1,0 +1,271 @@
+//! The front door shared by the HTTP API and the CLI: validates what a caller asks for,
+//! records it in the store and enqueues its job. Bad input is refused here, before anything
+//! is written.
+
+use std::path::{Component, Path};
+
+use rand::seq::IndexedRandom;
+
+use crate::config::Settings;
+use crate::domain::{AgentMode, Project, SpawnRequest};
+use crate::events::EventBus;
+use crate::providers;
+use crate::queue::{RedisQueue, SpawnJob};
+
+use crate::store::{RecordedSpawn, SpawnRecord, Store, StoreError};
+use crate::workspace::validate_name;
+
+/// What went wrong, in the caller's terms; the API maps each kind to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for FleetError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken(_) | StoreError::ProjectExists(_) => {
+                Self::Conflict(e.to_string())
+            }
+            StoreError::UnknownProject(_) | StoreError::UnknownAgent(_) => {
+                Self::NotFound(e.to_string())
+            }
+            StoreError::Database(_) | StoreError::Migrate(_) => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The connected parts every front end needs.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub settings: Settings,
+    pub store: Store,
+    pub queue: RedisQueue,
+    pub events: EventBus,
+}
+
+impl Fleet {
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let store = Store::connect(
+            &settings.database.url,
+            settings.database.max_connections,
+            settings.database.create_if_missing,
+        )
+        .await?;
+        store.migrate().await?;
+        let queue = RedisQueue::connect(
+            &settings.redis.url,
+            &settings.redis.prefix,
+            settings.worker.poll_interval,
+            settings.worker.lease_ttl,
+        )
+        .await?;
+        let events = EventBus::connect(&settings.redis.url, &settings.redis.prefix).await?;
+        Ok(Self {
+            settings,
+            store,
+            queue,
+            events,
+        })
+    }
+
+    pub async fn add_project(
+        &self,
+        name: &str,
+        remote: &str,
+        branch: &str,
+    ) -> Result<Project, FleetError> {
+        validate_name(name).map_err(|r| FleetError::Invalid(format!("project name: {r}")))?;
+        if remote.trim().is_empty() {
+            return Err(FleetError::Invalid("remote URL must not be empty".into()));
+        }
+        if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+            return Err(FleetError::Invalid(format!(
+                "'{branch}' is not a valid branch name"
+            )));
+        }
+        Ok(self.store.add_project(name, remote, branch).await?)
+    }
+
+    /// Validates, records and enqueues a spawn. The same idempotency key returns the same
+    /// agent and does not enqueue again.
+    pub async fn spawn(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
+        let mode = self.validate(&req)?;
+        self.store.project(&req.project).await?;
+        let name = match &req.name {
+            Some(name) => {
+                if self.store.name_taken(name).await? {
+                    return Err(StoreError::NameTaken(name.clone()).into());
+                }
+                name.clone()
+            }
+            None => self.unique_alias().await?,
+        };
+        let payload = serde_json::to_value(&req)
+            .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
+        let recorded = self.store.record_spawn(SpawnRecord {
+            name: &name,
+            provider: &req.provider,
+            mode,
+            project: &req.project,
+            task_id: req.task_id.as_deref(),
+            idempotency_key: req.idempotency_key.as_deref(),
+            payload,
+        });
+        let recorded = recorded.await?;
+        if recorded.created {
+            let job = SpawnJob {
+                request_id: recorded.request_id,
+                trace_context: Default::default(),
+            };
+            // The request is recorded either way; if the push fails, the re-dispatch sweep
+            // sends it again, so the caller still gets its agent.
+            if let Err(e) = self.queue.enqueue(&job).await {
+                tracing::warn!(request_id = %recorded.request_id, error = %e, "enqueue failed; left for re-dispatch");
+            }
+        }
+        Ok(recorded)
+    }
+
+    fn validate(&self, req: &SpawnRequest) -> Result<AgentMode, FleetError> {
+        providers::provider(&req.provider).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let mode = match req.mode.as_deref() {
+            None => AgentMode::Execute,
+            Some(m) => AgentMode::parse(m).ok_or_else(|| {
+                FleetError::Invalid(format!(
+                    "unknown mode '{m}' (known modes: execute, plan, review)"
+                ))
+            })?,
+        };
+        if let Some(name) = &req.name {
+            validate_name(name).map_err(|r| FleetError::Invalid(format!("agent name: {r}")))?;
+        }
+        if req.prompt.trim().is_empty() {
+            return Err(FleetError::Invalid("the prompt is empty".into()));
+        }
+        let max = self.settings.limits.max_prompt_bytes;
+        if req.prompt.len() > max {
+            return Err(FleetError::Invalid(format!(
+                "the prompt is {} bytes, over the limit of {max} bytes (limits.max_prompt_bytes)",
+                req.prompt.len()
+            )));
+        }
+        if req
+            .idempotency_key
+            .as_deref()
+            .is_some_and(|k| k.is_empty() || k.len() > 200)
+        {
+            return Err(FleetError::Invalid(
+                "idempotency key must be 1 to 200 characters".into(),
+            ));
+        }
+        let max_file = self.settings.limits.max_input_file_bytes;
+        for input in &req.inputs {
+            validate_input_name(&input.name)?;
+            if input.content.len() > max_file {
+                return Err(FleetError::Invalid(format!(
+                    "input file '{}' is {} bytes, over the limit of {max_file} bytes (limits.max_input_file_bytes)",
+                    input.name,
+                    input.content.len()
+                )));
+            }
+        }
+        Ok(mode)
+    }
+
+    async fn unique_alias(&self) -> Result<String, FleetError> {
+        for attempt in 0..50 {
+            let alias = generate_alias(attempt >= 20);
+            if !self.store.name_taken(&alias).await? {
+                return Ok(alias);
+            }
+        }
+        Err(FleetError::Unavailable(
+            "could not find a free agent name".into(),
+        ))
+    }
+}
+
+/// Input file names are relative paths that stay inside `.agentfleet/input/`.
+pub fn validate_input_name(name: &str) -> Result<(), FleetError> {
+    let bad = |why: &str| {
+        Err(FleetError::Invalid(format!(
+            "input file name '{name}' {why}"
+        )))
+    };
+    if name.is_empty() || name.len() > 255 {
+        return bad("must be 1 to 255 bytes");
+    }
+    if name.contains('\0') || name.contains('\\') {
+        return bad("contains a forbidden character");
+    }
+    let path = Path::new(name);
+    if !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return bad(
+            "must be a relative path inside the input folder (no '/', '..' or '.' at its start)",
+        );
+    }
+    Ok(())
+}
+
+const ADJECTIVES: &[&str] = &[
+    "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively",
+    "mighty", "nimble", "proud", "quick", "quiet", "rapid", "shiny", "sly", "swift", "witty",
+    "bold", "bright", "cosmic", "daring", "fuzzy", "golden", "humble", "lucky", "merry", "noble",
+];
+const ANIMALS: &[&str] = &[
+    "otter", "falcon", "badger", "beaver", "bison", "cobra", "crane", "dingo", "eagle", "ferret",
+    "gecko", "heron", "ibis", "jaguar", "koala", "lemur", "lynx", "marmot", "newt", "ocelot",
+    "panda", "quokka", "raven", "salmon", "tapir", "urchin", "viper", "walrus", "yak", "zebra",
+];
+
+/// An adjective-animal name; with `suffix`, a short number is added to widen the space.
+pub fn generate_alias(suffix: bool) -> String {
+    let mut rng = rand::rng();
+    let adjective = ADJECTIVES.choose(&mut rng).copied().unwrap_or("brave");
+    let animal = ANIMALS.choose(&mut rng).copied().unwrap_or("otter");
+    if suffix {
+        format!("{adjective}-{animal}-{}", rand::random_range(100..1000))
+    } else {
+        format!("{adjective}-{animal}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_names_stay_inside_the_input_folder() {
+        for ok in ["notes.md", "docs/spec.txt", "a.b-c_d"] {
+            assert!(validate_input_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "/etc/passwd",
+            "a/../../b",
+            "./x",
+            "a\\b",
+            "x\0y",
+        ] {
+            assert!(validate_input_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn aliases_are_valid_names() {
+        for suffix in [false, true] {
+            let alias = generate_alias(suffix);
+            validate_name(&alias).unwrap();
+            assert_eq!(alias.split('-').count(), if suffix { 3 } else { 2 });
+        }
+    }
+}

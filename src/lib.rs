@@ -1,0 +1,18 @@
+//! agentfleet: a job-queue worker fleet that runs AI coding-agent CLIs headlessly, each in
+//! its own git worktree. The flow, folder by folder: `api` / `cli` → `fleet` (validate,
+//! record, enqueue) → `store` (Postgres, the record) + `queue` (Redis transport) → `worker`
+//! (claim, `workspace`, `process`, supervisor with `providers`' parsers) → `store` + `events`.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod fleet;
+pub mod process;
+pub mod providers;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+pub mod workspace;

@@ -1,0 +1,414 @@
+//! The port between the fleet and the coding-agent CLIs it runs.
+//!
+//! Every CLI (claude, codex, gemini, ...) has its own command line, its own
+//! environment quirks and its own stream format. This module is the one place
+//! where those differences are named: a [`Provider`] says how to start a CLI
+//! headlessly, and its [`StreamParser`] turns the CLI's output lines into the
+//! common [`AgentEvent`]s that the supervisor, the store and the API share.
+//! Provider quirks stay inside their own file (`claude.rs`, ...) so nothing
+//! outside this folder has to know which CLI produced an event.
+//!
+//! It also holds the signal file convention ([`Signal`]), because that is the
+//! other channel through which an agent tells the fleet how it finished.
+
+pub mod claude;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Normalised event every provider parser emits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEvent {
+    SessionStarted {
+        session_id: String,
+        model: Option<String>,
+    },
+    AssistantText {
+        text: String,
+    },
+    ToolUse {
+        id: Option<String>,
+        name: String,
+        input: serde_json::Value,
+    },
+    ToolResult {
+        tool_use_id: Option<String>,
+        content: String,
+        is_error: bool,
+    },
+    Usage {
+        input_tokens: u64,
+        output_tokens: u64,
+        cost_usd: Option<f64>,
+    },
+    Result {
+        success: bool,
+        text: Option<String>,
+        session_id: Option<String>,
+    },
+    RateLimited {
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+    AuthFailed {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+    /// Any line we don't understand (non-JSON, unknown type) is kept verbatim,
+    /// so nothing the CLI said is lost from the agent's log.
+    Raw {
+        line: String,
+    },
+}
+
+/// A streaming parser: fed one line (without trailing newline) at a time,
+/// returns zero or more events. Must never panic, whatever bytes.
+pub trait StreamParser: Send {
+    fn parse_line(&mut self, line: &str) -> Vec<AgentEvent>;
+}
+
+/// How to run one CLI headlessly.
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Args (after the executable) for a new headless run. The prompt is NOT on
+    /// the command line: it is fed on stdin (argv has a 128 KiB per-argument
+    /// limit and is visible in `ps`).
+    fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String>;
+    /// Env vars to set for the process (e.g. claude needs `IS_SANDBOX=1` so
+    /// `--dangerously-skip-permissions` is accepted as root).
+    fn env(&self) -> Vec<(String, String)>;
+    /// Env var that relocates the CLI's config dir (claude: `CLAUDE_CONFIG_DIR`).
+    fn config_dir_env(&self) -> Option<&'static str>;
+    fn parser(&self) -> Box<dyn StreamParser>;
+}
+
+/// What varies between two runs of the same provider.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOptions {
+    pub resume_session_id: Option<String>,
+    pub model: Option<String>,
+}
+
+/// Names of the providers the fleet knows, implemented or not, so that a typo
+/// and a not-yet-supported CLI get different answers.
+pub const KNOWN_PROVIDERS: &[&str] = &[
+    "claude", "codex", "gemini", "cursor", "auggie", "amp", "opencode",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProviderError {
+    #[error("unknown provider '{name}' (known providers: {known})")]
+    Unknown { name: String, known: String },
+    #[error("provider '{0}' is not supported by this version of agentfleet yet")]
+    NotImplemented(String),
+}
+
+/// Look up an implemented provider by name.
+pub fn provider(name: &str) -> Result<Box<dyn Provider>, ProviderError> {
+    match name {
+        "claude" => Ok(Box::new(claude::Claude)),
+        known if KNOWN_PROVIDERS.contains(&known) => {
+            Err(ProviderError::NotImplemented(known.to_string()))
+        }
+        unknown => Err(ProviderError::Unknown {
+            name: unknown.to_string(),
+            known: KNOWN_PROVIDERS.join(", "),
+        }),
+    }
+}
+
+/// Signal file convention: an agent may write `.agentfleet/output/signal.json`
+/// in its workdir to say how it finished, which is more reliable than guessing
+/// from its last words.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    pub status: SignalStatus,
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    /// `null` is read as none: agents write it for "no questions" as often as `[]`.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub questions: Vec<Question>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalStatus {
+    Done,
+    Questions,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Question {
+    /// Agents number their questions as often as they name them, so a JSON
+    /// number is accepted and kept as its decimal string.
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    pub question: String,
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<Question>, D::Error> {
+    Ok(Option::<Vec<Question>>::deserialize(de)?.unwrap_or_default())
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(de)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "question id must be a string or a number, not {other}"
+        ))),
+    }
+}
+
+/// Parse the signal file's bytes; `Err` with a reason fit for the agent's log
+/// if it is malformed.
+pub fn parse_signal(bytes: &[u8]) -> Result<Signal, String> {
+    // Some editors and tools write a UTF-8 byte order mark; it says nothing.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let signal: Signal =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid signal file: {e}"))?;
+    // Asking for answers without saying what to answer would leave the job
+    // waiting on a person who has nothing to reply to.
+    if signal.status == SignalStatus::Questions && signal.questions.is_empty() {
+        return Err("invalid signal file: status is \"questions\" but no questions given".into());
+    }
+    Ok(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn done_signal_keeps_its_result() {
+        let s = parse_signal(br#"{"status":"done","result":{"files":["a.rs"]}}"#).unwrap();
+        assert_eq!(s.status, SignalStatus::Done);
+        assert_eq!(s.result, Some(json!({"files": ["a.rs"]})));
+        assert!(s.questions.is_empty());
+        assert_eq!(s.error, None);
+
+        let s =
+            parse_signal(b"\xEF\xBB\xBF{\"status\":\"done\",\"result\":\"ok\",\"questions\":null}");
+        let s = s.unwrap();
+        assert_eq!(s.result, Some(json!("ok")));
+    }
+
+    #[test]
+    fn questions_signal_accepts_string_and_numeric_ids() {
+        let s = parse_signal(
+            br#"{"status":"questions","questions":[
+                {"id":"q1","question":"Which DB?"},{"id":2,"question":"Which port?"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.status, SignalStatus::Questions);
+        assert_eq!(
+            s.questions,
+            vec![
+                Question {
+                    id: "q1".into(),
+                    question: "Which DB?".into()
+                },
+                Question {
+                    id: "2".into(),
+                    question: "Which port?".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn error_signal_keeps_its_message() {
+        let s = parse_signal(br#"{"status":"error","error":"tests do not compile"}"#).unwrap();
+        assert_eq!(s.status, SignalStatus::Error);
+        assert_eq!(s.error.as_deref(), Some("tests do not compile"));
+    }
+
+    #[test]
+    fn malformed_signals_are_rejected_with_a_reason() {
+        for bad in [
+            &b""[..],
+            b"not json",
+            b"{}",
+            br#"{"status":"finished"}"#,
+            br#"{"status":"done","error":42}"#,
+            br#"{"status":"questions","questions":[{"id":true,"question":"?"}]}"#,
+            br#"{"status":"questions","questions":[{"id":"1"}]}"#,
+            br#"{"status":"questions"}"#,
+            b"\xff\xfe",
+        ] {
+            let err = parse_signal(bad).unwrap_err();
+            assert!(err.starts_with("invalid signal file"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_provider_error_lists_known_providers() {
+        let err = provider("nope").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unknown provider 'nope' (known providers: \
+             claude, codex, gemini, cursor, auggie, amp, opencode)"
+        );
+    }
+
+    #[test]
+    fn known_but_unimplemented_providers_say_so() {
+        for name in KNOWN_PROVIDERS.iter().filter(|n| **n != "claude") {
+            assert_eq!(
+                provider(name).err(),
+                Some(ProviderError::NotImplemented(name.to_string()))
+            );
+        }
+        assert_eq!(provider("claude").unwrap().name(), "claude");
+    }
+
+    #[test]
+    fn events_serialise_with_a_kind_tag() {
+        let ev = AgentEvent::AssistantText { text: "hi".into() };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v, json!({"kind": "assistant_text", "text": "hi"}));
+        assert_eq!(serde_json::from_value::<AgentEvent>(v).unwrap(), ev);
+    }
+
+    // Conformance suite for the `StreamParser` contract, run against every
+    // implemented provider: whatever a CLI (or a dying pipe) writes, parsing
+    // must not panic, blank lines give nothing and non-JSON is kept verbatim.
+
+    fn implemented_parsers() -> Vec<Box<dyn StreamParser>> {
+        KNOWN_PROVIDERS
+            .iter()
+            .filter_map(|n| provider(n).ok())
+            .map(|p| p.parser())
+            .collect()
+    }
+
+    macro_rules! transcripts {
+        ($($file:literal),*) => {
+            [$(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/transcripts/", $file))),*]
+        };
+    }
+
+    fn recorded_lines() -> Vec<&'static str> {
+        transcripts!(
+            "claude-2.1.197-write-file.jsonl",
+            "claude-2.1.197-rate-limited.jsonl",
+            "claude-2.1.197-auth-failed.jsonl",
+            "claude-2.1.197-resume.jsonl",
+            "codex-0.169.0-hello.jsonl"
+        )
+        .iter()
+        .flat_map(|t| t.lines())
+        .collect()
+    }
+
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,8}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Replace the value found by walking `path` (each step picks a key or an
+    /// element modulo its count), or remove it when it is an object's field.
+    fn mutate(v: &mut serde_json::Value, path: &[usize], new: serde_json::Value, remove: bool) {
+        let Some((&step, rest)) = path.split_first() else {
+            *v = new;
+            return;
+        };
+        match v {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                let key = map
+                    .keys()
+                    .nth(step % map.len())
+                    .cloned()
+                    .unwrap_or_default();
+                if rest.is_empty() && remove {
+                    map.remove(&key);
+                } else if let Some(child) = map.get_mut(&key) {
+                    mutate(child, rest, new, remove);
+                }
+            }
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                let len = items.len();
+                mutate(&mut items[step % len], rest, new, remove);
+            }
+            _ => *v = new,
+        }
+    }
+
+    fn parse_everywhere(line: &str) {
+        for mut parser in implemented_parsers() {
+            let events = parser.parse_line(line);
+            if line.trim().is_empty() {
+                assert_eq!(events, [], "blank line {line:?}");
+            } else if serde_json::from_str::<serde_json::Value>(line).is_err() {
+                assert_eq!(
+                    events,
+                    [AgentEvent::Raw {
+                        line: line.to_string()
+                    }]
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_signal_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_signal(&bytes);
+        }
+
+        #[test]
+        fn parsers_survive_arbitrary_strings(line in any::<String>()) {
+            parse_everywhere(&line);
+        }
+
+        #[test]
+        fn parsers_survive_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            parse_everywhere(&String::from_utf8_lossy(&bytes));
+        }
+
+    }
+
+    proptest! {
+        // Cheap per case, and mutations only bite when they hit a field the
+        // parser reads, so run many more cases than the default 256.
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn parsers_survive_mutated_recorded_lines(
+            pick in any::<usize>(),
+            path in proptest::collection::vec(any::<usize>(), 0..5),
+            new in any_json(),
+            remove in any::<bool>(),
+            cut in any::<usize>(),
+        ) {
+            let lines = recorded_lines();
+            let mut value: serde_json::Value = serde_json::from_str(lines[pick % lines.len()]).unwrap();
+            mutate(&mut value, &path, new, remove);
+            let mutated = value.to_string();
+            parse_everywhere(&mutated);
+            // A line cut short, as a killed process leaves it.
+            let chars: Vec<char> = mutated.chars().collect();
+            parse_everywhere(&chars[..cut % (chars.len() + 1)].iter().collect::<String>());
+        }
+    }
+}

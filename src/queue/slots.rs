@@ -1,0 +1,110 @@
+//! Worker capacity as a tower layer: the apalis worker asks its service whether it is
+//! ready before it fetches a job, so holding a slot in `poll_ready` means a worker never
+//! takes a spawn it has no room for. The slot travels with the job and is released when
+//! the handler (which lives as long as the agent it runs) returns.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
+use tower::{Layer, Service};
+
+/// A worker's slots: one per agent it may run at once.
+#[derive(Clone, Debug)]
+pub struct Slots {
+    semaphore: Arc<Semaphore>,
+    capacity: usize,
+}
+
+impl Slots {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(capacity)),
+            capacity,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn free(&self) -> usize {
+        self.semaphore.available_permits()
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.capacity - self.free()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SlotGateLayer {
+    slots: Slots,
+}
+
+impl SlotGateLayer {
+    pub fn new(slots: Slots) -> Self {
+        Self { slots }
+    }
+}
+
+impl<S> Layer<S> for SlotGateLayer {
+    type Service = SlotGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SlotGate {
+            inner,
+            semaphore: PollSemaphore::new(self.slots.semaphore.clone()),
+            permit: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SlotGate<S> {
+    inner: S,
+    semaphore: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<S: Clone> Clone for SlotGate<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            semaphore: self.semaphore.clone(),
+            permit: None,
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for SlotGate<S>
+where
+    S: Service<Req>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.permit.is_none() {
+            match self.semaphore.poll_acquire(cx) {
+                Poll::Ready(Some(permit)) => self.permit = Some(permit),
+                // The semaphore is never closed; stay pending rather than panic.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let permit = self.permit.take();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let out = fut.await;
+            drop(permit);
+            out
+        })
+    }
+}

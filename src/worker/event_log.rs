@@ -1,0 +1,85 @@
+//! An agent's event log as its supervisor writes it: numbers each event, batches them into
+//! the store (fenced by the owner) and publishes each stored event live. Publishing comes
+//! after storing, so a follower that sees a live event can always find its predecessors.
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::domain::StoredEvent;
+use crate::events::EventBus;
+use crate::store::{NewEvent, Owner, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("agent {0} is no longer owned by this worker")]
+    Fenced(Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct EventLog {
+    agent_id: Uuid,
+    owner: Owner,
+    store: Store,
+    bus: EventBus,
+    next_seq: i64,
+    pending: Vec<NewEvent>,
+}
+
+impl EventLog {
+    /// Continues the agent's log after the last stored event.
+    pub async fn open(
+        agent_id: Uuid,
+        owner: Owner,
+        store: Store,
+        bus: EventBus,
+    ) -> Result<Self, StoreError> {
+        let last = store.last_event_seq(agent_id).await?;
+        Ok(Self {
+            agent_id,
+            owner,
+            store,
+            bus,
+            next_seq: last + 1,
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn push(&mut self, kind: &str, data: serde_json::Value) {
+        self.pending.push(NewEvent {
+            seq: self.next_seq,
+            kind: kind.to_string(),
+            data,
+        });
+        self.next_seq += 1;
+    }
+
+    /// Stores the pending batch, then publishes it. A failed store write keeps the batch
+    /// for the next flush; a fenced one is final.
+    pub async fn flush(&mut self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if !self
+            .store
+            .append_events(self.agent_id, &self.owner, &self.pending)
+            .await?
+        {
+            return Err(LogError::Fenced(self.agent_id));
+        }
+        let now = Utc::now();
+        for event in self.pending.drain(..) {
+            let stored = StoredEvent {
+                seq: event.seq,
+                kind: event.kind,
+                data: event.data,
+                created_at: now,
+            };
+            if let Err(e) = self.bus.publish(self.agent_id, &stored).await {
+                // Followers fill gaps from the store; a lost publish only delays them.
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "cannot publish event");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! What can go wrong while a worker prepares, commits and pushes an agent's git state, told
+//! in the terms of the project, agent, branch or remote involved. Remote URLs can carry
+//! credentials (`https://user:token@host/...`), so every URL and every libgit2 message that
+//! may echo one passes through [`redact_url`] / [`scrub`] before it lands in an error.
+
+use std::path::PathBuf;
+
+/// A failure of one [`Workspace`](super::Workspace) operation.
+///
+/// libgit2 messages are kept as text rather than as `#[source]`, because they can quote the
+/// remote URL verbatim and must be scrubbed of credentials first.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// A caller-supplied name cannot be used as a path component or git ref.
+    #[error("invalid {what} '{name}': {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+
+    /// A file or directory under the workspace root could not be read or written.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The project's remote could not be cloned or fetched.
+    #[error("could not fetch project '{project_key}' from remote {remote}: {detail}")]
+    Fetch {
+        project_key: String,
+        remote: String,
+        detail: String,
+    },
+
+    /// The mirror exists on disk but libgit2 could not use it.
+    #[error("the git mirror of project '{project_key}' at {} is unusable: {detail}", path.display())]
+    Mirror {
+        project_key: String,
+        path: PathBuf,
+        detail: String,
+    },
+
+    /// An operation needs the mirror, but `sync_mirror` has not created it yet.
+    #[error("project '{project_key}' has no git mirror at {} yet; sync it first", path.display())]
+    MirrorMissing { project_key: String, path: PathBuf },
+
+    /// The branch the agent should start from is not on the remote (as of the last sync).
+    #[error("base branch '{branch}' does not exist on remote {remote}")]
+    BaseBranchMissing { branch: String, remote: String },
+
+    /// The agent branch already exists with commits of its own, and no worktree uses it;
+    /// reusing or resetting it could mix in or lose someone's work.
+    #[error(
+        "branch '{branch}' already exists in project '{project_key}' with commits not on \
+         '{base_branch}'; delete it or choose another agent name"
+    )]
+    BranchExists {
+        project_key: String,
+        branch: String,
+        base_branch: String,
+    },
+
+    /// The branch to push has never been created in the mirror.
+    #[error("branch '{branch}' does not exist in the mirror of project '{project_key}'")]
+    BranchMissing { project_key: String, branch: String },
+
+    /// The agent's worktree directory is taken by something this mirror did not create.
+    #[error(
+        "directory {} for agent '{agent}' already exists and is not a worktree of project \
+         '{project_key}'",
+        path.display()
+    )]
+    WorkdirOccupied {
+        project_key: String,
+        agent: String,
+        path: PathBuf,
+    },
+
+    /// A worktree for this agent exists, but not where or on the branch this request expects.
+    #[error(
+        "agent '{agent}' already has a worktree at {} that does not fit this request: {found} \
+         (expected branch '{expected}')",
+        path.display()
+    )]
+    WorktreeMismatch {
+        agent: String,
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+
+    /// libgit2 failed to create, inspect or repair an agent's worktree.
+    #[error("could not set up the worktree of agent '{agent}' at {}: {detail}", path.display())]
+    Worktree {
+        agent: String,
+        path: PathBuf,
+        detail: String,
+    },
+
+    /// The path given to `commit_all` is not a git worktree.
+    #[error("{} is not a git worktree: {detail}", path.display())]
+    NotAWorktree { path: PathBuf, detail: String },
+
+    /// The worktree is not on a branch, so a commit would not reach the agent branch.
+    #[error("the worktree at {} has a detached HEAD; its commits would not be on any branch", path.display())]
+    DetachedHead { path: PathBuf },
+
+    /// Staging or committing the agent's changes failed.
+    #[error("could not commit the changes in worktree {}: {detail}", path.display())]
+    Commit { path: PathBuf, detail: String },
+
+    /// The push could not be carried out (connection, transport, pack upload).
+    #[error("could not push branch '{branch}' to remote {remote}: {detail}")]
+    Push {
+        branch: String,
+        remote: String,
+        detail: String,
+    },
+
+    /// The remote received the push but refused to update the branch.
+    #[error("remote {remote} rejected branch '{branch}': {reason}")]
+    PushRejected {
+        branch: String,
+        remote: String,
+        reason: String,
+    },
+}
+
+/// `url` without any `user[:password]@` part, for messages and logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    match userinfo(url) {
+        Some(info) => url.replacen(&format!("{info}@"), "", 1),
+        None => url.to_owned(),
+    }
+}
+
+/// `text` with the credentials embedded in `url` removed; libgit2 errors may quote the URL.
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    let Some(info) = userinfo(url) else {
+        return text.to_owned();
+    };
+    let mut out = text.replace(&format!("{info}@"), "");
+    // A password can also appear on its own (e.g. after percent-decoding by the transport).
+    if let Some((_, password)) = info.split_once(':')
+        && !password.is_empty()
+    {
+        out = out.replace(password, "***");
+    }
+    out
+}
+
+/// The `user[:password]` part of a `scheme://user:password@host/...` URL, if any.
+fn userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let at = authority.rfind('@')?;
+    Some(&authority[..at])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("https://bob:s3cret@example.com/org/repo.git"),
+            "https://example.com/org/repo.git"
+        );
+        assert_eq!(
+            redact_url("https://token@example.com/r.git"),
+            "https://example.com/r.git"
+        );
+        assert_eq!(redact_url("/srv/git/repo.git"), "/srv/git/repo.git");
+        assert_eq!(redact_url("file:///srv/a@b/repo"), "file:///srv/a@b/repo");
+        assert_eq!(
+            redact_url("git@example.com:org/repo.git"),
+            "git@example.com:org/repo.git"
+        );
+    }
+
+    #[test]
+    fn libgit2_messages_are_scrubbed_of_the_urls_credentials() {
+        let url = "https://bob:s3cret@example.com/r.git";
+        let msg = "failed to connect to bob:s3cret@example.com; password s3cret rejected";
+        let clean = scrub(msg, url);
+        assert!(!clean.contains("s3cret"), "{clean}");
+        assert!(clean.contains("example.com"), "{clean}");
+    }
+}

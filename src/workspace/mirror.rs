@@ -1,0 +1,239 @@
+//! The per-project bare mirror: created once from the project's remote, refreshed before
+//! each agent starts, and the place agent branches are pushed from.
+
+use std::cell::RefCell;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use git2::{AutotagOption, FetchOptions, FetchPrune, PushOptions, RemoteCallbacks, Repository};
+
+use super::error::{redact_url, scrub};
+use super::{Workspace, WorkspaceError, check_branch, check_project_key, io_error};
+
+/// The remote's branches land here rather than in `refs/heads/*`, which belongs to the agent
+/// branches made on this machine; pruning is then confined to `refs/remotes/origin/*`.
+const FETCH_REFSPEC: &str = "+refs/heads/*:refs/remotes/origin/*";
+
+/// What worktrees must never commit: the files agentfleet itself puts in a workdir.
+const EXCLUDE_LINE: &str = ".agentfleet/";
+
+impl Workspace {
+    /// Clone `remote` as the project's bare mirror if it is absent, otherwise fetch its
+    /// branches; returns the mirror's path.
+    ///
+    /// `remote` is a local path, a `file://` URL or any URL libgit2 can fetch. The remote's
+    /// branches are kept as `refs/remotes/origin/*`, so local agent branches survive every
+    /// fetch. Also makes sure `.agentfleet/` is in the mirror's `info/exclude`, which every
+    /// worktree of it shares.
+    #[tracing::instrument(skip(self, remote), fields(remote = %redact_url(remote)))]
+    pub fn sync_mirror(&self, project_key: &str, remote: &str) -> Result<PathBuf, WorkspaceError> {
+        check_project_key(project_key)?;
+        let path = self.mirror_path(project_key);
+        let remote = absolute_if_local(remote);
+
+        if !path.exists() {
+            self.create_mirror(project_key, &remote, &path)?;
+            tracing::info!(mirror = %path.display(), "cloned project mirror");
+        } else {
+            let repo = open_mirror(project_key, &path)?;
+            // The project's remote may have moved (or its token rotated) since the clone.
+            let current = repo
+                .find_remote("origin")
+                .ok()
+                .and_then(|r| r.url().map(str::to_owned).ok());
+            if current.as_deref() != Some(remote.as_str()) {
+                let result = match current {
+                    Some(_) => repo.remote_set_url("origin", &remote),
+                    None => repo
+                        .remote_with_fetch("origin", &remote, FETCH_REFSPEC)
+                        .map(drop),
+                };
+                result.map_err(|e| mirror_error(project_key, &path, &e, &remote))?;
+            }
+            fetch(&repo, project_key, &remote)?;
+            tracing::debug!(mirror = %path.display(), "fetched project mirror");
+        }
+        ensure_excluded(&path)?;
+        Ok(path)
+    }
+
+    /// Builds the mirror beside its final place and renames it in, so a mirror directory
+    /// that exists is always a complete clone, even after a crash mid-fetch.
+    fn create_mirror(
+        &self,
+        project_key: &str,
+        remote: &str,
+        path: &Path,
+    ) -> Result<(), WorkspaceError> {
+        static ATTEMPT: AtomicU64 = AtomicU64::new(0);
+        let parent = path.parent().unwrap_or(&self.root);
+        fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
+        let staging = parent.join(format!(
+            ".{project_key}.git.partial-{}-{}",
+            std::process::id(),
+            ATTEMPT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let repo = Repository::init_bare(&staging)
+                .map_err(|e| mirror_error(project_key, &staging, &e, remote))?;
+            repo.remote_with_fetch("origin", remote, FETCH_REFSPEC)
+                .map_err(|e| mirror_error(project_key, &staging, &e, remote))?;
+            fetch(&repo, project_key, remote)?;
+            drop(repo);
+            fs::rename(&staging, path).map_err(io_error("move the new mirror to", path))
+        })();
+        if result.is_err() {
+            // Best effort: a leftover staging directory is only wasted space.
+            let _ = fs::remove_dir_all(&staging);
+            // Another process may have won the race to create it; use theirs.
+            if path.join("HEAD").exists() {
+                let repo = open_mirror(project_key, path)?;
+                return fetch(&repo, project_key, remote);
+            }
+        }
+        result
+    }
+
+    /// Push `refs/heads/<branch>` from the project's mirror to its remote (the mirror's
+    /// `origin`), creating or force-updating the remote branch of the same name.
+    #[tracing::instrument(skip(self))]
+    pub fn push_branch(&self, project_key: &str, branch: &str) -> Result<(), WorkspaceError> {
+        check_project_key(project_key)?;
+        check_branch("branch", branch)?;
+        let path = self.mirror_path(project_key);
+        if !path.exists() {
+            return Err(WorkspaceError::MirrorMissing {
+                project_key: project_key.to_owned(),
+                path,
+            });
+        }
+        let repo = open_mirror(project_key, &path)?;
+        let refname = format!("refs/heads/{branch}");
+        if let Err(e) = repo.find_reference(&refname) {
+            return Err(if e.code() == git2::ErrorCode::NotFound {
+                WorkspaceError::BranchMissing {
+                    project_key: project_key.to_owned(),
+                    branch: branch.to_owned(),
+                }
+            } else {
+                mirror_error(project_key, &path, &e, "")
+            });
+        }
+        let mut remote = repo
+            .find_remote("origin")
+            .map_err(|e| mirror_error(project_key, &path, &e, ""))?;
+        let url = remote.url().unwrap_or_default().to_owned();
+
+        // libgit2 reports a refused ref through this callback, not through push()'s result.
+        let rejection = RefCell::new(None::<String>);
+        let mut callbacks = RemoteCallbacks::new();
+        callbacks.push_update_reference(|_refname, status| {
+            if let Some(message) = status {
+                *rejection.borrow_mut() = Some(message.to_owned());
+            }
+            Ok(())
+        });
+        let mut options = PushOptions::new();
+        options.remote_callbacks(callbacks);
+        remote
+            .push(&[format!("+{refname}:{refname}")], Some(&mut options))
+            .map_err(|e| WorkspaceError::Push {
+                branch: branch.to_owned(),
+                remote: redact_url(&url),
+                detail: scrub(e.message(), &url),
+            })?;
+        drop(options);
+
+        if let Some(reason) = rejection.take() {
+            return Err(WorkspaceError::PushRejected {
+                branch: branch.to_owned(),
+                remote: redact_url(&url),
+                // libgit2 leaves a dangling ": " when the OS gave no detail.
+                reason: scrub(reason.trim_end_matches([':', ' ']), &url),
+            });
+        }
+        tracing::info!(remote = %redact_url(&url), "pushed agent branch");
+        Ok(())
+    }
+}
+
+pub(super) fn open_mirror(project_key: &str, path: &Path) -> Result<Repository, WorkspaceError> {
+    Repository::open_bare(path).map_err(|e| mirror_error(project_key, path, &e, ""))
+}
+
+/// The URL of the mirror's `origin`, credentials removed, for messages.
+pub(super) fn origin_for_display(repo: &Repository) -> String {
+    repo.find_remote("origin")
+        .ok()
+        .and_then(|r| r.url().ok().map(redact_url))
+        .unwrap_or_else(|| "origin".to_owned())
+}
+
+fn fetch(repo: &Repository, project_key: &str, remote: &str) -> Result<(), WorkspaceError> {
+    let fetch_error = |e: git2::Error| WorkspaceError::Fetch {
+        project_key: project_key.to_owned(),
+        remote: redact_url(remote),
+        detail: scrub(e.message(), remote),
+    };
+    let mut origin = repo.find_remote("origin").map_err(fetch_error)?;
+    let mut options = FetchOptions::new();
+    // Pruning only touches refs/remotes/origin/*, so a branch deleted upstream stops being
+    // offered as a base while agent branches stay.
+    options
+        .prune(FetchPrune::On)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false);
+    origin
+        .fetch(&[FETCH_REFSPEC], Some(&mut options), None)
+        .map_err(fetch_error)
+}
+
+/// Adds `.agentfleet/` to `info/exclude` unless it is already there.
+fn ensure_excluded(mirror: &Path) -> Result<(), WorkspaceError> {
+    let info = mirror.join("info");
+    let exclude = info.join("exclude");
+    let existing = match fs::read_to_string(&exclude) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_error("read", &exclude)(e)),
+    };
+    if existing.lines().any(|line| line.trim() == EXCLUDE_LINE) {
+        return Ok(());
+    }
+    fs::create_dir_all(&info).map_err(io_error("create directory", &info))?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&exclude)
+        .map_err(io_error("open", &exclude))?;
+    let separator = if existing.is_empty() || existing.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    writeln!(file, "{separator}{EXCLUDE_LINE}").map_err(io_error("write", &exclude))
+}
+
+/// A relative local path is stored as absolute in the mirror's config, so pushes from the
+/// mirror later do not depend on the process's working directory.
+fn absolute_if_local(remote: &str) -> String {
+    let path = Path::new(remote);
+    if !remote.contains("://")
+        && path.is_relative()
+        && path.exists()
+        && let Ok(absolute) = std::path::absolute(path)
+    {
+        return absolute.to_string_lossy().into_owned();
+    }
+    remote.to_owned()
+}
+
+fn mirror_error(project_key: &str, path: &Path, e: &git2::Error, url: &str) -> WorkspaceError {
+    WorkspaceError::Mirror {
+        project_key: project_key.to_owned(),
+        path: path.to_path_buf(),
+        detail: scrub(e.message(), url),
+    }
+}

@@ -1,0 +1,126 @@
+//! A worker's git state on disk, so that every agent works in its own checkout without
+//! cloning the project again for each one.
+//!
+//! Each project has one bare mirror of its remote (`<root>/mirrors/<project_key>.git`), and
+//! each agent gets a git worktree of that mirror (`<root>/agents/<name>/workdir`) on its own
+//! branch. The mirror keeps the remote's branches under `refs/remotes/origin/*` and never
+//! touches `refs/heads/*`, so fetching can't delete or move the agent branches created
+//! locally; an agent's work leaves the machine only through [`Workspace::push_branch`].
+//!
+//! Everything here is blocking libgit2 and filesystem work: callers run it on
+//! `spawn_blocking` and serialise the operations on one project.
+
+mod error;
+mod mirror;
+mod worktree;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+pub use error::WorkspaceError;
+
+/// Where a worker keeps its git state: `root/mirrors/<project_key>.git` (bare mirror of the
+/// remote) and `root/agents/<agent_name>/workdir` (that agent's worktree).
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    root: PathBuf,
+}
+
+impl Workspace {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn mirror_path(&self, project_key: &str) -> PathBuf {
+        self.root.join("mirrors").join(format!("{project_key}.git"))
+    }
+
+    fn workdir_path(&self, agent: &str) -> PathBuf {
+        self.root.join("agents").join(agent).join("workdir")
+    }
+}
+
+/// Validate an agent name (or one component of a branch name): non-empty, at most 64
+/// characters of `[A-Za-z0-9._-]`, not starting with `-` or `.`, no `..`, not ending in
+/// `.lock`, and `refs/heads/agent/<name>` must be a valid git ref.
+///
+/// The name becomes a directory name and part of a branch name, and arrives from API
+/// callers, so anything that could escape the workspace root or confuse git is refused.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    const MAX_LEN: usize = 64;
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_LEN {
+        return Err(format!(
+            "must be at most {MAX_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "may only contain letters, digits, '.', '_' and '-', found {bad:?}"
+        ));
+    }
+    if name.starts_with('-') || name.starts_with('.') {
+        return Err("must not start with '-' or '.'".into());
+    }
+    if name.contains("..") {
+        return Err("must not contain '..'".into());
+    }
+    if name.ends_with(".lock") {
+        return Err("must not end with '.lock'".into());
+    }
+    if !git2::Reference::is_valid_name(&format!("refs/heads/agent/{name}")) {
+        return Err("is not valid in a git branch name".into());
+    }
+    Ok(())
+}
+
+/// Project keys name a directory under `mirrors/`; they only need to stay inside it.
+fn check_project_key(project_key: &str) -> Result<(), WorkspaceError> {
+    let reason = if project_key.is_empty() {
+        Some("must not be empty")
+    } else if project_key.starts_with('.') {
+        Some("must not start with '.'")
+    } else if project_key.contains(['/', '\\', '\0']) {
+        Some("must not contain '/', '\\' or NUL")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(WorkspaceError::InvalidName {
+            what: "project key",
+            name: project_key.to_owned(),
+            reason: reason.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A branch name (e.g. `agent/brave-otter` or `main`) must form a valid `refs/heads/` ref.
+fn check_branch(what: &'static str, branch: &str) -> Result<(), WorkspaceError> {
+    if git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+        Ok(())
+    } else {
+        Err(WorkspaceError::InvalidName {
+            what,
+            name: branch.to_owned(),
+            reason: "is not a valid git branch name".into(),
+        })
+    }
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError {
+    let path = path.to_path_buf();
+    move |source| WorkspaceError::Io {
+        action,
+        path,
+        source,
+    }
+}

@@ -1,0 +1,279 @@
+//! Shared harness for the integration tests: a fresh Postgres database and Redis key prefix
+//! per test, a real bare git repository as the project's remote, the `agentfleet` binary
+//! started as real processes, and the scripted claude stand-in as the provider.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use agentfleet::domain::{Agent, AgentStatus};
+use agentfleet::store::Store;
+use uuid::Uuid;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentfleet")
+}
+
+pub fn fake_claude() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude")
+}
+
+pub struct TestEnv {
+    pub db_name: String,
+    pub db_url: String,
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub remote: PathBuf,
+    pub runlog: PathBuf,
+    workers: Vec<Child>,
+    extra_env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    /// A fresh database (migrated), Redis prefix, temp dir and bare remote with one commit
+    /// on `main`, registered as project `demo`.
+    pub async fn new() -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("af_test_{}", &id[..12]);
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote = dir.path().join("remote.git");
+        make_remote(&remote);
+        let env = Self {
+            db_name,
+            db_url,
+            prefix: format!("aftest:{}", &id[..12]),
+            runlog: dir.path().join("runs.log"),
+            remote,
+            dir,
+            workers: Vec::new(),
+            extra_env: Vec::new(),
+        };
+        env.cli_ok(&["migrate"]);
+        env.cli_ok(&[
+            "project",
+            "add",
+            "demo",
+            "--remote",
+            env.remote.to_str().unwrap(),
+        ]);
+        env
+    }
+
+    /// Environment every process of this test gets.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("AGENTFLEET__DATABASE__URL".into(), self.db_url.clone()),
+            ("AGENTFLEET__REDIS__URL".into(), REDIS_URL.into()),
+            ("AGENTFLEET__REDIS__PREFIX".into(), self.prefix.clone()),
+            (
+                "AGENTFLEET__PROVIDERS__CLAUDE__COMMAND".into(),
+                fake_claude().display().to_string(),
+            ),
+            (
+                "AGENTFLEET__PROVIDERS__CLAUDE__ENV__FAKE_CLAUDE_RUNLOG".into(),
+                self.runlog.display().to_string(),
+            ),
+            ("AGENTFLEET__WORKER__HEARTBEAT_INTERVAL".into(), "500ms".into()),
+            ("AGENTFLEET__WORKER__LEASE_TTL".into(), "5s".into()),
+            ("RUST_LOG".into(), "info,sqlx=warn".into()),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.into(), value.into()));
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .envs(self.env())
+            .env_remove("AGENTFLEET_CONFIG")
+            .current_dir(self.dir.path());
+        cmd
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run agentfleet")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "agentfleet {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts a worker process with its own workspace root; extra env per worker.
+    pub fn start_worker(&mut self, extra: &[(&str, &str)]) -> u32 {
+        let n = self.workers.len();
+        let root = self.dir.path().join(format!("worker{n}"));
+        let log = std::fs::File::create(self.dir.path().join(format!("worker{n}.log"))).unwrap();
+        let mut cmd = self.command(&["worker"]);
+        cmd.env("AGENTFLEET__WORKER__WORKSPACE_ROOT", &root)
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd.spawn().expect("start worker");
+        let pid = child.id();
+        self.workers.push(child);
+        pid
+    }
+
+    pub fn worker_log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("worker{n}.log"))).unwrap_or_default()
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::connect(&self.db_url, 4, false).await.expect("store")
+    }
+
+    /// Spawns through the CLI (`--json`) and returns the agent.
+    pub fn spawn(&self, extra: &[&str], prompt: &str) -> Agent {
+        let mut args = vec!["spawn", "--project", "demo", "--json"];
+        args.extend_from_slice(extra);
+        args.push(prompt);
+        serde_json::from_str(&self.cli_ok(&args)).expect("agent JSON")
+    }
+
+    /// Waits until the agent reaches a final status.
+    pub async fn wait_final(&self, id: Uuid, timeout: Duration) -> Agent {
+        let store = self.store().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let agent = store.agent(&id.to_string()).await.expect("agent");
+            if agent.status.is_final() {
+                return agent;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "agent {} still {} after {timeout:?}\nworker0:\n{}\nworker1:\n{}",
+                    agent.name,
+                    agent.status,
+                    self.worker_log(0),
+                    self.worker_log(1)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `n` workers hold a live lease.
+    pub async fn wait_workers(&self, n: usize) {
+        let store = self.store().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while store
+            .list_workers()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|w| w.status == "alive")
+            .count()
+            < n
+        {
+            assert!(Instant::now() < deadline, "workers did not register");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn runs(&self) -> usize {
+        std::fs::read_to_string(&self.runlog)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// The file at `path` on branch `branch` of the remote, if any.
+    pub fn remote_file(&self, branch: &str, path: &str) -> Option<String> {
+        let repo = git2::Repository::open_bare(&self.remote).ok()?;
+        let reference = repo.find_reference(&format!("refs/heads/{branch}")).ok()?;
+        let tree = reference.peel_to_commit().ok()?.tree().ok()?;
+        let entry = tree.get_path(Path::new(path)).ok()?;
+        let blob = repo.find_blob(entry.id()).ok()?;
+        Some(String::from_utf8_lossy(blob.content()).into_owned())
+    }
+
+    pub fn stop_workers(&mut self) {
+        for child in &mut self.workers {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for child in &mut self.workers {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.workers.clear();
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for child in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Best effort: leave no test databases or keys behind.
+        let _ = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Ok(client) = redis::Client::open(REDIS_URL)
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.prefix))
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
+    }
+}
+
+/// A bare repository with one commit (README.md) on `main`.
+pub fn make_remote(path: &Path) {
+    let repo = git2::Repository::init_bare(path).expect("init bare");
+    let sig = git2::Signature::now("test", "test@localhost").unwrap();
+    let blob = repo.blob(b"# demo\n").unwrap();
+    let mut tb = repo.treebuilder(None).unwrap();
+    tb.insert("README.md", blob, 0o100644).unwrap();
+    let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+    repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
+        .unwrap();
+    repo.set_head("refs/heads/main").unwrap();
+}
+
+pub fn assert_status(agent: &Agent, status: AgentStatus) {
+    assert_eq!(
+        agent.status, status,
+        "agent {} is {} (error: {:?})",
+        agent.name, agent.status, agent.error
+    );
+}
