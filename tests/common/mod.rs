@@ -29,6 +29,7 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub remote: PathBuf,
     pub runlog: PathBuf,
+    pub config: PathBuf,
     workers: Vec<Child>,
     extra_env: Vec<(String, String)>,
 }
@@ -43,11 +44,25 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let remote = dir.path().join("remote.git");
         make_remote(&remote);
+        // A config file (not env vars) for the provider: env var keys are lowercased by
+        // the config crate, and the stand-in's variable name is upper case.
+        let runlog = dir.path().join("runs.log");
+        let config = dir.path().join("agentfleet.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[providers.claude]\ncommand = {:?}\nenv = {{ FAKE_CLAUDE_RUNLOG = {:?} }}\n",
+                fake_claude().display().to_string(),
+                runlog.display().to_string()
+            ),
+        )
+        .unwrap();
         let env = Self {
             db_name,
             db_url,
             prefix: format!("aftest:{}", &id[..12]),
-            runlog: dir.path().join("runs.log"),
+            runlog,
+            config,
             remote,
             dir,
             workers: Vec::new(),
@@ -71,14 +86,13 @@ impl TestEnv {
             ("AGENTFLEET__REDIS__URL".into(), REDIS_URL.into()),
             ("AGENTFLEET__REDIS__PREFIX".into(), self.prefix.clone()),
             (
-                "AGENTFLEET__PROVIDERS__CLAUDE__COMMAND".into(),
-                fake_claude().display().to_string(),
+                "AGENTFLEET_CONFIG".into(),
+                self.config.display().to_string(),
             ),
             (
-                "AGENTFLEET__PROVIDERS__CLAUDE__ENV__FAKE_CLAUDE_RUNLOG".into(),
-                self.runlog.display().to_string(),
+                "AGENTFLEET__WORKER__HEARTBEAT_INTERVAL".into(),
+                "500ms".into(),
             ),
-            ("AGENTFLEET__WORKER__HEARTBEAT_INTERVAL".into(), "500ms".into()),
             ("AGENTFLEET__WORKER__LEASE_TTL".into(), "5s".into()),
             ("RUST_LOG".into(), "info,sqlx=warn".into()),
         ];
@@ -92,10 +106,7 @@ impl TestEnv {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
-        cmd.args(args)
-            .envs(self.env())
-            .env_remove("AGENTFLEET_CONFIG")
-            .current_dir(self.dir.path());
+        cmd.args(args).envs(self.env()).current_dir(self.dir.path());
         cmd
     }
 

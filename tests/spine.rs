@@ -1,0 +1,286 @@
+//! The fleet spine end to end: CLI → Postgres → Redis → worker processes → worktree →
+//! provider process → events → result → branch pushed.
+
+mod common;
+
+use std::time::Duration;
+
+use agentfleet::domain::AgentStatus;
+use agentfleet::queue::{RedisQueue, SpawnJob};
+use common::{REDIS_URL, TestEnv, assert_status};
+
+async fn queue(env: &TestEnv) -> RedisQueue {
+    RedisQueue::connect(
+        REDIS_URL,
+        &env.prefix,
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spawn_runs_on_one_of_two_workers_and_pushes_the_branch() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    env.start_worker(&[]);
+    env.wait_workers(2).await;
+
+    let out = env
+        .command(&[
+            "spawn",
+            "--project",
+            "demo",
+            "--name",
+            "first-otter",
+            "--wait",
+            "make the file",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "spawn --wait failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("first-otter"), "{stdout}");
+    assert!(
+        stdout.contains("All done."),
+        "--wait shows the output: {stdout}"
+    );
+
+    let agent: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["get", "first-otter", "--json"])).unwrap();
+    assert_eq!(agent["status"], "completed");
+    assert_eq!(agent["result"], "All done.");
+    assert_eq!(agent["branch"], "agent/first-otter");
+    assert_eq!(agent["provider"], "claude");
+    assert_eq!(agent["mode"], "execute");
+    assert!(agent["session_id"].as_str().is_some_and(|s| s.len() == 36));
+    assert!(agent["pid"].as_i64().is_some_and(|p| p > 0));
+    assert!(agent["node_id"].is_string());
+    for key in [
+        "pending_questions",
+        "error",
+        "created_at",
+        "updated_at",
+        "id",
+        "name",
+    ] {
+        assert!(agent.get(key).is_some(), "missing {key}");
+    }
+    let workers: Vec<serde_json::Value> =
+        serde_json::from_str(&env.cli_ok(&["workers", "--json"])).unwrap();
+    assert_eq!(workers.len(), 2);
+    let ids: Vec<&str> = workers.iter().map(|w| w["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&agent["worker_id"].as_str().unwrap()));
+
+    let file = env
+        .remote_file("agent/first-otter", "FAKE_RESULT.txt")
+        .expect("branch with the agent's file on the remote");
+    assert!(file.starts_with("written by fake-claude\nmake the file"));
+    assert!(
+        env.remote_file("agent/first-otter", ".agentfleet/input")
+            .is_none(),
+        "agentfleet's own folder is never committed"
+    );
+
+    let logs = env.cli_ok(&["logs", "first-otter"]);
+    for kind in [
+        "session_started",
+        "tool_use",
+        "tool_result",
+        "assistant_text",
+        "result",
+    ] {
+        assert!(logs.contains(kind), "logs lack {kind}: {logs}");
+    }
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&env.cli_ok(&["list", "--json"])).unwrap();
+    assert_eq!(list.len(), 1);
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_is_respected_under_a_burst() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "1")]);
+    env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "2")]);
+    env.wait_workers(2).await;
+    let agents: Vec<_> = (0..6)
+        .map(|i| env.spawn(&[], &format!("burst {i}\n#hold 0.8")))
+        .collect();
+    let mut done = Vec::new();
+    for a in &agents {
+        let agent = env.wait_final(a.id, Duration::from_secs(60)).await;
+        assert_status(&agent, AgentStatus::Completed);
+        done.push(agent);
+    }
+    let workers = env.store().await.list_workers().await.unwrap();
+    for w in &workers {
+        let mine: Vec<_> = done
+            .iter()
+            .filter(|a| a.worker_id.as_deref() == Some(&w.id))
+            .collect();
+        // The most agents of this worker alive at one instant.
+        let mut peak = 0;
+        for a in &mine {
+            let t = a.started_at.unwrap();
+            let alive = mine
+                .iter()
+                .filter(|b| b.started_at.unwrap() <= t && b.finished_at.unwrap() > t)
+                .count();
+            peak = peak.max(alive);
+        }
+        assert!(
+            peak <= w.capacity as usize,
+            "worker {} (capacity {}) ran {peak} at once",
+            w.id,
+            w.capacity
+        );
+    }
+    assert_eq!(env.runs(), 6);
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_idempotency_key_returns_the_same_agent_and_runs_once() {
+    let mut env = TestEnv::new().await;
+    let first = env.spawn(&["--idempotency-key", "job-42"], "once only");
+    let second = env.spawn(&["--idempotency-key", "job-42"], "once only");
+    assert_eq!(first.id, second.id);
+    assert_eq!(first.name, second.name);
+    env.start_worker(&[]);
+    let agent = env.wait_final(first.id, Duration::from_secs(30)).await;
+    assert_status(&agent, AgentStatus::Completed);
+    let third = env.spawn(&["--idempotency-key", "job-42"], "once only");
+    assert_eq!(third.id, first.id);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.runs(), 1);
+    assert_eq!(env.store().await.count_agents().await.unwrap(), 1);
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_delivery_of_a_job_runs_the_agent_once() {
+    let mut env = TestEnv::new().await;
+    let agent = env.spawn(&[], "deliver me twice\n#hold 0.5");
+    let store = env.store().await;
+    let request_id = store.pending_requests(10).await.unwrap()[0];
+    let q = queue(&env).await;
+    for _ in 0..2 {
+        q.enqueue(&SpawnJob {
+            request_id,
+            trace_context: Default::default(),
+        })
+        .await
+        .unwrap();
+    }
+    env.start_worker(&[]);
+    env.start_worker(&[]);
+    let done = env.wait_final(agent.id, Duration::from_secs(30)).await;
+    assert_status(&done, AgentStatus::Completed);
+    // Give the extra deliveries time to reach a worker and be refused.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(env.runs(), 1, "three deliveries, one run");
+    let logs = env.worker_log(0) + &env.worker_log(1);
+    assert!(
+        logs.contains("duplicate delivery ignored"),
+        "the duplicates reached a worker: {logs}"
+    );
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_exiting_non_zero_is_crashed_with_the_reason() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let out = env
+        .command(&[
+            "spawn",
+            "--project",
+            "demo",
+            "--wait",
+            "break\n#exit 3\n#stderr kaboom: the model is on fire",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "--wait exits non-zero on a crash"
+    );
+    let agents = env.store().await.list_agents().await.unwrap();
+    let agent = &agents[0];
+    assert_status(agent, AgentStatus::Crashed);
+    assert_eq!(agent.exit_code, Some(3));
+    let error = agent.error.as_deref().unwrap();
+    assert!(
+        error.contains("code 3") && error.contains("kaboom"),
+        "{error}"
+    );
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn error_result_fails_and_signal_file_questions_wait_for_input() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let failing = env.spawn(&[], "try\n#fail could not compile");
+    let asking = env.spawn(
+        &[],
+        "ask\n#signal {\"status\":\"questions\",\"questions\":[{\"id\":\"q1\",\"question\":\"Which database?\"}]}",
+    );
+    let failing = env.wait_final(failing.id, Duration::from_secs(30)).await;
+    assert_status(&failing, AgentStatus::Failed);
+    assert_eq!(failing.error.as_deref(), Some("could not compile"));
+    let asking = env.wait_final(asking.id, Duration::from_secs(30)).await;
+    assert_status(&asking, AgentStatus::WaitingForInput);
+    assert_eq!(asking.pending_questions[0].question, "Which database?");
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["get", &asking.name, "--json"])).unwrap();
+    assert_eq!(shown["pending_questions"][0]["id"], "q1");
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_job_is_recorded_and_the_worker_keeps_working() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    env.wait_workers(1).await;
+    let q = queue(&env).await;
+    q.enqueue_raw(serde_json::json!({"not": "a spawn job"}))
+        .await
+        .unwrap();
+    let agent = env.spawn(&[], "after the garbage");
+    let agent = env.wait_final(agent.id, Duration::from_secs(30)).await;
+    assert_status(&agent, AgentStatus::Completed);
+    let failures = env.store().await.job_failures().await.unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].0.contains("a spawn job"));
+    assert!(
+        failures[0].1.contains("cannot be decoded"),
+        "{}",
+        failures[0].1
+    );
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_files_reach_the_worktree() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let input = env.dir.path().join("spec.md");
+    std::fs::write(&input, "the spec").unwrap();
+    let agent = env.spawn(&["--input", input.to_str().unwrap()], "read the spec");
+    let agent = env.wait_final(agent.id, Duration::from_secs(30)).await;
+    assert_status(&agent, AgentStatus::Completed);
+    let workdir = std::path::PathBuf::from(agent.workdir.unwrap());
+    assert_eq!(
+        std::fs::read_to_string(workdir.join(".agentfleet/input/spec.md")).unwrap(),
+        "the spec"
+    );
+    env.stop_workers();
+}
