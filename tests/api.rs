@@ -1,0 +1,365 @@
+//! The HTTP API as upstream services use it: bearer auth, JSON errors, spawn, get, list,
+//! workers, projects and the SSE event stream (backlog from Last-Event-ID, then live).
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-token-7f3a";
+
+struct Server {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn serve(env: &TestEnv) -> Server {
+    let port = free_port();
+    let child = env
+        .command(&["serve"])
+        .env("AGENTFLEET__API__BIND", format!("127.0.0.1:{port}"))
+        .env("AGENTFLEET__API__TOKENS", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server
+        .client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "API did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server
+}
+
+impl Server {
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+}
+
+async fn error_of(resp: reqwest::Response) -> (StatusCode, String, String) {
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("JSON error body");
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_need_a_valid_bearer_token() {
+    let env = TestEnv::new().await;
+    let api = serve(&env).await;
+    let url = format!("{}/v1/agents", api.base);
+    let (status, code, _) = error_of(api.client.get(&url).send().await.unwrap()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let wrong = api
+        .client
+        .get(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let ok = api.get("/v1/agents").send().await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    // Probes stay open for orchestrators.
+    let ready = api
+        .client
+        .get(format!("{}/readyz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_refuses_a_public_address_without_tokens() {
+    let env = TestEnv::new().await;
+    let out = env
+        .command(&["serve"])
+        .env("AGENTFLEET__API__BIND", "0.0.0.0:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("non-loopback"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spawn_over_http_then_follow_its_events() {
+    let mut env = TestEnv::new().await;
+    let api = serve(&env).await;
+    let project = api
+        .post("/v1/projects")
+        .json(&json!({"name": "other", "remote_url": env.remote.to_str().unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(project.status(), StatusCode::CREATED);
+    let projects: Vec<Value> = api
+        .get("/v1/projects")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(projects.len(), 2);
+
+    let resp = api
+        .post("/v1/agents")
+        .json(
+            &json!({"provider": "claude", "project": "other", "prompt": "over http",
+                      "name": "http-heron", "idempotency_key": "k1"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let agent: Value = resp.json().await.unwrap();
+    let id = agent["id"].as_str().unwrap().to_string();
+    assert_eq!(agent["status"], "pending");
+    // The same key again: the same agent, 200.
+    let again = api
+        .post("/v1/agents")
+        .json(
+            &json!({"provider": "claude", "project": "other", "prompt": "over http",
+                      "idempotency_key": "k1"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], agent["id"]);
+
+    // Follow live from before the worker starts.
+    let events = api
+        .get(&format!("/v1/agents/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    env.start_worker(&[]);
+    let body = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut text = String::new();
+        let mut stream = events.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if text.contains("\"status\":\"completed\"") {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .expect("SSE stream reached the end");
+    for kind in [
+        "event: session_started",
+        "event: tool_use",
+        "event: result",
+        "id: 1",
+    ] {
+        assert!(body.contains(kind), "SSE lacks {kind}: {body}");
+    }
+
+    let by_name: Value = api
+        .get("/v1/agents/http-heron")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_name["id"], agent["id"]);
+    assert_eq!(by_name["status"], "completed");
+
+    // Resume the stream after event 3: only later events come.
+    let resumed = api
+        .get(&format!("/v1/agents/{id}/events"))
+        .header("Last-Event-ID", "3")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !resumed.contains("id: 3\n") && resumed.contains("id: 4\n"),
+        "{resumed}"
+    );
+
+    let workers: Vec<Value> = api
+        .get("/v1/workers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(by_name["worker_id"], workers[0]["id"]);
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_clear_json_errors_and_write_nothing() {
+    let env = TestEnv::new().await;
+    let api = serve(&env).await;
+    let store = env.store().await;
+    env.spawn(&["--name", "taken-name"], "first");
+    let before = store.count_agents().await.unwrap();
+
+    let malformed = api
+        .post("/v1/agents")
+        .header("content-type", "application/json")
+        .body("{\"provider\": \"claude\",")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, message) = error_of(malformed).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("malformed JSON"), "{message}");
+
+    let base = json!({"provider": "claude", "project": "demo", "prompt": "do it"});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    let cases = [
+        (
+            with("provider", json!("nope")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "known providers: claude, codex",
+        ),
+        (
+            with("project", json!("ghost")),
+            StatusCode::NOT_FOUND,
+            "unknown project 'ghost'",
+        ),
+        (
+            with("name", json!("taken-name")),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+        (
+            with("name", json!("a/b")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "agent name",
+        ),
+        (
+            with("name", json!("..")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "agent name",
+        ),
+        (
+            with("name", json!("x.lock")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "agent name",
+        ),
+        (
+            with("prompt", json!("   ")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "prompt is empty",
+        ),
+        (
+            with("prompt", json!("x".repeat(300 * 1024))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "over the limit",
+        ),
+        (
+            with("mode", json!("yolo")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown mode",
+        ),
+        (
+            with(
+                "inputs",
+                json!([{"name": "../../etc/passwd", "content": "x"}]),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "input file name",
+        ),
+        (
+            with("inputs", json!([{"name": "/abs", "content": "x"}])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "input file name",
+        ),
+        (
+            with("surprise", json!(1)),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+    ];
+    for (body, want_status, want_text) in cases {
+        let resp = api.post("/v1/agents").json(&body).send().await.unwrap();
+        let (status, _, message) = error_of(resp).await;
+        assert_eq!(status, want_status, "{body}: {message}");
+        assert!(message.contains(want_text), "{message} lacks {want_text}");
+    }
+    let unknown = api.get("/v1/agents/nobody").send().await.unwrap();
+    assert_eq!(error_of(unknown).await.0, StatusCode::NOT_FOUND);
+    let dup_project = api
+        .post("/v1/projects")
+        .json(&json!({"name": "demo", "remote_url": "/x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(dup_project).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        store.count_agents().await.unwrap(),
+        before,
+        "nothing was written"
+    );
+}
