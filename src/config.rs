@@ -32,6 +32,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub worker: WorkerSettings,
     pub api: ApiSettings,
+    pub queue: QueueSettings,
+    pub agent: AgentSettings,
     pub limits: LimitSettings,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
@@ -64,6 +66,40 @@ pub struct WorkerSettings {
     #[serde(with = "humantime_serde")]
     pub event_flush_interval: Duration,
     pub output_buffer_lines: usize,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+    pub on_shutdown: OnShutdown,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub handoff_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+}
+
+/// What a draining worker does with its running agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShutdown {
+    Leave,
+    Stop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueSettings {
+    #[serde(with = "humantime_serde")]
+    pub redispatch_after: Duration,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentSettings {
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_runtime: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +174,20 @@ impl Settings {
         }
         if self.worker.poll_interval.is_zero() {
             return Err(invalid("worker.poll_interval", "must be above zero"));
+        }
+        for (key, value) in [
+            ("worker.sweep_interval", self.worker.sweep_interval),
+            ("worker.cleanup_interval", self.worker.cleanup_interval),
+            ("queue.redispatch_after", self.queue.redispatch_after),
+            ("agent.idle_timeout", self.agent.idle_timeout),
+            ("agent.max_runtime", self.agent.max_runtime),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be above zero"));
+            }
+        }
+        if self.queue.max_attempts == 0 {
+            return Err(invalid("queue.max_attempts", "must be at least 1"));
         }
         if self.worker.event_flush_interval.is_zero() {
             return Err(invalid("worker.event_flush_interval", "must be above zero"));

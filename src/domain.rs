@@ -124,6 +124,12 @@ pub struct Agent {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Hidden from `list` unless asked for.
+    pub dismissed: bool,
+    /// How far into the output file the stored events reach (bytes).
+    pub output_offset: i64,
+    /// Start time of `pid` (clock ticks since boot), which tells a reused pid apart.
+    pub pid_start_time: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +182,9 @@ pub struct SpawnRequest {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub inputs: Vec<InputFile>,
+    /// How many times the fleet may run the request again if its worker is lost.
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 /// One normalised event in an agent's durable log.

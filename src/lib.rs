@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod fleet;
+pub mod lifecycle;
 pub mod process;
 pub mod providers;
 pub mod queue;

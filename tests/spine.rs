@@ -212,7 +212,7 @@ async fn provider_exiting_non_zero_is_crashed_with_the_reason() {
         Some(1),
         "--wait exits non-zero on a crash"
     );
-    let agents = env.store().await.list_agents().await.unwrap();
+    let agents = env.store().await.list_agents(true).await.unwrap();
     let agent = &agents[0];
     assert_status(agent, AgentStatus::Crashed);
     assert_eq!(agent.exit_code, Some(3));

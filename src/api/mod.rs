@@ -25,7 +25,12 @@ pub fn router(fleet: Fleet) -> Router {
             "/v1/agents",
             post(routes::spawn_agent).get(routes::list_agents),
         )
-        .route("/v1/agents/{agent}", get(routes::get_agent))
+        .route(
+            "/v1/agents/{agent}",
+            get(routes::get_agent).delete(routes::delete_agent),
+        )
+        .route("/v1/agents/{agent}/stop", post(routes::stop_agent))
+        .route("/v1/agents/{agent}/dismiss", post(routes::dismiss_agent))
         .route("/v1/agents/{agent}/events", get(routes::agent_events))
         .route("/v1/workers", get(routes::list_workers))
         .route(

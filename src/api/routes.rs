@@ -32,8 +32,11 @@ pub async fn spawn_agent(State(fleet): State<Fleet>, body: Bytes) -> Result<Resp
     Ok((status, Json(recorded.agent)).into_response())
 }
 
-pub async fn list_agents(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
-    Ok(Json(fleet.store.list_agents().await?).into_response())
+pub async fn list_agents(
+    State(fleet): State<Fleet>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(fleet.store.list_agents(q.all).await?).into_response())
 }
 
 pub async fn get_agent(
@@ -41,6 +44,44 @@ pub async fn get_agent(
     Path(agent): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(fleet.store.agent(&agent).await?).into_response())
+}
+
+/// Stops the agent and answers once it has stopped.
+pub async fn stop_agent(
+    State(fleet): State<Fleet>,
+    Path(agent): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(fleet.stop(&agent, true).await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    remote_branch: bool,
+}
+
+pub async fn delete_agent(
+    State(fleet): State<Fleet>,
+    Path(agent): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<DeleteQuery>,
+) -> Result<Response, ApiError> {
+    let name = fleet.delete(&agent, q.remote_branch).await?;
+    Ok(Json(serde_json::json!({"deleted": name})).into_response())
+}
+
+pub async fn dismiss_agent(
+    State(fleet): State<Fleet>,
+    Path(agent): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = fleet.store.agent(&agent).await?;
+    fleet.store.set_dismissed(found.id).await?;
+    Ok(Json(fleet.store.agent(&found.id.to_string()).await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    all: bool,
 }
 
 pub async fn agent_events(

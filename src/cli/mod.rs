@@ -46,10 +46,34 @@ pub enum Command {
     Up,
     /// Ask for a new agent.
     Spawn(SpawnArgs),
-    /// List agents.
+    /// List agents (dismissed ones with --all).
     List {
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop a running agent (its worker sends SIGTERM, then SIGKILL after worker.stop_grace).
+    Stop {
+        agent: String,
+        /// Return at once instead of waiting for the agent to stop.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete an agent: stop it, remove its worktree, local branch, files and records.
+    Delete {
+        agent: String,
+        /// Also delete the agent's branch on the project's remote.
+        #[arg(long)]
+        remote_branch: bool,
+    },
+    /// Hide an agent from `list` (it stays in the store).
+    Dismiss { agent: String },
+    /// Remove worktrees, branches and files under this node's workspace that belong to no
+    /// agent.
+    Cleanup {
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show one agent by id or name.
     Get {
@@ -112,6 +136,9 @@ pub struct SpawnArgs {
     /// Follow the agent's output until it ends; exit 0 only on success.
     #[arg(long)]
     wait: bool,
+    /// Run the request again (up to N times) if its worker is lost.
+    #[arg(long)]
+    retries: Option<u32>,
     #[arg(long)]
     json: bool,
     prompt: Option<String>,
@@ -154,7 +181,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Up => run_until_signal(fleet, true).await?,
         Command::Spawn(args) => return spawn(&fleet, args).await,
-        Command::List { json } => output::agents(&fleet.store.list_agents().await?, json),
+        Command::List { json, all } => output::agents(&fleet.store.list_agents(all).await?, json),
+        Command::Stop { agent, no_wait } => {
+            let agent = fleet.stop(&agent, !no_wait).await.map_err(user)?;
+            println!("{} {}", agent.name, agent.status);
+        }
+        Command::Delete {
+            agent,
+            remote_branch,
+        } => {
+            let name = fleet.delete(&agent, remote_branch).await.map_err(user)?;
+            println!("{name} deleted");
+        }
+        Command::Dismiss { agent } => {
+            let agent = fleet
+                .store
+                .agent(&agent)
+                .await
+                .map_err(|e| user(e.into()))?;
+            fleet.store.set_dismissed(agent.id).await?;
+            println!("{} dismissed", agent.name);
+        }
+        Command::Cleanup { dry_run } => {
+            let root = &fleet.settings.worker.workspace_root;
+            let report = worker::cleanup_workspace(root, &fleet.store, dry_run).await?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for name in &report.removed {
+                println!("{verb} {name}");
+            }
+            if report.removed.is_empty() {
+                println!("nothing to remove");
+            }
+        }
         Command::Get { agent, json } => output::agent(
             &fleet
                 .store
@@ -230,6 +288,7 @@ async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32> {
             task_id: args.task_id,
             idempotency_key: args.idempotency_key,
             inputs,
+            retries: args.retries,
         })
         .await
         .map_err(user)?;

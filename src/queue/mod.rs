@@ -6,7 +6,7 @@ mod redis;
 mod slots;
 
 pub use redis::{RedisQueue, SPAWN_QUEUE};
-pub use slots::{SlotGateLayer, Slots};
+pub use slots::{SlotGateLayer, Slots, take_handed_slot};
 
 use std::collections::BTreeMap;
 

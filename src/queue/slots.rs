@@ -1,14 +1,28 @@
 //! Worker capacity as a tower layer: the apalis worker asks its service whether it is
 //! ready before it fetches a job, so holding a slot in `poll_ready` means a worker never
-//! takes a spawn it has no room for. The slot travels with the job and is released when
-//! the handler (which lives as long as the agent it runs) returns.
+//! takes a spawn it has no room for. The slot travels with the job: the handler takes it
+//! (`take_handed_slot`) and gives it to the agent it starts, which frees it when it ends;
+//! a handler that starts nothing (a duplicate delivery) frees it by returning.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower::{Layer, Service};
+
+tokio::task_local! {
+    static HANDED_SLOT: RefCell<Option<OwnedSemaphorePermit>>;
+}
+
+/// The slot the gate handed to the job being handled, if any (once).
+pub fn take_handed_slot() -> Option<OwnedSemaphorePermit> {
+    HANDED_SLOT
+        .try_with(|slot| slot.borrow_mut().take())
+        .ok()
+        .flatten()
+}
 
 /// A worker's slots: one per agent it may run at once.
 #[derive(Clone, Debug)]
@@ -34,7 +48,12 @@ impl Slots {
     }
 
     pub fn in_use(&self) -> usize {
-        self.capacity - self.free()
+        self.capacity.saturating_sub(self.free())
+    }
+
+    /// A slot if one is free now.
+    pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
+        self.semaphore.clone().try_acquire_owned().ok()
     }
 }
 
@@ -101,10 +120,6 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = self.permit.take();
         let fut = self.inner.call(req);
-        Box::pin(async move {
-            let out = fut.await;
-            drop(permit);
-            out
-        })
+        Box::pin(HANDED_SLOT.scope(RefCell::new(permit), fut))
     }
 }

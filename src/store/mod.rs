@@ -4,8 +4,9 @@
 //! change anything.
 
 mod postgres;
+mod postgres_leases;
 
-pub use postgres::{PgStore as Store, SpawnRecord};
+pub use postgres::{NewWorker, PgStore as Store, SpawnRecord};
 
 use uuid::Uuid;
 
@@ -66,4 +67,66 @@ pub struct NewEvent {
     pub seq: i64,
     pub kind: String,
     pub data: serde_json::Value,
+}
+
+/// A worker row on the same node, with the identity of its process.
+#[derive(Debug, Clone)]
+pub struct PeerWorker {
+    pub id: String,
+    pub pid: i32,
+    pub pid_start_time: Option<i64>,
+}
+
+/// Limits the reconciler applies.
+#[derive(Debug, Clone)]
+pub struct ReconcilePolicy {
+    /// A request that has been claimed this many times is not run again (poison).
+    pub max_attempts: u32,
+}
+
+/// What reconciling one dead worker did.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciled {
+    pub worker_id: String,
+    pub node_id: String,
+    /// Agents now owned by the reconciling worker (same node): supervise them.
+    pub adopted: Vec<Uuid>,
+    /// Agents put back in the queue: dispatch them.
+    pub requeued: Vec<Uuid>,
+    /// Agents given a final status (crashed, or stopped when a stop was pending).
+    pub crashed: Vec<Uuid>,
+    /// Agents whose process on this node must be killed.
+    pub to_kill: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlKind {
+    Stop,
+    Delete,
+}
+
+impl ControlKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stop" => Some(Self::Stop),
+            "delete" => Some(Self::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// A request about an existing agent, routed to the worker that owns it.
+#[derive(Debug, Clone)]
+pub struct ControlRequest {
+    pub id: Uuid,
+    pub agent_id: Uuid,
+    pub kind: ControlKind,
+    pub payload: serde_json::Value,
 }

@@ -23,16 +23,32 @@ macro_rules! select_agents {
             "SELECT a.id, a.name, a.provider, a.mode, p.name AS project, a.task_id, a.status, ",
             "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
             "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
-            "a.updated_at, a.started_at, a.finished_at ",
+            "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
+            "a.pid_start_time ",
             "FROM agents a JOIN projects p ON p.id = a.project_id ",
             $rest
         )
     };
 }
 
+pub(super) fn select_agents_by_ids() -> &'static str {
+    select_agents!("WHERE a.id = ANY($1) ORDER BY a.created_at, a.id")
+}
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
+}
+
+/// A worker process as it registers.
+#[derive(Debug, Clone)]
+pub struct NewWorker<'a> {
+    pub id: &'a str,
+    pub node_id: &'a str,
+    pub host: &'a str,
+    pub pid: i32,
+    pub pid_start_time: Option<i64>,
+    pub capacity: i32,
 }
 
 /// The fields of a spawn the store records at enqueue.
@@ -173,8 +189,8 @@ impl PgStore {
         }
         let request_id = Uuid::now_v7();
         let inserted = sqlx::query(
-            "INSERT INTO requests (id, kind, agent_id, idempotency_key, payload) \
-             VALUES ($1, 'spawn', $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING",
+            "INSERT INTO requests (id, kind, agent_id, idempotency_key, payload, dispatched_at) \
+             VALUES ($1, 'spawn', $2, $3, $4, now()) ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(request_id)
         .bind(agent_id)
@@ -340,10 +356,14 @@ impl PgStore {
             .ok_or_else(|| StoreError::UnknownAgent(id_or_name.to_string()))
     }
 
-    pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
-        let rows = sqlx::query(select_agents!("ORDER BY a.created_at, a.id"))
-            .fetch_all(&self.pool)
-            .await?;
+    /// Agents, oldest first; dismissed ones only when asked for.
+    pub async fn list_agents(&self, include_dismissed: bool) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(select_agents!(
+            "WHERE $1 OR NOT a.dismissed ORDER BY a.created_at, a.id"
+        ))
+        .bind(include_dismissed)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(agent_from_row).collect()
     }
 
@@ -396,51 +416,48 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Appends a batch of events in one statement, only while `owner` owns the agent.
-    /// Returns false when the write was fenced off.
+    /// Appends a batch of events and records how far into the output file they reach,
+    /// only while `owner` owns the agent. Returns false when the write was fenced off.
     pub async fn append_events(
         &self,
         agent_id: Uuid,
         owner: &Owner,
         events: &[NewEvent],
+        output_offset: i64,
     ) -> Result<bool, StoreError> {
-        if events.is_empty() {
-            return Ok(true);
-        }
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-        let data: Vec<serde_json::Value> = events.iter().map(|e| e.data.clone()).collect();
-        let done = sqlx::query(
-            "INSERT INTO agent_events (agent_id, seq, kind, data) \
-             SELECT $1, e.seq, e.kind, e.data FROM unnest($4::bigint[], $5::text[], $6::jsonb[]) \
-               AS e(seq, kind, data) \
-             WHERE EXISTS (SELECT 1 FROM agents WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3) \
-             ON CONFLICT (agent_id, seq) DO NOTHING",
+        let mut tx = self.pool.begin().await?;
+        let owned = sqlx::query(
+            "UPDATE agents SET output_offset = GREATEST(output_offset, $4) \
+             WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
         )
         .bind(agent_id)
         .bind(&owner.worker_id)
         .bind(owner.epoch)
-        .bind(&seqs)
-        .bind(&kinds)
-        .bind(&data)
-        .execute(&self.pool)
+        .bind(output_offset)
+        .execute(&mut *tx)
         .await?;
-        if done.rows_affected() > 0 {
-            return Ok(true);
+        if owned.rows_affected() == 0 {
+            return Ok(false);
         }
-        self.owns(agent_id, owner).await
-    }
-
-    async fn owns(&self, agent_id: Uuid, owner: &Owner) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 FROM agents WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
-        )
-        .bind(agent_id)
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+        if !events.is_empty() {
+            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            let data: Vec<serde_json::Value> = events.iter().map(|e| e.data.clone()).collect();
+            sqlx::query(
+                "INSERT INTO agent_events (agent_id, seq, kind, data) \
+                 SELECT $1, e.seq, e.kind, e.data \
+                 FROM unnest($2::bigint[], $3::text[], $4::jsonb[]) AS e(seq, kind, data) \
+                 ON CONFLICT (agent_id, seq) DO NOTHING",
+            )
+            .bind(agent_id)
+            .bind(&seqs)
+            .bind(&kinds)
+            .bind(&data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn last_event_seq(&self, agent_id: Uuid) -> Result<i64, StoreError> {
@@ -512,7 +529,7 @@ impl PgStore {
         };
         sqlx::query(
             "UPDATE requests SET status = $2, error = $3, updated_at = now() \
-             WHERE agent_id = $1 AND status = 'claimed'",
+             WHERE agent_id = $1 AND status = 'claimed' AND kind IN ('spawn', 'resume')",
         )
         .bind(agent_id)
         .bind(request_status)
@@ -528,23 +545,20 @@ impl PgStore {
     /// Registers a worker with a fresh epoch and a lease of `ttl`; returns the epoch.
     pub async fn register_worker(
         &self,
-        worker_id: &str,
-        node_id: &str,
-        host: &str,
-        pid: i32,
-        capacity: i32,
+        w: &NewWorker<'_>,
         ttl: Duration,
     ) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO workers (id, node_id, host, pid, capacity, epoch, lease_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, nextval('fleet_epoch_seq'), now() + $6 * interval '1 millisecond') \
+            "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, lease_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, nextval('fleet_epoch_seq'), now() + $7 * interval '1 millisecond') \
              RETURNING epoch",
         )
-        .bind(worker_id)
-        .bind(node_id)
-        .bind(host)
-        .bind(pid)
-        .bind(capacity)
+        .bind(w.id)
+        .bind(w.node_id)
+        .bind(w.host)
+        .bind(w.pid)
+        .bind(w.pid_start_time)
+        .bind(w.capacity)
         .bind(ttl.as_millis() as f64)
         .fetch_one(&self.pool)
         .await?)
@@ -571,13 +585,23 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn deregister_worker(&self, owner: &Owner) -> Result<(), StoreError> {
+    /// Ends the worker's lease. With `handoff`, its still-running agents stay for the
+    /// next worker on the node, which adopts them at once; other nodes wait `handoff`
+    /// before they reconcile them.
+    pub async fn deregister_worker(
+        &self,
+        owner: &Owner,
+        handoff: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let grace_ms = handoff.map(|d| d.as_millis() as f64).unwrap_or(0.0);
         sqlx::query(
-            "UPDATE workers SET status = 'stopped', running = 0, lease_expires_at = now() \
+            "UPDATE workers SET status = 'stopped', running = 0, \
+             lease_expires_at = now() + $3 * interval '1 millisecond' \
              WHERE id = $1 AND epoch = $2",
         )
         .bind(&owner.worker_id)
         .bind(owner.epoch)
+        .bind(grace_ms)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -652,7 +676,7 @@ fn project_from_row(r: &sqlx::postgres::PgRow) -> Project {
     }
 }
 
-fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<Agent, StoreError> {
+pub(super) fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<Agent, StoreError> {
     let status: String = r.try_get("status")?;
     let mode: String = r.try_get("mode")?;
     let questions: Option<serde_json::Value> = r.try_get("pending_questions")?;
@@ -688,5 +712,8 @@ fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<Agent, StoreError> {
         updated_at: r.try_get("updated_at")?,
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
+        dismissed: r.try_get("dismissed")?,
+        output_offset: r.try_get("output_offset")?,
+        pid_start_time: r.try_get("pid_start_time")?,
     })
 }

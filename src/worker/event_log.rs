@@ -24,6 +24,7 @@ pub struct EventLog {
     bus: EventBus,
     next_seq: i64,
     pending: Vec<NewEvent>,
+    stored_offset: u64,
 }
 
 impl EventLog {
@@ -42,6 +43,7 @@ impl EventLog {
             bus,
             next_seq: last + 1,
             pending: Vec::new(),
+            stored_offset: 0,
         })
     }
 
@@ -54,19 +56,30 @@ impl EventLog {
         self.next_seq += 1;
     }
 
-    /// Stores the pending batch, then publishes it. A failed store write keeps the batch
-    /// for the next flush; a fenced one is final.
-    pub async fn flush(&mut self) -> Result<(), LogError> {
-        if self.pending.is_empty() {
+    /// Stores the pending events without moving the output offset.
+    pub async fn flush_events(&mut self) -> Result<(), LogError> {
+        self.flush(self.stored_offset).await
+    }
+
+    /// Stores the pending batch with the output offset it reaches, then publishes it. A
+    /// failed store write keeps the batch for the next flush; a fenced one is final.
+    pub async fn flush(&mut self, output_offset: u64) -> Result<(), LogError> {
+        if self.pending.is_empty() && output_offset <= self.stored_offset {
             return Ok(());
         }
         if !self
             .store
-            .append_events(self.agent_id, &self.owner, &self.pending)
+            .append_events(
+                self.agent_id,
+                &self.owner,
+                &self.pending,
+                output_offset as i64,
+            )
             .await?
         {
             return Err(LogError::Fenced(self.agent_id));
         }
+        self.stored_offset = output_offset;
         let now = Utc::now();
         for event in self.pending.drain(..) {
             let stored = StoredEvent {

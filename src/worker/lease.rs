@@ -20,7 +20,7 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let running = rt.slots.in_use() as i32;
+        let running = rt.running_agents() as i32;
         match rt
             .fleet
             .store

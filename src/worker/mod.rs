@@ -1,14 +1,23 @@
-//! The worker process: registers in the store with a lease and an epoch, renews the lease
-//! on a heartbeat, and runs an apalis worker on the spawn queue that only fetches while it
-//! has a free slot. Each delivered job runs as long as its agent does (see `spawn`).
+//! The worker process: registers in the store with a lease and an epoch, renews the lease on
+//! a heartbeat, adopts the agents of dead workers on its node, and runs an apalis consumer
+//! on the spawn queue that only fetches while it has a free slot. A delivered job starts its
+//! agent and hands it to a tracked agent task; maintenance services (sweeper, re-dispatch,
+//! control requests, cleanup) each run on their own interval.
 //!
-//! Shutdown is one tree: a soft stop stops fetching and waits for the agents in hand; a
-//! hard stop (second signal) stops the agents too. Losing the lease stops everything at once.
+//! Shutdown is one tree: a soft stop stops fetching, then leaves running agents to the next
+//! worker on the node (or stops them, `worker.on_shutdown = "stop"`); a hard stop stops them
+//! at once. A lost lease lets go of everything.
 
+mod agent_task;
+mod cleanup;
+mod control;
 mod event_log;
 mod lease;
 mod spawn;
 mod supervisor;
+mod sweeper;
+
+pub use cleanup::{CleanupReport, cleanup_workspace};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,13 +30,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::config::OnShutdown;
 use crate::domain::Project;
 use crate::fleet::Fleet;
 use crate::queue::{SlotGateLayer, Slots};
-use crate::store::Owner;
+use crate::store::{NewWorker, Owner};
 use crate::workspace::Workspace;
 
-/// What every job handler of this worker shares.
+/// What every job handler and service of this worker shares.
 pub struct Runtime {
     pub fleet: Fleet,
     pub owner: Owner,
@@ -37,8 +47,14 @@ pub struct Runtime {
     workspace_root: PathBuf,
     /// One git operation at a time per project mirror.
     project_locks: Mutex<HashMap<Uuid, Arc<Mutex<()>>>>,
-    /// Cancelled on a hard stop: supervisors stop their agents.
+    /// The agents this worker supervises, with the token that stops each.
+    agents: std::sync::Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Every agent task, so shutdown can wait for them.
+    agent_tasks: TaskTracker,
+    /// Cancelled on a hard stop (or a drain with `on_shutdown = "stop"`): agents are stopped.
     pub hard_stop: CancellationToken,
+    /// Cancelled on a drain that leaves agents running: supervisors let go.
+    pub detach: CancellationToken,
     /// Cancelled when the lease is lost: supervisors let go at once.
     pub lease_lost: CancellationToken,
 }
@@ -71,6 +87,33 @@ impl Runtime {
             .entry(project)
             .or_default()
             .clone()
+    }
+
+    /// Registers an agent under supervision; its token stops it.
+    fn track_agent(&self, agent_id: Uuid) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Ok(mut agents) = self.agents.lock() {
+            agents.insert(agent_id, token.clone());
+        }
+        token
+    }
+
+    fn untrack_agent(&self, agent_id: Uuid) {
+        if let Ok(mut agents) = self.agents.lock() {
+            agents.remove(&agent_id);
+        }
+    }
+
+    /// Asks the supervisor of `agent_id` to stop it; false if this worker does not run it.
+    fn stop_agent(&self, agent_id: Uuid) -> bool {
+        match self.agents.lock() {
+            Ok(agents) => agents.get(&agent_id).map(|t| t.cancel()).is_some(),
+            Err(_) => false,
+        }
+    }
+
+    fn running_agents(&self) -> usize {
+        self.agents.lock().map(|a| a.len()).unwrap_or(0)
     }
 
     /// Fetches the project's mirror and adds the agent's worktree (blocking git work off
@@ -143,14 +186,18 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let worker_id = new_worker_id();
     let node_id = settings.node_id();
     let capacity = settings.worker.capacity as usize;
+    let pid = std::process::id() as i32;
     let epoch = fleet
         .store
         .register_worker(
-            &worker_id,
-            &node_id,
-            &crate::config::hostname(),
-            std::process::id() as i32,
-            capacity as i32,
+            &NewWorker {
+                id: &worker_id,
+                node_id: &node_id,
+                host: &crate::config::hostname(),
+                pid,
+                pid_start_time: crate::process::start_time(pid),
+                capacity: capacity as i32,
+            },
             settings.worker.lease_ttl,
         )
         .await?;
@@ -169,13 +216,22 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         workspace: Arc::new(Workspace::new(workspace_root.clone())),
         workspace_root,
         project_locks: Mutex::default(),
+        agents: std::sync::Mutex::default(),
+        agent_tasks: TaskTracker::new(),
         hard_stop: shutdown.hard.child_token(),
+        detach: CancellationToken::new(),
         lease_lost: CancellationToken::new(),
     });
 
-    let tracker = TaskTracker::new();
+    let services = TaskTracker::new();
     let stop_services = CancellationToken::new();
-    tracker.spawn(lease::run(rt.clone(), stop_services.clone()));
+    // Adopt what this node's dead workers left before taking new work.
+    sweeper::sweep_once(&rt).await;
+    services.spawn(lease::run(rt.clone(), stop_services.clone()));
+    services.spawn(sweeper::run(rt.clone(), stop_services.clone()));
+    services.spawn(sweeper::run_redispatch(rt.clone(), stop_services.clone()));
+    services.spawn(control::run(rt.clone(), stop_services.clone()));
+    services.spawn(cleanup::run(rt.clone(), stop_services.clone()));
 
     // Stop fetching on a soft stop or a lost lease.
     let stop_fetching = CancellationToken::new();
@@ -185,7 +241,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
             rt.lease_lost.clone(),
             stop_fetching.clone(),
         );
-        tracker.spawn(async move {
+        services.spawn(async move {
             tokio::select! {
                 _ = soft.cancelled() => {}
                 _ = lost.cancelled() => {}
@@ -194,25 +250,59 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         });
     }
 
-    let result = consume(rt.clone(), stop_fetching.clone()).await;
-    stop_fetching.cancel();
+    let consumer = consume(rt.clone(), stop_fetching.clone());
+    tokio::pin!(consumer);
+    // Once fetching stops, the job in hand gets `shutdown_timeout` to finish.
+    let result = tokio::select! {
+        result = &mut consumer => result,
+        _ = stop_fetching.cancelled() => {
+            match tokio::time::timeout(settings.worker.shutdown_timeout, &mut consumer).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("the job in hand did not finish within worker.shutdown_timeout");
+                    Ok(())
+                }
+            }
+        }
+    };
+    // Running agents: leave them for the next worker on this node, or stop them.
+    let leave = settings.worker.on_shutdown == OnShutdown::Leave
+        && !rt.hard_stop.is_cancelled()
+        && !rt.lease_lost.is_cancelled();
+    if leave {
+        rt.detach.cancel();
+    } else {
+        rt.hard_stop.cancel();
+    }
+    rt.agent_tasks.close();
+    if tokio::time::timeout(
+        settings.worker.stop_grace + Duration::from_secs(5),
+        rt.agent_tasks.wait(),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("agent tasks did not end in time");
+    }
     stop_services.cancel();
-    tracker.close();
-    tracker.wait().await;
+    services.close();
+    services.wait().await;
     if rt.lease_lost.is_cancelled() {
         anyhow::bail!("worker {worker_id} lost its lease; its agents belong to the fleet now");
     }
-    if let Err(e) = fleet.store.deregister_worker(&owner).await {
+    let handoff = leave.then_some(settings.worker.handoff_grace);
+    if let Err(e) = fleet.store.deregister_worker(&owner, handoff).await {
         tracing::warn!(error = %e, "cannot deregister worker");
     }
-    tracing::info!(worker_id = %worker_id, "worker stopped");
+    tracing::info!(worker_id = %worker_id, left_running = leave, "worker stopped");
     result
 }
 
 /// The apalis worker loop. A failed apalis worker (Redis gone, say) is started again under
-/// a new name (reusing a name inside apalis's orphan window is refused).
+/// a new name (reusing a name inside apalis's orphan window is refused), with backoff.
 async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()> {
     let mut generation = 0u32;
+    let mut backoff = Duration::from_millis(500);
     loop {
         generation += 1;
         let name = format!("{}-{generation}", rt.owner.worker_id);
@@ -222,6 +312,7 @@ async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()
             .layer(SlotGateLayer::new(rt.slots.clone()))
             .data(rt.clone())
             .build(handle_job);
+        let started = tokio::time::Instant::now();
         let outcome = worker
             .run_until(async move {
                 stopper.cancelled().await;
@@ -235,10 +326,14 @@ async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()
                 tracing::warn!(worker = %name, error = %e, "queue consumer failed; restarting")
             }
         }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(500);
+        }
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(backoff) => {}
         }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -1,25 +1,26 @@
-//! The spawn job, from delivery to the agent's end: decode, claim the request in the store
-//! (a duplicate delivery stops here), prepare the worktree, start the provider process,
-//! supervise it, then commit and push the agent's branch and record the outcome.
+//! The spawn job: decode, claim the request in the store (a duplicate delivery stops here),
+//! prepare the worktree, start the provider process, and hand the agent (with the job's
+//! slot) to its agent task. The job ends there, so a queue delivery is short.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
 use super::Runtime;
+use super::agent_task::{self, RunFiles, Started};
 use super::event_log::{EventLog, LogError};
-use super::supervisor::Supervisor;
-use crate::domain::{Agent, AgentOutcome, AgentStatus, SpawnRequest};
+use crate::domain::{Agent, AgentStatus, SpawnRequest};
 use crate::events::STATUS_EVENT;
 use crate::fleet::validate_input_name;
-use crate::process::{self, Launch};
+use crate::process::{self, Launch, Running};
 use crate::providers::{self, SpawnOptions};
-use crate::queue::SpawnJob;
+use crate::queue::{SpawnJob, take_handed_slot};
 use crate::store::ProcessRecord;
 
-/// Runs one delivered job to its end. Never fails: every outcome is recorded in the store,
-/// so apalis has nothing to retry.
+/// Handles one delivered job. Never fails: every outcome is recorded in the store, so apalis
+/// has nothing to retry.
 pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
     let job: SpawnJob = match serde_json::from_value(job.clone()) {
         Ok(job) => job,
@@ -48,6 +49,7 @@ pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
 }
 
 async fn run(rt: Arc<Runtime>, request_id: Uuid) {
+    let slot = take_handed_slot();
     let store = &rt.fleet.store;
     let claimed = match store
         .claim_request(request_id, &rt.owner, &rt.node_id)
@@ -90,31 +92,24 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
             return;
         }
     };
-    tracing::info!(agent_id = %agent.id, agent = %agent.name, provider = %agent.provider, "agent claimed");
-    let outcome = match run_agent(&rt, &agent, &request, &mut log).await {
-        Ok(outcome) => outcome,
-        Err(RunError::Fenced) => {
-            tracing::warn!(agent_id = %agent.id, "lost ownership of the agent; leaving it");
-            return;
+    tracing::info!(agent_id = %agent.id, agent = %agent.name, provider = %agent.provider, attempt = claimed.attempts, "agent claimed");
+    match start_agent(&rt, &agent, &request, &mut log).await {
+        Ok(started) => agent_task::spawn(rt.clone(), agent, started, log, slot, Duration::ZERO),
+        Err(StartError::Fenced) => {
+            tracing::warn!(agent_id = %agent.id, "lost ownership of the agent before it started");
         }
-        Err(RunError::Failed(reason)) => AgentOutcome {
-            status: AgentStatus::Failed,
-            result: None,
-            questions: Vec::new(),
-            error: Some(reason),
-            exit_code: None,
-            session_id: None,
-        },
-    };
-    finish(&rt, &agent, outcome, &mut log).await;
+        Err(StartError::Failed(reason)) => {
+            agent_task::finish(&rt, &agent, agent_task::failed(reason), &mut log).await;
+        }
+    }
 }
 
-enum RunError {
+enum StartError {
     Fenced,
     Failed(String),
 }
 
-impl From<LogError> for RunError {
+impl From<LogError> for StartError {
     fn from(e: LogError) -> Self {
         match e {
             LogError::Fenced(_) => Self::Fenced,
@@ -123,33 +118,35 @@ impl From<LogError> for RunError {
     }
 }
 
-async fn run_agent(
+/// Prepares the worktree and starts the provider process.
+async fn start_agent(
     rt: &Arc<Runtime>,
     agent: &Agent,
     request: &SpawnRequest,
     log: &mut EventLog,
-) -> Result<AgentOutcome, RunError> {
+) -> Result<Started, StartError> {
     let store = &rt.fleet.store;
     let provider =
-        providers::provider(&agent.provider).map_err(|e| RunError::Failed(e.to_string()))?;
+        providers::provider(&agent.provider).map_err(|e| StartError::Failed(e.to_string()))?;
     let project = store
         .project(&agent.project)
         .await
-        .map_err(|e| RunError::Failed(e.to_string()))?;
+        .map_err(|e| StartError::Failed(e.to_string()))?;
     let workdir = rt
         .prepare_worktree(&project, &agent.name, &agent.branch)
         .await
-        .map_err(RunError::Failed)?;
+        .map_err(StartError::Failed)?;
     let run_dir = rt.agent_dir(&agent.name).join("run");
     write_files(&workdir, &run_dir, request)
         .await
-        .map_err(|e| RunError::Failed(format!("cannot write the agent's files: {e}")))?;
+        .map_err(|e| StartError::Failed(format!("cannot write the agent's files: {e}")))?;
 
     let settings = rt.fleet.settings.provider(provider.name());
     let mut args = provider.spawn_args(&SpawnOptions::default());
     args.extend(settings.args.iter().cloned());
     let mut env = provider.env();
     env.extend(settings.env.clone());
+    let files = RunFiles::in_dir(&run_dir);
     let launch = Launch {
         command: settings
             .command
@@ -158,58 +155,41 @@ async fn run_agent(
         env,
         cwd: workdir.clone(),
         stdin: run_dir.join("prompt.txt"),
-        stdout: run_dir.join("output.jsonl"),
-        stderr: run_dir.join("stderr.log"),
+        stdout: files.output.clone(),
+        stderr: files.stderr.clone(),
+        exit_file: files.exit.clone(),
     };
-    let started = process::start(&launch).map_err(|e| RunError::Failed(e.to_string()))?;
+    let started = process::start(&launch).map_err(|e| StartError::Failed(e.to_string()))?;
     let record = ProcessRecord {
         pid: started.pid,
         pid_start_time: started.start_time,
         output_path: launch.stdout.display().to_string(),
         workdir: workdir.display().to_string(),
     };
-    if !store
-        .mark_running(agent.id, &rt.owner, &record)
-        .await
-        .map_err(|e| RunError::Failed(e.to_string()))?
-    {
-        let mut child = started.child;
-        process::terminate(&mut child, started.pid, std::time::Duration::from_secs(1)).await;
-        return Err(RunError::Fenced);
+    let mut running = Running::own(started, files.exit.clone());
+    match store.mark_running(agent.id, &rt.owner, &record).await {
+        Ok(true) => {}
+        Ok(false) => {
+            running.terminate(Duration::from_secs(1)).await;
+            return Err(StartError::Fenced);
+        }
+        Err(e) => {
+            running.terminate(Duration::from_secs(1)).await;
+            return Err(StartError::Failed(e.to_string()));
+        }
     }
-    tracing::info!(agent_id = %agent.id, pid = started.pid, "provider process started");
+    tracing::info!(agent_id = %agent.id, pid = record.pid, "provider process started");
     log.push(
         STATUS_EVENT,
-        serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Running, "pid": started.pid}),
+        serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Running, "pid": record.pid}),
     );
-    log.flush().await?;
-    let supervisor = Supervisor {
-        agent_id: agent.id,
-        owner: &rt.owner,
-        store,
-        log,
-        parser: provider.parser(),
-        output: launch.stdout.clone(),
-        stderr: launch.stderr.clone(),
-        workdir: workdir.clone(),
-        flush_every: rt.fleet.settings.worker.event_flush_interval,
-        buffer_lines: rt.fleet.settings.worker.output_buffer_lines,
-        shutdown: rt.hard_stop.clone(),
-        lease_lost: rt.lease_lost.clone(),
-    };
-    let mut outcome = supervisor.run(started).await?;
-    if let Err(e) = rt
-        .publish_branch(&project, &agent.name, &agent.branch, &workdir)
-        .await
-    {
-        tracing::warn!(agent_id = %agent.id, error = %e, "branch not pushed");
-        let note = format!("branch {} not pushed: {e}", agent.branch);
-        outcome.error = Some(match outcome.error.take() {
-            Some(err) => format!("{err}; {note}"),
-            None => note,
-        });
-    }
-    Ok(outcome)
+    log.flush_events().await?;
+    Ok(Started {
+        process: running,
+        project,
+        workdir,
+        files,
+    })
 }
 
 /// Input files under `.agentfleet/input/`, the signal folder, and the prompt (fed on
@@ -239,36 +219,4 @@ async fn write_files(
     tokio::fs::create_dir_all(run_dir).await?;
     tokio::fs::write(run_dir.join("prompt.txt"), &request.prompt).await?;
     Ok(())
-}
-
-async fn finish(rt: &Arc<Runtime>, agent: &Agent, outcome: AgentOutcome, log: &mut EventLog) {
-    let store = &rt.fleet.store;
-    // Events parsed so far first, so the log is complete when the status turns final.
-    if let Err(LogError::Fenced(_)) = log.flush().await {
-        return;
-    }
-    match store.finish_agent(agent.id, &rt.owner, &outcome).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(agent_id = %agent.id, "final state refused: agent owned elsewhere");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(agent_id = %agent.id, error = %e, "cannot record the final state");
-            return;
-        }
-    }
-    tracing::info!(agent_id = %agent.id, status = %outcome.status, "agent finished");
-    log.push(
-        STATUS_EVENT,
-        serde_json::json!({
-            "kind": STATUS_EVENT,
-            "status": outcome.status,
-            "exit_code": outcome.exit_code,
-            "error": outcome.error,
-        }),
-    );
-    if let Err(e) = log.flush().await {
-        tracing::warn!(agent_id = %agent.id, error = %e, "cannot store the final status event");
-    }
 }

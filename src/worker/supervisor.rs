@@ -5,30 +5,63 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::event_log::{EventLog, LogError};
 use crate::domain::{AgentOutcome, AgentStatus, PendingQuestion};
-use crate::process::{self, Started};
+use crate::process::{Exit, Running};
 use crate::providers::{self, AgentEvent, SignalStatus, StreamParser};
 use crate::store::{Owner, Store};
 
 const READ_EVERY: Duration = Duration::from_millis(50);
-const KILL_GRACE: Duration = Duration::from_secs(3);
-const STDERR_TAIL_BYTES: u64 = 2048;
+const STDERR_TAIL_BYTES: usize = 2048;
 
-/// Why supervision ended without a process exit of its own.
+/// Why supervision ended other than by the process's own exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interrupt {
-    /// The worker is shutting down hard: the agent is stopped.
+    /// Someone asked to stop the agent.
+    StopRequested,
+    /// The worker is shutting down and stops its agents.
     Shutdown,
-    /// The worker lost its lease: the agent is someone else's now.
-    LeaseLost,
+    /// No output for `idle_timeout`.
+    IdleTimeout,
+    /// Ran past `max_runtime`.
+    MaxRuntime,
+}
+
+/// How supervision ended.
+#[derive(Debug)]
+pub enum Supervised {
+    /// The agent reached a final state.
+    Ended(AgentOutcome),
+    /// The worker let go of a still-running agent for the next worker on the node.
+    Detached,
+    /// The agent is someone else's now (lease lost or taken over).
+    Fenced,
+}
+
+/// The signals a supervisor listens to.
+#[derive(Clone, Debug)]
+pub struct Controls {
+    pub stop: CancellationToken,
+    pub detach: CancellationToken,
+    pub shutdown: CancellationToken,
+    pub lease_lost: CancellationToken,
+}
+
+/// Limits on a running agent.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub stop_grace: Duration,
+    pub idle_timeout: Duration,
+    pub max_runtime: Duration,
+    pub flush_every: Duration,
+    pub buffer_lines: usize,
 }
 
 pub struct Supervisor<'a> {
@@ -40,10 +73,14 @@ pub struct Supervisor<'a> {
     pub output: PathBuf,
     pub stderr: PathBuf,
     pub workdir: PathBuf,
-    pub flush_every: Duration,
-    pub buffer_lines: usize,
-    pub shutdown: CancellationToken,
-    pub lease_lost: CancellationToken,
+    /// Where in the output file to start (the end of what is already stored).
+    pub offset: u64,
+    /// The session id already known (an adopted agent's).
+    pub session_id: Option<String>,
+    pub controls: Controls,
+    pub limits: Limits,
+    /// How long the agent has already run (adopted agents).
+    pub ran_for: Duration,
 }
 
 /// What the stream told us, kept as it goes.
@@ -55,65 +92,83 @@ struct StreamFacts {
     last_error: Option<String>,
 }
 
+/// The tail of the output file as it grows.
+struct Tail {
+    file: Option<tokio::fs::File>,
+    offset: u64,
+    partial: Vec<u8>,
+    recent: VecDeque<String>,
+    last_growth: Instant,
+}
+
 impl Supervisor<'_> {
-    /// Runs until the process ends (or the worker is interrupted) and returns the outcome.
-    pub async fn run(mut self, mut started: Started) -> Result<AgentOutcome, LogError> {
-        let mut file = open_when_present(&self.output).await;
-        let mut offset = 0u64;
-        let mut partial = Vec::new();
-        let mut recent: VecDeque<String> = VecDeque::with_capacity(self.buffer_lines);
-        let mut facts = StreamFacts::default();
+    /// Runs until the process ends, the agent is interrupted, or the worker lets go.
+    pub async fn run(mut self, mut process: Running) -> Result<Supervised, LogError> {
+        let mut tail = Tail {
+            file: None,
+            offset: self.offset,
+            partial: Vec::new(),
+            recent: VecDeque::with_capacity(self.limits.buffer_lines.min(4096)),
+            last_growth: Instant::now(),
+        };
+        let mut facts = StreamFacts {
+            session_id: self.session_id.clone(),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + self.limits.max_runtime.saturating_sub(self.ran_for);
         let mut read_tick = tokio::time::interval(READ_EVERY);
-        let mut flush_tick = tokio::time::interval(self.flush_every);
+        let mut flush_tick = tokio::time::interval(self.limits.flush_every);
+        let controls = self.controls.clone();
         let mut interrupted = None;
         let exit = loop {
             tokio::select! {
-                status = started.child.wait() => break status.ok(),
+                exit = process.wait() => break exit,
                 _ = read_tick.tick() => {
-                    self.read_new(&mut file, &mut offset, &mut partial, &mut recent, &mut facts).await?;
+                    self.read_new(&mut tail, &mut facts).await?;
+                    if tail.last_growth.elapsed() >= self.limits.idle_timeout {
+                        interrupted = Some(Interrupt::IdleTimeout);
+                    }
                 }
-                _ = flush_tick.tick() => self.flush_or_keep().await?,
-                _ = self.shutdown.cancelled(), if interrupted.is_none() => {
-                    interrupted = Some(Interrupt::Shutdown);
-                    process::terminate(&mut started.child, started.pid, KILL_GRACE).await;
+                _ = flush_tick.tick() => self.flush_or_keep(tail.offset).await?,
+                _ = tokio::time::sleep_until(deadline) => interrupted = Some(Interrupt::MaxRuntime),
+                _ = controls.stop.cancelled() => interrupted = Some(Interrupt::StopRequested),
+                _ = controls.shutdown.cancelled() => interrupted = Some(Interrupt::Shutdown),
+                _ = controls.detach.cancelled() => {
+                    self.read_new(&mut tail, &mut facts).await?;
+                    self.log.flush(tail.offset).await?;
+                    return Ok(Supervised::Detached);
                 }
-                _ = self.lease_lost.cancelled(), if interrupted.is_none() => {
-                    interrupted = Some(Interrupt::LeaseLost);
-                    process::terminate(&mut started.child, started.pid, KILL_GRACE).await;
-                }
+                _ = controls.lease_lost.cancelled() => return Ok(Supervised::Fenced),
+            }
+            if interrupted.is_some() {
+                break process.terminate(self.limits.stop_grace).await;
             }
         };
-        if file.is_none() {
-            file = open_when_present(&self.output).await;
+        self.read_new(&mut tail, &mut facts).await?;
+        if !tail.partial.is_empty() {
+            let line = String::from_utf8_lossy(&tail.partial).into_owned();
+            tail.offset += tail.partial.len() as u64;
+            tail.partial.clear();
+            self.handle_line(&line, &mut tail.recent, &mut facts)
+                .await?;
         }
-        self.read_new(
-            &mut file,
-            &mut offset,
-            &mut partial,
-            &mut recent,
-            &mut facts,
-        )
-        .await?;
-        if !partial.is_empty() {
-            let line = String::from_utf8_lossy(&partial).into_owned();
-            self.handle_line(&line, &mut recent, &mut facts).await?;
-        }
-        self.log.flush().await?;
-        if interrupted == Some(Interrupt::LeaseLost) {
-            return Err(LogError::Fenced(self.agent_id));
+        match self.log.flush(tail.offset).await {
+            Ok(()) => {}
+            Err(LogError::Fenced(_)) => return Ok(Supervised::Fenced),
+            Err(e) => return Err(e),
         }
         let stderr_tail = tail_of(&self.stderr).await;
-        Ok(decide(
+        Ok(Supervised::Ended(decide(
             exit,
             interrupted,
             facts,
             read_signal(&self.workdir).await,
             &stderr_tail,
-        ))
+        )))
     }
 
-    async fn flush_or_keep(&mut self) -> Result<(), LogError> {
-        match self.log.flush().await {
+    async fn flush_or_keep(&mut self, offset: u64) -> Result<(), LogError> {
+        match self.log.flush(offset).await {
             Err(LogError::Store(e)) => {
                 tracing::warn!(agent_id = %self.agent_id, error = %e, "event flush failed; will retry");
                 Ok(())
@@ -122,43 +177,39 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn read_new(
-        &mut self,
-        file: &mut Option<tokio::fs::File>,
-        offset: &mut u64,
-        partial: &mut Vec<u8>,
-        recent: &mut VecDeque<String>,
-        facts: &mut StreamFacts,
-    ) -> Result<(), LogError> {
-        if file.is_none() {
-            *file = open_when_present(&self.output).await;
+    async fn read_new(&mut self, tail: &mut Tail, facts: &mut StreamFacts) -> Result<(), LogError> {
+        if tail.file.is_none() {
+            tail.file = tokio::fs::File::open(&self.output).await.ok();
         }
-        let Some(f) = file.as_mut() else {
+        let Some(f) = tail.file.as_mut() else {
             return Ok(());
         };
+        let read_from = tail.offset + tail.partial.len() as u64;
         let mut chunk = Vec::new();
-        if f.seek(std::io::SeekFrom::Start(*offset)).await.is_err()
+        if f.seek(std::io::SeekFrom::Start(read_from)).await.is_err()
             || f.read_to_end(&mut chunk).await.is_err()
         {
             return Ok(());
         }
-        *offset += chunk.len() as u64;
-        partial.extend_from_slice(&chunk);
-        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=pos).collect();
+        if !chunk.is_empty() {
+            tail.last_growth = Instant::now();
+        }
+        tail.partial.extend_from_slice(&chunk);
+        while let Some(pos) = tail.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = tail.partial.drain(..=pos).collect();
+            tail.offset += line.len() as u64;
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            self.handle_line(&line, recent, facts).await?;
+            self.handle_line(&line, &mut tail.recent, facts).await?;
         }
         Ok(())
     }
-
     async fn handle_line(
         &mut self,
         line: &str,
         recent: &mut VecDeque<String>,
         facts: &mut StreamFacts,
     ) -> Result<(), LogError> {
-        if recent.len() == self.buffer_lines.max(1) {
+        if recent.len() == self.limits.buffer_lines.max(1) {
             recent.pop_front();
         }
         recent.push_back(line.to_string());
@@ -207,15 +258,11 @@ impl Supervisor<'_> {
     }
 }
 
-async fn open_when_present(path: &Path) -> Option<tokio::fs::File> {
-    tokio::fs::File::open(path).await.ok()
-}
-
 async fn tail_of(path: &Path) -> String {
     let Ok(bytes) = tokio::fs::read(path).await else {
         return String::new();
     };
-    let start = bytes.len().saturating_sub(STDERR_TAIL_BYTES as usize);
+    let start = bytes.len().saturating_sub(STDERR_TAIL_BYTES);
     String::from_utf8_lossy(&bytes[start..]).trim().to_string()
 }
 
@@ -227,24 +274,44 @@ async fn read_signal(workdir: &Path) -> Option<Result<providers::Signal, String>
 }
 
 fn decide(
-    exit: Option<ExitStatus>,
+    exit: Exit,
     interrupted: Option<Interrupt>,
     facts: StreamFacts,
     signal: Option<Result<providers::Signal, String>>,
     stderr_tail: &str,
 ) -> AgentOutcome {
+    let code = match exit {
+        Exit::Code(c) => Some(c),
+        _ => None,
+    };
     let mut outcome = AgentOutcome {
         status: AgentStatus::Crashed,
         result: None,
         questions: Vec::new(),
         error: None,
-        exit_code: exit.and_then(|e| e.code()),
+        exit_code: code,
         session_id: facts.session_id.clone(),
     };
-    if interrupted == Some(Interrupt::Shutdown) {
-        outcome.status = AgentStatus::Stopped;
-        outcome.error = Some("stopped: the worker shut down".into());
-        return outcome;
+    match interrupted {
+        Some(Interrupt::StopRequested) => {
+            outcome.status = AgentStatus::Stopped;
+            outcome.error = Some("stopped by request".into());
+            return outcome;
+        }
+        Some(Interrupt::Shutdown) => {
+            outcome.status = AgentStatus::Stopped;
+            outcome.error = Some("stopped: the worker shut down".into());
+            return outcome;
+        }
+        Some(Interrupt::IdleTimeout) => {
+            outcome.error = Some("idle_timeout: no output for agent.idle_timeout".into());
+            return outcome;
+        }
+        Some(Interrupt::MaxRuntime) => {
+            outcome.error = Some("max_runtime: ran past agent.max_runtime".into());
+            return outcome;
+        }
+        None => {}
     }
     match signal {
         Some(Ok(signal)) => {
@@ -286,9 +353,8 @@ fn decide(
         }
         None => {}
     }
-    let code = exit.and_then(|e| e.code());
-    match code {
-        Some(0) => match facts.result {
+    if code == Some(0) {
+        match facts.result {
             Some((false, text)) => {
                 outcome.status = AgentStatus::Failed;
                 outcome.error = Some(
@@ -304,38 +370,30 @@ fn decide(
                 outcome.status = AgentStatus::Completed;
                 outcome.result = facts.last_text;
             }
-        },
-        _ => {
-            let how = match (code, exit) {
-                (Some(c), _) => format!("exited with code {c}"),
-                (None, Some(status)) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    match status.signal() {
-                        Some(s) => format!("killed by signal {s}"),
-                        None => "ended abnormally".to_string(),
-                    }
-                }
-                (None, None) => "ended (exit status unknown)".to_string(),
-            };
-            let detail = facts
-                .last_error
-                .or_else(|| (!stderr_tail.is_empty()).then(|| stderr_tail.to_string()));
-            outcome.error = Some(match detail {
-                Some(d) => format!("provider process {how}: {d}"),
-                None => format!("provider process {how}"),
-            });
         }
+        return outcome;
     }
+    let how = match exit {
+        Exit::Code(c) => format!("exited with code {c}"),
+        Exit::Signal(s) => format!("killed by signal {s}"),
+        Exit::Unknown => "ended while unwatched, exit status unknown".to_string(),
+    };
+    let detail = facts
+        .last_error
+        .or_else(|| (!stderr_tail.is_empty()).then(|| stderr_tail.to_string()));
+    outcome.error = Some(match detail {
+        Some(d) => format!("provider process {how}: {d}"),
+        None => format!("provider process {how}"),
+    });
     outcome
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::ExitStatusExt;
 
-    fn exit(code: i32) -> Option<ExitStatus> {
-        Some(ExitStatus::from_raw(code << 8))
+    fn exit(code: i32) -> Exit {
+        Exit::Code(code)
     }
 
     #[test]
@@ -382,14 +440,21 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_stops() {
-        let o = decide(
-            None,
-            Some(Interrupt::Shutdown),
-            StreamFacts::default(),
-            None,
-            "",
-        );
-        assert_eq!(o.status, AgentStatus::Stopped);
+    fn interrupts_decide_the_outcome() {
+        let stop = |i| decide(Exit::Signal(15), Some(i), StreamFacts::default(), None, "");
+        assert_eq!(stop(Interrupt::Shutdown).status, AgentStatus::Stopped);
+        assert_eq!(stop(Interrupt::StopRequested).status, AgentStatus::Stopped);
+        let idle = stop(Interrupt::IdleTimeout);
+        assert_eq!(idle.status, AgentStatus::Crashed);
+        assert!(idle.error.unwrap().starts_with("idle_timeout"));
+        let long = stop(Interrupt::MaxRuntime);
+        assert!(long.error.unwrap().starts_with("max_runtime"));
+    }
+
+    #[test]
+    fn unwatched_end_without_exit_code_is_a_crash() {
+        let o = decide(Exit::Unknown, None, StreamFacts::default(), None, "");
+        assert_eq!(o.status, AgentStatus::Crashed);
+        assert!(o.error.unwrap().contains("exit status unknown"));
     }
 }

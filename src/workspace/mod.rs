@@ -12,6 +12,7 @@
 
 mod error;
 mod mirror;
+mod remove;
 mod worktree;
 
 #[cfg(test)]
@@ -20,6 +21,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use error::WorkspaceError;
+pub use remove::delete_remote_branch;
 
 /// Where a worker keeps its git state: `root/mirrors/<project_key>.git` (bare mirror of the
 /// remote) and `root/agents/<agent_name>/workdir` (that agent's worktree).

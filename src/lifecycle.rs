@@ -1,0 +1,152 @@
+//! Requests about an existing agent — stop and delete — from the API and the CLI. The
+//! store records them; the worker that owns the agent's process and worktree carries them
+//! out (see `worker::control`); an agent nobody runs is handled here directly.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::domain::{Agent, AgentStatus, StoredEvent};
+use crate::events::STATUS_EVENT;
+use crate::fleet::{Fleet, FleetError};
+use crate::store::ControlKind;
+use crate::workspace;
+
+const POLL: Duration = Duration::from_millis(100);
+
+impl Fleet {
+    /// Stops an agent; with `wait`, returns once it has stopped.
+    pub async fn stop(&self, agent_ref: &str, wait: bool) -> Result<Agent, FleetError> {
+        let store = &self.store;
+        let agent = store.agent(agent_ref).await?;
+        if agent.status.is_final() {
+            return Err(FleetError::Conflict(format!(
+                "agent '{}' is not running (it is {})",
+                agent.name, agent.status
+            )));
+        }
+        if agent.status == AgentStatus::Pending
+            && store
+                .cancel_pending(agent.id, "stopped before it started")
+                .await?
+        {
+            self.record_unowned_event(
+                agent.id,
+                &serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Stopped}),
+            )
+            .await;
+            return Ok(store.agent(&agent.id.to_string()).await?);
+        }
+        // Claimed in the meantime, or running: route the stop to its owner.
+        let agent = store.agent(&agent.id.to_string()).await?;
+        store
+            .record_control(
+                agent.id,
+                ControlKind::Stop,
+                agent.worker_id.as_deref(),
+                serde_json::json!({}),
+            )
+            .await?;
+        if !wait {
+            return Ok(agent);
+        }
+        let limit = self.settings.worker.stop_grace + Duration::from_secs(30);
+        self.wait_final(agent.id, limit).await
+    }
+
+    async fn wait_final(&self, agent_id: Uuid, limit: Duration) -> Result<Agent, FleetError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let agent = self.store.agent(&agent_id.to_string()).await?;
+            if agent.status.is_final() {
+                return Ok(agent);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(FleetError::Unavailable(format!(
+                    "agent '{}' has not stopped yet; the request stays recorded",
+                    agent.name
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Deletes an agent: stopped if running, then its worktree, branch, files and rows
+    /// (its remote branch too with `remote_branch`). Returns its name once it is gone.
+    pub async fn delete(&self, agent_ref: &str, remote_branch: bool) -> Result<String, FleetError> {
+        let store = &self.store;
+        let mut agent = store.agent(agent_ref).await?;
+        if agent.status == AgentStatus::Pending {
+            store.cancel_pending(agent.id, "deleted").await?;
+            agent = store.agent(&agent.id.to_string()).await?;
+        }
+        let payload = serde_json::json!({"remote_branch": remote_branch});
+        let live = !agent.status.is_final();
+        let node_has_worker = match &agent.node_id {
+            Some(node) => store
+                .list_workers()
+                .await?
+                .iter()
+                .any(|w| &w.node_id == node && w.status == "alive"),
+            None => false,
+        };
+        if live || (agent.workdir.is_some() && node_has_worker) {
+            let target = if live {
+                agent.worker_id.as_deref()
+            } else {
+                None
+            };
+            store
+                .record_control(agent.id, ControlKind::Delete, target, payload)
+                .await?;
+            let deadline = tokio::time::Instant::now()
+                + self.settings.worker.stop_grace
+                + Duration::from_secs(30);
+            while store.agent(&agent.id.to_string()).await.is_ok() {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(FleetError::Unavailable(format!(
+                        "agent '{}' is not deleted yet; the request stays recorded",
+                        agent.name
+                    )));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            return Ok(agent.name);
+        }
+        // Nobody can reach its files now: the rows go here, the files with the next cleanup
+        // on its node.
+        if remote_branch {
+            let project = store.project(&agent.project).await?;
+            let (url, branch) = (project.remote_url, agent.branch.clone());
+            tokio::task::spawn_blocking(move || workspace::delete_remote_branch(&url, &branch))
+                .await
+                .map_err(|e| FleetError::Unavailable(e.to_string()))?
+                .map_err(|e| FleetError::Unavailable(e.to_string()))?;
+        }
+        store.delete_agent_rows(agent.id).await?;
+        Ok(agent.name)
+    }
+
+    /// Stores an event on an agent no worker supervises, then publishes it.
+    pub async fn record_unowned_event(&self, agent_id: Uuid, data: &serde_json::Value) {
+        let kind = data
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or(STATUS_EVENT)
+            .to_string();
+        match self.store.append_event_unowned(agent_id, &kind, data).await {
+            Ok(seq) => {
+                let event = StoredEvent {
+                    seq,
+                    kind,
+                    data: data.clone(),
+                    created_at: chrono::Utc::now(),
+                };
+                if let Err(e) = self.events.publish(agent_id, &event).await {
+                    tracing::warn!(%agent_id, error = %e, "cannot publish event");
+                }
+            }
+            Err(e) => tracing::warn!(%agent_id, error = %e, "cannot store event"),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The life of one agent on this worker after its process started (or after the worker
+//! adopted it): a tracked task that supervises it, then commits and pushes its branch and
+//! records its outcome. It holds the agent's slot until it ends.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Runtime;
+use super::event_log::{EventLog, LogError};
+use super::supervisor::{Controls, Limits, Supervised, Supervisor};
+use crate::domain::{Agent, AgentOutcome, AgentStatus, Project};
+use crate::events::STATUS_EVENT;
+use crate::process::{self, Running};
+use crate::providers;
+
+/// The files a run leaves in its folder on the node.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub output: PathBuf,
+    pub stderr: PathBuf,
+    pub exit: PathBuf,
+}
+
+impl RunFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            output: dir.join("output.jsonl"),
+            stderr: dir.join("stderr.log"),
+            exit: dir.join("exit_code"),
+        }
+    }
+}
+
+/// An agent whose process runs, ready to be supervised.
+pub struct Started {
+    pub process: Running,
+    pub project: Project,
+    pub workdir: PathBuf,
+    pub files: RunFiles,
+}
+
+/// Supervises the agent in a tracked task until it ends (or the worker lets go).
+pub fn spawn(
+    rt: Arc<Runtime>,
+    agent: Agent,
+    started: Started,
+    log: EventLog,
+    slot: Option<OwnedSemaphorePermit>,
+    ran_for: Duration,
+) {
+    let stop = rt.track_agent(agent.id);
+    let task_rt = rt.clone();
+    rt.agent_tasks.spawn(async move {
+        let rt = task_rt;
+        let agent_id = agent.id;
+        supervise(&rt, agent, started, log, stop, ran_for).await;
+        rt.untrack_agent(agent_id);
+        drop(slot);
+    });
+}
+
+async fn supervise(
+    rt: &Arc<Runtime>,
+    agent: Agent,
+    started: Started,
+    mut log: EventLog,
+    stop: tokio_util::sync::CancellationToken,
+    ran_for: Duration,
+) {
+    let settings = &rt.fleet.settings;
+    let parser = match providers::provider(&agent.provider) {
+        Ok(p) => p.parser(),
+        Err(e) => {
+            tracing::error!(agent_id = %agent.id, error = %e, "no parser for the agent's provider");
+            return;
+        }
+    };
+    let supervisor = Supervisor {
+        agent_id: agent.id,
+        owner: &rt.owner,
+        store: &rt.fleet.store,
+        log: &mut log,
+        parser,
+        output: started.files.output.clone(),
+        stderr: started.files.stderr.clone(),
+        workdir: started.workdir.clone(),
+        offset: agent.output_offset.max(0) as u64,
+        session_id: agent.session_id.clone(),
+        controls: Controls {
+            stop,
+            detach: rt.detach.clone(),
+            shutdown: rt.hard_stop.clone(),
+            lease_lost: rt.lease_lost.clone(),
+        },
+        limits: Limits {
+            stop_grace: settings.worker.stop_grace,
+            idle_timeout: settings.agent.idle_timeout,
+            max_runtime: settings.agent.max_runtime,
+            flush_every: settings.worker.event_flush_interval,
+            buffer_lines: settings.worker.output_buffer_lines,
+        },
+        ran_for,
+    };
+    let pid = started.process.pid;
+    let start_time = started.process.start_time;
+    let mut outcome = match supervisor.run(started.process).await {
+        Ok(Supervised::Ended(outcome)) => outcome,
+        Ok(Supervised::Detached) => {
+            tracing::info!(agent_id = %agent.id, "left running for the next worker on this node");
+            return;
+        }
+        Ok(Supervised::Fenced) | Err(LogError::Fenced(_)) => {
+            let_go(rt, &agent, pid, start_time).await;
+            return;
+        }
+        Err(LogError::Store(e)) => {
+            tracing::error!(agent_id = %agent.id, error = %e, "supervision failed");
+            return;
+        }
+    };
+    if let Err(e) = rt
+        .publish_branch(
+            &started.project,
+            &agent.name,
+            &agent.branch,
+            &started.workdir,
+        )
+        .await
+    {
+        tracing::warn!(agent_id = %agent.id, error = %e, "branch not pushed");
+        let note = format!("branch {} not pushed: {e}", agent.branch);
+        outcome.error = Some(match outcome.error.take() {
+            Some(err) => format!("{err}; {note}"),
+            None => note,
+        });
+    }
+    finish(rt, &agent, outcome, &mut log).await;
+}
+
+/// The agent is no longer ours. If nobody on this node took it over, its process must not
+/// run on unsupervised (the fleet has reconciled it elsewhere): kill it.
+async fn let_go(rt: &Arc<Runtime>, agent: &Agent, pid: i32, start_time: i64) {
+    let current = rt.fleet.store.agent(&agent.id.to_string()).await.ok();
+    let adopted_here = current.as_ref().is_some_and(|a| {
+        !a.status.is_final()
+            && a.node_id.as_deref() == Some(rt.node_id.as_str())
+            && a.worker_id.as_deref() != Some(rt.owner.worker_id.as_str())
+    });
+    if adopted_here {
+        tracing::warn!(agent_id = %agent.id, "agent adopted by another worker on this node; letting go");
+        return;
+    }
+    if process::is_same_process_alive(pid, start_time) {
+        tracing::warn!(agent_id = %agent.id, pid, "agent taken over; killing its stale process");
+        let mut stale = Running::adopted(pid, start_time, PathBuf::new());
+        stale.terminate(rt.fleet.settings.worker.stop_grace).await;
+    }
+}
+
+/// Records the final state (fenced), then its status event.
+pub async fn finish(rt: &Arc<Runtime>, agent: &Agent, outcome: AgentOutcome, log: &mut EventLog) {
+    let store = &rt.fleet.store;
+    // Events parsed so far first, so the log is complete when the status turns final.
+    if let Err(LogError::Fenced(_)) = log.flush_events().await {
+        return;
+    }
+    match store.finish_agent(agent.id, &rt.owner, &outcome).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(agent_id = %agent.id, "final state refused: agent owned elsewhere");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(agent_id = %agent.id, error = %e, "cannot record the final state");
+            return;
+        }
+    }
+    tracing::info!(agent_id = %agent.id, status = %outcome.status, "agent finished");
+    log.push(
+        STATUS_EVENT,
+        serde_json::json!({
+            "kind": STATUS_EVENT,
+            "status": outcome.status,
+            "exit_code": outcome.exit_code,
+            "error": outcome.error,
+        }),
+    );
+    if let Err(e) = log.flush_events().await {
+        tracing::warn!(agent_id = %agent.id, error = %e, "cannot store the final status event");
+    }
+}
+
+/// Takes over supervision of an agent adopted from a dead worker on this node: its process
+/// may still run (tail it from where the stored events end) or have ended unwatched
+/// (finalise it from its output and exit files).
+pub async fn adopt(rt: &Arc<Runtime>, agent: Agent) {
+    let (Some(pid), Some(start_time), Some(output), Some(workdir)) = (
+        agent.pid,
+        agent.pid_start_time,
+        agent.output_path.clone(),
+        agent.workdir.clone(),
+    ) else {
+        tracing::warn!(agent_id = %agent.id, "adopted agent has no process record");
+        return;
+    };
+    let store = &rt.fleet.store;
+    let project = match store.project(&agent.project).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(agent_id = %agent.id, error = %e, "adopted agent's project is gone");
+            return;
+        }
+    };
+    let run_dir = Path::new(&output)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let files = RunFiles::in_dir(&run_dir);
+    let mut log = match EventLog::open(
+        agent.id,
+        rt.owner.clone(),
+        store.clone(),
+        rt.fleet.events.clone(),
+    )
+    .await
+    {
+        Ok(log) => log,
+        Err(e) => {
+            tracing::error!(agent_id = %agent.id, error = %e, "cannot open the event log");
+            return;
+        }
+    };
+    let alive = process::is_same_process_alive(pid, start_time);
+    tracing::info!(agent_id = %agent.id, pid, alive, "adopted agent");
+    log.push(
+        "adopted",
+        serde_json::json!({"kind": "adopted", "worker_id": rt.owner.worker_id, "process_alive": alive}),
+    );
+    if let Err(e) = log.flush_events().await {
+        tracing::warn!(agent_id = %agent.id, error = %e, "cannot record the adoption");
+        return;
+    }
+    let ran_for = agent
+        .started_at
+        .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
+        .unwrap_or_default();
+    let started = Started {
+        process: Running::adopted(pid, start_time, files.exit.clone()),
+        project,
+        workdir: PathBuf::from(workdir),
+        files,
+    };
+    // Adopted agents take a free slot when there is one; they run either way.
+    let slot = rt.slots.try_take();
+    spawn(rt.clone(), agent, started, log, slot, ran_for);
+}
+
+/// The outcome of an agent whose process could not be started.
+pub fn failed(reason: String) -> AgentOutcome {
+    AgentOutcome {
+        status: AgentStatus::Failed,
+        result: None,
+        questions: Vec::new(),
+        error: Some(reason),
+        exit_code: None,
+        session_id: None,
+    }
+}
