@@ -70,9 +70,15 @@ pub struct Started {
 }
 
 pub fn start(launch: &Launch) -> Result<Started, ProcessError> {
+    // A run starts with fresh files: a re-run of the same agent must not see the last one's.
+    let _ = std::fs::remove_file(&launch.exit_file);
     let open = |path: &Path, create: bool| {
         let file = if create {
-            File::options().create(true).append(true).open(path)
+            File::options()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(path)
         } else {
             File::open(path)
         };

@@ -70,7 +70,10 @@ impl PgStore {
         max_connections: u32,
         create_if_missing: bool,
     ) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?;
+        // A worker paused (or partitioned) inside a transaction must not hold its row locks
+        // for ever: the reconciler waits on exactly those rows.
+        let options = PgConnectOptions::from_str(url)?
+            .options([("idle_in_transaction_session_timeout", "5s")]);
         if create_if_missing {
             create_database_if_missing(&options).await?;
         }

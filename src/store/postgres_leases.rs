@@ -60,6 +60,10 @@ impl PgStore {
         policy: &ReconcilePolicy,
     ) -> Result<Option<Reconciled>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Never wait long on a row a stuck worker holds; the next sweep tries again.
+        sqlx::query("SET LOCAL lock_timeout = '2s'")
+            .execute(&mut *tx)
+            .await?;
         let live = format!("a.status IN {LIVE}");
         let pick = format!(
             "SELECT w.id, w.node_id FROM workers w \
@@ -172,7 +176,8 @@ impl PgStore {
             if may_requeue && !same_node_process_may_run(same_node, &status) {
                 sqlx::query(
                     "UPDATE agents SET status = 'pending', worker_id = NULL, owner_epoch = NULL, \
-                     pid = NULL, pid_start_time = NULL, updated_at = now() WHERE id = $1",
+                     pid = NULL, pid_start_time = NULL, output_offset = 0, session_id = NULL, \
+                     updated_at = now() WHERE id = $1",
                 )
                 .bind(agent_id)
                 .execute(&mut *tx)
@@ -432,9 +437,10 @@ async fn finish_unowned(
     status: &str,
     reason: &str,
 ) -> Result<(), StoreError> {
+    // Clearing the owner epoch fences off the worker that ran it, should it come back.
     sqlx::query(
-        "UPDATE agents SET status = $2, error = $3, finished_at = now(), updated_at = now() \
-         WHERE id = $1",
+        "UPDATE agents SET status = $2, error = $3, owner_epoch = NULL, finished_at = now(), \
+         updated_at = now() WHERE id = $1",
     )
     .bind(agent_id)
     .bind(status)

@@ -269,7 +269,9 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let leave = settings.worker.on_shutdown == OnShutdown::Leave
         && !rt.hard_stop.is_cancelled()
         && !rt.lease_lost.is_cancelled();
-    if leave {
+    if rt.lease_lost.is_cancelled() {
+        // Supervisors have let go already; the agents are the fleet's now.
+    } else if leave {
         rt.detach.cancel();
     } else {
         rt.hard_stop.cancel();

@@ -31,6 +31,8 @@ pub struct TestEnv {
     pub runlog: PathBuf,
     pub config: PathBuf,
     workers: Vec<Child>,
+    /// Worker slot n's workspace root index (restarts reuse a root, as on one node).
+    roots: Vec<usize>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -66,6 +68,7 @@ impl TestEnv {
             remote,
             dir,
             workers: Vec::new(),
+            roots: Vec::new(),
             extra_env: Vec::new(),
         };
         env.cli_ok(&["migrate"]);
@@ -128,7 +131,15 @@ impl TestEnv {
     /// Starts a worker process with its own workspace root; extra env per worker.
     pub fn start_worker(&mut self, extra: &[(&str, &str)]) -> u32 {
         let n = self.workers.len();
-        let root = self.dir.path().join(format!("worker{n}"));
+        self.start_worker_on_root(n, extra)
+    }
+
+    /// Starts a worker that uses the workspace root of worker `root` (a restart on the same
+    /// node); returns its pid. Its log is `worker<n>.log` with n its own index.
+    pub fn start_worker_on_root(&mut self, root: usize, extra: &[(&str, &str)]) -> u32 {
+        let n = self.workers.len();
+        self.roots.push(root);
+        let root = self.dir.path().join(format!("worker{root}"));
         let log = std::fs::File::create(self.dir.path().join(format!("worker{n}.log"))).unwrap();
         let mut cmd = self.command(&["worker"]);
         cmd.env("AGENTFLEET__WORKER__WORKSPACE_ROOT", &root)
@@ -139,6 +150,27 @@ impl TestEnv {
         let pid = child.id();
         self.workers.push(child);
         pid
+    }
+
+    /// Sends `signal` to worker n.
+    pub fn signal_worker(&self, n: usize, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.workers[n].id() as i32),
+            signal,
+        )
+        .expect("signal worker");
+    }
+
+    /// Waits for worker n to exit and returns its exit code.
+    pub fn wait_worker(&mut self, n: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.workers[n].try_wait() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "worker {n} did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn worker_log(&self, n: usize) -> String {
@@ -155,6 +187,37 @@ impl TestEnv {
         args.extend_from_slice(extra);
         args.push(prompt);
         serde_json::from_str(&self.cli_ok(&args)).expect("agent JSON")
+    }
+
+    /// Waits until `check` holds for the agent.
+    pub async fn wait_agent(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&Agent) -> bool,
+    ) -> Agent {
+        let store = self.store().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let agent = store.agent(&id.to_string()).await.expect("agent");
+            if check(&agent) {
+                return agent;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = (0..self.workers.len())
+                    .map(|n| self.worker_log(n))
+                    .collect();
+                panic!(
+                    "agent {} never {what} (status {}, error {:?})\n{}",
+                    agent.name,
+                    agent.status,
+                    agent.error,
+                    logs.join("\n----\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the agent reaches a final status.
