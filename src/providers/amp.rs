@@ -3,8 +3,12 @@
 //! `user`, `result`; a failed run's reason is in `error`), so claude's parser reads it.
 //! The prompt is read from stdin in execute mode; resume is `threads continue THREAD_ID`.
 //! Amp keeps its login and threads under `$XDG_DATA_HOME/amp` (its key may also come in
-//! `AMP_API_KEY`). `--dangerously-allow-all` skips command confirmations. Flags from amp
-//! 0.0.1790142911's `--help`; shapes from Amp's public docs (see
+//! `AMP_API_KEY`). Amp 0.0.1790142911 has no flag to skip command confirmations (its
+//! `--help` lists none, and it silently accepts unknown flags, so a guessed one would
+//! pass unnoticed): they are turned off by the setting `"amp.dangerouslyAllowAll": true`
+//! in the settings file of the account (`$XDG_CONFIG_HOME/amp/settings.json`, or the
+//! file named by `AMP_SETTINGS_FILE`), which whoever writes the account's config must
+//! set. Flags from its `--help`; shapes from Amp's public docs (see
 //! tests/fixtures/transcripts/README.md).
 
 use super::claude::ClaudeParser;
@@ -49,12 +53,10 @@ impl Provider for Amp {
         Ok(args)
     }
 
-    /// Amp has no read-only switch: other modes rely on the prompt preamble alone.
-    fn mode_args(&self, mode: &str) -> Vec<String> {
-        match mode {
-            "plan" | "review" | "discuss" => Vec::new(),
-            _ => vec!["--dangerously-allow-all".into()],
-        }
+    /// Amp has no permission flags (see the module doc): modes rely on the prompt
+    /// preamble alone.
+    fn mode_args(&self, _mode: &str) -> Vec<String> {
+        Vec::new()
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -124,16 +126,6 @@ mod tests {
     #[test]
     fn resume_continues_the_thread() {
         let args = Amp.resume_args("T-1", &SpawnOptions::default()).unwrap();
-        assert_eq!(
-            args,
-            [
-                "threads",
-                "continue",
-                "T-1",
-                "-x",
-                "--stream-json",
-                "--dangerously-allow-all"
-            ]
-        );
+        assert_eq!(args, ["threads", "continue", "T-1", "-x", "--stream-json"]);
     }
 }

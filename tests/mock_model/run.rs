@@ -150,11 +150,10 @@ pub async fn run(
         .and_then(|r| r.ok())
         .unwrap_or_default();
     if let Some(dir) = std::env::var_os("AGENTFLEET_RECORD_TRANSCRIPTS") {
-        let name = format!(
-            "{}-{}.jsonl",
-            program.file_name().unwrap().to_string_lossy(),
-            std::process::id()
-        );
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bin = program.file_name().unwrap().to_string_lossy();
+        let name = format!("{bin}-{}-{n}.jsonl", std::process::id());
         let _ = std::fs::write(Path::new(&dir).join(name), &stdout);
     }
     Run {

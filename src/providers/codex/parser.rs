@@ -270,4 +270,34 @@ mod tests {
         );
         assert_eq!(events[3]["success"], false);
     }
+
+    #[test]
+    fn recorded_write_file_and_resume_runs_keep_their_thread() {
+        let events = parse(fixture!("codex-0.169.0-write-file.jsonl"));
+        assert_eq!(
+            kinds(&events),
+            [
+                "session_started",
+                "error",
+                "tool_use",
+                "tool_result",
+                "assistant_text",
+                "usage",
+                "result"
+            ]
+        );
+        assert_eq!(events[2]["name"], "shell");
+        assert_eq!(events[3]["is_error"], false);
+        assert_eq!(events[6]["text"], "All done.");
+        let resumed = parse(fixture!("codex-0.169.0-resume.jsonl"));
+        assert_eq!(resumed.as_array().unwrap().last().unwrap()["success"], true);
+    }
+
+    #[test]
+    fn recorded_429_and_401_runs_are_rate_limit_and_auth_events() {
+        let events = parse(fixture!("codex-0.169.0-rate-limited.jsonl"));
+        assert_eq!(kinds(&events).last().unwrap(), "rate_limited");
+        let events = parse(fixture!("codex-0.169.0-auth-failed.jsonl"));
+        assert_eq!(kinds(&events).last().unwrap(), "auth_failed");
+    }
 }
