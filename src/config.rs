@@ -121,6 +121,20 @@ pub struct ProviderSettings {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    // The keys below describe a CLI configured entirely here (`kind = "command"`);
+    // see `providers::command` for their meaning.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub spawn_args: Vec<String>,
+    #[serde(default)]
+    pub resume_args: Vec<String>,
+    #[serde(default)]
+    pub parser: Option<String>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub config_dir_env: Option<String>,
 }
 
 impl Settings {
@@ -145,6 +159,9 @@ impl Settings {
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
+        // Validates the configured command providers and makes them resolvable by name.
+        crate::providers::configure_command_providers(&settings.providers)
+            .map_err(|(key, reason)| invalid(&key, reason))?;
         Ok(settings)
     }
 

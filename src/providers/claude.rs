@@ -11,36 +11,53 @@
 
 use serde_json::Value;
 
-use super::{AgentEvent, Provider, SpawnOptions, StreamParser};
+use super::json::{classify, classify_text, parse_line, raw, str_at, u64_at};
+use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser};
 
 /// The `claude` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Claude;
 
-impl Provider for Claude {
-    fn name(&self) -> &'static str {
-        "claude"
-    }
-
-    fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String> {
+impl Claude {
+    fn common(&self, opts: &SpawnOptions) -> Vec<String> {
         // No prompt argument: with `-p` and none given, claude reads it from stdin.
         // `--verbose` is required by claude for stream-json in print mode.
-        let mut args: Vec<String> = [
-            "-p",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--dangerously-skip-permissions",
-        ]
-        .map(String::from)
-        .to_vec();
-        if let Some(id) = &opts.resume_session_id {
-            args.extend(["--resume".to_string(), id.clone()]);
-        }
+        let mut args: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
+            .map(String::from)
+            .to_vec();
+        args.extend(self.mode_args(opts.mode()));
         if let Some(model) = &opts.model {
             args.extend(["--model".to_string(), model.clone()]);
         }
         args
+    }
+}
+
+impl Provider for Claude {
+    fn name(&self) -> &str {
+        "claude"
+    }
+
+    fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String> {
+        self.common(opts)
+    }
+
+    /// Sessions live under the config dir, keyed by the cwd: resume with both unchanged.
+    fn resume_args(
+        &self,
+        session_id: &str,
+        opts: &SpawnOptions,
+    ) -> Result<Vec<String>, ProviderError> {
+        let mut args = self.common(opts);
+        args.extend(["--resume".to_string(), session_id.to_string()]);
+        Ok(args)
+    }
+
+    fn mode_args(&self, mode: &str) -> Vec<String> {
+        match mode {
+            "plan" | "review" | "discuss" => vec!["--permission-mode".into(), "plan".into()],
+            _ => vec!["--dangerously-skip-permissions".into()],
+        }
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -49,7 +66,7 @@ impl Provider for Claude {
         vec![("IS_SANDBOX".to_string(), "1".to_string())]
     }
 
-    fn config_dir_env(&self) -> Option<&'static str> {
+    fn config_dir_env(&self) -> Option<&str> {
         Some("CLAUDE_CONFIG_DIR")
     }
 
@@ -58,7 +75,8 @@ impl Provider for Claude {
     }
 }
 
-/// Turns claude's stream-json lines into [`AgentEvent`]s.
+/// Turns claude's stream-json lines into [`AgentEvent`]s. Amp and cursor-agent write the
+/// same ("Claude Code-compatible") format, so their parsers build on this one.
 #[derive(Debug, Default)]
 pub struct ClaudeParser {
     /// Remembered from `system/init` so a `result` line that lacks its own
@@ -68,31 +86,28 @@ pub struct ClaudeParser {
 
 impl StreamParser for ClaudeParser {
     fn parse_line(&mut self, line: &str) -> Vec<AgentEvent> {
-        if line.trim().is_empty() {
-            return Vec::new();
-        }
-        let raw = || {
-            vec![AgentEvent::Raw {
-                line: line.to_string(),
-            }]
-        };
-        let Ok(value) = serde_json::from_str::<Value>(line) else {
-            return raw();
-        };
-        let events = match str_at(&value, "type") {
-            Some("system") => self.system(&value),
-            Some("assistant") => assistant(&value),
-            Some("user") => user(&value),
-            Some("result") => Some(self.result(&value)),
-            _ => None,
+        let value = match parse_line(line) {
+            Ok(value) => value,
+            Err(events) => return events,
         };
         // `None` means the line had a shape we do not know: keep it verbatim
         // rather than guess at its meaning.
-        events.unwrap_or_else(raw)
+        self.parse_value(&value).unwrap_or_else(|| raw(line))
     }
 }
 
 impl ClaudeParser {
+    /// The events of one parsed line; `None` for a shape this format does not have.
+    pub(crate) fn parse_value(&mut self, value: &Value) -> Option<Vec<AgentEvent>> {
+        match str_at(value, "type") {
+            Some("system") => self.system(value),
+            Some("assistant") => assistant(value),
+            Some("user") => user(value),
+            Some("result") => Some(self.result(value)),
+            _ => None,
+        }
+    }
+
     fn system(&mut self, v: &Value) -> Option<Vec<AgentEvent>> {
         match str_at(v, "subtype")? {
             "init" => {
@@ -119,9 +134,14 @@ impl ClaudeParser {
             });
         }
         let is_error = v.get("is_error").and_then(Value::as_bool).unwrap_or(false);
+        // Amp puts the reason of a failed run in `error` rather than `result`.
+        let error = str_at(v, "error").filter(|_| is_error);
+        if let Some(error) = error {
+            events.push(classify_text(error.to_string()));
+        }
         events.push(AgentEvent::Result {
             success: str_at(v, "subtype") == Some("success") && !is_error,
-            text: str_at(v, "result").map(String::from),
+            text: str_at(v, "result").or(error).map(String::from),
             session_id: str_at(v, "session_id")
                 .map(String::from)
                 .or_else(|| self.session_id.clone()),
@@ -232,38 +252,12 @@ fn api_retry(v: &Value) -> AgentEvent {
     classify(status, kind, message, retry_after_ms)
 }
 
-fn classify(
-    status: Option<u64>,
-    kind: Option<&str>,
-    message: String,
-    retry_after_ms: Option<u64>,
-) -> AgentEvent {
-    if status == Some(429) || kind == Some("rate_limit") {
-        AgentEvent::RateLimited {
-            message,
-            retry_after_ms,
-        }
-    } else if matches!(status, Some(401 | 403)) || kind == Some("authentication_failed") {
-        AgentEvent::AuthFailed { message }
-    } else {
-        AgentEvent::Error { message }
-    }
-}
-
 fn push_text(events: &mut Vec<AgentEvent>, text: &str) {
     if !text.is_empty() {
         events.push(AgentEvent::AssistantText {
             text: text.to_string(),
         });
     }
-}
-
-fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-fn u64_at(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
 }
 
 #[cfg(test)]
@@ -415,23 +409,28 @@ mod tests {
     }
 
     #[test]
-    fn spawn_args_env_and_config_dir() {
-        let base = [
-            "-p",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--dangerously-skip-permissions",
-        ];
-        assert_eq!(Claude.spawn_args(&SpawnOptions::default()), base);
+    fn spawn_and_resume_args_env_and_config_dir() {
+        let base = ["-p", "--output-format", "stream-json", "--verbose"];
+        let execute = [&base[..], &["--dangerously-skip-permissions"]].concat();
+        assert_eq!(Claude.spawn_args(&SpawnOptions::default()), execute);
         let opts = SpawnOptions {
-            resume_session_id: Some("s 1".into()),
             model: Some("opus".into()),
+            mode: Some("plan".into()),
         };
-        let extra = ["--resume", "s 1", "--model", "opus"];
-        assert_eq!(Claude.spawn_args(&opts), [&base[..], &extra].concat());
+        let plan = [&base[..], &["--permission-mode", "plan", "--model", "opus"]].concat();
+        assert_eq!(Claude.spawn_args(&opts), plan);
+        let resume = Claude.resume_args("s 1", &SpawnOptions::default()).unwrap();
+        assert_eq!(resume, [&execute[..], &["--resume", "s 1"]].concat());
+        assert_eq!(Claude.prompt_via(), crate::providers::PromptVia::Stdin);
         assert_eq!(Claude.env(), [("IS_SANDBOX".to_string(), "1".to_string())]);
         assert_eq!(Claude.config_dir_env(), Some("CLAUDE_CONFIG_DIR"));
         assert_eq!(Claude.name(), "claude");
+    }
+
+    #[test]
+    fn failed_results_with_an_error_field_are_classified() {
+        let line = r#"{"type":"result","subtype":"error_during_execution","is_error":true,"error":"429 Too Many Requests"}"#;
+        assert_eq!(kinds(&parse(line)), ["rate_limited", "result"]);
+        assert_eq!(parse(line)[1]["text"], "429 Too Many Requests");
     }
 }

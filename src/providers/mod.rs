@@ -11,9 +11,21 @@
 //! It also holds the signal file convention ([`Signal`]), because that is the
 //! other channel through which an agent tells the fleet how it finished.
 
+pub mod amp;
+pub mod auggie;
 pub mod claude;
+pub mod codex;
+pub mod command;
+pub mod cursor;
+pub mod gemini;
+mod json;
+pub mod mode;
+pub mod opencode;
 
 use serde::{Deserialize, Deserializer, Serialize};
+
+pub use command::{CommandProvider, CommandSpec, ParserKind, configure_command_providers};
+pub use mode::{MODES, format_answers, mode_preamble, prompt_for_mode};
 
 /// Normalised event every provider parser emits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,10 +58,13 @@ pub enum AgentEvent {
         text: Option<String>,
         session_id: Option<String>,
     },
+    /// The account hit a rate or usage limit. CLIs keep retrying on their own, so the
+    /// supervisor must act on the first of these (stop, mark the account, fail over).
     RateLimited {
         message: String,
         retry_after_ms: Option<u64>,
     },
+    /// The credentials were refused; retrying with the same account cannot help.
     AuthFailed {
         message: String,
     },
@@ -69,30 +84,84 @@ pub trait StreamParser: Send {
     fn parse_line(&mut self, line: &str) -> Vec<AgentEvent>;
 }
 
+/// How the prompt reaches the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptVia {
+    /// On stdin (the worker feeds the prompt file). Preferred: argv has a 128 KiB
+    /// per-argument limit and is visible to every user of the node in `ps`.
+    Stdin,
+    /// On the command line, for CLIs that cannot read it from stdin: the worker puts it
+    /// in place of a [`PROMPT_PLACEHOLDER`] argument if the args have one, or appends it
+    /// as the last argument otherwise (see [`place_prompt`]). Stdin is then left empty.
+    Arg,
+}
+
+/// An argument that stands for the prompt, for CLIs that take it at a fixed position.
+pub const PROMPT_PLACEHOLDER: &str = "{prompt}";
+
 /// How to run one CLI headlessly.
 pub trait Provider: Send + Sync {
-    fn name(&self) -> &'static str;
-    /// Args (after the executable) for a new headless run. The prompt is NOT on
-    /// the command line: it is fed on stdin (argv has a 128 KiB per-argument
-    /// limit and is visible in `ps`).
+    /// The name agents are spawned with (`claude`, ..., or a configured command provider).
+    fn name(&self) -> &str;
+    /// Args (after the executable) for a new headless run in `opts.mode` (execute when
+    /// unset): machine-readable streaming output, no permission prompts. The prompt is
+    /// not among them unless the args hold a [`PROMPT_PLACEHOLDER`]: see [`Self::prompt_via`].
     fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String>;
+    /// Args to continue session `session_id` with a new prompt (the answers), in the same
+    /// worktree and with the same config dir as the run that started it. The prompt goes
+    /// the same way as for a spawn ([`Self::prompt_via`]).
+    fn resume_args(
+        &self,
+        session_id: &str,
+        opts: &SpawnOptions,
+    ) -> Result<Vec<String>, ProviderError>;
+    /// Whether the CLI reads the prompt from stdin or needs it as an argument.
+    fn prompt_via(&self) -> PromptVia {
+        PromptVia::Stdin
+    }
+    /// The permission flags of a run in `mode` (one of [`MODES`]; unknown modes are
+    /// refused upstream and get execute's flags here). `execute` lets the agent edit and
+    /// run anything in its worktree; `plan`, `review` and `discuss` use the CLI's own
+    /// read-only switch where it has one (and the prompt preamble in every case, see
+    /// [`prompt_for_mode`]). Already part of [`Self::spawn_args`] / [`Self::resume_args`].
+    fn mode_args(&self, mode: &str) -> Vec<String>;
     /// Env vars to set for the process (e.g. claude needs `IS_SANDBOX=1` so
     /// `--dangerously-skip-permissions` is accepted as root).
     fn env(&self) -> Vec<(String, String)>;
-    /// Env var that relocates the CLI's config dir (claude: `CLAUDE_CONFIG_DIR`).
-    fn config_dir_env(&self) -> Option<&'static str>;
+    /// Env var that relocates the CLI's config/credential dir (claude:
+    /// `CLAUDE_CONFIG_DIR`), so each account gets its own; `None` when the CLI has none.
+    fn config_dir_env(&self) -> Option<&str>;
     fn parser(&self) -> Box<dyn StreamParser>;
 }
 
 /// What varies between two runs of the same provider.
 #[derive(Debug, Clone, Default)]
 pub struct SpawnOptions {
-    pub resume_session_id: Option<String>,
     pub model: Option<String>,
+    /// One of [`MODES`]; `None` is `execute`.
+    pub mode: Option<String>,
 }
 
-/// Names of the providers the fleet knows, implemented or not, so that a typo
-/// and a not-yet-supported CLI get different answers.
+impl SpawnOptions {
+    pub fn mode(&self) -> &str {
+        self.mode.as_deref().unwrap_or("execute")
+    }
+}
+
+/// The prompt put where `via` says: in place of a [`PROMPT_PLACEHOLDER`] argument, else
+/// appended last for [`PromptVia::Arg`]; args unchanged for [`PromptVia::Stdin`].
+pub fn place_prompt(mut args: Vec<String>, via: PromptVia, prompt: &str) -> Vec<String> {
+    if via == PromptVia::Stdin {
+        return args;
+    }
+    match args.iter().position(|a| a == PROMPT_PLACEHOLDER) {
+        Some(at) => args[at] = prompt.to_string(),
+        None => args.push(prompt.to_string()),
+    }
+    args
+}
+
+/// Names of the built-in providers.
 pub const KNOWN_PROVIDERS: &[&str] = &[
     "claude", "codex", "gemini", "cursor", "auggie", "amp", "opencode",
 ];
@@ -101,22 +170,36 @@ pub const KNOWN_PROVIDERS: &[&str] = &[
 pub enum ProviderError {
     #[error("unknown provider '{name}' (known providers: {known})")]
     Unknown { name: String, known: String },
-    #[error("provider '{0}' is not supported by this version of agentfleet yet")]
-    NotImplemented(String),
+    #[error("provider '{provider}' does not support resume")]
+    ResumeUnsupported { provider: String },
+    #[error("provider '{provider}': {reason}")]
+    Misconfigured { provider: String, reason: String },
 }
 
-/// Look up an implemented provider by name.
+/// Look up a provider by name: a built-in one, or a `command` provider declared in the
+/// configuration (see [`configure_command_providers`]).
 pub fn provider(name: &str) -> Result<Box<dyn Provider>, ProviderError> {
-    match name {
-        "claude" => Ok(Box::new(claude::Claude)),
-        known if KNOWN_PROVIDERS.contains(&known) => {
-            Err(ProviderError::NotImplemented(known.to_string()))
-        }
-        unknown => Err(ProviderError::Unknown {
-            name: unknown.to_string(),
-            known: KNOWN_PROVIDERS.join(", "),
-        }),
-    }
+    Ok(match name {
+        "claude" => Box::new(claude::Claude),
+        "codex" => Box::new(codex::Codex),
+        "gemini" => Box::new(gemini::Gemini),
+        "cursor" => Box::new(cursor::Cursor),
+        "auggie" => Box::new(auggie::Auggie),
+        "amp" => Box::new(amp::Amp),
+        "opencode" => Box::new(opencode::Opencode),
+        other => match command::configured(other) {
+            Some(p) => Box::new(p),
+            None => {
+                let mut known: Vec<String> =
+                    KNOWN_PROVIDERS.iter().map(|s| s.to_string()).collect();
+                known.extend(command::configured_names());
+                return Err(ProviderError::Unknown {
+                    name: other.to_string(),
+                    known: known.join(", "),
+                });
+            }
+        },
+    })
 }
 
 /// Signal file convention: an agent may write `.agentfleet/output/signal.json`
@@ -250,23 +333,56 @@ mod tests {
 
     #[test]
     fn unknown_provider_error_lists_known_providers() {
-        let err = provider("nope").err().unwrap();
-        assert_eq!(
-            err.to_string(),
-            "unknown provider 'nope' (known providers: \
-             claude, codex, gemini, cursor, auggie, amp, opencode)"
-        );
+        // Configured command providers (registered by other tests) follow the built-in ones.
+        let err = provider("nope").err().unwrap().to_string();
+        let expected = "unknown provider 'nope' (known providers: \
+             claude, codex, gemini, cursor, auggie, amp, opencode";
+        assert!(err.starts_with(expected), "{err}");
     }
 
     #[test]
-    fn known_but_unimplemented_providers_say_so() {
-        for name in KNOWN_PROVIDERS.iter().filter(|n| **n != "claude") {
-            assert_eq!(
-                provider(name).err(),
-                Some(ProviderError::NotImplemented(name.to_string()))
-            );
+    fn every_known_provider_resolves_with_its_own_name() {
+        for name in KNOWN_PROVIDERS {
+            assert_eq!(provider(name).unwrap().name(), *name);
         }
-        assert_eq!(provider("claude").unwrap().name(), "claude");
+    }
+
+    #[test]
+    fn every_known_provider_can_resume_and_keeps_its_mode_flags() {
+        let plan = SpawnOptions {
+            model: None,
+            mode: Some("plan".into()),
+        };
+        for name in KNOWN_PROVIDERS {
+            let p = provider(name).unwrap();
+            let resume = p.resume_args("sess-1", &plan).unwrap();
+            assert!(resume.iter().any(|a| a == "sess-1"), "{name}: {resume:?}");
+            for flag in p.mode_args("plan") {
+                assert!(resume.contains(&flag), "{name}: {resume:?}");
+            }
+            let execute = p.spawn_args(&SpawnOptions::default());
+            for flag in p.mode_args("execute") {
+                assert!(execute.contains(&flag), "{name}: {execute:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_prompt_replaces_its_placeholder_or_comes_last() {
+        let args = vec![
+            "-i".to_string(),
+            PROMPT_PLACEHOLDER.to_string(),
+            "-q".to_string(),
+        ];
+        assert_eq!(
+            place_prompt(args.clone(), PromptVia::Arg, "p"),
+            ["-i", "p", "-q"]
+        );
+        assert_eq!(place_prompt(args.clone(), PromptVia::Stdin, "p"), args);
+        assert_eq!(
+            place_prompt(vec!["-x".into()], PromptVia::Arg, "p"),
+            ["-x", "p"]
+        );
     }
 
     #[test]
@@ -281,12 +397,15 @@ mod tests {
     // implemented provider: whatever a CLI (or a dying pipe) writes, parsing
     // must not panic, blank lines give nothing and non-JSON is kept verbatim.
 
-    fn implemented_parsers() -> Vec<Box<dyn StreamParser>> {
-        KNOWN_PROVIDERS
+    /// Every built-in provider's parser and every configurable parser kind.
+    fn all_parsers() -> Vec<(String, Box<dyn StreamParser>)> {
+        let builtin = KNOWN_PROVIDERS
             .iter()
-            .filter_map(|n| provider(n).ok())
-            .map(|p| p.parser())
-            .collect()
+            .map(|n| (n.to_string(), provider(n).unwrap().parser()));
+        let kinds = ParserKind::NAMES
+            .iter()
+            .map(|k| (k.to_string(), ParserKind::parse(k).unwrap().parser()));
+        builtin.chain(kinds).collect()
     }
 
     macro_rules! transcripts {
@@ -301,7 +420,16 @@ mod tests {
             "claude-2.1.197-rate-limited.jsonl",
             "claude-2.1.197-auth-failed.jsonl",
             "claude-2.1.197-resume.jsonl",
-            "codex-0.169.0-hello.jsonl"
+            "codex-0.169.0-hello.jsonl",
+            "codex-0.169.0-write-file.jsonl",
+            "codex-0.169.0-resume.jsonl",
+            "codex-0.169.0-rate-limited.jsonl",
+            "codex-0.169.0-auth-failed.jsonl",
+            "gemini-docs-write-file.jsonl",
+            "opencode-docs-write-file.jsonl",
+            "cursor-docs-write-file.jsonl",
+            "amp-docs-write-file.jsonl",
+            "auggie-0.36.0-bundle-result.jsonl"
         )
         .iter()
         .flat_map(|t| t.lines())
@@ -355,17 +483,18 @@ mod tests {
     }
 
     fn parse_everywhere(line: &str) {
-        for mut parser in implemented_parsers() {
+        for (name, mut parser) in all_parsers() {
             let events = parser.parse_line(line);
             if line.trim().is_empty() {
-                assert_eq!(events, [], "blank line {line:?}");
+                assert_eq!(events, [], "{name}: blank line {line:?}");
+            } else if name == "lines" {
+                let text = line.to_string();
+                assert_eq!(events, [AgentEvent::AssistantText { text }], "{name}");
             } else if serde_json::from_str::<serde_json::Value>(line).is_err() {
-                assert_eq!(
-                    events,
-                    [AgentEvent::Raw {
-                        line: line.to_string()
-                    }]
-                );
+                let raw = AgentEvent::Raw {
+                    line: line.to_string(),
+                };
+                assert_eq!(events, [raw], "{name}");
             }
         }
     }

@@ -144,6 +144,8 @@ async fn start_agent(
     let settings = rt.fleet.settings.provider(provider.name());
     let mut args = provider.spawn_args(&SpawnOptions::default());
     args.extend(settings.args.iter().cloned());
+    // Most CLIs read the prompt from stdin (below); the others take it as an argument.
+    let args = providers::place_prompt(args, provider.prompt_via(), &request.prompt);
     let mut env = provider.env();
     env.extend(settings.env.clone());
     let files = RunFiles::in_dir(&run_dir);

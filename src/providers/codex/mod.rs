@@ -1,0 +1,107 @@
+//! OpenAI Codex (`codex` CLI): `codex exec --json` runs one headless turn and writes its
+//! thread events as JSON lines (see [`parser`]). The prompt is read from stdin (`-`);
+//! resume is the `exec resume SESSION_ID` subcommand with the thread id from
+//! `thread.started`. `CODEX_HOME` relocates its config, credentials and sessions (it must
+//! exist, or codex exits). Flags checked against codex 0.169.0's own `--help`.
+
+mod parser;
+
+pub use parser::CodexParser;
+
+use super::{Provider, ProviderError, SpawnOptions, StreamParser};
+
+/// The `codex` CLI as a [`Provider`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Codex;
+
+impl Codex {
+    fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--json".into(), "--skip-git-repo-check".into()];
+        args.extend(self.mode_args(opts.mode()));
+        if let Some(model) = &opts.model {
+            args.extend(["-m".to_string(), model.clone()]);
+        }
+        args
+    }
+}
+
+impl Provider for Codex {
+    fn name(&self) -> &str {
+        "codex"
+    }
+
+    fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String> {
+        let mut args = vec!["exec".to_string()];
+        args.extend(self.flags(opts));
+        // `-`: the prompt comes on stdin.
+        args.push("-".into());
+        args
+    }
+
+    fn resume_args(
+        &self,
+        session_id: &str,
+        opts: &SpawnOptions,
+    ) -> Result<Vec<String>, ProviderError> {
+        let mut args = vec!["exec".to_string(), "resume".to_string()];
+        args.extend(self.flags(opts));
+        args.extend([session_id.to_string(), "-".to_string()]);
+        Ok(args)
+    }
+
+    fn mode_args(&self, mode: &str) -> Vec<String> {
+        match mode {
+            // `-s` is not accepted by `exec resume`; the config key is, by both.
+            "plan" | "review" | "discuss" => {
+                vec!["-c".into(), "sandbox_mode=\"read-only\"".into()]
+            }
+            _ => vec!["--dangerously-bypass-approvals-and-sandbox".into()],
+        }
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn config_dir_env(&self) -> Option<&str> {
+        Some("CODEX_HOME")
+    }
+
+    fn parser(&self) -> Box<dyn StreamParser> {
+        Box::new(CodexParser::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_and_resume_read_the_prompt_from_stdin() {
+        let opts = SpawnOptions {
+            model: Some("gpt-5".into()),
+            mode: None,
+        };
+        let flags = [
+            "--json",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-approvals-and-sandbox",
+            "-m",
+            "gpt-5",
+        ];
+        let spawn = [&["exec"][..], &flags, &["-"]].concat();
+        assert_eq!(Codex.spawn_args(&opts), spawn);
+        let resume = [&["exec", "resume"][..], &flags, &["t-1", "-"]].concat();
+        assert_eq!(Codex.resume_args("t-1", &opts).unwrap(), resume);
+        let plan = SpawnOptions {
+            model: None,
+            mode: Some("review".into()),
+        };
+        assert!(
+            Codex
+                .spawn_args(&plan)
+                .contains(&"sandbox_mode=\"read-only\"".to_string())
+        );
+        assert_eq!(Codex.config_dir_env(), Some("CODEX_HOME"));
+    }
+}

@@ -1,0 +1,355 @@
+//! The generic provider: a CLI described entirely in configuration, so users can add one
+//! without code. `providers.<name>` with `kind = "command"` gives the executable
+//! (`command`), the arguments of a run (`spawn_args`) and of a resume (`resume_args`,
+//! empty = the CLI cannot resume), in which `{session_id}` and `{model}` are replaced
+//! (also inside a longer argument) and an argument that is exactly `{prompt}` receives the
+//! prompt; which of the known stream formats its output is in (`parser`); how the prompt
+//! is passed (`prompt` = "stdin" | "arg"); and the env var that moves its config dir.
+//! Declared providers are registered once at start-up, when the configuration is loaded,
+//! so [`super::provider`] resolves them by name like the built-in ones.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use super::json::parse_line;
+use super::{
+    AgentEvent, KNOWN_PROVIDERS, PROMPT_PLACEHOLDER, PromptVia, Provider, ProviderError,
+    SpawnOptions, StreamParser, auggie, claude, codex, cursor, gemini, opencode,
+};
+use crate::config::ProviderSettings;
+
+/// The stream formats a configured CLI's output can be read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParserKind {
+    ClaudeStreamJson,
+    CodexJson,
+    GeminiStreamJson,
+    OpencodeJson,
+    CursorStreamJson,
+    AuggieJson,
+    /// Plain text: every non-blank line is assistant text.
+    Lines,
+}
+
+impl ParserKind {
+    pub const NAMES: &[&str] = &[
+        "claude-stream-json",
+        "amp-stream-json",
+        "codex-json",
+        "gemini-stream-json",
+        "opencode-json",
+        "cursor-stream-json",
+        "auggie-json",
+        "lines",
+    ];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            // Amp writes claude's format.
+            "claude-stream-json" | "amp-stream-json" => Self::ClaudeStreamJson,
+            "codex-json" => Self::CodexJson,
+            "gemini-stream-json" => Self::GeminiStreamJson,
+            "opencode-json" => Self::OpencodeJson,
+            "cursor-stream-json" => Self::CursorStreamJson,
+            "auggie-json" => Self::AuggieJson,
+            "lines" => Self::Lines,
+            _ => return None,
+        })
+    }
+
+    pub fn parser(self) -> Box<dyn StreamParser> {
+        match self {
+            Self::ClaudeStreamJson => claude::Claude.parser(),
+            Self::CodexJson => codex::Codex.parser(),
+            Self::GeminiStreamJson => gemini::Gemini.parser(),
+            Self::OpencodeJson => opencode::Opencode.parser(),
+            Self::CursorStreamJson => cursor::Cursor.parser(),
+            Self::AuggieJson => auggie::Auggie.parser(),
+            Self::Lines => Box::new(LinesParser),
+        }
+    }
+}
+
+/// A configured CLI, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandSpec {
+    pub name: String,
+    pub spawn_args: Vec<String>,
+    /// `None`: the CLI cannot resume.
+    pub resume_args: Option<Vec<String>>,
+    pub parser: ParserKind,
+    pub prompt_via: PromptVia,
+    pub config_dir_env: Option<String>,
+}
+
+impl CommandSpec {
+    /// The spec for `providers.<name>`, or why it is not a valid one (the key is named).
+    pub fn from_settings(name: &str, s: &ProviderSettings) -> Result<Self, (String, String)> {
+        let key = |k: &str| format!("providers.{name}.{k}");
+        if KNOWN_PROVIDERS.contains(&name) {
+            return Err((key("kind"), format!("'{name}' is a built-in provider")));
+        }
+        if s.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+            return Err((
+                key("command"),
+                "a command provider needs an executable".into(),
+            ));
+        }
+        let parser_name = s.parser.as_deref().unwrap_or("lines");
+        let parser = ParserKind::parse(parser_name).ok_or_else(|| {
+            let known = ParserKind::NAMES.join(", ");
+            (
+                key("parser"),
+                format!("unknown parser '{parser_name}' (known: {known})"),
+            )
+        })?;
+        let has_placeholder = s.spawn_args.iter().any(|a| a == PROMPT_PLACEHOLDER);
+        let prompt_via = match s.prompt.as_deref() {
+            None if has_placeholder => PromptVia::Arg,
+            None | Some("stdin") => PromptVia::Stdin,
+            Some("arg") => PromptVia::Arg,
+            Some(other) => {
+                return Err((
+                    key("prompt"),
+                    format!("must be \"stdin\" or \"arg\", not '{other}'"),
+                ));
+            }
+        };
+        if !s.resume_args.is_empty() && !s.resume_args.iter().any(|a| a.contains("{session_id}")) {
+            return Err((key("resume_args"), "must contain {session_id}".into()));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            spawn_args: s.spawn_args.clone(),
+            resume_args: (!s.resume_args.is_empty()).then(|| s.resume_args.clone()),
+            parser,
+            prompt_via,
+            config_dir_env: s.config_dir_env.clone().filter(|e| !e.is_empty()),
+        })
+    }
+}
+
+static REGISTRY: RwLock<BTreeMap<String, Arc<CommandSpec>>> = RwLock::new(BTreeMap::new());
+
+/// Validates and registers every `kind = "command"` provider in `providers` (replacing a
+/// registration of the same name). `Err((key, reason))` names the bad key.
+pub fn configure_command_providers(
+    providers: &BTreeMap<String, ProviderSettings>,
+) -> Result<(), (String, String)> {
+    let mut specs = Vec::new();
+    for (name, settings) in providers {
+        match settings.kind.as_deref() {
+            None => {}
+            Some("command") => specs.push(CommandSpec::from_settings(name, settings)?),
+            Some(other) => {
+                return Err((
+                    format!("providers.{name}.kind"),
+                    format!("unknown kind '{other}' (the only kind is \"command\")"),
+                ));
+            }
+        }
+    }
+    let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    for spec in specs {
+        registry.insert(spec.name.clone(), Arc::new(spec));
+    }
+    Ok(())
+}
+
+pub(super) fn configured(name: &str) -> Option<CommandProvider> {
+    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    registry
+        .get(name)
+        .cloned()
+        .map(|spec| CommandProvider { spec })
+}
+
+pub(super) fn configured_names() -> Vec<String> {
+    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    registry.keys().cloned().collect()
+}
+
+/// A [`CommandSpec`] as a [`Provider`].
+#[derive(Debug, Clone)]
+pub struct CommandProvider {
+    spec: Arc<CommandSpec>,
+}
+
+impl CommandProvider {
+    pub fn new(spec: CommandSpec) -> Self {
+        Self {
+            spec: Arc::new(spec),
+        }
+    }
+
+    fn fill(&self, template: &[String], session_id: &str, opts: &SpawnOptions) -> Vec<String> {
+        let model = opts.model.as_deref().unwrap_or("");
+        template
+            .iter()
+            .map(|a| {
+                a.replace("{session_id}", session_id)
+                    .replace("{model}", model)
+            })
+            .collect()
+    }
+}
+
+impl Provider for CommandProvider {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String> {
+        self.fill(&self.spec.spawn_args, "", opts)
+    }
+
+    fn resume_args(
+        &self,
+        session_id: &str,
+        opts: &SpawnOptions,
+    ) -> Result<Vec<String>, ProviderError> {
+        match &self.spec.resume_args {
+            Some(template) => Ok(self.fill(template, session_id, opts)),
+            None => Err(ProviderError::ResumeUnsupported {
+                provider: self.spec.name.clone(),
+            }),
+        }
+    }
+
+    fn prompt_via(&self) -> PromptVia {
+        self.spec.prompt_via
+    }
+
+    /// A configured CLI's modes are said by the prompt preamble only.
+    fn mode_args(&self, _mode: &str) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        // `providers.<name>.env` is added by the worker, as for every provider.
+        Vec::new()
+    }
+
+    fn config_dir_env(&self) -> Option<&str> {
+        self.spec.config_dir_env.as_deref()
+    }
+
+    fn parser(&self) -> Box<dyn StreamParser> {
+        self.spec.parser.parser()
+    }
+}
+
+/// Plain-text output: each non-blank line is something the agent said.
+#[derive(Debug, Default)]
+pub struct LinesParser;
+
+impl StreamParser for LinesParser {
+    fn parse_line(&mut self, line: &str) -> Vec<AgentEvent> {
+        if parse_line(line).is_err_and(|e| e.is_empty()) {
+            return Vec::new();
+        }
+        vec![AgentEvent::AssistantText {
+            text: line.to_string(),
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{place_prompt, provider};
+
+    fn settings(toml: &str) -> BTreeMap<String, ProviderSettings> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            providers: BTreeMap<String, ProviderSettings>,
+        }
+        let doc: Doc = ::config::Config::builder()
+            .add_source(::config::File::from_str(toml, ::config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        doc.providers
+    }
+
+    #[test]
+    fn configured_command_provider_resolves_by_name_and_fills_its_templates() {
+        let providers = settings(
+            r#"
+            [providers.mycli]
+            kind = "command"
+            command = "/opt/mycli"
+            spawn_args = ["run", "--json", "--model={model}", "{prompt}"]
+            resume_args = ["run", "--json", "--session", "{session_id}", "{prompt}"]
+            parser = "codex-json"
+            config_dir_env = "MYCLI_HOME"
+            "#,
+        );
+        configure_command_providers(&providers).unwrap();
+        let p = provider("mycli").unwrap();
+        assert_eq!(p.name(), "mycli");
+        assert_eq!(p.prompt_via(), PromptVia::Arg);
+        assert_eq!(p.config_dir_env(), Some("MYCLI_HOME"));
+        let opts = SpawnOptions {
+            model: Some("m1".into()),
+            mode: None,
+        };
+        let args = place_prompt(p.spawn_args(&opts), p.prompt_via(), "hi there");
+        assert_eq!(args, ["run", "--json", "--model=m1", "hi there"]);
+        let args = place_prompt(p.resume_args("s-9", &opts).unwrap(), p.prompt_via(), "yes");
+        assert_eq!(args, ["run", "--json", "--session", "s-9", "yes"]);
+        let line = r#"{"type":"thread.started","thread_id":"t"}"#;
+        assert_eq!(p.parser().parse_line(line).len(), 1);
+    }
+
+    #[test]
+    fn a_command_provider_without_resume_args_refuses_resume() {
+        let providers = settings(
+            "[providers.plain]\nkind = \"command\"\ncommand = \"echo\"\nspawn_args = [\"{prompt}\"]\n",
+        );
+        configure_command_providers(&providers).unwrap();
+        let p = provider("plain").unwrap();
+        let err = p.resume_args("s", &SpawnOptions::default()).unwrap_err();
+        assert_eq!(err.to_string(), "provider 'plain' does not support resume");
+        let mut parser = p.parser();
+        assert_eq!(parser.parse_line("  "), []);
+        assert_eq!(
+            parser.parse_line("hello"),
+            [AgentEvent::AssistantText {
+                text: "hello".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_command_providers_name_the_key() {
+        let cases = [
+            (
+                "[providers.x]\nkind = \"shell\"\ncommand = \"a\"\n",
+                "providers.x.kind",
+            ),
+            ("[providers.x]\nkind = \"command\"\n", "providers.x.command"),
+            (
+                "[providers.x]\nkind = \"command\"\ncommand = \"a\"\nparser = \"xml\"\n",
+                "providers.x.parser",
+            ),
+            (
+                "[providers.x]\nkind = \"command\"\ncommand = \"a\"\nprompt = \"file\"\n",
+                "providers.x.prompt",
+            ),
+            (
+                "[providers.x]\nkind = \"command\"\ncommand = \"a\"\nresume_args = [\"-r\"]\n",
+                "providers.x.resume_args",
+            ),
+            (
+                "[providers.codex]\nkind = \"command\"\ncommand = \"a\"\n",
+                "providers.codex.kind",
+            ),
+        ];
+        for (toml, key) in cases {
+            let (got, reason) = configure_command_providers(&settings(toml)).unwrap_err();
+            assert_eq!(got, key, "{reason}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! A scripted model server on 127.0.0.1 for the contract tests: it speaks enough of the
+//! Anthropic Messages API (claude) and the OpenAI Responses API (codex) for a real CLI to
+//! run one agent turn against it. A fresh request gets a tool call that writes
+//! `MOCK_RESULT.txt` in the CLI's cwd; a request that carries that tool's result gets the
+//! final text; a request whose last message contains [`RESUME_MARKER`] (the start of
+//! the prompt `providers::format_answers` makes for a resume) gets [`ANSWER_TEXT`]. It can instead answer every request with an HTTP error (429, 401) to
+//! see how the CLI reports it. Every request body is kept for assertions.
+
+#![allow(dead_code)]
+
+pub mod run;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub const FILE: &str = "MOCK_RESULT.txt";
+pub const FINAL_TEXT: &str = "All done.";
+/// Opens every answers prompt (`providers::format_answers`).
+pub const RESUME_MARKER: &str = "answers to your questions";
+pub const ANSWER_TEXT: &str = "Thanks, continuing with your answers.";
+
+/// What the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Tool call, then final text (and the answer text on resume).
+    Script,
+    /// Every request fails with this HTTP status.
+    Fail(u16),
+}
+
+pub struct MockModel {
+    pub base_url: String,
+    pub requests: Arc<Mutex<Vec<(String, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockModel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct Mock {
+    behaviour: Behaviour,
+    content: String,
+    requests: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl MockModel {
+    /// Starts on a free loopback port; `content` is what the scripted tool call writes.
+    pub async fn start(behaviour: Behaviour, content: &str) -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let mock = Mock {
+            behaviour,
+            content: content.to_string(),
+            requests: requests.clone(),
+        };
+        let app = Router::new().fallback(handle).with_state(mock);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            base_url: format!("http://{addr}"),
+            requests,
+            task,
+        }
+    }
+
+    pub fn request_count(&self, path_suffix: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|(p, _)| p.ends_with(path_suffix))
+            .count()
+    }
+}
+
+async fn handle(State(mock): State<Mock>, uri: Uri, body: String) -> Response {
+    let path = uri.path().to_string();
+    let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    mock.requests
+        .lock()
+        .unwrap()
+        .push((path.clone(), request.clone()));
+    let anthropic = path.ends_with("/messages");
+    let openai = path.ends_with("/responses");
+    if !anthropic && !openai {
+        return plain(StatusCode::NOT_FOUND, "application/json", "{}".into());
+    }
+    if let Behaviour::Fail(status) = mock.behaviour {
+        return failure(status, anthropic);
+    }
+    let turn = if anthropic {
+        anthropic_turn(&request)
+    } else {
+        openai_turn(&request)
+    };
+    let events = match (turn, anthropic) {
+        (Turn::Tool, true) => anthropic_tool(&mock.content),
+        (Turn::Tool, false) => openai_tool(&request, &mock.content),
+        (Turn::Text(t), true) => anthropic_text(t),
+        (Turn::Text(t), false) => openai_text(t),
+    };
+    let mut sse = String::new();
+    for event in events {
+        let name = event["type"].as_str().unwrap_or("message").to_string();
+        sse.push_str(&format!("event: {name}\ndata: {event}\n\n"));
+    }
+    plain(StatusCode::OK, "text/event-stream", sse)
+}
+
+fn plain(status: StatusCode, content_type: &str, body: String) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn failure(status: u16, anthropic: bool) -> Response {
+    let (kind, message) = match status {
+        429 => ("rate_limit_error", "Rate limited by the mock"),
+        401 => ("authentication_error", "invalid x-api-key"),
+        _ => ("api_error", "mock failure"),
+    };
+    let body = if anthropic {
+        json!({"type": "error", "error": {"type": kind, "message": message}})
+    } else {
+        json!({"error": {"type": kind, "code": kind, "message": message}})
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    plain(status, "application/json", body.to_string())
+}
+
+enum Turn {
+    Tool,
+    Text(&'static str),
+}
+
+fn anthropic_turn(request: &Value) -> Turn {
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let Some(last) = messages.last() else {
+        return Turn::Tool;
+    };
+    if last.to_string().contains(RESUME_MARKER) {
+        return Turn::Text(ANSWER_TEXT);
+    }
+    let blocks = last["content"].as_array().cloned().unwrap_or_default();
+    if blocks.iter().any(|b| b["type"] == "tool_result") {
+        return Turn::Text(FINAL_TEXT);
+    }
+    Turn::Tool
+}
+
+fn openai_turn(request: &Value) -> Turn {
+    let input = request["input"].as_array().cloned().unwrap_or_default();
+    let Some(last) = input.last() else {
+        return Turn::Tool;
+    };
+    if last.to_string().contains(RESUME_MARKER) {
+        return Turn::Text(ANSWER_TEXT);
+    }
+    let kind = last["type"].as_str().unwrap_or("");
+    if kind.ends_with("call_output") {
+        return Turn::Text(FINAL_TEXT);
+    }
+    Turn::Tool
+}
+
+fn anthropic_message_start() -> Value {
+    json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+        "role": "assistant", "model": "claude-mock", "content": [], "stop_reason": null,
+        "stop_sequence": null, "usage": {"input_tokens": 12, "output_tokens": 1}}})
+}
+
+fn anthropic_end(stop_reason: &str) -> Vec<Value> {
+    vec![
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+            "usage": {"output_tokens": 10}}),
+        json!({"type": "message_stop"}),
+    ]
+}
+
+fn anthropic_tool(content: &str) -> Vec<Value> {
+    let input = json!({"file_path": FILE, "content": content}).to_string();
+    let mut events = vec![
+        anthropic_message_start(),
+        json!({"type": "content_block_start", "index": 0, "content_block":
+            {"type": "tool_use", "id": "toolu_mock_1", "name": "Write", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0, "delta":
+            {"type": "input_json_delta", "partial_json": input}}),
+        json!({"type": "content_block_stop", "index": 0}),
+    ];
+    events.extend(anthropic_end("tool_use"));
+    events
+}
+
+fn anthropic_text(text: &str) -> Vec<Value> {
+    let mut events = vec![
+        anthropic_message_start(),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        json!({"type": "content_block_stop", "index": 0}),
+    ];
+    events.extend(anthropic_end("end_turn"));
+    events
+}
+
+fn openai_completed() -> Value {
+    json!({"type": "response.completed", "response": {"id": "resp_mock", "usage": {
+        "input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15}}})
+}
+
+/// A shell call in whichever shape of shell tool the CLI offered.
+fn openai_tool(request: &Value, content: &str) -> Vec<Value> {
+    let tools = request["tools"].as_array().cloned().unwrap_or_default();
+    let offered = |n: &str| tools.iter().any(|t| t["name"] == n);
+    let script = format!("printf '%s' '{}' > {FILE}", content.replace('\'', ""));
+    let (name, arguments) = if offered("shell") {
+        ("shell", json!({"command": ["bash", "-lc", script]}))
+    } else if offered("shell_command") {
+        ("shell_command", json!({"command": script}))
+    } else {
+        ("exec_command", json!({"cmd": script}))
+    };
+    let item = json!({"type": "function_call", "id": "fc_mock_1", "call_id": "call_mock_1",
+        "name": name, "arguments": arguments.to_string()});
+    vec![
+        json!({"type": "response.created", "response": {"id": "resp_mock"}}),
+        json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        openai_completed(),
+    ]
+}
+
+fn openai_text(text: &str) -> Vec<Value> {
+    let item = json!({"type": "message", "role": "assistant", "id": "msg_mock",
+        "content": [{"type": "output_text", "text": text, "annotations": []}]});
+    vec![
+        json!({"type": "response.created", "response": {"id": "resp_mock"}}),
+        json!({"type": "response.output_item.added", "output_index": 0, "item":
+            {"type": "message", "role": "assistant", "id": "msg_mock", "content": []}}),
+        json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": text}),
+        json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        openai_completed(),
+    ]
+}

@@ -1,0 +1,193 @@
+//! Running a real provider CLI for a contract test: find it where
+//! `.ci/install-provider-clis` put it, start it in a temp git worktree with a temp HOME
+//! and config dir, feed its stdout through our parser, and stop it once the test has seen
+//! what it waits for (the CLIs retry a failing API for minutes on their own).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use agentfleet::providers::AgentEvent;
+use agentfleet::providers::StreamParser;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The installed CLI `bin`; fails the test (never skips it) when it is missing.
+pub fn cli(bin: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/provider-clis/node_modules/.bin")
+        .join(bin);
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/install-provider-clis to install the provider CLIs \
+         the contract tests run",
+        path.display()
+    );
+    path
+}
+
+/// A temp dir with `home/`, `config/` and a git repository `work/`.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["home", "config", "work"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let ok = std::process::Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(dir.path().join("work"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git init failed");
+        Self { dir }
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+}
+
+pub struct Run {
+    pub events: Vec<AgentEvent>,
+    pub stdout: String,
+    pub stderr: String,
+    /// `None` when the test stopped the CLI.
+    pub exit_code: Option<i32>,
+}
+
+/// Runs `program args` in `cwd` with only `env` (plus PATH), `stdin` on stdin, until it
+/// exits or `stop` matches an event (then it is killed). Panics after `limit`.
+// One call per CLI run reads best in the tests; a builder would only rename the arguments.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    stdin: &str,
+    mut parser: Box<dyn StreamParser>,
+    stop: impl Fn(&AgentEvent) -> bool,
+    limit: Duration,
+) -> Run {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let stderr = child.stderr.take().unwrap();
+    let stderr_task = tokio::spawn(async move {
+        let mut text = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    let mut stdout = String::new();
+    let mut stopped = false;
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            stdout.push_str(&line);
+            stdout.push('\n');
+            for event in parser.parse_line(&line) {
+                let done = stop(&event);
+                events.push(event);
+                if done {
+                    stopped = true;
+                    return;
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(limit, read).await.is_err() {
+        let _ = child.kill().await;
+        let stderr = stderr_task.await.unwrap_or_default();
+        panic!(
+            "{program:?} did not finish within {limit:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\nevents: {events:#?}"
+        );
+    }
+    let exit_code = if stopped {
+        let _ = child.kill().await;
+        None
+    } else {
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .ok()
+            .and_then(|s| s.ok())
+            .and_then(|s| s.code())
+    };
+    let stderr = tokio::time::timeout(Duration::from_secs(5), stderr_task)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default();
+    if let Some(dir) = std::env::var_os("AGENTFLEET_RECORD_TRANSCRIPTS") {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bin = program.file_name().unwrap().to_string_lossy();
+        let name = format!("{bin}-{}-{n}.jsonl", std::process::id());
+        let _ = std::fs::write(Path::new(&dir).join(name), &stdout);
+    }
+    Run {
+        events,
+        stdout,
+        stderr,
+        exit_code,
+    }
+}
+
+pub fn session_ids(events: &[AgentEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            AgentEvent::SessionStarted { session_id, .. } => Some(session_id.clone()),
+            AgentEvent::Result {
+                session_id: Some(id),
+                ..
+            } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn result_of(events: &[AgentEvent]) -> Option<(bool, Option<String>)> {
+    events.iter().rev().find_map(|e| match e {
+        AgentEvent::Result { success, text, .. } => Some((*success, text.clone())),
+        _ => None,
+    })
+}
+
+pub fn strings(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
