@@ -83,18 +83,18 @@ async fn stale_worker_cannot_write_after_takeover() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_workers_agents_are_reconciled_within_ttl_plus_sweep() {
     let mut env = fast_env().await;
-    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    // node-b (one slot) takes a long blocker first, so the victims land on node-a.
     env.start_worker(&[
         ("AGENTFLEET__WORKER__NODE_ID", "node-b"),
         ("AGENTFLEET__WORKER__CAPACITY", "1"),
     ]);
-    env.wait_workers(2).await;
-    // Occupy node-b so the long agents land on node-a.
     let blocker = env.spawn(&[], "block\n#hold 30");
     env.wait_agent(blocker.id, Duration::from_secs(20), "ran", |a| {
         a.status == AgentStatus::Running
     })
     .await;
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    env.wait_workers(2).await;
     let victims: Vec<_> = (0..2)
         .map(|i| env.spawn(&[], &format!("victim {i}\n#hold 30")))
         .collect();
@@ -107,7 +107,7 @@ async fn killed_workers_agents_are_reconciled_within_ttl_plus_sweep() {
         assert_eq!(a.node_id.as_deref(), Some("node-a"));
     }
     let killed_at = Instant::now();
-    env.signal_worker(0, Signal::SIGKILL);
+    env.signal_worker(1, Signal::SIGKILL);
     for v in &victims {
         let a = env.wait_final(v.id, Duration::from_secs(20)).await;
         assert_status(&a, AgentStatus::Crashed);
