@@ -176,7 +176,10 @@ mod tests {
         // The group outlives its leader until every member is reaped by init.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while signal_group(started.pid, Signal::SIGTERM) {
-            assert!(std::time::Instant::now() < deadline, "process group still there");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process group still there"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

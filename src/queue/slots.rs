@@ -1,7 +1,8 @@
 //! Worker capacity as a tower layer: the apalis worker asks its service whether it is
 //! ready before it fetches a job, so holding a slot in `poll_ready` means a worker never
 //! takes a spawn it has no room for. The slot travels with the job and is released when
-//! the handler (which lives as long as the agent it runs) returns.
+//! the handler (which lives as long as the agent it runs) returns. The embedded queue takes
+//! the same slots with `Slots::acquire` before it looks for a job.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,6 +36,15 @@ impl Slots {
 
     pub fn in_use(&self) -> usize {
         self.capacity - self.free()
+    }
+
+    /// Waits for a free slot; it is held until the permit is dropped.
+    pub async fn acquire(&self) -> OwnedSemaphorePermit {
+        self.semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed")
     }
 }
 

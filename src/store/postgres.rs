@@ -9,12 +9,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{ClaimedRequest, NewEvent, Owner, ProcessRecord, RecordedSpawn, StoreError};
+use super::{
+    ClaimedRequest, NewEvent, Owner, ProcessRecord, RecordedSpawn, SpawnRecord, StoreError,
+};
 use crate::domain::{
     Agent, AgentMode, AgentOutcome, AgentStatus, PendingQuestion, Project, StoredEvent, WorkerInfo,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
 macro_rules! select_agents {
@@ -33,18 +35,6 @@ macro_rules! select_agents {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-}
-
-/// The fields of a spawn the store records at enqueue.
-#[derive(Debug, Clone)]
-pub struct SpawnRecord<'a> {
-    pub name: &'a str,
-    pub provider: &'a str,
-    pub mode: AgentMode,
-    pub project: &'a str,
-    pub task_id: Option<&'a str>,
-    pub idempotency_key: Option<&'a str>,
-    pub payload: serde_json::Value,
 }
 
 impl PgStore {

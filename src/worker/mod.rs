@@ -1,6 +1,6 @@
 //! The worker process: registers in the store with a lease and an epoch, renews the lease
-//! on a heartbeat, and runs an apalis worker on the spawn queue that only fetches while it
-//! has a free slot. Each delivered job runs as long as its agent does (see `spawn`).
+//! on a heartbeat, and consumes the spawn queue (apalis on Redis, or the embedded queue)
+//! only while it has a free slot. Each delivered job runs as long as its agent does (see `spawn`).
 //!
 //! Shutdown is one tree: a soft stop stops fetching and waits for the agents in hand; a
 //! hard stop (second signal) stops the agents too. Losing the lease stops everything at once.
@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, Data, WorkerBuilder};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,7 +22,7 @@ use uuid::Uuid;
 
 use crate::domain::Project;
 use crate::fleet::Fleet;
-use crate::queue::{SlotGateLayer, Slots};
+use crate::queue::{JobHandler, Slots};
 use crate::store::Owner;
 use crate::workspace::Workspace;
 
@@ -209,24 +208,23 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     result
 }
 
-/// The apalis worker loop. A failed apalis worker (Redis gone, say) is started again under
-/// a new name (reusing a name inside apalis's orphan window is refused).
+/// Takes jobs from the queue (apalis on Redis, or the embedded queue over the store's
+/// pending requests) and runs each through `spawn::handle`. A consumer that fails (Redis
+/// gone, say) is started again under a new name (apalis refuses a name reused inside its
+/// orphan window).
 async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()> {
+    let handler: JobHandler = {
+        let rt = rt.clone();
+        Arc::new(move |job| Box::pin(spawn::handle(rt.clone(), job)))
+    };
     let mut generation = 0u32;
     loop {
         generation += 1;
         let name = format!("{}-{generation}", rt.owner.worker_id);
-        let stopper = stop.clone();
-        let worker = WorkerBuilder::new(name.as_str())
-            .backend(rt.fleet.queue.backend())
-            .layer(SlotGateLayer::new(rt.slots.clone()))
-            .data(rt.clone())
-            .build(handle_job);
-        let outcome = worker
-            .run_until(async move {
-                stopper.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            })
+        let outcome = rt
+            .fleet
+            .queue
+            .consume(&name, &rt.slots, stop.clone(), handler.clone())
             .await;
         match outcome {
             Ok(()) if stop.is_cancelled() => return Ok(()),
@@ -240,9 +238,4 @@ async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-}
-
-async fn handle_job(job: serde_json::Value, rt: Data<Arc<Runtime>>) -> Result<(), BoxDynError> {
-    spawn::handle((*rt).clone(), job).await;
-    Ok(())
 }
