@@ -60,7 +60,7 @@ impl EmbeddedQueue {
 
     /// Hands pending requests to `handler` while slots are free, until `stop`; then waits
     /// for the handlers in hand.
-    pub async fn consume(&self, slots: &Slots, stop: CancellationToken, handler: JobHandler) {
+    pub async fn consume(&self, slots: Slots, stop: CancellationToken, handler: JobHandler) {
         let handlers = TaskTracker::new();
         let mut handed_out: HashMap<Uuid, Instant> = HashMap::new();
         loop {
@@ -102,7 +102,7 @@ impl EmbeddedQueue {
             };
             let handler = handler.clone();
             handlers.spawn(async move {
-                handler(job).await;
+                handler.call(job).await;
                 drop(slot);
             });
         }

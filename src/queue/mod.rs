@@ -33,7 +33,28 @@ pub struct SpawnJob {
 
 /// What a consumer runs for each delivered job (the raw JSON, so malformed jobs reach the
 /// handler and are recorded there). It holds the job's slot until its future ends.
-pub type JobHandler = Arc<dyn Fn(serde_json::Value) -> BoxFuture<'static, ()> + Send + Sync>;
+#[derive(Clone)]
+pub struct JobHandler(Arc<dyn Fn(serde_json::Value) -> BoxFuture<'static, ()> + Send + Sync>);
+
+impl JobHandler {
+    pub fn new<F, Fut>(handle: F) -> Self
+    where
+        F: Fn(serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        Self(Arc::new(move |job| Box::pin(handle(job))))
+    }
+
+    pub fn call(&self, job: serde_json::Value) -> BoxFuture<'static, ()> {
+        (self.0)(job)
+    }
+}
+
+impl std::fmt::Debug for JobHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobHandler")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -75,13 +96,13 @@ impl Queue {
     /// transport and must be unique per run (apalis-redis refuses a recent name).
     pub async fn consume(
         &self,
-        consumer: &str,
-        slots: &Slots,
+        consumer: String,
+        slots: Slots,
         stop: CancellationToken,
         handler: JobHandler,
     ) -> Result<(), QueueError> {
         match self {
-            Self::Redis(q) => q.consume(consumer, slots, stop, handler).await,
+            Self::Redis(q) => q.consume(&consumer, slots, stop, handler).await,
             Self::Embedded(q) => {
                 q.consume(slots, stop, handler).await;
                 Ok(())

@@ -96,13 +96,13 @@ impl RedisQueue {
     pub async fn consume(
         &self,
         consumer: &str,
-        slots: &Slots,
+        slots: Slots,
         stop: CancellationToken,
         handler: JobHandler,
     ) -> Result<(), QueueError> {
         let worker = WorkerBuilder::new(consumer)
             .backend(self.backend())
-            .layer(SlotGateLayer::new(slots.clone()))
+            .layer(SlotGateLayer::new(slots))
             .data(handler)
             .build(run_job);
         worker
@@ -117,7 +117,6 @@ impl RedisQueue {
 
 /// Handlers never fail: outcomes live in the store, so apalis has nothing to retry.
 async fn run_job(job: serde_json::Value, handler: Data<JobHandler>) -> Result<(), BoxDynError> {
-    let handler: JobHandler = (*handler).clone();
-    handler(job).await;
+    handler.call(job).await;
     Ok(())
 }

@@ -215,7 +215,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
 async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()> {
     let handler: JobHandler = {
         let rt = rt.clone();
-        Arc::new(move |job| Box::pin(spawn::handle(rt.clone(), job)))
+        JobHandler::new(move |job| spawn::handle(rt.clone(), job))
     };
     let mut generation = 0u32;
     loop {
@@ -224,7 +224,12 @@ async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()
         let outcome = rt
             .fleet
             .queue
-            .consume(&name, &rt.slots, stop.clone(), handler.clone())
+            .consume(
+                name.clone(),
+                rt.slots.clone(),
+                stop.clone(),
+                handler.clone(),
+            )
             .await;
         match outcome {
             Ok(()) if stop.is_cancelled() => return Ok(()),
