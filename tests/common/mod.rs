@@ -205,12 +205,7 @@ impl TestEnv {
 
     /// The file at `path` on branch `branch` of the remote, if any.
     pub fn remote_file(&self, branch: &str, path: &str) -> Option<String> {
-        let repo = git2::Repository::open_bare(&self.remote).ok()?;
-        let reference = repo.find_reference(&format!("refs/heads/{branch}")).ok()?;
-        let tree = reference.peel_to_commit().ok()?.tree().ok()?;
-        let entry = tree.get_path(Path::new(path)).ok()?;
-        let blob = repo.find_blob(entry.id()).ok()?;
-        Some(String::from_utf8_lossy(blob.content()).into_owned())
+        file_on_branch(&self.remote, branch, path)
     }
 
     pub fn stop_workers(&mut self) {
@@ -328,6 +323,16 @@ impl Drop for FreshStore {
             drop_database(name);
         }
     }
+}
+
+/// The file at `path` on branch `branch` of the bare repository `remote`, if any.
+pub fn file_on_branch(remote: &Path, branch: &str, path: &str) -> Option<String> {
+    let repo = git2::Repository::open_bare(remote).ok()?;
+    let reference = repo.find_reference(&format!("refs/heads/{branch}")).ok()?;
+    let tree = reference.peel_to_commit().ok()?.tree().ok()?;
+    let entry = tree.get_path(Path::new(path)).ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    Some(String::from_utf8_lossy(blob.content()).into_owned())
 }
 
 /// A bare repository with one commit (README.md) on `main`.
