@@ -1,9 +1,8 @@
 //! The embedded default's live events: an in-process broadcast for followers in the
 //! process that runs the agent (the API's SSE under `up`), plus a poll of the store's event
 //! log every `POLL` for followers in other processes (`agentfleet logs -f` in another
-//! terminal). A subscription yields each event at most once, in increasing `seq`; a
-//! broadcast message lost to lag only shows up as a gap, which `follow` fills from the
-//! store.
+//! terminal). A subscription yields each event once, in `seq` order without gaps: a
+//! broadcast that runs ahead of what it has seen is preceded by a catch-up from the store.
 
 use std::time::Duration;
 
@@ -72,12 +71,25 @@ impl EmbeddedBus {
                     _ = poll.tick() => Wake::Poll,
                 };
                 match wake {
-                    Wake::Local(Ok((id, event))) => {
-                        if id == agent_id && event.seq > last {
-                            last = event.seq;
-                            yield event;
+                    Wake::Local(Ok((id, event))) if id == agent_id && event.seq == last + 1 => {
+                        last = event.seq;
+                        yield event;
+                    }
+                    // Ahead of what this subscription has seen (events from another
+                    // process, or lost to lag): the store has them all, this one included,
+                    // because events are published only once stored.
+                    Wake::Local(Ok((id, event))) if id == agent_id && event.seq > last => {
+                        match store.events_after(agent_id, last).await {
+                            Ok(events) => {
+                                for event in events {
+                                    last = event.seq;
+                                    yield event;
+                                }
+                            }
+                            Err(e) => tracing::debug!(%agent_id, error = %e, "event catch-up failed"),
                         }
                     }
+                    Wake::Local(Ok(_)) => {}
                     // Lagged: the poll catches up.
                     Wake::Local(Err(RecvError::Lagged(_))) => {}
                     // Every bus of this process is gone: the poll alone serves.
