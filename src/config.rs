@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::store::StoreKind;
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,14 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
         key: key.to_string(),
         reason: reason.into(),
     }
+}
+
+/// The two ways to run: everything on one machine with no services (SQLite store,
+/// embedded queue and events), or a fleet of workers sharing Postgres and Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Fleet,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,7 +167,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("api.tokens"),
         );
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.resolve_data_dir();
         settings.validate()?;
         // Validates the configured command providers and makes them resolvable by name.
         crate::providers::configure_command_providers(&settings.providers)
@@ -165,17 +176,67 @@ impl Settings {
         Ok(settings)
     }
 
+    /// An empty `database.url` means the embedded store in the data directory:
+    /// `$XDG_DATA_HOME/agentfleet`, or `./.agentfleet` when XDG_DATA_HOME is not set.
+    fn resolve_data_dir(&mut self) {
+        if !self.database.url.trim().is_empty() {
+            return;
+        }
+        let dir = match std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            Some(data_home) => PathBuf::from(data_home).join("agentfleet"),
+            None => std::env::current_dir()
+                .unwrap_or_else(|_| PathBuf::from("."))
+                .join(".agentfleet"),
+        };
+        self.database.url = format!("sqlite://{}", dir.join("agentfleet.db").display());
+    }
+
+    /// Which mode the store and Redis settings select (valid once `validate` passed).
+    pub fn backend(&self) -> Backend {
+        match StoreKind::of_url(&self.database.url) {
+            Some(StoreKind::Postgres) => Backend::Fleet,
+            _ => Backend::Embedded,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        if !self.database.url.starts_with("postgres://")
-            && !self.database.url.starts_with("postgresql://")
+        let redis_set = !self.redis.url.trim().is_empty();
+        if redis_set
+            && !self.redis.url.starts_with("redis://")
+            && !self.redis.url.starts_with("rediss://")
         {
             return Err(invalid(
-                "database.url",
-                "must be a postgres:// URL (the embedded SQLite store is not available in this build)",
+                "redis.url",
+                "must be a redis:// or rediss:// URL, or empty for the embedded mode",
             ));
         }
-        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
-            return Err(invalid("redis.url", "must be a redis:// or rediss:// URL"));
+        match StoreKind::of_url(&self.database.url) {
+            None => {
+                return Err(invalid(
+                    "database.url",
+                    "must be postgres://… (the fleet mode) or sqlite:… (the embedded mode); \
+                     leave it empty for the embedded store in the data directory",
+                ));
+            }
+            Some(StoreKind::Sqlite) if redis_set => {
+                return Err(invalid(
+                    "redis.url",
+                    "is set, but database.url is SQLite (the embedded mode, one machine, no \
+                     services): a Redis queue cannot serve a SQLite store. Clear redis.url \
+                     (AGENTFLEET__REDIS__URL=\"\") for the embedded mode, or set database.url \
+                     to a postgres:// URL for the fleet mode",
+                ));
+            }
+            Some(StoreKind::Postgres) if !redis_set => {
+                return Err(invalid(
+                    "redis.url",
+                    "is empty, but database.url is Postgres (the fleet mode), whose workers \
+                     need Redis for the queue and live events. Set redis.url \
+                     (AGENTFLEET__REDIS__URL=redis://…), or leave database.url empty for the \
+                     embedded mode",
+                ));
+            }
+            Some(_) => {}
         }
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
             return Err(invalid("redis.prefix", "must be non-empty without spaces"));
@@ -262,7 +323,20 @@ mod tests {
             .unwrap()
             .try_deserialize()
             .unwrap();
+        let mut s: Settings = s;
+        s.resolve_data_dir();
         s.validate().unwrap();
+        assert_eq!(s.backend(), Backend::Embedded);
+        assert!(
+            s.database.url.starts_with("sqlite://"),
+            "{}",
+            s.database.url
+        );
+        assert!(
+            s.database.url.ends_with("agentfleet/agentfleet.db"),
+            "{}",
+            s.database.url
+        );
         assert_eq!(s.worker.capacity, 4);
         assert_eq!(s.worker.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(s.limits.max_prompt_bytes, 256 * 1024);
@@ -280,5 +354,37 @@ mod tests {
         std::io::Write::write_all(&mut file, b"[worker]\ncapacity = \"many\"\n").unwrap();
         let err = Settings::load(Some(file.path())).unwrap_err().to_string();
         assert!(err.contains("capacity"), "{err}");
+    }
+
+    fn with(database: &str, redis: &str) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        let text = format!("[database]\nurl = {database:?}\n[redis]\nurl = {redis:?}\n");
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        Settings::load(Some(file.path()))
+    }
+
+    #[test]
+    fn store_and_redis_urls_choose_the_mode() {
+        let embedded = with("sqlite:///tmp/x.db", "").unwrap();
+        assert_eq!(embedded.backend(), Backend::Embedded);
+        let fleet = with("postgres://h/db", "redis://h:6379").unwrap();
+        assert_eq!(fleet.backend(), Backend::Fleet);
+    }
+
+    #[test]
+    fn mixed_modes_are_refused_naming_both_keys() {
+        for (database, redis) in [
+            ("sqlite:///tmp/x.db", "redis://h:6379"),
+            ("", "redis://h:6379"),
+            ("postgres://h/db", ""),
+        ] {
+            let err = with(database, redis).unwrap_err().to_string();
+            assert!(
+                err.contains("redis.url") && err.contains("database.url"),
+                "{database} + {redis}: {err}"
+            );
+        }
+        let err = with("mysql://h/db", "").unwrap_err().to_string();
+        assert!(err.contains("database.url"), "{err}");
     }
 }

@@ -6,11 +6,11 @@ use std::path::{Component, Path};
 
 use rand::seq::IndexedRandom;
 
-use crate::config::Settings;
+use crate::config::{Backend, Settings};
 use crate::domain::{AgentMode, Project, SpawnRequest};
-use crate::events::EventBus;
+use crate::events::{EmbeddedBus, EventBus, RedisBus};
 use crate::providers;
-use crate::queue::{RedisQueue, SpawnJob};
+use crate::queue::{EmbeddedQueue, Queue, RedisQueue, SpawnJob};
 
 use crate::store::{RecordedSpawn, SpawnRecord, Store, StoreError};
 use crate::workspace::validate_name;
@@ -37,7 +37,10 @@ impl From<StoreError> for FleetError {
             StoreError::UnknownProject(_) | StoreError::UnknownAgent(_) => {
                 Self::NotFound(e.to_string())
             }
-            StoreError::Database(_) | StoreError::Migrate(_) => Self::Unavailable(e.to_string()),
+            StoreError::Database(_)
+            | StoreError::Migrate(_)
+            | StoreError::UnsupportedUrl(_)
+            | StoreError::DataDir { .. } => Self::Unavailable(e.to_string()),
         }
     }
 }
@@ -47,11 +50,13 @@ impl From<StoreError> for FleetError {
 pub struct Fleet {
     pub settings: Settings,
     pub store: Store,
-    pub queue: RedisQueue,
+    pub queue: Queue,
     pub events: EventBus,
 }
 
 impl Fleet {
+    /// Connects the store, the queue and the events of the configured mode. The embedded
+    /// mode opens no network connection at all.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let store = Store::connect(
             &settings.database.url,
@@ -60,14 +65,32 @@ impl Fleet {
         )
         .await?;
         store.migrate().await?;
-        let queue = RedisQueue::connect(
-            &settings.redis.url,
-            &settings.redis.prefix,
-            settings.worker.poll_interval,
-            settings.worker.lease_ttl,
-        )
-        .await?;
-        let events = EventBus::connect(&settings.redis.url, &settings.redis.prefix).await?;
+        let (queue, events) = match settings.backend() {
+            Backend::Embedded => {
+                tracing::debug!(database = %settings.database.url, "embedded mode: no Redis");
+                (
+                    Queue::Embedded(EmbeddedQueue::new(
+                        store.clone(),
+                        settings.worker.poll_interval,
+                    )),
+                    EventBus::Embedded(EmbeddedBus::new(store.clone())),
+                )
+            }
+            Backend::Fleet => (
+                Queue::Redis(Box::new(
+                    RedisQueue::connect(
+                        &settings.redis.url,
+                        &settings.redis.prefix,
+                        settings.worker.poll_interval,
+                        settings.worker.lease_ttl,
+                    )
+                    .await?,
+                )),
+                EventBus::Redis(
+                    RedisBus::connect(&settings.redis.url, &settings.redis.prefix).await?,
+                ),
+            ),
+        };
         Ok(Self {
             settings,
             store,

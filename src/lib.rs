@@ -1,7 +1,8 @@
 //! agentfleet: a job-queue worker fleet that runs AI coding-agent CLIs headlessly, each in
 //! its own git worktree. The flow, folder by folder: `api` / `cli` → `fleet` (validate,
-//! record, enqueue) → `store` (Postgres, the record) + `queue` (Redis transport) → `worker`
-//! (claim, `workspace`, `process`, supervisor with `providers`' parsers) → `store` + `events`.
+//! record, enqueue) → `store` (the record: SQLite embedded, or Postgres in a fleet) +
+//! `queue` (the store's pending requests, or Redis) → `worker` (claim, `workspace`,
+//! `process`, supervisor with `providers`' parsers) → `store` + `events`.
 
 pub mod api;
 pub mod cli;

@@ -152,12 +152,17 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(fleet): State<Fleet>) -> Response {
     let store = fleet.store.ping().await.map_err(|e| e.to_string());
-    let redis = fleet.events.ping().await.map_err(|e| e.to_string());
-    let ok = store.is_ok() && redis.is_ok();
+    let events = fleet.events.ping().await.map_err(|e| e.to_string());
+    let ok = store.is_ok() && events.is_ok();
+    let mode = match fleet.settings.backend() {
+        crate::config::Backend::Embedded => "embedded",
+        crate::config::Backend::Fleet => "fleet",
+    };
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "unavailable" },
-        "postgres": store.err().unwrap_or_else(|| "ok".into()),
-        "redis": redis.err().unwrap_or_else(|| "ok".into()),
+        "mode": mode,
+        "store": store.err().unwrap_or_else(|| "ok".into()),
+        "events": events.err().unwrap_or_else(|| "ok".into()),
     });
     let status = if ok {
         StatusCode::OK

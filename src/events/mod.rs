@@ -1,14 +1,21 @@
-//! Live events: every stored agent event is also published on Redis pub/sub, one channel per
-//! agent, so followers (`logs -f`, `spawn --wait`, SSE) see it as it happens. Pub/sub is a
-//! fan-out only; the store's event log is what followers fall back on (`follow`).
+//! Live events: every stored agent event is also published live, so followers (`logs -f`,
+//! `spawn --wait`, SSE) see it as it happens. In the fleet that is Redis pub/sub, one
+//! channel per agent (`RedisBus`); in the embedded default it is an in-process broadcast
+//! plus a short poll of the store's event log, so a follower in another process sees the
+//! output too (`EmbeddedBus`). The live side is a fan-out only; the store's event log is
+//! what followers fall back on (`follow`), which also removes duplicates and fills gaps.
 
+mod embedded;
 mod follow;
+mod redis;
 
+pub use embedded::EmbeddedBus;
 pub use follow::follow;
+pub use redis::RedisBus;
 
-use futures::{Stream, StreamExt};
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use futures::Stream;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use uuid::Uuid;
 
 use crate::domain::{AgentStatus, StoredEvent};
@@ -17,68 +24,48 @@ use crate::domain::{AgentStatus, StoredEvent};
 pub const STATUS_EVENT: &str = "status";
 
 #[derive(Debug, thiserror::Error)]
-#[error("events (redis): {0}")]
-pub struct EventsError(String);
-
-impl From<redis::RedisError> for EventsError {
-    fn from(e: redis::RedisError) -> Self {
-        Self(e.to_string())
-    }
+pub enum EventsError {
+    #[error("events (redis): {0}")]
+    Redis(String),
+    #[error("events (embedded): {0}")]
+    Store(String),
 }
 
-#[derive(Clone)]
-pub struct EventBus {
-    client: redis::Client,
-    conn: ConnectionManager,
-    prefix: String,
-}
-
-impl std::fmt::Debug for EventBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventBus")
-            .field("prefix", &self.prefix)
-            .finish()
-    }
+/// The live event bus, as one of its adapters.
+#[derive(Clone, Debug)]
+pub enum EventBus {
+    Redis(RedisBus),
+    Embedded(EmbeddedBus),
 }
 
 impl EventBus {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, EventsError> {
-        let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager().await?;
-        Ok(Self {
-            client,
-            conn,
-            prefix: prefix.to_string(),
-        })
-    }
-
-    fn channel(&self, agent_id: Uuid) -> String {
-        format!("{}:events:{agent_id}", self.prefix)
-    }
-
     pub async fn ping(&self) -> Result<(), EventsError> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
+        match self {
+            Self::Redis(bus) => bus.ping().await,
+            Self::Embedded(_) => Ok(()),
+        }
     }
 
     pub async fn publish(&self, agent_id: Uuid, event: &StoredEvent) -> Result<(), EventsError> {
-        let payload = serde_json::to_string(event).map_err(|e| EventsError(e.to_string()))?;
-        let mut conn = self.conn.clone();
-        let _: i64 = conn.publish(self.channel(agent_id), payload).await?;
-        Ok(())
+        match self {
+            Self::Redis(bus) => bus.publish(agent_id, event).await,
+            Self::Embedded(bus) => {
+                bus.publish(agent_id, event);
+                Ok(())
+            }
+        }
     }
 
-    /// Live events of one agent from now on (messages that do not decode are skipped).
+    /// Live events of one agent from now on.
     pub async fn subscribe(
         &self,
         agent_id: Uuid,
     ) -> Result<impl Stream<Item = StoredEvent> + Send + use<>, EventsError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(self.channel(agent_id)).await?;
-        Ok(pubsub.into_on_message().filter_map(|msg| async move {
-            serde_json::from_slice::<StoredEvent>(msg.get_payload_bytes()).ok()
-        }))
+        let stream: BoxStream<'static, StoredEvent> = match self {
+            Self::Redis(bus) => bus.subscribe(agent_id).await?.boxed(),
+            Self::Embedded(bus) => bus.subscribe(agent_id).await?.boxed(),
+        };
+        Ok(stream)
     }
 }
 

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use apalis::prelude::TaskSink;
+use apalis::prelude::{BoxDynError, Data, TaskSink, WorkerBuilder};
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use tokio_util::sync::CancellationToken;
 
-use super::{QueueError, SpawnJob};
+use super::{JobHandler, QueueError, SlotGateLayer, Slots, SpawnJob};
 
 pub const SPAWN_QUEUE: &str = "spawn";
 
@@ -89,4 +90,33 @@ impl RedisQueue {
     pub fn backend(&self) -> RedisStorage<serde_json::Value> {
         self.storage.clone()
     }
+
+    /// Runs one apalis worker named `consumer` until `stop`. The slot gate makes it fetch
+    /// only while a slot is free.
+    pub async fn consume(
+        &self,
+        consumer: &str,
+        slots: Slots,
+        stop: CancellationToken,
+        handler: JobHandler,
+    ) -> Result<(), QueueError> {
+        let worker = WorkerBuilder::new(consumer)
+            .backend(self.backend())
+            .layer(SlotGateLayer::new(slots))
+            .data(handler)
+            .build(run_job);
+        worker
+            .run_until(async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+            .map_err(|e| QueueError::Redis(e.to_string()))
+    }
+}
+
+/// Handlers never fail: outcomes live in the store, so apalis has nothing to retry.
+async fn run_job(job: serde_json::Value, handler: Data<JobHandler>) -> Result<(), BoxDynError> {
+    handler.call(job).await;
+    Ok(())
 }

@@ -2,7 +2,9 @@
 //! ready before it fetches a job, so holding a slot in `poll_ready` means a worker never
 //! takes a spawn it has no room for. The slot travels with the job: the handler takes it
 //! (`take_handed_slot`) and gives it to the agent it starts, which frees it when it ends;
-//! a handler that starts nothing (a duplicate delivery) frees it by returning.
+//! a handler that starts nothing (a duplicate delivery) frees it by returning. The embedded
+//! queue takes the same slots with `Slots::acquire` before it looks for a job and hands them
+//! over the same way (`with_handed_slot`).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -22,6 +24,14 @@ pub fn take_handed_slot() -> Option<OwnedSemaphorePermit> {
         .try_with(|slot| slot.borrow_mut().take())
         .ok()
         .flatten()
+}
+
+/// Runs `fut` with `slot` handed to it, as the gate does for apalis jobs.
+pub async fn with_handed_slot<F: std::future::Future>(
+    slot: Option<OwnedSemaphorePermit>,
+    fut: F,
+) -> F::Output {
+    HANDED_SLOT.scope(RefCell::new(slot), fut).await
 }
 
 /// A worker's slots: one per agent it may run at once.
@@ -54,6 +64,15 @@ impl Slots {
     /// A slot if one is free now.
     pub fn try_take(&self) -> Option<OwnedSemaphorePermit> {
         self.semaphore.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits for a free slot; it is held until the permit is dropped.
+    pub async fn acquire(&self) -> OwnedSemaphorePermit {
+        self.semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slot semaphore is never closed")
     }
 }
 

@@ -1,16 +1,217 @@
-//! The store port: Postgres is the system of record for projects, workers (leases), requests,
-//! agents and their event logs. Every write about an agent a worker owns is fenced by the
-//! owner's worker id and epoch (`Owner`), so a worker whose lease was taken over cannot
-//! change anything.
+//! The store port: the system of record for projects, workers (leases), requests, agents
+//! and their event logs — Postgres in the fleet mode, SQLite in the embedded default. Every
+//! write about an agent a worker owns is fenced by the owner's worker id and epoch
+//! (`Owner`), so a worker whose lease was taken over cannot change anything.
+//!
+//! `Store` dispatches to one adapter, chosen by the URL's scheme. Each adapter keeps its own
+//! SQL; the operations they share are listed once, in `store_operations!` below.
+//!
+//! To add an operation: write it as an inherent `pub async fn` on `PgStore`
+//! (`postgres.rs`) and on `SqliteStore` (`sqlite.rs`) with the same signature, add that
+//! signature to the list in `store_operations!`, and add a test of it to
+//! `tests/store_conformance.rs` (it runs against both adapters). The list is the port: a
+//! method missing from either adapter does not compile.
 
 mod postgres;
 mod postgres_leases;
+mod sqlite;
 
-pub use postgres::{NewWorker, PgStore as Store, SpawnRecord};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use std::collections::HashSet;
+use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::Agent;
+use crate::domain::{Agent, AgentMode, AgentOutcome, Project, StoredEvent, WorkerInfo};
+
+/// The store, as one of its adapters.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+/// Which adapter a database URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Postgres,
+    Sqlite,
+}
+
+impl StoreKind {
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else {
+            None
+        }
+    }
+}
+
+impl Store {
+    /// Connects to the adapter the URL's scheme names (`postgres://…` or `sqlite:…`),
+    /// creating the database first when asked and it is missing.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        create_if_missing: bool,
+    ) -> Result<Self, StoreError> {
+        match StoreKind::of_url(url) {
+            Some(StoreKind::Postgres) => Ok(Self::Postgres(
+                PgStore::connect(url, max_connections, create_if_missing).await?,
+            )),
+            Some(StoreKind::Sqlite) => Ok(Self::Sqlite(
+                SqliteStore::connect(url, max_connections, create_if_missing).await?,
+            )),
+            None => Err(StoreError::UnsupportedUrl(redact(url))),
+        }
+    }
+
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            Self::Postgres(_) => StoreKind::Postgres,
+            Self::Sqlite(_) => StoreKind::Sqlite,
+        }
+    }
+}
+
+/// The URL without anything that looks like a password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Generates one `Store` method per operation, each forwarding to the adapter in hand.
+macro_rules! store_operations {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+    )*) => {
+        impl Store {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
+                    match self {
+                        Self::Postgres(store) => store.$name($($arg),*).await,
+                        Self::Sqlite(store) => store.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+store_operations! {
+    /// Creates or updates the schema.
+    fn migrate(&self) -> ();
+    fn ping(&self) -> ();
+
+    // ---- projects
+    fn add_project(&self, name: &str, remote_url: &str, default_branch: &str) -> Project;
+    fn project(&self, name: &str) -> Project;
+    fn project_by_id(&self, id: Uuid) -> Project;
+    fn list_projects(&self) -> Vec<Project>;
+
+    // ---- requests and agents
+    fn name_taken(&self, name: &str) -> bool;
+    /// Records a spawn: the agent row (status `pending`) and its request, atomically. An
+    /// idempotency key seen before returns the earlier agent unchanged.
+    fn record_spawn(&self, spawn: SpawnRecord<'_>) -> RecordedSpawn;
+    /// Request ids still waiting for a worker, oldest first.
+    fn pending_requests(&self, limit: i64) -> Vec<Uuid>;
+    /// Claims a pending request for a worker that holds its lease, in one statement: a job
+    /// delivered twice (or to two workers) is claimed once.
+    fn claim_request(&self, request_id: Uuid, owner: &Owner, node_id: &str) -> Option<ClaimedRequest>;
+    /// Fails a request (and its agent if not yet final), unfenced: for requests that can
+    /// never run.
+    fn fail_request(&self, request_id: Uuid, reason: &str) -> ();
+    fn record_job_failure(
+        &self,
+        queue: &str,
+        job_id: Option<&str>,
+        payload: &str,
+        reason: &str,
+        worker_id: &str,
+    ) -> ();
+    fn job_failures(&self) -> Vec<(String, String)>;
+    /// Looks an agent up by id or by name.
+    fn agent(&self, id_or_name: &str) -> Agent;
+    /// Agents, oldest first; dismissed ones only when asked for.
+    fn list_agents(&self, include_dismissed: bool) -> Vec<Agent>;
+    fn count_agents(&self) -> i64;
+    /// Agents by id, in one query.
+    fn agents_by_id(&self, ids: &[Uuid]) -> Vec<Agent>;
+    /// Records the started process; fenced by the owner.
+    fn mark_running(&self, agent_id: Uuid, owner: &Owner, process: &ProcessRecord) -> bool;
+    fn set_session_id(&self, agent_id: Uuid, owner: &Owner, session_id: &str) -> bool;
+    /// Appends a batch of events and records how far into the output file they reach,
+    /// atomically, only while `owner` owns the agent; false when the write was fenced off.
+    fn append_events(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        events: &[NewEvent],
+        output_offset: i64,
+    ) -> bool;
+    fn last_event_seq(&self, agent_id: Uuid) -> i64;
+    fn events_after(&self, agent_id: Uuid, after_seq: i64) -> Vec<StoredEvent>;
+    /// Writes the agent's final state and closes its request; fenced by the owner.
+    fn finish_agent(&self, agent_id: Uuid, owner: &Owner, outcome: &AgentOutcome) -> bool;
+    /// Finishes an agent without an owner check (its owner is gone or was never there).
+    fn finish_unowned(&self, agent_id: Uuid, status: &str, reason: &str) -> ();
+    /// Appends one event to an agent's log without an owner; returns its sequence number.
+    fn append_event_unowned(&self, agent_id: Uuid, kind: &str, data: &serde_json::Value) -> i64;
+    /// Stops an agent no worker has claimed yet; false if a worker got it first.
+    fn cancel_pending(&self, agent_id: Uuid, reason: &str) -> bool;
+    /// Removes an agent's rows: events, requests, the agent.
+    fn delete_agent_rows(&self, agent_id: Uuid) -> ();
+    fn set_dismissed(&self, agent_id: Uuid) -> ();
+    /// Of `names`, those that still have an agent row.
+    fn existing_agent_names(&self, names: &[String]) -> HashSet<String>;
+
+    // ---- control requests and re-dispatch
+    /// Records a request about an agent for the worker that owns it (None: any worker on
+    /// the agent's node).
+    fn record_control(
+        &self,
+        agent_id: Uuid,
+        kind: ControlKind,
+        target_worker: Option<&str>,
+        payload: serde_json::Value,
+    ) -> Uuid;
+    /// Claims the pending control requests for `worker` (and ownerless ones on `node`).
+    fn take_controls(&self, worker: &str, node: &str) -> Vec<ControlRequest>;
+    fn complete_request(&self, request_id: Uuid, error: Option<&str>) -> ();
+    /// Spawn requests dispatched longer than `after` ago and still unclaimed, marked as
+    /// dispatched now (only one caller gets each).
+    fn take_redispatch(&self, after: Duration, limit: i64) -> Vec<Uuid>;
+
+    // ---- workers and leases
+    /// Registers a worker with a fresh epoch and a lease of `ttl`; returns the epoch.
+    fn register_worker(&self, worker: &NewWorker<'_>, ttl: Duration) -> i64;
+    /// Renews the lease; false means it was lost (taken over, or ended).
+    fn renew_lease(&self, owner: &Owner, ttl: Duration, running: i32) -> bool;
+    /// Ends the lease; with `handoff`, still-running agents wait that long for a new
+    /// worker on the node before other nodes reconcile them.
+    fn deregister_worker(&self, owner: &Owner, handoff: Option<Duration>) -> ();
+    fn list_workers(&self) -> Vec<WorkerInfo>;
+    /// Alive (by status) workers on `node` other than `me`, with their process identity.
+    fn peers_on_node(&self, node: &str, me: &str) -> Vec<PeerWorker>;
+    /// Reconciles at most one dead worker (see `Reconciled`); None when there is none.
+    fn reconcile_one(
+        &self,
+        me: &Owner,
+        node: &str,
+        known_dead: &[String],
+        policy: &ReconcilePolicy,
+    ) -> Option<Reconciled>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,6 +227,13 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database.url '{0}' is neither postgres://… nor sqlite:…")]
+    UnsupportedUrl(String),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A worker's claim on the agents it runs: its id and the epoch of its lease.
@@ -67,6 +275,29 @@ pub struct NewEvent {
     pub seq: i64,
     pub kind: String,
     pub data: serde_json::Value,
+}
+
+/// The fields of a spawn the store records at enqueue.
+#[derive(Debug, Clone)]
+pub struct SpawnRecord<'a> {
+    pub name: &'a str,
+    pub provider: &'a str,
+    pub mode: AgentMode,
+    pub project: &'a str,
+    pub task_id: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub payload: serde_json::Value,
+}
+
+/// A worker process as it registers.
+#[derive(Debug, Clone)]
+pub struct NewWorker<'a> {
+    pub id: &'a str,
+    pub node_id: &'a str,
+    pub host: &'a str,
+    pub pid: i32,
+    pub pid_start_time: Option<i64>,
+    pub capacity: i32,
 }
 
 /// A worker row on the same node, with the identity of its process.
@@ -129,4 +360,33 @@ pub struct ControlRequest {
     pub agent_id: Uuid,
     pub kind: ControlKind,
     pub payload: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_scheme_picks_the_adapter() {
+        assert_eq!(
+            StoreKind::of_url("postgres://u@h/db"),
+            Some(StoreKind::Postgres)
+        );
+        assert_eq!(
+            StoreKind::of_url("postgresql://h/db"),
+            Some(StoreKind::Postgres)
+        );
+        assert_eq!(
+            StoreKind::of_url("sqlite:///tmp/a.db"),
+            Some(StoreKind::Sqlite)
+        );
+        assert_eq!(StoreKind::of_url("sqlite:a.db"), Some(StoreKind::Sqlite));
+        assert_eq!(StoreKind::of_url("mysql://h/db"), None);
+    }
+
+    #[test]
+    fn passwords_stay_out_of_errors() {
+        assert_eq!(redact("mysql://me:secret@host/db"), "mysql://…@host/db");
+        assert_eq!(redact("file.db"), "file.db");
+    }
 }

@@ -9,12 +9,15 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
 use uuid::Uuid;
 
-use super::{ClaimedRequest, NewEvent, Owner, ProcessRecord, RecordedSpawn, StoreError};
+use super::{
+    ClaimedRequest, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn, SpawnRecord,
+    StoreError,
+};
 use crate::domain::{
     Agent, AgentMode, AgentOutcome, AgentStatus, PendingQuestion, Project, StoredEvent, WorkerInfo,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
 macro_rules! select_agents {
@@ -38,29 +41,6 @@ pub(super) fn select_agents_by_ids() -> &'static str {
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pub(super) pool: PgPool,
-}
-
-/// A worker process as it registers.
-#[derive(Debug, Clone)]
-pub struct NewWorker<'a> {
-    pub id: &'a str,
-    pub node_id: &'a str,
-    pub host: &'a str,
-    pub pid: i32,
-    pub pid_start_time: Option<i64>,
-    pub capacity: i32,
-}
-
-/// The fields of a spawn the store records at enqueue.
-#[derive(Debug, Clone)]
-pub struct SpawnRecord<'a> {
-    pub name: &'a str,
-    pub provider: &'a str,
-    pub mode: AgentMode,
-    pub project: &'a str,
-    pub task_id: Option<&'a str>,
-    pub idempotency_key: Option<&'a str>,
-    pub payload: serde_json::Value,
 }
 
 impl PgStore {
@@ -236,7 +216,7 @@ impl PgStore {
     /// Request ids still waiting for a worker, oldest first.
     pub async fn pending_requests(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM requests WHERE status = 'pending' ORDER BY created_at LIMIT $1",
+            "SELECT id FROM requests WHERE kind = 'spawn' AND status = 'pending' ORDER BY created_at LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)

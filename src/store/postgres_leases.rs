@@ -348,18 +348,6 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn request_status(
-        &self,
-        request_id: Uuid,
-    ) -> Result<Option<(String, Option<String>)>, StoreError> {
-        let row = sqlx::query("SELECT status, error FROM requests WHERE id = $1")
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get("status")?, r.try_get("error")?)))
-            .transpose()
-    }
-
     /// Removes an agent's rows: events, requests, the agent.
     pub async fn delete_agent_rows(&self, agent_id: Uuid) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;

@@ -1,8 +1,8 @@
 //! The worker process: registers in the store with a lease and an epoch, renews the lease on
-//! a heartbeat, adopts the agents of dead workers on its node, and runs an apalis consumer
-//! on the spawn queue that only fetches while it has a free slot. A delivered job starts its
-//! agent and hands it to a tracked agent task; maintenance services (sweeper, re-dispatch,
-//! control requests, cleanup) each run on their own interval.
+//! a heartbeat, adopts the agents of dead workers on its node, and consumes the spawn queue
+//! (apalis on Redis, or the embedded queue) only while it has a free slot. A delivered job
+//! starts its agent and hands it to a tracked agent task; maintenance services (sweeper,
+//! re-dispatch, control requests, cleanup) each run on their own interval.
 //!
 //! Shutdown is one tree: a soft stop stops fetching, then leaves running agents to the next
 //! worker on the node (or stops them, `worker.on_shutdown = "stop"`); a hard stop stops them
@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{BoxDynError, Data, WorkerBuilder};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +32,7 @@ use uuid::Uuid;
 use crate::config::OnShutdown;
 use crate::domain::Project;
 use crate::fleet::Fleet;
-use crate::queue::{SlotGateLayer, Slots};
+use crate::queue::{JobHandler, Slots};
 use crate::store::{NewWorker, Owner};
 use crate::workspace::Workspace;
 
@@ -300,26 +299,30 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     result
 }
 
-/// The apalis worker loop. A failed apalis worker (Redis gone, say) is started again under
-/// a new name (reusing a name inside apalis's orphan window is refused), with backoff.
+/// Takes jobs from the queue (apalis on Redis, or the embedded queue over the store's
+/// pending requests) and runs each through `spawn::handle`. A consumer that fails (Redis
+/// gone, say) is started again under a new name (apalis refuses a name reused inside its
+/// orphan window).
 async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()> {
+    let handler: JobHandler = {
+        let rt = rt.clone();
+        JobHandler::new(move |job| spawn::handle(rt.clone(), job))
+    };
     let mut generation = 0u32;
     let mut backoff = Duration::from_millis(500);
     loop {
         generation += 1;
         let name = format!("{}-{generation}", rt.owner.worker_id);
-        let stopper = stop.clone();
-        let worker = WorkerBuilder::new(name.as_str())
-            .backend(rt.fleet.queue.backend())
-            .layer(SlotGateLayer::new(rt.slots.clone()))
-            .data(rt.clone())
-            .build(handle_job);
         let started = tokio::time::Instant::now();
-        let outcome = worker
-            .run_until(async move {
-                stopper.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            })
+        let outcome = rt
+            .fleet
+            .queue
+            .consume(
+                name.clone(),
+                rt.slots.clone(),
+                stop.clone(),
+                handler.clone(),
+            )
             .await;
         match outcome {
             Ok(()) if stop.is_cancelled() => return Ok(()),
@@ -337,9 +340,4 @@ async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
-}
-
-async fn handle_job(job: serde_json::Value, rt: Data<Arc<Runtime>>) -> Result<(), BoxDynError> {
-    spawn::handle((*rt).clone(), job).await;
-    Ok(())
 }

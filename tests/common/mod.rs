@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use agentfleet::domain::{Agent, AgentStatus};
-use agentfleet::store::Store;
+use agentfleet::store::{Store, StoreKind};
 use uuid::Uuid;
 
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -268,12 +268,7 @@ impl TestEnv {
 
     /// The file at `path` on branch `branch` of the remote, if any.
     pub fn remote_file(&self, branch: &str, path: &str) -> Option<String> {
-        let repo = git2::Repository::open_bare(&self.remote).ok()?;
-        let reference = repo.find_reference(&format!("refs/heads/{branch}")).ok()?;
-        let tree = reference.peel_to_commit().ok()?.tree().ok()?;
-        let entry = tree.get_path(Path::new(path)).ok()?;
-        let blob = repo.find_blob(entry.id()).ok()?;
-        Some(String::from_utf8_lossy(blob.content()).into_owned())
+        file_on_branch(&self.remote, branch, path)
     }
 
     pub fn stop_workers(&mut self) {
@@ -305,30 +300,102 @@ impl Drop for TestEnv {
             let _ = child.wait();
         }
         // Best effort: leave no test databases or keys behind.
-        let _ = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if let Ok(client) = redis::Client::open(REDIS_URL)
-            && let Ok(mut conn) = client.get_connection()
-        {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", self.prefix))
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
+        drop_database(&self.db_name);
+        delete_redis_keys(&self.prefix);
+    }
+}
+
+/// Drops a test database (best effort; connections still open are ended).
+pub fn drop_database(name: &str) {
+    let _ = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Deletes every Redis key under a test prefix (best effort).
+pub fn delete_redis_keys(prefix: &str) {
+    if let Ok(client) = redis::Client::open(REDIS_URL)
+        && let Ok(mut conn) = client.get_connection()
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
         }
     }
+}
+
+/// A fresh, migrated store of either adapter: a randomly named Postgres database, or a
+/// SQLite file in its own temporary folder. Both are removed when it is dropped.
+pub struct FreshStore {
+    pub store: Store,
+    pub url: String,
+    pg_database: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl FreshStore {
+    pub async fn new(kind: StoreKind) -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (url, pg_database) = match kind {
+            StoreKind::Postgres => {
+                let name = format!("af_conf_{}", &id[..12]);
+                (
+                    format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                    Some(name),
+                )
+            }
+            StoreKind::Sqlite => (
+                format!("sqlite://{}", dir.path().join("store.db").display()),
+                None,
+            ),
+        };
+        let store = Store::connect(&url, 8, true).await.expect("connect store");
+        store.migrate().await.expect("migrate");
+        Self {
+            store,
+            url,
+            pg_database,
+            _dir: dir,
+        }
+    }
+
+    /// A second, independent connection to the same database (as another process has).
+    pub async fn reconnect(&self) -> Store {
+        Store::connect(&self.url, 4, false)
+            .await
+            .expect("reconnect")
+    }
+}
+
+impl Drop for FreshStore {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_database {
+            drop_database(name);
+        }
+    }
+}
+
+/// The file at `path` on branch `branch` of the bare repository `remote`, if any.
+pub fn file_on_branch(remote: &Path, branch: &str, path: &str) -> Option<String> {
+    let repo = git2::Repository::open_bare(remote).ok()?;
+    let reference = repo.find_reference(&format!("refs/heads/{branch}")).ok()?;
+    let tree = reference.peel_to_commit().ok()?.tree().ok()?;
+    let entry = tree.get_path(Path::new(path)).ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    Some(String::from_utf8_lossy(blob.content()).into_owned())
 }
 
 /// A bare repository with one commit (README.md) on `main`.

@@ -1,0 +1,790 @@
+//! SQLite adapter of the store: the embedded default, one file on one machine. The SQL
+//! lives here and nowhere else; rows never leave this file.
+//!
+//! The file is opened in WAL mode with `synchronous=NORMAL` (durable across process
+//! crashes; never OFF), a busy timeout so writers from several processes (`up` and a CLI
+//! `spawn`) wait for each other instead of failing, and foreign keys on. SQLite has one
+//! writer at a time, which makes every single-statement claim or fenced write atomic; the
+//! multi-statement writes run in `BEGIN IMMEDIATE` transactions, which take the write lock
+//! up front so a read-then-write never fails on a stale snapshot.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use super::{
+    ClaimedRequest, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn, SpawnRecord,
+    StoreError,
+};
+use crate::domain::{
+    Agent, AgentMode, AgentOutcome, AgentStatus, PendingQuestion, Project, StoredEvent, WorkerInfo,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Writers wait this long for another process's write to end.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Now, in the one text format every timestamp of this schema uses.
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    };
+}
+
+/// Now plus the number of seconds bound at `$param`, in the schema's timestamp format.
+macro_rules! lease_until {
+    ($param:literal) => {
+        concat!(
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ",
+            $param,
+            " || ' seconds')"
+        )
+    };
+}
+
+/// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
+macro_rules! select_agents {
+    ($rest:literal) => {
+        concat!(
+            "SELECT a.id, a.name, a.provider, a.mode, p.name AS project, a.task_id, a.status, ",
+            "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
+            "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
+            "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
+            "a.pid_start_time ",
+            "FROM agents a JOIN projects p ON p.id = a.project_id ",
+            $rest
+        )
+    };
+}
+
+/// The fence every write about an owned agent carries (`?1` agent, `?2` worker, `?3` epoch).
+macro_rules! owned_by {
+    () => {
+        "id = ?1 AND worker_id = ?2 AND owner_epoch = ?3"
+    };
+}
+
+// The fleet's self-repair, in its own file; declared here so it sees this file's macros.
+#[path = "sqlite_leases.rs"]
+mod leases;
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pub(super) pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the database file (`sqlite:PATH` or `sqlite://PATH`), creating it and its
+    /// directory first when asked.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        create_if_missing: bool,
+    ) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(create_if_missing)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        if create_if_missing
+            && let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            create_dir(dir)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A write transaction that holds the write lock from its first statement.
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    // ---- projects -------------------------------------------------------------------
+
+    pub async fn add_project(
+        &self,
+        name: &str,
+        remote_url: &str,
+        default_branch: &str,
+    ) -> Result<Project, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO projects (id, name, remote_url, default_branch) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (name) DO NOTHING RETURNING id, name, remote_url, default_branch, created_at",
+        )
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .bind(remote_url)
+        .bind(default_branch)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| project_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::ProjectExists(name.to_string()))
+    }
+
+    pub async fn project(&self, name: &str) -> Result<Project, StoreError> {
+        sqlx::query(
+            "SELECT id, name, remote_url, default_branch, created_at FROM projects WHERE name = ?1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| project_from_row(&r))
+        .transpose()?
+        .ok_or_else(|| StoreError::UnknownProject(name.to_string()))
+    }
+
+    pub async fn project_by_id(&self, id: Uuid) -> Result<Project, StoreError> {
+        sqlx::query(
+            "SELECT id, name, remote_url, default_branch, created_at FROM projects WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| project_from_row(&r))
+        .transpose()?
+        .ok_or_else(|| StoreError::UnknownProject(id.to_string()))
+    }
+
+    pub async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, remote_url, default_branch, created_at FROM projects ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(project_from_row).collect()
+    }
+
+    // ---- requests and agents -------------------------------------------------------
+
+    pub async fn name_taken(&self, name: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM agents WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records a spawn: the agent row (status `pending`) and its request, in one
+    /// transaction. An idempotency key seen before returns the earlier agent unchanged.
+    pub async fn record_spawn(&self, spawn: SpawnRecord<'_>) -> Result<RecordedSpawn, StoreError> {
+        if let Some(key) = spawn.idempotency_key
+            && let Some(found) = self.request_by_key(key).await?
+        {
+            return Ok(found);
+        }
+        let mut tx = self.begin_write().await?;
+        // Checked again under the write lock: another process may have recorded the key.
+        if let Some(key) = spawn.idempotency_key {
+            let earlier: Option<Uuid> =
+                sqlx::query_scalar("SELECT id FROM requests WHERE idempotency_key = ?1")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if earlier.is_some() {
+                tx.rollback().await?;
+                return self
+                    .request_by_key(key)
+                    .await?
+                    .ok_or_else(|| StoreError::UnknownAgent(key.to_string()));
+            }
+        }
+        let project: Option<Uuid> = sqlx::query_scalar("SELECT id FROM projects WHERE name = ?1")
+            .bind(spawn.project)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let project_id =
+            project.ok_or_else(|| StoreError::UnknownProject(spawn.project.to_string()))?;
+        let agent_id = Uuid::now_v7();
+        let inserted = sqlx::query(
+            "INSERT INTO agents (id, name, provider, mode, project_id, task_id, status, branch) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(agent_id)
+        .bind(spawn.name)
+        .bind(spawn.provider)
+        .bind(spawn.mode.as_str())
+        .bind(project_id)
+        .bind(spawn.task_id)
+        .bind(format!("agent/{}", spawn.name))
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::NameTaken(spawn.name.to_string()));
+        }
+        let request_id = Uuid::now_v7();
+        sqlx::query(concat!(
+            "INSERT INTO requests (id, kind, agent_id, idempotency_key, payload, dispatched_at) \
+             VALUES (?1, 'spawn', ?2, ?3, ?4, ",
+            now!(),
+            ")"
+        ))
+        .bind(request_id)
+        .bind(agent_id)
+        .bind(spawn.idempotency_key)
+        .bind(&spawn.payload)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let agent = self.agent(&agent_id.to_string()).await?;
+        Ok(RecordedSpawn {
+            agent,
+            request_id,
+            created: true,
+        })
+    }
+
+    async fn request_by_key(&self, key: &str) -> Result<Option<RecordedSpawn>, StoreError> {
+        let row = sqlx::query("SELECT id, agent_id FROM requests WHERE idempotency_key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let agent_id: Uuid = row.try_get("agent_id")?;
+        Ok(Some(RecordedSpawn {
+            agent: self.agent(&agent_id.to_string()).await?,
+            request_id: row.try_get("id")?,
+            created: false,
+        }))
+    }
+
+    /// Request ids still waiting for a worker, oldest first.
+    pub async fn pending_requests(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM requests WHERE kind = 'spawn' AND status = 'pending' ORDER BY created_at, id LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Claims a pending request for a worker that holds its lease. The request's UPDATE
+    /// decides (SQLite runs one writer at a time), so a request is claimed once.
+    pub async fn claim_request(
+        &self,
+        request_id: Uuid,
+        owner: &Owner,
+        node_id: &str,
+    ) -> Result<Option<ClaimedRequest>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(concat!(
+            "UPDATE requests SET status = 'claimed', claimed_by = ?2, claimed_at = ",
+            now!(),
+            ", attempts = attempts + 1, updated_at = ",
+            now!(),
+            " WHERE id = ?1 AND status = 'pending' AND EXISTS (SELECT 1 FROM workers w \
+               WHERE w.id = ?2 AND w.epoch = ?3 AND w.status = 'alive' AND w.lease_expires_at > ",
+            now!(),
+            ") RETURNING agent_id, payload, attempts"
+        ))
+        .bind(request_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let agent_id: Uuid = row.try_get("agent_id")?;
+        let updated = sqlx::query(concat!(
+            "UPDATE agents SET status = 'starting', worker_id = ?2, owner_epoch = ?3, \
+             node_id = ?4, updated_at = ",
+            now!(),
+            " WHERE id = ?1 AND status = 'pending'"
+        ))
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(ClaimedRequest {
+            agent: self.agent(&agent_id.to_string()).await?,
+            payload: row.try_get("payload")?,
+            attempts: row.try_get("attempts")?,
+        }))
+    }
+
+    /// Fails a request (and its agent if not yet final) with a reason, unfenced.
+    pub async fn fail_request(&self, request_id: Uuid, reason: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let agent: Option<Uuid> = sqlx::query_scalar(concat!(
+            "UPDATE requests SET status = 'failed', error = ?2, updated_at = ",
+            now!(),
+            " WHERE id = ?1 RETURNING agent_id"
+        ))
+        .bind(request_id)
+        .bind(reason)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(agent) = agent {
+            sqlx::query(concat!(
+                "UPDATE agents SET status = 'failed', error = ?2, finished_at = ",
+                now!(),
+                ", updated_at = ",
+                now!(),
+                " WHERE id = ?1 AND status IN ('pending', 'starting')"
+            ))
+            .bind(agent)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn record_job_failure(
+        &self,
+        queue: &str,
+        job_id: Option<&str>,
+        payload: &str,
+        reason: &str,
+        worker_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO job_failures (queue, job_id, payload, reason, worker_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(queue)
+        .bind(job_id)
+        .bind(payload)
+        .bind(reason)
+        .bind(worker_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn job_failures(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT payload, reason FROM job_failures ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("payload")?, r.try_get("reason")?)))
+            .collect()
+    }
+
+    /// Looks an agent up by id or by name.
+    pub async fn agent(&self, id_or_name: &str) -> Result<Agent, StoreError> {
+        let by_id = Uuid::parse_str(id_or_name).ok();
+        sqlx::query(select_agents!("WHERE a.id = ?1 OR a.name = ?2"))
+            .bind(by_id)
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| agent_from_row(&r))
+            .transpose()?
+            .ok_or_else(|| StoreError::UnknownAgent(id_or_name.to_string()))
+    }
+
+    /// Agents, oldest first; dismissed ones only when asked for.
+    pub async fn list_agents(&self, include_dismissed: bool) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(select_agents!(
+            "WHERE ?1 OR NOT a.dismissed ORDER BY a.created_at, a.id"
+        ))
+        .bind(include_dismissed)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Agents by id (few at a time: the ones a reconciliation touched).
+    pub async fn agents_by_id(&self, ids: &[Uuid]) -> Result<Vec<Agent>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.agent(&id.to_string()).await {
+                Ok(a) => out.push(a),
+                Err(StoreError::UnknownAgent(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn count_agents(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM agents")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Records the started process; fenced by the owner.
+    pub async fn mark_running(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        process: &ProcessRecord,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE agents SET status = 'running', pid = ?4, pid_start_time = ?5, \
+             output_path = ?6, workdir = ?7, started_at = ",
+            now!(),
+            ", updated_at = ",
+            now!(),
+            " WHERE ",
+            owned_by!()
+        ))
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(process.pid)
+        .bind(process.pid_start_time)
+        .bind(&process.output_path)
+        .bind(&process.workdir)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn set_session_id(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        session_id: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE agents SET session_id = ?4, updated_at = ",
+            now!(),
+            " WHERE ",
+            owned_by!()
+        ))
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Appends a batch of events (it travels as one JSON array) and records how far into
+    /// the output file they reach, only while `owner` owns the agent. Returns false when the
+    /// write was fenced off.
+    pub async fn append_events(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        events: &[NewEvent],
+        output_offset: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let owned = sqlx::query(concat!(
+            "UPDATE agents SET output_offset = max(output_offset, ?4) WHERE ",
+            owned_by!()
+        ))
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(output_offset)
+        .execute(&mut *tx)
+        .await?;
+        if owned.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if !events.is_empty() {
+            let batch: Vec<serde_json::Value> = events
+                .iter()
+                .map(|e| serde_json::json!({"seq": e.seq, "kind": e.kind, "data": e.data}))
+                .collect();
+            // `WHERE true` before `ON CONFLICT` keeps SQLite's parser from reading the
+            // upsert as part of the SELECT.
+            sqlx::query(
+                "INSERT INTO agent_events (agent_id, seq, kind, data) \
+                 SELECT ?1, e.value ->> '$.seq', e.value ->> '$.kind', e.value -> '$.data' \
+                 FROM json_each(?2) AS e WHERE true \
+                 ON CONFLICT (agent_id, seq) DO NOTHING",
+            )
+            .bind(agent_id)
+            .bind(serde_json::Value::Array(batch))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn last_event_seq(&self, agent_id: Uuid) -> Result<i64, StoreError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM agent_events WHERE agent_id = ?1")
+                .bind(agent_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    pub async fn events_after(
+        &self,
+        agent_id: Uuid,
+        after_seq: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, data, created_at FROM agent_events \
+             WHERE agent_id = ?1 AND seq > ?2 ORDER BY seq",
+        )
+        .bind(agent_id)
+        .bind(after_seq)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    seq: r.try_get("seq")?,
+                    kind: r.try_get("kind")?,
+                    data: r.try_get("data")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes the agent's final state and closes its request; fenced by the owner.
+    pub async fn finish_agent(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        outcome: &AgentOutcome,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let questions = serde_json::to_value(&outcome.questions).unwrap_or_default();
+        let done = sqlx::query(concat!(
+            "UPDATE agents SET status = ?4, result = ?5, pending_questions = ?6, error = ?7, \
+             exit_code = ?8, session_id = COALESCE(?9, session_id), finished_at = ",
+            now!(),
+            ", updated_at = ",
+            now!(),
+            " WHERE ",
+            owned_by!()
+        ))
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(outcome.status.as_str())
+        .bind(&outcome.result)
+        .bind(questions)
+        .bind(&outcome.error)
+        .bind(outcome.exit_code)
+        .bind(&outcome.session_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let request_status = if outcome.status.is_success() {
+            "done"
+        } else {
+            "failed"
+        };
+        sqlx::query(concat!(
+            "UPDATE requests SET status = ?2, error = ?3, updated_at = ",
+            now!(),
+            " WHERE agent_id = ?1 AND status = 'claimed' AND kind IN ('spawn', 'resume')"
+        ))
+        .bind(agent_id)
+        .bind(request_status)
+        .bind(&outcome.error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    // ---- workers and leases --------------------------------------------------------
+
+    /// Registers a worker with a fresh epoch (from the one-row counter, in the same
+    /// transaction) and a lease of `ttl`; returns the epoch.
+    pub async fn register_worker(
+        &self,
+        w: &NewWorker<'_>,
+        ttl: Duration,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let epoch: i64 = sqlx::query_scalar(
+            "UPDATE fleet_epoch SET value = value + 1 WHERE id = 1 RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(concat!(
+            "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, \
+             lease_expires_at) VALUES (?1, ?2, ?3, ?4, ?8, ?5, ?6, ",
+            lease_until!("?7"),
+            ")"
+        ))
+        .bind(w.id)
+        .bind(w.node_id)
+        .bind(w.host)
+        .bind(w.pid)
+        .bind(w.capacity)
+        .bind(epoch)
+        .bind(seconds(ttl))
+        .bind(w.pid_start_time)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(epoch)
+    }
+
+    /// Renews the lease; false means it was lost (expired and taken over, or ended).
+    pub async fn renew_lease(
+        &self,
+        owner: &Owner,
+        ttl: Duration,
+        running: i32,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE workers SET lease_expires_at = ",
+            lease_until!("?3"),
+            ", last_heartbeat_at = ",
+            now!(),
+            ", running = ?4 WHERE id = ?1 AND epoch = ?2 AND status = 'alive'"
+        ))
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(seconds(ttl))
+        .bind(running)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends the lease; with `handoff`, still-running agents wait that long for a new
+    /// worker on the node before other nodes reconcile them.
+    pub async fn deregister_worker(
+        &self,
+        owner: &Owner,
+        handoff: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "UPDATE workers SET status = 'stopped', running = 0, lease_expires_at = ",
+            lease_until!("?3"),
+            " WHERE id = ?1 AND epoch = ?2"
+        ))
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(handoff.map(seconds).unwrap_or(0.0))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, host, pid, capacity, running, status, epoch, started_at, \
+             last_heartbeat_at, lease_expires_at, \
+             (julianday('now') - julianday(last_heartbeat_at)) * 86400.0 AS lease_age \
+             FROM workers ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerInfo {
+                    id: r.try_get("id")?,
+                    node_id: r.try_get("node_id")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    capacity: r.try_get("capacity")?,
+                    running: r.try_get("running")?,
+                    status: r.try_get("status")?,
+                    epoch: r.try_get("epoch")?,
+                    started_at: r.try_get("started_at")?,
+                    last_heartbeat_at: r.try_get("last_heartbeat_at")?,
+                    lease_expires_at: r.try_get("lease_expires_at")?,
+                    lease_age_seconds: r.try_get("lease_age")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
+fn project_from_row(r: &SqliteRow) -> Result<Project, StoreError> {
+    Ok(Project {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        remote_url: r.try_get("remote_url")?,
+        default_branch: r.try_get("default_branch")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+pub(super) fn agent_from_row(r: &SqliteRow) -> Result<Agent, StoreError> {
+    let status: String = r.try_get("status")?;
+    let mode: String = r.try_get("mode")?;
+    let questions: Option<serde_json::Value> = r.try_get("pending_questions")?;
+    let pending_questions: Vec<PendingQuestion> = questions
+        .and_then(|q| serde_json::from_value(q).ok())
+        .unwrap_or_default();
+    let decode = |what: &str, value: &str| {
+        StoreError::Database(sqlx::Error::Decode(
+            format!("agent {what} '{value}' is not known to this version").into(),
+        ))
+    };
+    Ok(Agent {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        provider: r.try_get("provider")?,
+        mode: AgentMode::parse(&mode).ok_or_else(|| decode("mode", &mode))?,
+        project: r.try_get("project")?,
+        task_id: r.try_get("task_id")?,
+        status: AgentStatus::parse(&status).ok_or_else(|| decode("status", &status))?,
+        session_id: r.try_get("session_id")?,
+        worker_id: r.try_get("worker_id")?,
+        node_id: r.try_get("node_id")?,
+        owner_epoch: r.try_get("owner_epoch")?,
+        pid: r.try_get("pid")?,
+        branch: r.try_get("branch")?,
+        workdir: r.try_get("workdir")?,
+        output_path: r.try_get("output_path")?,
+        result: r.try_get("result")?,
+        pending_questions,
+        error: r.try_get("error")?,
+        exit_code: r.try_get("exit_code")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        dismissed: r.try_get("dismissed")?,
+        output_offset: r.try_get("output_offset")?,
+        pid_start_time: r.try_get("pid_start_time")?,
+    })
+}
