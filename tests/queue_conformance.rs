@@ -71,7 +71,7 @@ impl Harness {
             .store()
             .register_worker(
                 &agentfleet::store::NewWorker {
-                    id: id,
+                    id,
                     node_id: "node",
                     host: "host",
                     pid: 1,

@@ -37,7 +37,7 @@ async fn worker(store: &Store, id: &str, ttl: Duration) -> Owner {
     let epoch = store
         .register_worker(
             &agentfleet::store::NewWorker {
-                id: id,
+                id,
                 node_id: "node-a",
                 host: "host-a",
                 pid: 4242,
