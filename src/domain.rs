@@ -73,6 +73,7 @@ pub enum AgentMode {
     Execute,
     Plan,
     Review,
+    Discuss,
 }
 
 impl AgentMode {
@@ -81,11 +82,12 @@ impl AgentMode {
             Self::Execute => "execute",
             Self::Plan => "plan",
             Self::Review => "review",
+            Self::Discuss => "discuss",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Execute, Self::Plan, Self::Review]
+        [Self::Execute, Self::Plan, Self::Review, Self::Discuss]
             .into_iter()
             .find(|m| m.as_str() == s)
     }

@@ -163,7 +163,8 @@ impl Fleet {
             None => AgentMode::Execute,
             Some(m) => AgentMode::parse(m).ok_or_else(|| {
                 FleetError::Invalid(format!(
-                    "unknown mode '{m}' (known modes: execute, plan, review)"
+                    "unknown mode '{m}' (known modes: {})",
+                    providers::MODES.join(", ")
                 ))
             })?,
         };

@@ -1,7 +1,8 @@
-//! Requests about an existing agent — stop and delete — from the API and the CLI. The
+//! Requests about an existing agent — stop, delete and resume — from the API and the CLI. The
 //! store records them; the worker that owns the agent's process and worktree carries them
 //! out (see `worker::control`); an agent nobody runs is handled here directly.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -9,6 +10,7 @@ use uuid::Uuid;
 use crate::domain::{Agent, AgentStatus, StoredEvent};
 use crate::events::STATUS_EVENT;
 use crate::fleet::{Fleet, FleetError};
+use crate::providers;
 use crate::store::ControlKind;
 use crate::workspace;
 
@@ -125,6 +127,90 @@ impl Fleet {
         }
         store.delete_agent_rows(agent.id).await?;
         Ok(agent.name)
+    }
+
+    /// Resumes an agent that waits for input with `answers` (question id → text): the worker
+    /// on its node runs the provider's resume command with the stored session id in the
+    /// same worktree. Refused, with nothing changed, when the agent is not waiting, has no
+    /// session, its provider cannot resume, or no worker on its node is alive.
+    pub async fn resume(
+        &self,
+        agent_ref: &str,
+        answers: BTreeMap<String, String>,
+    ) -> Result<Agent, FleetError> {
+        let store = &self.store;
+        let agent = store.agent(agent_ref).await?;
+        if agent.status != AgentStatus::WaitingForInput {
+            return Err(FleetError::Conflict(format!(
+                "agent '{}' is not waiting for input (it is {})",
+                agent.name, agent.status
+            )));
+        }
+        let Some(session) = agent.session_id.as_deref() else {
+            return Err(FleetError::Conflict(format!(
+                "agent '{}' has no session to resume",
+                agent.name
+            )));
+        };
+        let provider =
+            providers::provider(&agent.provider).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        provider
+            .resume_args(session, &providers::SpawnOptions::default())
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        if answers.is_empty() {
+            return Err(FleetError::Invalid("give at least one answer".into()));
+        }
+        if !agent.pending_questions.is_empty()
+            && let Some(unknown) = answers
+                .keys()
+                .find(|id| !agent.pending_questions.iter().any(|q| &q.id == *id))
+        {
+            let known: Vec<&str> = agent
+                .pending_questions
+                .iter()
+                .map(|q| q.id.as_str())
+                .collect();
+            return Err(FleetError::Invalid(format!(
+                "agent '{}' asked no question '{unknown}' (its questions: {})",
+                agent.name,
+                known.join(", ")
+            )));
+        }
+        let limit = self.settings.limits.max_prompt_bytes;
+        let size: usize = answers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > limit {
+            return Err(FleetError::Invalid(format!(
+                "the answers are {size} bytes, over the limit of {limit} bytes (limits.max_prompt_bytes)"
+            )));
+        }
+        let workers = store.list_workers().await?;
+        let alive = |id: &str| workers.iter().any(|w| w.id == id && w.status == "alive");
+        let target = match (&agent.worker_id, &agent.node_id) {
+            (Some(owner), _) if alive(owner) => Some(owner.clone()),
+            (_, Some(node))
+                if workers
+                    .iter()
+                    .any(|w| &w.node_id == node && w.status == "alive") =>
+            {
+                None
+            }
+            (_, node) => {
+                return Err(FleetError::Unavailable(format!(
+                    "no live worker on node '{}' to resume agent '{}'",
+                    node.as_deref().unwrap_or("-"),
+                    agent.name
+                )));
+            }
+        };
+        store
+            .record_control(
+                agent.id,
+                ControlKind::Resume,
+                target.as_deref(),
+                serde_json::json!({ "answers": answers }),
+            )
+            .await?;
+        Ok(agent)
     }
 
     /// Stores an event on an agent no worker supervises, then publishes it.

@@ -30,6 +30,7 @@ pub fn router(fleet: Fleet) -> Router {
             get(routes::get_agent).delete(routes::delete_agent),
         )
         .route("/v1/agents/{agent}/stop", post(routes::stop_agent))
+        .route("/v1/agents/{agent}/resume", post(routes::resume_agent))
         .route("/v1/agents/{agent}/dismiss", post(routes::dismiss_agent))
         .route("/v1/agents/{agent}/events", get(routes::agent_events))
         .route("/v1/workers", get(routes::list_workers))

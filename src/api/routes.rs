@@ -54,6 +54,23 @@ pub async fn stop_agent(
     Ok(Json(fleet.stop(&agent, true).await?).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeBody {
+    answers: std::collections::BTreeMap<String, String>,
+}
+
+/// Records the resume; 202 with the agent (its worker picks the request up).
+pub async fn resume_agent(
+    State(fleet): State<Fleet>,
+    Path(agent): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: ResumeBody = parse_json(&body)?;
+    let agent = fleet.resume(&agent, body.answers).await?;
+    Ok((StatusCode::ACCEPTED, Json(agent)).into_response())
+}
+
 #[derive(Deserialize, Default)]
 pub struct DeleteQuery {
     #[serde(default)]

@@ -67,6 +67,19 @@ pub enum Command {
         #[arg(long)]
         remote_branch: bool,
     },
+    /// Answer an agent's questions: its provider resumes the same session in its worktree.
+    Resume {
+        agent: String,
+        /// An answer, as QUESTION_ID=TEXT (repeatable).
+        #[arg(long = "answer", value_name = "ID=TEXT")]
+        answers: Vec<String>,
+        /// Answers as a JSON object {"question id": "answer", ...}.
+        #[arg(long, conflicts_with = "answers")]
+        answers_file: Option<PathBuf>,
+        /// Follow the output until the agent ends again; exit 0 only on success.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Hide an agent from `list` (it stays in the store).
     Dismiss { agent: String },
     /// Remove worktrees, branches and files under this node's workspace that belong to no
@@ -193,6 +206,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let name = fleet.delete(&agent, remote_branch).await.map_err(user)?;
             println!("{name} deleted");
         }
+        Command::Resume {
+            agent,
+            answers,
+            answers_file,
+            wait,
+        } => {
+            let answers = parse_answers(&answers, answers_file.as_deref())?;
+            let before = fleet
+                .store
+                .agent(&agent)
+                .await
+                .map_err(|e| user(e.into()))?;
+            let last_seq = fleet.store.last_event_seq(before.id).await?;
+            let agent = fleet.resume(&agent, answers).await.map_err(user)?;
+            println!("{} resuming", agent.name);
+            if wait {
+                wait_until_resumed(&fleet, agent.id).await?;
+                return wait_for_end(&fleet, agent.id, last_seq).await;
+            }
+        }
         Command::Dismiss { agent } => {
             let agent = fleet
                 .store
@@ -232,7 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await
                 .map_err(|e| user(e.into()))?;
             if follow {
-                follow_events(&fleet, agent.id, json).await?;
+                follow_events(&fleet, agent.id, json, 0).await?;
             } else {
                 for event in fleet.store.events_after(agent.id, 0).await? {
                     output::event(&event, json);
@@ -242,6 +275,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Workers { json } => output::workers(&fleet.store.list_workers().await?, json),
     }
     Ok(0)
+}
+
+/// Answers from `ID=TEXT` flags or a JSON file.
+fn parse_answers(
+    flags: &[String],
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read answers file {}", file.display()))?;
+        return serde_json::from_str(&text).with_context(|| {
+            format!(
+                "answers file {} is not a JSON object of strings",
+                file.display()
+            )
+        });
+    }
+    flags
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((id, text)) if !id.trim().is_empty() => {
+                Ok((id.trim().to_string(), text.to_string()))
+            }
+            _ => bail!("--answer '{a}' is not ID=TEXT"),
+        })
+        .collect()
 }
 
 fn user(e: FleetError) -> anyhow::Error {
@@ -300,8 +359,13 @@ async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32> {
     if !args.wait {
         return Ok(0);
     }
-    follow_events(fleet, recorded.agent.id, false).await?;
-    let agent = fleet.store.agent(&recorded.agent.id.to_string()).await?;
+    wait_for_end(fleet, recorded.agent.id, 0).await
+}
+
+/// Follows the agent's events after `after` until it ends; the exit code says how.
+async fn wait_for_end(fleet: &Fleet, agent_id: uuid::Uuid, after: i64) -> anyhow::Result<i32> {
+    follow_events(fleet, agent_id, false, after).await?;
+    let agent = fleet.store.agent(&agent_id.to_string()).await?;
     eprintln!("agent {} ended: {}", agent.name, agent.status);
     if let Some(error) = &agent.error {
         eprintln!("error: {error}");
@@ -309,8 +373,31 @@ async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32> {
     Ok(if agent.status.is_success() { 0 } else { 1 })
 }
 
-async fn follow_events(fleet: &Fleet, agent_id: uuid::Uuid, json: bool) -> anyhow::Result<()> {
-    let stream = events::follow(fleet.store.clone(), fleet.events.clone(), agent_id, 0);
+/// Waits until a worker has taken up a resume (the agent leaves `waiting_for_input`).
+async fn wait_until_resumed(fleet: &Fleet, agent_id: uuid::Uuid) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let agent = fleet.store.agent(&agent_id.to_string()).await?;
+        if agent.status != crate::domain::AgentStatus::WaitingForInput {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "no worker has taken up the resume of {} yet; it stays recorded",
+                agent.name
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn follow_events(
+    fleet: &Fleet,
+    agent_id: uuid::Uuid,
+    json: bool,
+    after: i64,
+) -> anyhow::Result<()> {
+    let stream = events::follow(fleet.store.clone(), fleet.events.clone(), agent_id, after);
     let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         match item {

@@ -169,6 +169,9 @@ store_operations! {
     fn append_event_unowned(&self, agent_id: Uuid, kind: &str, data: &serde_json::Value) -> i64;
     /// Stops an agent no worker has claimed yet; false if a worker got it first.
     fn cancel_pending(&self, agent_id: Uuid, reason: &str) -> bool;
+    /// Takes an agent that waits for input back into `starting` for `owner` (on `node`),
+    /// clearing its last outcome; false if it is not waiting (anymore).
+    fn claim_resume(&self, agent_id: Uuid, owner: &Owner, node: &str) -> bool;
     /// Removes an agent's rows: events, requests, the agent.
     fn delete_agent_rows(&self, agent_id: Uuid) -> ();
     fn set_dismissed(&self, agent_id: Uuid) -> ();
@@ -334,6 +337,7 @@ pub struct Reconciled {
 pub enum ControlKind {
     Stop,
     Delete,
+    Resume,
 }
 
 impl ControlKind {
@@ -341,6 +345,7 @@ impl ControlKind {
         match self {
             Self::Stop => "stop",
             Self::Delete => "delete",
+            Self::Resume => "resume",
         }
     }
 
@@ -348,6 +353,7 @@ impl ControlKind {
         match s {
             "stop" => Some(Self::Stop),
             "delete" => Some(Self::Delete),
+            "resume" => Some(Self::Resume),
             _ => None,
         }
     }

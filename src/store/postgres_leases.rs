@@ -310,7 +310,7 @@ impl PgStore {
             "UPDATE requests r SET status = 'claimed', claimed_by = $1, claimed_at = now(), \
                attempts = attempts + 1, updated_at = now() \
              WHERE r.id IN (SELECT q.id FROM requests q JOIN agents a ON a.id = q.agent_id \
-               WHERE q.status = 'pending' AND q.kind IN ('stop', 'delete') \
+               WHERE q.status = 'pending' AND q.kind IN ('stop', 'delete', 'resume') \
                AND (q.target_worker = $1 OR (q.target_worker IS NULL AND a.node_id = $2)) \
                ORDER BY q.created_at FOR UPDATE OF q SKIP LOCKED) \
              RETURNING r.id, r.agent_id, r.kind, r.payload",
@@ -346,6 +346,28 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Takes an agent that waits for input back into `starting` for `owner`.
+    pub async fn claim_resume(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        node: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET status = 'starting', worker_id = $2, owner_epoch = $3, node_id = $4, \
+             pending_questions = NULL, result = NULL, error = NULL, exit_code = NULL, \
+             output_offset = 0, finished_at = NULL, updated_at = now() \
+             WHERE id = $1 AND status = 'waiting_for_input'",
+        )
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Removes an agent's rows: events, requests, the agent.

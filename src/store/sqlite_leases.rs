@@ -301,7 +301,7 @@ impl SqliteStore {
             ", attempts = attempts + 1, updated_at = ",
             now!(),
             " WHERE id IN (SELECT q.id FROM requests q JOIN agents a ON a.id = q.agent_id \
-               WHERE q.status = 'pending' AND q.kind IN ('stop', 'delete') \
+               WHERE q.status = 'pending' AND q.kind IN ('stop', 'delete', 'resume') \
                AND (q.target_worker = ?1 OR (q.target_worker IS NULL AND a.node_id = ?2))) \
              RETURNING id, agent_id, kind, payload"
         ))
@@ -339,6 +339,28 @@ impl SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub async fn claim_resume(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        node: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE agents SET status = 'starting', worker_id = ?2, owner_epoch = ?3, node_id = ?4, \
+             pending_questions = NULL, result = NULL, error = NULL, exit_code = NULL, \
+             output_offset = 0, finished_at = NULL, updated_at = ",
+            now!(),
+            " WHERE id = ?1 AND status = 'waiting_for_input'"
+        ))
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn delete_agent_rows(&self, agent_id: Uuid) -> Result<(), StoreError> {

@@ -1,5 +1,5 @@
-//! Control requests routed to this worker: stop and delete for the agents it owns, and
-//! delete for agents on its node that no live worker owns. The request rows in the store
+//! Control requests routed to this worker: stop, delete and resume for the agents it owns,
+//! and delete and resume for agents on its node that no live worker owns. The request rows in the store
 //! are the durable record; the worker polls for its own.
 
 use std::sync::Arc;
@@ -47,6 +47,11 @@ async fn handle(rt: &Arc<Runtime>, control: ControlRequest) {
     let result = match control.kind {
         ControlKind::Stop => stop(rt, &control).await,
         ControlKind::Delete => delete(rt, &control).await,
+        ControlKind::Resume => match super::resume::resume(rt, &control).await {
+            // The resumed run closes its request when it ends.
+            Ok(()) => return,
+            Err(e) => Err(e),
+        },
     };
     tracing::info!(agent_id = %control.agent_id, kind = control.kind.as_str(), ok = result.is_ok(), "control request handled");
     let error = result.err();

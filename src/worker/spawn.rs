@@ -9,15 +9,13 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::Runtime;
-use super::agent_task::{self, RunFiles, Started};
-use super::event_log::{EventLog, LogError};
-use crate::domain::{Agent, AgentStatus, SpawnRequest};
-use crate::events::STATUS_EVENT;
+use super::agent_task::{self, Started};
+use super::event_log::EventLog;
+use super::launch::{self, StartError};
+use crate::domain::{Agent, SpawnRequest};
 use crate::fleet::validate_input_name;
-use crate::process::{self, Launch, Running};
 use crate::providers::{self, SpawnOptions};
 use crate::queue::{SpawnJob, take_handed_slot};
-use crate::store::ProcessRecord;
 
 /// Handles one delivered job. Never fails: every outcome is recorded in the store, so apalis
 /// has nothing to retry.
@@ -104,20 +102,6 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
     }
 }
 
-enum StartError {
-    Fenced,
-    Failed(String),
-}
-
-impl From<LogError> for StartError {
-    fn from(e: LogError) -> Self {
-        match e {
-            LogError::Fenced(_) => Self::Fenced,
-            LogError::Store(e) => Self::Failed(e.to_string()),
-        }
-    }
-}
-
 /// Prepares the worktree and starts the provider process.
 async fn start_agent(
     rt: &Arc<Runtime>,
@@ -125,10 +109,11 @@ async fn start_agent(
     request: &SpawnRequest,
     log: &mut EventLog,
 ) -> Result<Started, StartError> {
-    let store = &rt.fleet.store;
     let provider =
         providers::provider(&agent.provider).map_err(|e| StartError::Failed(e.to_string()))?;
-    let project = store
+    let project = rt
+        .fleet
+        .store
         .project(&agent.project)
         .await
         .map_err(|e| StartError::Failed(e.to_string()))?;
@@ -137,70 +122,31 @@ async fn start_agent(
         .await
         .map_err(StartError::Failed)?;
     let run_dir = rt.agent_dir(&agent.name).join("run");
-    write_files(&workdir, &run_dir, request)
+    write_inputs(&workdir, request)
         .await
         .map_err(|e| StartError::Failed(format!("cannot write the agent's files: {e}")))?;
-
-    let settings = rt.fleet.settings.provider(provider.name());
-    let mut args = provider.spawn_args(&SpawnOptions::default());
-    args.extend(settings.args.iter().cloned());
-    // Most CLIs read the prompt from stdin (below); the others take it as an argument.
-    let args = providers::place_prompt(args, provider.prompt_via(), &request.prompt);
-    let mut env = provider.env();
-    env.extend(settings.env.clone());
-    let files = RunFiles::in_dir(&run_dir);
-    let launch = Launch {
-        command: settings
-            .command
-            .unwrap_or_else(|| provider.name().to_string()),
+    let opts = SpawnOptions {
+        mode: Some(agent.mode.as_str().to_string()),
+        ..Default::default()
+    };
+    let args = provider.spawn_args(&opts);
+    let prompt = providers::prompt_for_mode(agent.mode.as_str(), &request.prompt);
+    launch::start(
+        rt,
+        agent,
+        provider.as_ref(),
         args,
-        env,
-        cwd: workdir.clone(),
-        stdin: run_dir.join("prompt.txt"),
-        stdout: files.output.clone(),
-        stderr: files.stderr.clone(),
-        exit_file: files.exit.clone(),
-    };
-    let started = process::start(&launch).map_err(|e| StartError::Failed(e.to_string()))?;
-    let record = ProcessRecord {
-        pid: started.pid,
-        pid_start_time: started.start_time,
-        output_path: launch.stdout.display().to_string(),
-        workdir: workdir.display().to_string(),
-    };
-    let mut running = Running::own(started, files.exit.clone());
-    match store.mark_running(agent.id, &rt.owner, &record).await {
-        Ok(true) => {}
-        Ok(false) => {
-            running.terminate(Duration::from_secs(1)).await;
-            return Err(StartError::Fenced);
-        }
-        Err(e) => {
-            running.terminate(Duration::from_secs(1)).await;
-            return Err(StartError::Failed(e.to_string()));
-        }
-    }
-    tracing::info!(agent_id = %agent.id, pid = record.pid, "provider process started");
-    log.push(
-        STATUS_EVENT,
-        serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Running, "pid": record.pid}),
-    );
-    log.flush_events().await?;
-    Ok(Started {
-        process: running,
+        &prompt,
         project,
         workdir,
-        files,
-    })
+        &run_dir,
+        log,
+    )
+    .await
 }
 
-/// Input files under `.agentfleet/input/`, the signal folder, and the prompt (fed on
-/// stdin: argv is size-limited and visible to every user of the node).
-async fn write_files(
-    workdir: &Path,
-    run_dir: &Path,
-    request: &SpawnRequest,
-) -> std::io::Result<()> {
+/// Input files under `.agentfleet/input/`, and the signal folder.
+async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> std::io::Result<()> {
     let input_dir = workdir.join(".agentfleet/input");
     tokio::fs::create_dir_all(&input_dir).await?;
     tokio::fs::create_dir_all(workdir.join(".agentfleet/output")).await?;
@@ -218,7 +164,5 @@ async fn write_files(
         }
         tokio::fs::write(&path, &input.content).await?;
     }
-    tokio::fs::create_dir_all(run_dir).await?;
-    tokio::fs::write(run_dir.join("prompt.txt"), &request.prompt).await?;
     Ok(())
 }

@@ -1,0 +1,102 @@
+//! Starting a provider process for an agent — a first run or a resume: the prompt file, the
+//! command line (the provider's args, the configured extra args, the prompt where the CLI
+//! wants it), the environment, and recording the process in the store (fenced).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Runtime;
+use super::agent_task::{RunFiles, Started};
+use super::event_log::{EventLog, LogError};
+use crate::domain::{Agent, AgentStatus, Project};
+use crate::events::STATUS_EVENT;
+use crate::process::{self, Launch, Running};
+use crate::providers::{self, Provider};
+use crate::store::ProcessRecord;
+
+pub enum StartError {
+    Fenced,
+    Failed(String),
+}
+
+impl From<LogError> for StartError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Fenced(_) => Self::Fenced,
+            LogError::Store(e) => Self::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Starts `provider` with `args` in `workdir` for `agent`, the prompt fed on stdin (argv is
+/// size-limited and visible to every user of the node) or placed as the CLI wants it.
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    rt: &Arc<Runtime>,
+    agent: &Agent,
+    provider: &dyn Provider,
+    mut args: Vec<String>,
+    prompt: &str,
+    project: Project,
+    workdir: PathBuf,
+    run_dir: &Path,
+    log: &mut EventLog,
+) -> Result<Started, StartError> {
+    let store = &rt.fleet.store;
+    tokio::fs::create_dir_all(run_dir)
+        .await
+        .and(tokio::fs::write(run_dir.join("prompt.txt"), prompt).await)
+        .map_err(|e| StartError::Failed(format!("cannot write the prompt file: {e}")))?;
+    // A signal file is a run's own report: the last run's must not speak for this one.
+    let _ = tokio::fs::remove_file(workdir.join(".agentfleet/output/signal.json")).await;
+    let settings = rt.fleet.settings.provider(provider.name());
+    args.extend(settings.args.iter().cloned());
+    let args = providers::place_prompt(args, provider.prompt_via(), prompt);
+    let mut env = provider.env();
+    env.extend(settings.env.clone());
+    let files = RunFiles::in_dir(run_dir);
+    let launch = Launch {
+        command: settings
+            .command
+            .unwrap_or_else(|| provider.name().to_string()),
+        args,
+        env,
+        cwd: workdir.clone(),
+        stdin: run_dir.join("prompt.txt"),
+        stdout: files.output.clone(),
+        stderr: files.stderr.clone(),
+        exit_file: files.exit.clone(),
+    };
+    let started = process::start(&launch).map_err(|e| StartError::Failed(e.to_string()))?;
+    let record = ProcessRecord {
+        pid: started.pid,
+        pid_start_time: started.start_time,
+        output_path: launch.stdout.display().to_string(),
+        workdir: workdir.display().to_string(),
+    };
+    let mut running = Running::own(started, files.exit.clone());
+    match store.mark_running(agent.id, &rt.owner, &record).await {
+        Ok(true) => {}
+        Ok(false) => {
+            running.terminate(Duration::from_secs(1)).await;
+            return Err(StartError::Fenced);
+        }
+        Err(e) => {
+            running.terminate(Duration::from_secs(1)).await;
+            return Err(StartError::Failed(e.to_string()));
+        }
+    }
+    tracing::info!(agent_id = %agent.id, pid = record.pid, "provider process started");
+    log.push(
+        STATUS_EVENT,
+        serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Running, "pid": record.pid}),
+    );
+    log.flush_events().await?;
+    Ok(Started {
+        process: running,
+        project,
+        workdir,
+        files,
+    })
+}
