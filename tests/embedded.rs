@@ -289,7 +289,11 @@ async fn up_with_no_configuration_runs_an_agent_to_a_pushed_branch() {
         "{file}"
     );
     assert_eq!(
-        std::fs::read_to_string(&runlog).unwrap().lines().count(),
+        std::fs::read_to_string(&runlog)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" start "))
+            .count(),
         1,
         "the stand-in ran once"
     );
@@ -451,4 +455,123 @@ async fn embedded_bus_yields_local_and_stored_events_once_in_order() {
     }
     // The broadcast of 4 may come before the poll found 2 and 3: it catches up first.
     assert_eq!(seen, [2, 3, 4], "each event once, in order");
+}
+
+/// Starts `up` with `config` (log appended to up.log) and waits until it is ready.
+async fn start_up(machine: &mut Machine, config: &Path, port: u16) -> u32 {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(machine.path("up.log"))
+        .unwrap();
+    let up = machine
+        .command(&["up", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start up");
+    let pid = up.id();
+    machine.up = Some(up);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "up did not start:\n{}",
+            machine.up_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_up_reattaches_to_its_running_agent() {
+    let mut machine = Machine::new();
+    let remote = machine.path("remote.git");
+    make_remote(&remote);
+    let port = free_port();
+    let config = machine.path("up.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api]\nbind = \"127.0.0.1:{port}\"\n\n[worker]\nheartbeat_interval = \"200ms\"\nlease_ttl = \"2s\"\nsweep_interval = \"500ms\"\n\n[providers.claude]\ncommand = {:?}\n",
+            fake_claude().display().to_string(),
+        ),
+    )
+    .unwrap();
+    start_up(&mut machine, &config, port).await;
+    machine.cli_ok(&[
+        "project",
+        "add",
+        "demo",
+        "--remote",
+        remote.to_str().unwrap(),
+    ]);
+    machine.cli_ok(&[
+        "spawn",
+        "--project",
+        "demo",
+        "--name",
+        "tick-otter",
+        "ticks\n#sleep 0.1\n#ticks 30",
+    ]);
+    let get = |m: &Machine| -> serde_json::Value {
+        serde_json::from_str(&m.cli_ok(&["get", "tick-otter", "--json"])).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&machine)["output_offset"].as_i64().unwrap_or(0) < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "never ran:\n{}",
+            machine.up_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `up` dies hard; its agent does not.
+    let mut up = machine.up.take().unwrap();
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let first_worker = get(&machine)["worker_id"].clone();
+
+    start_up(&mut machine, &config, port).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        let agent = get(&machine);
+        if agent["status"] == "completed" {
+            break agent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not completed: {agent}\n{}",
+            machine.up_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(done["worker_id"], first_worker, "adopted by the new up");
+    let logs = machine.cli_ok(&["logs", "tick-otter", "--json"]);
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["seq"].as_i64(),
+            Some(i as i64 + 1),
+            "gap or duplicate: {logs}"
+        );
+    }
+    let ticks = events
+        .iter()
+        .filter(|e| {
+            e["data"]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("tick"))
+        })
+        .count();
+    assert_eq!(ticks, 30, "every line once");
+    assert!(file_on_branch(&remote, "agent/tick-otter", "FAKE_RESULT.txt").is_some());
 }

@@ -163,19 +163,28 @@ async fn let_go(rt: &Arc<Runtime>, agent: &Agent, pid: i32, start_time: i64) {
 /// Records the final state (fenced), then its status event.
 pub async fn finish(rt: &Arc<Runtime>, agent: &Agent, outcome: AgentOutcome, log: &mut EventLog) {
     let store = &rt.fleet.store;
-    // Events parsed so far first, so the log is complete when the status turns final.
-    if let Err(LogError::Fenced(_)) = log.flush_events().await {
-        return;
-    }
-    match store.finish_agent(agent.id, &rt.owner, &outcome).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(agent_id = %agent.id, "final state refused: agent owned elsewhere");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(agent_id = %agent.id, error = %e, "cannot record the final state");
-            return;
+    // Events parsed so far first, so the log is complete when the status turns final. The
+    // store may be briefly away (a restart): the final state waits for it, unless the
+    // agent stops being ours meanwhile.
+    loop {
+        let result = match log.flush_events().await {
+            Ok(()) => store.finish_agent(agent.id, &rt.owner, &outcome).await,
+            Err(LogError::Fenced(_)) => Ok(false),
+            Err(LogError::Store(e)) => Err(e),
+        };
+        match result {
+            Ok(true) => break,
+            Ok(false) => {
+                tracing::warn!(agent_id = %agent.id, "final state refused: agent owned elsewhere");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(agent_id = %agent.id, error = %e, "cannot record the final state yet");
+                tokio::select! {
+                    _ = rt.lease_lost.cancelled() => return,
+                    _ = tokio::time::sleep(super::supervisor::STORE_RETRY) => {}
+                }
+            }
         }
     }
     tracing::info!(agent_id = %agent.id, status = %outcome.status, "agent finished");

@@ -19,6 +19,8 @@ use crate::providers::{self, AgentEvent, SignalStatus, StreamParser};
 use crate::store::{Owner, Store};
 
 const READ_EVERY: Duration = Duration::from_millis(50);
+/// How long to wait before writing to an unavailable store again.
+pub const STORE_RETRY: Duration = Duration::from_millis(500);
 const STDERR_TAIL_BYTES: usize = 2048;
 
 /// Why supervision ended other than by the process's own exit.
@@ -152,10 +154,19 @@ impl Supervisor<'_> {
             self.handle_line(&line, &mut tail.recent, &mut facts)
                 .await?;
         }
-        match self.log.flush(tail.offset).await {
-            Ok(()) => {}
-            Err(LogError::Fenced(_)) => return Ok(Supervised::Fenced),
-            Err(e) => return Err(e),
+        // The store may be briefly away (a restart): the last events wait for it.
+        loop {
+            match self.log.flush(tail.offset).await {
+                Ok(()) => break,
+                Err(LogError::Fenced(_)) => return Ok(Supervised::Fenced),
+                Err(LogError::Store(e)) => {
+                    tracing::warn!(agent_id = %self.agent_id, error = %e, "final flush failed; retrying");
+                    tokio::select! {
+                        _ = controls.lease_lost.cancelled() => return Ok(Supervised::Fenced),
+                        _ = tokio::time::sleep(STORE_RETRY) => {}
+                    }
+                }
+            }
         }
         let stderr_tail = tail_of(&self.stderr).await;
         Ok(Supervised::Ended(decide(

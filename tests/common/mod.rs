@@ -22,9 +22,22 @@ pub fn fake_claude() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude")
 }
 
+/// One line of the stand-in's run log.
+#[derive(Debug, Clone)]
+pub struct RunLogEntry {
+    pub pid: i32,
+    /// The worktree it ran in (names the agent).
+    pub cwd: String,
+    /// A start (else an end).
+    pub start: bool,
+    /// Seconds since the epoch.
+    pub at: f64,
+}
+
 pub struct TestEnv {
     pub db_name: String,
     pub db_url: String,
+    pub redis_url: String,
     pub prefix: String,
     pub dir: tempfile::TempDir,
     pub remote: PathBuf,
@@ -40,9 +53,15 @@ impl TestEnv {
     /// A fresh database (migrated), Redis prefix, temp dir and bare remote with one commit
     /// on `main`, registered as project `demo`.
     pub async fn new() -> Self {
+        Self::with_services("127.0.0.1:5432", REDIS_URL).await
+    }
+
+    /// A test environment on the Postgres at `pg_host_port` and the Redis at `redis_url`
+    /// (tests that stop and start their own services).
+    pub async fn with_services(pg_host_port: &str, redis_url: &str) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("af_test_{}", &id[..12]);
-        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let db_url = format!("postgres://postgres@{pg_host_port}/{db_name}");
         let dir = tempfile::tempdir().expect("tempdir");
         let remote = dir.path().join("remote.git");
         make_remote(&remote);
@@ -62,6 +81,7 @@ impl TestEnv {
         let env = Self {
             db_name,
             db_url,
+            redis_url: redis_url.to_string(),
             prefix: format!("aftest:{}", &id[..12]),
             runlog,
             config,
@@ -86,7 +106,7 @@ impl TestEnv {
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("AGENTFLEET__DATABASE__URL".into(), self.db_url.clone()),
-            ("AGENTFLEET__REDIS__URL".into(), REDIS_URL.into()),
+            ("AGENTFLEET__REDIS__URL".into(), self.redis_url.clone()),
             ("AGENTFLEET__REDIS__PREFIX".into(), self.prefix.clone()),
             (
                 "AGENTFLEET_CONFIG".into(),
@@ -150,6 +170,16 @@ impl TestEnv {
         let pid = child.id();
         self.workers.push(child);
         pid
+    }
+
+    /// The pid of worker process n.
+    pub fn worker_pid(&self, n: usize) -> u32 {
+        self.workers[n].id()
+    }
+
+    /// How many worker processes this test has started (the next one's index).
+    pub fn workers_started(&self) -> usize {
+        self.workers.len()
     }
 
     /// Sends `signal` to worker n.
@@ -260,10 +290,30 @@ impl TestEnv {
         }
     }
 
+    /// How many provider runs started (the stand-in logs each start and end).
     pub fn runs(&self) -> usize {
+        self.run_log().iter().filter(|r| r.start).count()
+    }
+
+    /// The stand-in's run log: one entry per start and per end of a run.
+    pub fn run_log(&self) -> Vec<RunLogEntry> {
         std::fs::read_to_string(&self.runlog)
-            .map(|s| s.lines().count())
-            .unwrap_or(0)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let pid = f.next()?.parse().ok()?;
+                let cwd = f.next()?.to_string();
+                let start = f.next()? == "start";
+                let at = f.next()?.parse().ok()?;
+                Some(RunLogEntry {
+                    pid,
+                    cwd,
+                    start,
+                    at,
+                })
+            })
+            .collect()
     }
 
     /// The file at `path` on branch `branch` of the remote, if any.

@@ -1,0 +1,267 @@
+//! Outages of the services the fleet depends on: a Redis and a Postgres of the test's own
+//! (on free ports, so parallel tests are not disturbed) are stopped and started again while
+//! a worker runs. The worker survives, reconnects, and no request is lost.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentfleet::domain::AgentStatus;
+use common::{TestEnv, assert_status};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, up: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
+        assert!(Instant::now() < deadline, "port {port} never became {up}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A redis-server of the test's own.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        wait_port(port, true);
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_port(self.port, false);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb as the `postgres` user: the server
+/// refuses to run as root).
+struct PrivatePostgres {
+    dir: PathBuf,
+    port: u16,
+    bin: PathBuf,
+}
+
+fn pg_bin() -> PathBuf {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<_> = std::fs::read_dir(root)
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    versions.sort();
+    versions.pop().unwrap().join("bin")
+}
+
+fn as_postgres(cmd: &Path, args: &[&str]) {
+    let status = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("runuser");
+    assert!(status.success(), "{} {args:?} failed", cmd.display());
+}
+
+impl PrivatePostgres {
+    fn init(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("af-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Command::new("chown")
+            .args(["postgres:postgres", dir.to_str().unwrap()])
+            .status()
+            .unwrap();
+        let bin = pg_bin();
+        let data = dir.join("data");
+        as_postgres(
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let pg = Self { dir, port, bin };
+        pg.start();
+        pg
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.dir.join("data").to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "-l",
+                self.dir.join("log").to_str().unwrap(),
+                "start",
+            ],
+        );
+        wait_port(self.port, true);
+    }
+
+    fn stop(&self) {
+        as_postgres(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.dir.join("data").to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+        wait_port(self.port, false);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args([
+                "-D",
+                self.dir.join("data").to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fast(env: &mut TestEnv) {
+    for (k, v) in [
+        ("AGENTFLEET__WORKER__HEARTBEAT_INTERVAL", "200ms"),
+        ("AGENTFLEET__WORKER__LEASE_TTL", "3s"),
+        ("AGENTFLEET__WORKER__SWEEP_INTERVAL", "500ms"),
+        ("AGENTFLEET__QUEUE__REDISPATCH_AFTER", "1s"),
+    ] {
+        env.set_env(k, v);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_survives_a_redis_restart_and_loses_no_request() {
+    let port = free_port();
+    let mut redis = PrivateRedis::start(port);
+    let mut env =
+        TestEnv::with_services("127.0.0.1:5432", &format!("redis://127.0.0.1:{port}")).await;
+    fast(&mut env);
+    // One slot: the first agent runs through the outage, the others wait in the queue that
+    // Redis is about to lose.
+    env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "1")]);
+    let running = env.spawn(&[], "through the outage\n#hold 3");
+    env.wait_agent(running.id, Duration::from_secs(20), "ran", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await;
+    let queued: Vec<_> = (0..2)
+        .map(|i| env.spawn(&[], &format!("queued {i}")))
+        .collect();
+
+    // Redis goes away and comes back empty (it keeps nothing on disk).
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _redis = PrivateRedis::start(port);
+    for a in std::iter::once(&running).chain(&queued) {
+        let a = env.wait_final(a.id, Duration::from_secs(40)).await;
+        assert_status(&a, AgentStatus::Completed);
+    }
+    let after = env.spawn(&[], "after the outage");
+    assert_status(
+        &env.wait_final(after.id, Duration::from_secs(30)).await,
+        AgentStatus::Completed,
+    );
+    assert_eq!(env.runs(), 4, "every request ran exactly once");
+    env.stop_workers();
+    assert!(!env.worker_log(0).contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_survives_a_postgres_restart_and_finishes_its_agent() {
+    let port = free_port();
+    let pg = PrivatePostgres::init(port);
+    let mut env = TestEnv::with_services(&format!("127.0.0.1:{port}"), common::REDIS_URL).await;
+    fast(&mut env);
+    env.start_worker(&[]);
+    let agent = env.spawn(&[], "outlive the outage\n#sleep 0.2\n#ticks 20");
+    env.wait_agent(agent.id, Duration::from_secs(20), "ran", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start();
+    let done = env.wait_final(agent.id, Duration::from_secs(40)).await;
+    assert_status(&done, AgentStatus::Completed);
+    let events = env.store().await.events_after(agent.id, 0).await.unwrap();
+    let ticks = events
+        .iter()
+        .filter(|e| {
+            e.data["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("tick"))
+        })
+        .count();
+    assert_eq!(ticks, 20, "no output lost across the outage");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1);
+    }
+    // The worker is still the same process and still takes work.
+    let next = env.spawn(&[], "after the outage");
+    assert_status(
+        &env.wait_final(next.id, Duration::from_secs(30)).await,
+        AgentStatus::Completed,
+    );
+    env.stop_workers();
+}
