@@ -66,7 +66,11 @@ async fn stale_worker_cannot_write_after_takeover() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while alive(&running) {
-        assert!(Instant::now() < deadline, "the stale process still runs");
+        assert!(
+            Instant::now() < deadline,
+            "the stale process still runs:\n{}",
+            env.worker_log(0)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = store.agent(&agent.id.to_string()).await.unwrap();

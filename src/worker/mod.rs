@@ -278,8 +278,10 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         rt.hard_stop.cancel();
     }
     rt.agent_tasks.close();
+    // Stopping (or, after a lost lease, killing stale) processes needs the grace period
+    // plus a word with the store, which may be slow to answer just then.
     if tokio::time::timeout(
-        settings.worker.stop_grace + Duration::from_secs(5),
+        settings.worker.stop_grace + Duration::from_secs(30),
         rt.agent_tasks.wait(),
     )
     .await
