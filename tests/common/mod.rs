@@ -123,6 +123,11 @@ impl TestEnv {
         env
     }
 
+    /// Replaces the config file every process of this test reads.
+    pub fn set_config(&self, toml: &str) {
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.extra_env.push((key.into(), value.into()));
     }
@@ -349,9 +354,32 @@ impl Drop for TestEnv {
             let _ = child.kill();
             let _ = child.wait();
         }
+        kill_agents_under(self.dir.path());
         // Best effort: leave no test databases or keys behind.
         drop_database(&self.db_name);
         delete_redis_keys(&self.prefix);
+    }
+}
+
+/// Kills the process groups of agents whose files are under `dir` (a failed test must not
+/// leave provider processes running).
+pub fn kill_agents_under(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("agentfleet-agent") && cmdline.contains(&needle) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

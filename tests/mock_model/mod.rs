@@ -33,7 +33,17 @@ pub enum Behaviour {
     Script,
     /// Every request fails with this HTTP status.
     Fail(u16),
+    /// claude only: the first turn writes [`QUESTIONS_SIGNAL`] as the agent's signal file
+    /// (it asks a question); a resume writes [`FILE`] with the content, then final text.
+    AskThenWrite,
 }
+
+/// The signal file an asking agent writes (`.agentfleet/output/signal.json`).
+pub const SIGNAL_FILE: &str = ".agentfleet/output/signal.json";
+/// The id of the tool call a resumed [`Behaviour::AskThenWrite`] turn makes.
+const RESUME_TOOL_ID: &str = "toolu_mock_resume";
+pub const QUESTIONS_SIGNAL: &str =
+    r#"{"status":"questions","questions":[{"id":"db","question":"Which database?"}]}"#;
 
 pub struct MockModel {
     pub base_url: String,
@@ -105,7 +115,14 @@ async fn handle(State(mock): State<Mock>, uri: Uri, body: String) -> Response {
     } else {
         openai_turn(&request)
     };
+    let asking = mock.behaviour == Behaviour::AskThenWrite;
     let events = match (turn, anthropic) {
+        (Turn::Tool, true) if asking => {
+            anthropic_tool_to(SIGNAL_FILE, QUESTIONS_SIGNAL, "toolu_mock_1")
+        }
+        (Turn::Text(t), true) if asking && t == ANSWER_TEXT => {
+            anthropic_tool_to(FILE, &mock.content, RESUME_TOOL_ID)
+        }
         (Turn::Tool, true) => anthropic_tool(&mock.content),
         (Turn::Tool, false) => openai_tool(&request, &mock.content),
         (Turn::Text(t), true) => anthropic_text(t),
@@ -152,7 +169,14 @@ fn anthropic_turn(request: &Value) -> Turn {
     let Some(last) = messages.last() else {
         return Turn::Tool;
     };
-    if last.to_string().contains(RESUME_MARKER) {
+    // On a resume, claude sends the answers in the same message as the last tool result,
+    // and keeps sending them with later tool results: the resume's own tool call has its
+    // own id, and its result ends the turn.
+    let text = last.to_string();
+    if text.contains(RESUME_TOOL_ID) {
+        return Turn::Text(FINAL_TEXT);
+    }
+    if text.contains(RESUME_MARKER) {
         return Turn::Text(ANSWER_TEXT);
     }
     let blocks = last["content"].as_array().cloned().unwrap_or_default();
@@ -192,11 +216,15 @@ fn anthropic_end(stop_reason: &str) -> Vec<Value> {
 }
 
 fn anthropic_tool(content: &str) -> Vec<Value> {
-    let input = json!({"file_path": FILE, "content": content}).to_string();
+    anthropic_tool_to(FILE, content, "toolu_mock_1")
+}
+
+fn anthropic_tool_to(file: &str, content: &str, id: &str) -> Vec<Value> {
+    let input = json!({"file_path": file, "content": content}).to_string();
     let mut events = vec![
         anthropic_message_start(),
         json!({"type": "content_block_start", "index": 0, "content_block":
-            {"type": "tool_use", "id": "toolu_mock_1", "name": "Write", "input": {}}}),
+            {"type": "tool_use", "id": id, "name": "Write", "input": {}}}),
         json!({"type": "content_block_delta", "index": 0, "delta":
             {"type": "input_json_delta", "partial_json": input}}),
         json!({"type": "content_block_stop", "index": 0}),
