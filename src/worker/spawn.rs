@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Runtime;
@@ -18,6 +19,7 @@ use crate::process::{self, Launch, Running};
 use crate::providers::{self, SpawnOptions};
 use crate::queue::{SpawnJob, take_handed_slot};
 use crate::store::ProcessRecord;
+use crate::telemetry;
 
 /// Handles one delivered job. Never fails: every outcome is recorded in the store, so apalis
 /// has nothing to retry.
@@ -44,7 +46,17 @@ pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
             return;
         }
     };
-    let span = tracing::info_span!("spawn_job", request_id = %job.request_id, worker_id = %rt.owner.worker_id);
+    let (system, queue) = (
+        rt.fleet.queue.messaging_system(),
+        rt.fleet.queue.queue_name(),
+    );
+    let span = telemetry::consumer_span(
+        system,
+        queue,
+        job.request_id,
+        &job.trace_context,
+        &rt.owner.worker_id,
+    );
     let _ = tracing::Instrument::instrument(run(rt, job.request_id), span).await;
 }
 
@@ -53,6 +65,7 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
     let store = &rt.fleet.store;
     let claimed = match store
         .claim_request(request_id, &rt.owner, &rt.node_id)
+        .instrument(tracing::info_span!("claim"))
         .await
     {
         Ok(Some(claimed)) => claimed,
@@ -67,7 +80,8 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
         }
     };
     let agent = claimed.agent;
-    let request: SpawnRequest = match serde_json::from_value(claimed.payload) {
+    telemetry::record_agent(&tracing::Span::current(), &agent);
+    let request: SpawnRequest = match crate::fleet::stored_request(claimed.payload) {
         Ok(r) => r,
         Err(e) => {
             let reason = format!("request payload cannot be decoded: {e}");
@@ -161,7 +175,9 @@ async fn start_agent(
         stderr: files.stderr.clone(),
         exit_file: files.exit.clone(),
     };
-    let started = process::start(&launch).map_err(|e| StartError::Failed(e.to_string()))?;
+    let started = tracing::info_span!("process start")
+        .in_scope(|| process::start(&launch))
+        .map_err(|e| StartError::Failed(e.to_string()))?;
     let record = ProcessRecord {
         pid: started.pid,
         pid_start_time: started.start_time,
@@ -181,6 +197,7 @@ async fn start_agent(
         }
     }
     tracing::info!(agent_id = %agent.id, pid = record.pid, "provider process started");
+    crate::metrics::spawn_latency(&agent.provider, chrono::Utc::now() - agent.created_at);
     log.push(
         STATUS_EVENT,
         serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Running, "pid": record.pid}),
