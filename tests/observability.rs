@@ -264,6 +264,11 @@ async fn one_trace_from_the_callers_traceparent_to_agent_run_and_no_secret_leaks
         "{api_metrics}"
     );
 
+    // The CLI's enqueue is traced too (its PRODUCER span is flushed before it exits).
+    env.set_env("OTEL_SERVICE_NAME", "agentfleet-cli");
+    let cli_agent = env.spawn(&[], "traced from the CLI");
+    env.wait_final(cli_agent.id, Duration::from_secs(60)).await;
+
     // SIGTERM both: each flushes its spans on the way out.
     env.stop_workers();
     sigterm_and_wait(&mut api);
@@ -336,6 +341,25 @@ async fn one_trace_from_the_callers_traceparent_to_agent_run_and_no_secret_leaks
         "agent.run has a status event: {:?}",
         run.events
     );
+
+    let cli_producer = spans
+        .iter()
+        .find(|s| {
+            s.kind == PRODUCER
+                && s.attributes.get("agentfleet.agent.id") == Some(&cli_agent.id.to_string())
+        })
+        .expect("the CLI's PRODUCER span");
+    assert_eq!(cli_producer.service, "agentfleet-cli");
+    assert_eq!(
+        cli_producer.parent_span_id, "",
+        "a CLI enqueue starts its trace"
+    );
+    let cli_consumer = spans
+        .iter()
+        .find(|s| s.kind == CONSUMER && s.parent_span_id == cli_producer.span_id)
+        .expect("the worker continues the CLI's trace");
+    assert_eq!(cli_consumer.trace_id, cli_producer.trace_id);
+    find(&spans, &cli_producer.trace_id, "agent.run");
 
     // JSON log lines carry the trace id.
     let worker_log = env.worker_log(0);
