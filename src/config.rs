@@ -87,6 +87,9 @@ pub struct WorkerSettings {
     pub handoff_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// Where the worker serves /metrics, /healthz and /readyz; empty: not served.
+    #[serde(default)]
+    pub metrics_bind: String,
 }
 
 /// What a draining worker does with its running agents.
@@ -271,6 +274,7 @@ impl Settings {
             return Err(invalid("worker.event_flush_interval", "must be above zero"));
         }
         self.api_bind()?;
+        self.worker_metrics_bind()?;
         if self.limits.max_prompt_bytes == 0 {
             return Err(invalid("limits.max_prompt_bytes", "must be above zero"));
         }
@@ -285,6 +289,20 @@ impl Settings {
             .bind
             .parse()
             .map_err(|e| invalid("api.bind", format!("not a socket address: {e}")))
+    }
+
+    /// The worker's health and metrics address, if it serves one.
+    pub fn worker_metrics_bind(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let bind = self.worker.metrics_bind.trim();
+        if bind.is_empty() {
+            return Ok(None);
+        }
+        bind.parse().map(Some).map_err(|e| {
+            invalid(
+                "worker.metrics_bind",
+                format!("not a socket address (or empty to serve none): {e}"),
+            )
+        })
     }
 
     /// The node id: configured, or the hostname.

@@ -208,3 +208,18 @@ pub struct AgentOutcome {
     pub exit_code: Option<i32>,
     pub session_id: Option<String>,
 }
+
+/// What ops read to scale: the spawn backlog, and every request and agent by status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Spawn requests waiting for a worker.
+    pub depth: i64,
+    /// When the oldest of them was recorded.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// How long the oldest of them has waited, by the store's clock.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Requests per kind (spawn, stop, delete), then per status.
+    pub by_kind: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
+    /// Agents per status.
+    pub agents_by_status: std::collections::BTreeMap<String, i64>,
+}

@@ -5,12 +5,14 @@
 use std::path::{Component, Path};
 
 use rand::seq::IndexedRandom;
+use tracing::Instrument;
 
 use crate::config::{Backend, Settings};
 use crate::domain::{AgentMode, Project, SpawnRequest};
 use crate::events::{EmbeddedBus, EventBus, RedisBus};
 use crate::providers;
 use crate::queue::{EmbeddedQueue, Queue, RedisQueue, SpawnJob};
+use crate::telemetry;
 
 use crate::store::{RecordedSpawn, SpawnRecord, Store, StoreError};
 use crate::workspace::validate_name;
@@ -120,6 +122,20 @@ impl Fleet {
     /// Validates, records and enqueues a spawn. The same idempotency key returns the same
     /// agent and does not enqueue again.
     pub async fn spawn(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
+        let result = self.record_and_enqueue(req).await;
+        let outcome = match &result {
+            Ok(r) if r.created => "accepted",
+            Ok(_) => "duplicate",
+            Err(e) => e.class(),
+        };
+        crate::metrics::request("spawn", outcome);
+        result
+    }
+
+    /// The enqueue runs in a PRODUCER span whose W3C trace context goes with the job and
+    /// is stored beside the request (`trace_context` in the stored payload), so the queue
+    /// that rebuilds jobs from the store (embedded, re-dispatch) continues the same trace.
+    async fn record_and_enqueue(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
         let mode = self.validate(&req)?;
         self.store.project(&req.project).await?;
         let name = match &req.name {
@@ -131,8 +147,23 @@ impl Fleet {
             }
             None => self.unique_alias().await?,
         };
-        let payload = serde_json::to_value(&req)
+        let span = telemetry::producer_span(
+            self.queue.messaging_system(),
+            self.queue.queue_name(),
+            &name,
+            &req.provider,
+        );
+        let trace_context = telemetry::inject(&span);
+        let mut payload = serde_json::to_value(&req)
             .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
+        if let Some(fields) = payload.as_object_mut()
+            && !trace_context.is_empty()
+        {
+            fields.insert(
+                STORED_TRACE_CONTEXT.into(),
+                serde_json::json!(trace_context),
+            );
+        }
         let recorded = self.store.record_spawn(SpawnRecord {
             name: &name,
             provider: &req.provider,
@@ -142,15 +173,23 @@ impl Fleet {
             idempotency_key: req.idempotency_key.as_deref(),
             payload,
         });
-        let recorded = recorded.await?;
+        let recorded = recorded.instrument(span.clone()).await?;
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(recorded.request_id),
+        );
+        span.record(
+            "agentfleet.agent.id",
+            tracing::field::display(recorded.agent.id),
+        );
         if recorded.created {
             let job = SpawnJob {
                 request_id: recorded.request_id,
-                trace_context: Default::default(),
+                trace_context,
             };
             // The request is recorded either way; if the push fails, the re-dispatch sweep
             // sends it again, so the caller still gets its agent.
-            if let Err(e) = self.queue.enqueue(&job).await {
+            if let Err(e) = self.queue.enqueue(&job).instrument(span.clone()).await {
                 tracing::warn!(request_id = %recorded.request_id, error = %e, "enqueue failed; left for re-dispatch");
             }
         }
@@ -214,6 +253,30 @@ impl Fleet {
         Err(FleetError::Unavailable(
             "could not find a free agent name".into(),
         ))
+    }
+}
+
+/// The key of the enqueue's W3C trace context in a stored spawn payload (beside the
+/// caller's `SpawnRequest` fields, which refuse unknown keys).
+pub const STORED_TRACE_CONTEXT: &str = "trace_context";
+
+/// The caller's request from a stored spawn payload (without the stored trace context).
+pub fn stored_request(mut payload: serde_json::Value) -> Result<SpawnRequest, serde_json::Error> {
+    if let Some(fields) = payload.as_object_mut() {
+        fields.remove(STORED_TRACE_CONTEXT);
+    }
+    serde_json::from_value(payload)
+}
+
+impl FleetError {
+    /// A short label for metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+        }
     }
 }
 
@@ -282,6 +345,16 @@ mod tests {
         ] {
             assert!(validate_input_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn stored_payload_keeps_the_trace_context_beside_the_request() {
+        let payload = serde_json::json!({
+            "provider": "claude", "project": "demo", "prompt": "hi",
+            "trace_context": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+        });
+        let req = stored_request(payload).unwrap();
+        assert_eq!(req.prompt, "hi");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod events;
 pub mod fleet;
 pub mod lifecycle;
+pub mod metrics;
 pub mod process;
 pub mod providers;
 pub mod queue;

@@ -473,6 +473,60 @@ async fn ping_and_migrate_again(store: &Store) {
     store.migrate().await.unwrap();
 }
 
+async fn queue_stats_count_the_backlog_and_requests_by_kind(store: &Store) {
+    with_project(store).await;
+    let empty = store.queue_stats().await.unwrap();
+    assert_eq!(empty.depth, 0);
+    assert_eq!(empty.oldest_pending_at, None);
+    assert_eq!(empty.oldest_pending_age_seconds, None);
+    let first = store.record_spawn(spawn_of("qs-a", None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.record_spawn(spawn_of("qs-b", None)).await.unwrap();
+    store.record_spawn(spawn_of("qs-c", None)).await.unwrap();
+    let owner = worker(store, "w-qs", LEASE).await;
+    store
+        .claim_request(first.request_id, &owner, "node-a")
+        .await
+        .unwrap()
+        .expect("claim");
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats.depth, 2, "{stats:?}");
+    let oldest = stats.oldest_pending_at.expect("oldest pending");
+    assert!(oldest > first.agent.created_at, "{stats:?}");
+    let age = stats.oldest_pending_age_seconds.expect("age");
+    assert!((0.0..60.0).contains(&age), "{stats:?}");
+    assert_eq!(stats.by_kind["spawn"]["pending"], 2, "{stats:?}");
+    assert_eq!(stats.by_kind["spawn"]["claimed"], 1, "{stats:?}");
+    assert_eq!(stats.agents_by_status["pending"], 2, "{stats:?}");
+    assert_eq!(stats.agents_by_status.values().sum::<i64>(), 3, "{stats:?}");
+}
+
+async fn spawn_trace_context_is_read_from_the_stored_payload(store: &Store) {
+    with_project(store).await;
+    let mut spawn = spawn_of("tc-a", None);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    spawn.payload["trace_context"] = json!({"traceparent": traceparent, "tracestate": "a=1"});
+    let with = store.record_spawn(spawn).await.unwrap();
+    let without = store.record_spawn(spawn_of("tc-b", None)).await.unwrap();
+    let cx = store.spawn_trace_context(with.request_id).await.unwrap();
+    assert_eq!(cx["traceparent"], traceparent);
+    assert_eq!(cx["tracestate"], "a=1");
+    assert!(
+        store
+            .spawn_trace_context(without.request_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .spawn_trace_context(Uuid::new_v4())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// One test per operation group, for each adapter.
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
@@ -516,4 +570,6 @@ conformance!(
     failed_requests_fail_their_agent_and_bad_jobs_are_kept,
     worker_leases_renew_and_deregister,
     ping_and_migrate_again,
+    queue_stats_count_the_backlog_and_requests_by_kind,
+    spawn_trace_context_is_read_from_the_stored_payload,
 );

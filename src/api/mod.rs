@@ -10,12 +10,13 @@ pub use error::ApiError;
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::fleet::Fleet;
 
@@ -43,8 +44,39 @@ pub fn router(fleet: Fleet) -> Router {
         .merge(v1)
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route_layer(middleware::from_fn(trace_request))
         .fallback(routes::not_found)
         .with_state(fleet)
+}
+
+/// A SERVER span per request, named by its route; a caller's W3C `traceparent` (and
+/// `tracestate`) header makes it part of the caller's trace. No other header is read.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let headers = request.headers();
+    crate::telemetry::set_parent(
+        &span,
+        ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|k| Some((k, headers.get(k)?.to_str().ok()?))),
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 async fn require_token(

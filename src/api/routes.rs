@@ -167,6 +167,11 @@ pub async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
+/// Prometheus text: this process's metrics and the fleet's queue, read from the store.
+pub async fn metrics(State(fleet): State<Fleet>) -> Response {
+    crate::metrics::response(&fleet.store).await
+}
+
 pub async fn readyz(State(fleet): State<Fleet>) -> Response {
     let store = fleet.store.ping().await.map_err(|e| e.to_string());
     let events = fleet.events.ping().await.map_err(|e| e.to_string());

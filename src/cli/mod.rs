@@ -107,6 +107,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the queue: pending depth, oldest pending request, requests per kind and status.
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,18 +165,25 @@ pub struct SpawnArgs {
 /// Runs the parsed command; the returned code is the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = Settings::load(cli.config.as_deref())?;
-    crate::telemetry::init(matches!(
+    let telemetry = crate::telemetry::init(matches!(
         cli.command,
         Command::Worker | Command::Serve | Command::Up
     ));
-    if let Command::Migrate = cli.command {
+    let result = run_command(cli.command, settings).await;
+    // Spans still buffered (a CLI spawn's producer span, a worker's last jobs) go out now.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32> {
+    if let Command::Migrate = command {
         let store = connect_store(&settings).await?;
         store.migrate().await?;
         println!("database schema is up to date");
         return Ok(0);
     }
     let fleet = Fleet::connect(settings).await?;
-    match cli.command {
+    match command {
         Command::Migrate => unreachable!("handled above"),
         Command::Project(ProjectCommand::Add {
             name,
@@ -273,6 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Workers { json } => output::workers(&fleet.store.list_workers().await?, json),
+        Command::Queue { json } => output::queue(&fleet.store.queue_stats().await?, json),
     }
     Ok(0)
 }

@@ -116,3 +116,26 @@ pub fn event(e: &StoredEvent, as_json: bool) {
     };
     println!("[{:>4}] {:<16} {}", e.seq, e.kind, text);
 }
+
+pub fn queue(stats: &crate::domain::QueueStats, as_json: bool) {
+    if as_json {
+        return json(stats);
+    }
+    println!("pending spawns:  {}", stats.depth);
+    match (&stats.oldest_pending_at, stats.oldest_pending_age_seconds) {
+        (Some(at), Some(age)) => println!("oldest pending:  {at} ({age:.1}s ago)"),
+        _ => println!("oldest pending:  -"),
+    }
+    println!("{:<8}  {:<10}  {:>7}", "KIND", "STATUS", "COUNT");
+    for (kind, statuses) in &stats.by_kind {
+        for (status, n) in statuses {
+            println!("{kind:<8}  {status:<10}  {n:>7}");
+        }
+    }
+    let agents: Vec<String> = stats
+        .agents_by_status
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    println!("agents:          {}", agents.join(", "));
+}

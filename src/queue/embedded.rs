@@ -90,9 +90,15 @@ impl EmbeddedQueue {
                 }
             };
             handed_out.insert(request_id, Instant::now());
+            // The enqueue's trace context was stored with the request.
+            let trace_context = self
+                .store
+                .spawn_trace_context(request_id)
+                .await
+                .unwrap_or_default();
             let job = SpawnJob {
                 request_id,
-                trace_context: Default::default(),
+                trace_context,
             };
             let job = match serde_json::to_value(&job) {
                 Ok(job) => job,

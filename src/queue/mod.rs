@@ -80,10 +80,21 @@ impl Queue {
         }
     }
 
+    /// `messaging.system` of the OpenTelemetry conventions for this transport.
+    pub fn messaging_system(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Embedded(_) => "agentfleet_embedded",
+        }
+    }
+
     /// Sends the job of a recorded request to the workers.
     pub async fn enqueue(&self, job: &SpawnJob) -> Result<(), QueueError> {
         match self {
-            Self::Redis(q) => q.enqueue(job).await,
+            Self::Redis(q) => q
+                .enqueue(job)
+                .await
+                .inspect_err(|_| crate::metrics::backend_error("redis")),
             Self::Embedded(q) => {
                 q.enqueue(job);
                 Ok(())
@@ -102,7 +113,10 @@ impl Queue {
         handler: JobHandler,
     ) -> Result<(), QueueError> {
         match self {
-            Self::Redis(q) => q.consume(&consumer, slots, stop, handler).await,
+            Self::Redis(q) => q
+                .consume(&consumer, slots, stop, handler)
+                .await
+                .inspect_err(|_| crate::metrics::backend_error("redis")),
             Self::Embedded(q) => {
                 q.consume(slots, stop, handler).await;
                 Ok(())

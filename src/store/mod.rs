@@ -19,12 +19,12 @@ mod sqlite;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{Agent, AgentMode, AgentOutcome, Project, StoredEvent, WorkerInfo};
+use crate::domain::{Agent, AgentMode, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
 
 /// The store, as one of its adapters.
 #[derive(Clone, Debug)]
@@ -87,7 +87,8 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Generates one `Store` method per operation, each forwarding to the adapter in hand.
+/// Generates one `Store` method per operation, each forwarding to the adapter in hand (and
+/// counting database errors in the metrics).
 macro_rules! store_operations {
     ($(
         $(#[$doc:meta])*
@@ -97,10 +98,14 @@ macro_rules! store_operations {
             $(
                 $(#[$doc])*
                 pub async fn $name(&self $(, $arg: $ty)*) -> Result<$ret, StoreError> {
-                    match self {
+                    let result = match self {
                         Self::Postgres(store) => store.$name($($arg),*).await,
                         Self::Sqlite(store) => store.$name($($arg),*).await,
+                    };
+                    if let Err(e) = &result {
+                        crate::metrics::store_error(self.kind(), e);
                     }
+                    result
                 }
             )*
         }
@@ -125,6 +130,10 @@ store_operations! {
     fn record_spawn(&self, spawn: SpawnRecord<'_>) -> RecordedSpawn;
     /// Request ids still waiting for a worker, oldest first.
     fn pending_requests(&self, limit: i64) -> Vec<Uuid>;
+    /// The spawn backlog (depth, oldest pending) and requests and agents by status.
+    fn queue_stats(&self) -> QueueStats;
+    /// The W3C trace context recorded with a spawn request (empty when none).
+    fn spawn_trace_context(&self, request_id: Uuid) -> BTreeMap<String, String>;
     /// Claims a pending request for a worker that holds its lease, in one statement: a job
     /// delivered twice (or to two workers) is claimed once.
     fn claim_request(&self, request_id: Uuid, owner: &Owner, node_id: &str) -> Option<ClaimedRequest>;

@@ -1,6 +1,7 @@
 //! Postgres adapter of the store. The SQL lives here and nowhere else; rows never leave
 //! this file (they become domain types at the boundary).
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use super::{
     StoreError,
 };
 use crate::domain::{
-    Agent, AgentMode, AgentOutcome, AgentStatus, PendingQuestion, Project, StoredEvent, WorkerInfo,
+    Agent, AgentMode, AgentOutcome, AgentStatus, PendingQuestion, Project, QueueStats, StoredEvent,
+    WorkerInfo,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -211,6 +213,51 @@ impl PgStore {
             request_id: row.try_get("id")?,
             created: false,
         }))
+    }
+    /// The spawn backlog and the count of requests and agents by status.
+    pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT count(*) AS depth, min(created_at) AS oldest, \
+             extract(epoch FROM now() - min(created_at))::float8 AS age \
+             FROM requests WHERE kind = 'spawn' AND status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let mut stats = QueueStats {
+            depth: row.try_get("depth")?,
+            oldest_pending_at: row.try_get("oldest")?,
+            oldest_pending_age_seconds: row.try_get("age")?,
+            ..QueueStats::default()
+        };
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT kind, status, count(*) FROM requests GROUP BY kind, status")
+                .fetch_all(&self.pool)
+                .await?;
+        for (kind, status, n) in rows {
+            stats.by_kind.entry(kind).or_default().insert(status, n);
+        }
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM agents GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        stats.agents_by_status = rows.into_iter().collect();
+        Ok(stats)
+    }
+
+    /// The W3C trace context stored with a spawn request (empty when there is none).
+    pub async fn spawn_trace_context(
+        &self,
+        request_id: Uuid,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        let value: Option<serde_json::Value> =
+            sqlx::query_scalar("SELECT payload->'trace_context' FROM requests WHERE id = $1")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        Ok(value
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default())
     }
 
     /// Request ids still waiting for a worker, oldest first.

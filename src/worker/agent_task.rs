@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::Runtime;
 use super::event_log::{EventLog, LogError};
@@ -53,13 +54,18 @@ pub fn spawn(
 ) {
     let stop = rt.track_agent(agent.id);
     let task_rt = rt.clone();
-    rt.agent_tasks.spawn(async move {
-        let rt = task_rt;
-        let agent_id = agent.id;
-        supervise(&rt, agent, started, log, stop, ran_for).await;
-        rt.untrack_agent(agent_id);
-        drop(slot);
-    });
+    // A child of the job's CONSUMER span (an adopted agent's starts a trace of its own).
+    let span = crate::telemetry::agent_run_span(&agent, &rt.owner.worker_id);
+    rt.agent_tasks.spawn(
+        async move {
+            let rt = task_rt;
+            let agent_id = agent.id;
+            supervise(&rt, agent, started, log, stop, ran_for).await;
+            rt.untrack_agent(agent_id);
+            drop(slot);
+        }
+        .instrument(span),
+    );
 }
 
 async fn supervise(
@@ -106,6 +112,8 @@ async fn supervise(
     };
     let pid = started.process.pid;
     let start_time = started.process.start_time;
+    let began = std::time::Instant::now().checked_sub(ran_for);
+    tracing::info!(agent_id = %agent.id, pid, status = %AgentStatus::Running, "agent supervised");
     let mut outcome = match supervisor.run(started.process).await {
         Ok(Supervised::Ended(outcome)) => outcome,
         Ok(Supervised::Detached) => {
@@ -137,7 +145,11 @@ async fn supervise(
             None => note,
         });
     }
+    let status = outcome.status;
     finish(rt, &agent, outcome, &mut log).await;
+    if let Some(began) = began {
+        crate::metrics::agent_run(&agent.provider, &status.to_string(), began.elapsed());
+    }
 }
 
 /// The agent is no longer ours. If nobody on this node took it over, its process must not
@@ -188,6 +200,8 @@ pub async fn finish(rt: &Arc<Runtime>, agent: &Agent, outcome: AgentOutcome, log
         }
     }
     tracing::info!(agent_id = %agent.id, status = %outcome.status, "agent finished");
+    crate::telemetry::record_final_status(outcome.status, outcome.error.as_deref());
+    crate::metrics::agent_finished(&agent.provider, &outcome.status.to_string());
     log.push(
         STATUS_EVENT,
         serde_json::json!({

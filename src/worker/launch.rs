@@ -68,7 +68,9 @@ pub async fn start(
         stderr: files.stderr.clone(),
         exit_file: files.exit.clone(),
     };
-    let started = process::start(&launch).map_err(|e| StartError::Failed(e.to_string()))?;
+    let started = tracing::info_span!("process start")
+        .in_scope(|| process::start(&launch))
+        .map_err(|e| StartError::Failed(e.to_string()))?;
     let record = ProcessRecord {
         pid: started.pid,
         pid_start_time: started.start_time,
@@ -88,6 +90,7 @@ pub async fn start(
         }
     }
     tracing::info!(agent_id = %agent.id, pid = record.pid, "provider process started");
+    crate::metrics::spawn_latency(&agent.provider, chrono::Utc::now() - agent.created_at);
     log.push(
         STATUS_EVENT,
         serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Running, "pid": record.pid}),

@@ -21,6 +21,7 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let running = rt.running_agents() as i32;
+        crate::metrics::worker_slots(&rt.owner.worker_id, running as usize, rt.slots.free());
         match rt
             .fleet
             .store

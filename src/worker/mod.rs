@@ -12,6 +12,7 @@ mod agent_task;
 mod cleanup;
 mod control;
 mod event_log;
+mod health;
 mod launch;
 mod lease;
 mod resume;
@@ -135,9 +136,12 @@ impl Runtime {
             branch.to_string(),
             project.default_branch.clone(),
         );
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
-            ws.sync_mirror(&key, &remote)?;
-            ws.create_worktree(&key, &name, &branch, &base)
+            let _in = span.enter();
+            tracing::info_span!("mirror fetch").in_scope(|| ws.sync_mirror(&key, &remote))?;
+            tracing::info_span!("worktree create")
+                .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))
         })
         .await
         .map_err(|e| format!("worktree task failed: {e}"))?
@@ -233,6 +237,11 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     services.spawn(sweeper::run_redispatch(rt.clone(), stop_services.clone()));
     services.spawn(control::run(rt.clone(), stop_services.clone()));
     services.spawn(cleanup::run(rt.clone(), stop_services.clone()));
+    services.spawn(health::run(
+        rt.clone(),
+        settings.worker_metrics_bind()?,
+        stop_services.clone(),
+    ));
 
     // Stop fetching on a soft stop or a lost lease.
     let stop_fetching = CancellationToken::new();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::Runtime;
@@ -16,6 +17,7 @@ use crate::domain::{Agent, SpawnRequest};
 use crate::fleet::validate_input_name;
 use crate::providers::{self, SpawnOptions};
 use crate::queue::{SpawnJob, take_handed_slot};
+use crate::telemetry;
 
 /// Handles one delivered job. Never fails: every outcome is recorded in the store, so apalis
 /// has nothing to retry.
@@ -42,7 +44,17 @@ pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
             return;
         }
     };
-    let span = tracing::info_span!("spawn_job", request_id = %job.request_id, worker_id = %rt.owner.worker_id);
+    let (system, queue) = (
+        rt.fleet.queue.messaging_system(),
+        rt.fleet.queue.queue_name(),
+    );
+    let span = telemetry::consumer_span(
+        system,
+        queue,
+        job.request_id,
+        &job.trace_context,
+        &rt.owner.worker_id,
+    );
     let _ = tracing::Instrument::instrument(run(rt, job.request_id), span).await;
 }
 
@@ -51,6 +63,7 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
     let store = &rt.fleet.store;
     let claimed = match store
         .claim_request(request_id, &rt.owner, &rt.node_id)
+        .instrument(tracing::info_span!("claim"))
         .await
     {
         Ok(Some(claimed)) => claimed,
@@ -65,7 +78,8 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
         }
     };
     let agent = claimed.agent;
-    let request: SpawnRequest = match serde_json::from_value(claimed.payload) {
+    telemetry::record_agent(&tracing::Span::current(), &agent);
+    let request: SpawnRequest = match crate::fleet::stored_request(claimed.payload) {
         Ok(r) => r,
         Err(e) => {
             let reason = format!("request payload cannot be decoded: {e}");

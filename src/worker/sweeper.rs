@@ -73,6 +73,7 @@ async fn apply(rt: &Arc<Runtime>, done: Reconciled) {
         crashed = done.crashed.len(),
         "reconciled dead worker"
     );
+    crate::metrics::reconciled(done.adopted.len(), done.requeued.len(), done.crashed.len());
     let store = &rt.fleet.store;
     if !done.adopted.is_empty() {
         match store.agents_by_id(&done.adopted).await {
@@ -133,9 +134,16 @@ async fn redispatch(rt: &Runtime) {
         }
     };
     for request_id in due {
+        // The caller's trace continues from the stored context, not from this sweep.
+        let trace_context = rt
+            .fleet
+            .store
+            .spawn_trace_context(request_id)
+            .await
+            .unwrap_or_default();
         let job = SpawnJob {
             request_id,
-            trace_context: Default::default(),
+            trace_context,
         };
         match rt.fleet.queue.enqueue(&job).await {
             Ok(()) => tracing::info!(%request_id, "request dispatched again"),

@@ -1,0 +1,248 @@
+//! Prometheus metrics: one registry per process, served as text on `GET /metrics` by the
+//! API and by every worker (`worker.metrics_bind`). The rest of the code records through
+//! the small functions below, so instrumentation stays a line at each place it happens.
+//! The queue and agent gauges are read from the store when scraped: the store is the
+//! record, so every process reports the same backlog.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::store::{Store, StoreError, StoreKind};
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    spawn_latency: HistogramVec,
+    agent_run: HistogramVec,
+    agents_finished: IntCounterVec,
+    reconciliations: IntCounter,
+    reconciled_agents: IntCounterVec,
+    backend_errors: IntCounterVec,
+    queue_depth: IntGauge,
+    queue_oldest: Gauge,
+    agents: IntGaugeVec,
+    worker_running: IntGaugeVec,
+    worker_free_slots: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+const RUN_BUCKETS: &[f64] = &[1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0];
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
+}
+
+fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        registry: Registry::new(),
+        requests: counter(
+            "agentfleet_requests_total",
+            "Requests received, by kind (spawn, stop, delete) and outcome.",
+            &["kind", "outcome"],
+        ),
+        spawn_latency: histogram(
+            "agentfleet_spawn_latency_seconds",
+            "Time from enqueue to the agent's process start.",
+            &["provider"],
+            LATENCY_BUCKETS,
+        ),
+        agent_run: histogram(
+            "agentfleet_agent_run_duration_seconds",
+            "How long agents ran, by provider and final status.",
+            &["provider", "status"],
+            RUN_BUCKETS,
+        ),
+        agents_finished: counter(
+            "agentfleet_agents_finished_total",
+            "Agents that reached a final status on this worker, by provider and status.",
+            &["provider", "status"],
+        ),
+        reconciliations: IntCounter::new(
+            "agentfleet_reconciliations_total",
+            "Dead workers reconciled by this process.",
+        )
+        .expect("valid metric"),
+        reconciled_agents: counter(
+            "agentfleet_reconciled_agents_total",
+            "Agents of dead workers, by what reconciliation did (adopted, requeued, crashed).",
+            &["action"],
+        ),
+        backend_errors: counter(
+            "agentfleet_backend_errors_total",
+            "Errors talking to the store (postgres, sqlite) or Redis.",
+            &["backend"],
+        ),
+        queue_depth: IntGauge::new(
+            "agentfleet_queue_depth",
+            "Spawn requests waiting for a worker (from the store).",
+        )
+        .expect("valid metric"),
+        queue_oldest: Gauge::new(
+            "agentfleet_queue_oldest_pending_age_seconds",
+            "Age of the oldest spawn request waiting for a worker (0 when none).",
+        )
+        .expect("valid metric"),
+        agents: gauges(
+            "agentfleet_agents",
+            "Agents in the store, by status.",
+            &["status"],
+        ),
+        worker_running: gauges(
+            "agentfleet_worker_running_agents",
+            "Agents this worker supervises.",
+            &["worker_id"],
+        ),
+        worker_free_slots: gauges(
+            "agentfleet_worker_free_slots",
+            "Free agent slots of this worker (capacity minus agents and jobs in hand).",
+            &["worker_id"],
+        ),
+    };
+    let r = &m.registry;
+    let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        Box::new(m.requests.clone()),
+        Box::new(m.spawn_latency.clone()),
+        Box::new(m.agent_run.clone()),
+        Box::new(m.agents_finished.clone()),
+        Box::new(m.reconciliations.clone()),
+        Box::new(m.reconciled_agents.clone()),
+        Box::new(m.backend_errors.clone()),
+        Box::new(m.queue_depth.clone()),
+        Box::new(m.queue_oldest.clone()),
+        Box::new(m.agents.clone()),
+        Box::new(m.worker_running.clone()),
+        Box::new(m.worker_free_slots.clone()),
+    ];
+    for c in collectors {
+        r.register(c).expect("metric registered once");
+    }
+    m
+});
+
+/// A request arrived: `kind` spawn / stop / delete, `outcome` accepted, duplicate or the
+/// error class it was refused with.
+pub fn request(kind: &str, outcome: &str) {
+    METRICS.requests.with_label_values(&[kind, outcome]).inc();
+}
+
+/// An agent's process started, `since_enqueue` after its request was recorded.
+pub fn spawn_latency(provider: &str, since_enqueue: chrono::TimeDelta) {
+    let secs = since_enqueue.num_milliseconds().max(0) as f64 / 1000.0;
+    METRICS
+        .spawn_latency
+        .with_label_values(&[provider])
+        .observe(secs);
+}
+
+/// An agent reached its final status on this worker.
+pub fn agent_finished(provider: &str, status: &str) {
+    METRICS
+        .agents_finished
+        .with_label_values(&[provider, status])
+        .inc();
+}
+
+/// An agent this worker supervised ended after running `ran` (its whole life, adoptions
+/// included).
+pub fn agent_run(provider: &str, status: &str, ran: Duration) {
+    METRICS
+        .agent_run
+        .with_label_values(&[provider, status])
+        .observe(ran.as_secs_f64());
+}
+
+/// This process reconciled a dead worker.
+pub fn reconciled(adopted: usize, requeued: usize, crashed: usize) {
+    METRICS.reconciliations.inc();
+    for (action, n) in [
+        ("adopted", adopted),
+        ("requeued", requeued),
+        ("crashed", crashed),
+    ] {
+        METRICS
+            .reconciled_agents
+            .with_label_values(&[action])
+            .inc_by(n as u64);
+    }
+}
+
+/// A store operation failed in the database (not a caller's mistake).
+pub fn store_error(kind: StoreKind, e: &StoreError) {
+    if matches!(e, StoreError::Database(_) | StoreError::Migrate(_)) {
+        let backend = match kind {
+            StoreKind::Postgres => "postgres",
+            StoreKind::Sqlite => "sqlite",
+        };
+        backend_error(backend);
+    }
+}
+
+/// A call to a backend (`redis`, `postgres`, `sqlite`) failed.
+pub fn backend_error(backend: &str) {
+    METRICS.backend_errors.with_label_values(&[backend]).inc();
+}
+
+/// This worker's running agents and free slots (set on every lease heartbeat).
+pub fn worker_slots(worker_id: &str, running: usize, free: usize) {
+    METRICS
+        .worker_running
+        .with_label_values(&[worker_id])
+        .set(running as i64);
+    METRICS
+        .worker_free_slots
+        .with_label_values(&[worker_id])
+        .set(free as i64);
+}
+
+/// The Prometheus text of every metric, with the queue and agent gauges read from the
+/// store now (left as they were if the store cannot be read).
+pub async fn render(store: &Store) -> String {
+    match store.queue_stats().await {
+        Ok(stats) => {
+            METRICS.queue_depth.set(stats.depth);
+            METRICS
+                .queue_oldest
+                .set(stats.oldest_pending_age_seconds.unwrap_or(0.0).max(0.0));
+            METRICS.agents.reset();
+            for (status, n) in &stats.agents_by_status {
+                METRICS.agents.with_label_values(&[status]).set(*n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the queue from the store"),
+    }
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&METRICS.registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "metrics: cannot encode");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The content type of `render`'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// An axum response carrying the metrics.
+pub async fn response(store: &Store) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(store).await,
+    )
+        .into_response()
+}

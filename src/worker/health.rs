@@ -1,0 +1,73 @@
+//! The worker's own small HTTP endpoint (`worker.metrics_bind`): `GET /metrics`
+//! (Prometheus text), `/healthz` (the process answers) and `/readyz` (the store and Redis
+//! answer and the lease is held) — what orchestrators probe and Prometheus scrapes. Workers
+//! serve no API, so this is all they listen for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use super::Runtime;
+
+/// Serves until `stop`; does nothing when `worker.metrics_bind` is empty.
+pub async fn run(rt: Arc<Runtime>, addr: Option<SocketAddr>, stop: CancellationToken) {
+    let Some(addr) = addr else { return };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve the worker health endpoint");
+            return;
+        }
+    };
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(addr = %local, "worker health endpoint listening");
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(rt);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    {
+        tracing::warn!(error = %e, "worker health endpoint ended");
+    }
+}
+
+async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
+    crate::metrics::response(&rt.fleet.store).await
+}
+
+async fn healthz(State(rt): State<Arc<Runtime>>) -> Response {
+    Json(serde_json::json!({"status": "ok", "worker_id": rt.owner.worker_id})).into_response()
+}
+
+async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
+    let store = rt.fleet.store.ping().await.map_err(|e| e.to_string());
+    let redis = rt.fleet.events.ping().await.map_err(|e| e.to_string());
+    let lease_held = !rt.lease_lost.is_cancelled();
+    let ok = store.is_ok() && redis.is_ok() && lease_held;
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "unavailable" },
+        "worker_id": rt.owner.worker_id,
+        "store": store.err().unwrap_or_else(|| "ok".into()),
+        "redis": redis.err().unwrap_or_else(|| "ok".into()),
+        "lease": if lease_held { "held" } else { "lost" },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
