@@ -36,14 +36,15 @@ pub fn write(
         if let Some(parent) = path.parent() {
             private_dir(parent)?;
         }
+        // Unique per writer: agents of several workers may write the same account's file.
         let tmp = path.with_file_name(format!(
-            ".{}.tmp-{}",
+            ".{}.tmp-{}-{:016x}",
             path.file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("credentials"),
-            std::process::id()
+            std::process::id(),
+            rand::random::<u64>()
         ));
-        let _ = std::fs::remove_file(&tmp);
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -52,6 +52,16 @@ pub enum CredentialError {
     Store(#[from] StoreError),
 }
 
+impl From<CredentialError> for crate::fleet::FleetError {
+    fn from(e: CredentialError) -> Self {
+        match e {
+            CredentialError::Store(e) => e.into(),
+            CredentialError::Corrupt(_) => Self::Unavailable(e.to_string()),
+            other => Self::Invalid(other.to_string()),
+        }
+    }
+}
+
 /// An account's secret once opened. Debug never shows it.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -118,10 +118,14 @@ pub async fn prepare(
         };
         let keyring = Keyring::load(ctx.settings, false)?;
         let secret = Secret::open(&keyring, &account)?;
-        let secret = match ensure_fresh(ctx, &keyring, &account, secret).await? {
+        let secret = match ensure_fresh(ctx, &keyring, &account, secret, agent.id).await? {
             Ok(secret) => secret,
-            Err(reason) => {
-                let reason = format!("token refresh failed: {reason}");
+            Err(None) => {
+                // Another worker's refresh failed meanwhile and marked it invalid.
+                exclude.push(account.id);
+                continue;
+            }
+            Err(Some(reason)) => {
                 tracing::warn!(account = %account.label, %reason, "account marked invalid");
                 ctx.store.mark_account_invalid(account.id, &reason).await?;
                 exclude.push(account.id);
@@ -200,13 +204,15 @@ async fn materialise(
 }
 
 /// The secret with a fresh access token: refreshed (under the account's refresh lock)
-/// when it expires within `credentials.refresh_margin`. Inner Err: why the refresh failed.
+/// when it expires within `credentials.refresh_margin`. Inner Err: why the refresh failed
+/// (None: the account was marked invalid by another worker while this one waited).
 async fn ensure_fresh(
     ctx: &RunContext<'_>,
     keyring: &Keyring,
     account: &Account,
     secret: Secret,
-) -> Result<Result<Secret, String>, CredentialError> {
+    agent_id: Uuid,
+) -> Result<Result<Secret, Option<String>>, CredentialError> {
     let margin = ctx.settings.credentials.refresh_margin;
     let needs = |s: &Secret| match s {
         Secret::Oauth { file } => {
@@ -222,7 +228,8 @@ async fn ensure_fresh(
         tracing::warn!(account = %account.label, "access token about to expire and no token_url to refresh it");
         return Ok(Ok(secret));
     };
-    let holder = &ctx.owner.worker_id;
+    // Per agent, not per worker: two agents of one worker must not both hold it.
+    let holder = &format!("{}/{agent_id}", ctx.owner.worker_id);
     let ttl = ctx.settings.credentials.refresh_lock_ttl;
     let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(5);
     while !ctx
@@ -231,12 +238,18 @@ async fn ensure_fresh(
         .await?
     {
         if tokio::time::Instant::now() > deadline {
-            return Ok(Err("another worker held the refresh lock too long".into()));
+            return Ok(Err(Some(
+                "another worker held the refresh lock too long".into(),
+            )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Another worker may have refreshed it while this one waited.
     let current = ctx.store.account_by_id(account.id).await?;
+    if current.invalid_reason.is_some() {
+        ctx.store.unlock_account_refresh(account.id, holder).await?;
+        return Ok(Err(None));
+    }
     let secret = Secret::open(keyring, &current)?;
     if !needs(&secret) {
         ctx.store.unlock_account_refresh(account.id, holder).await?;
@@ -267,8 +280,11 @@ async fn ensure_fresh(
             Ok(Ok(fresh))
         }
         Err(e) => {
+            // Marked invalid before the lock is let go, so no waiting worker tries again.
+            let reason = format!("token refresh failed: {e}");
+            ctx.store.mark_account_invalid(account.id, &reason).await?;
             ctx.store.unlock_account_refresh(account.id, holder).await?;
-            Ok(Err(e.to_string()))
+            Ok(Err(Some(reason)))
         }
     }
 }

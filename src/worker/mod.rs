@@ -12,6 +12,7 @@ mod agent_task;
 mod cleanup;
 mod control;
 mod event_log;
+mod failover;
 mod launch;
 mod lease;
 mod resume;
