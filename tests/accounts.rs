@@ -599,3 +599,65 @@ async fn oauth_tokens_are_refreshed_once_and_a_refused_refresh_moves_on() {
         assert!(!logs.contains(token), "token {token} in the logs");
     }
 }
+
+#[test]
+fn the_embedded_mode_generates_a_private_key_on_first_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data/agentfleet.db");
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::bin())
+            .args(args)
+            .env(
+                "AGENTFLEET__DATABASE__URL",
+                format!("sqlite://{}", db.display()),
+            )
+            .env("AGENTFLEET__REDIS__URL", "")
+            .env("TEST_ACCOUNT_KEY", SECRET_A)
+            .env_remove("AGENTFLEET_CONFIG")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "account",
+        "add",
+        "--provider",
+        "claude",
+        "--label",
+        "local",
+        "--api-key-env",
+        "TEST_ACCOUNT_KEY",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = dir.path().join("data/secret.key");
+    assert_eq!(mode(&key), 0o600);
+    let first = std::fs::read(&key).unwrap();
+    // Used, not replaced, by the next command; rotation replaces it.
+    let out = run(&["account", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("local"));
+    assert_eq!(std::fs::read(&key).unwrap(), first);
+    let new_key = dir.path().join("new.key");
+    let out = run(&[
+        "account",
+        "rotate-key",
+        "--new-key-file",
+        new_key.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        Keyring::read_file(&key).unwrap().id(),
+        Keyring::read_file(&new_key).unwrap().id()
+    );
+    assert_eq!(mode(&key), 0o600);
+    let out = run(&["account", "list", "--json"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(SECRET_A));
+}
