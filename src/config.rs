@@ -45,8 +45,41 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub agent: AgentSettings,
     pub limits: LimitSettings,
+    pub secrets: SecretsSettings,
+    pub credentials: CredentialSettings,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+}
+
+/// Where the key that seals account credentials comes from (see `credentials::Keyring`).
+#[derive(Clone, Deserialize)]
+pub struct SecretsSettings {
+    /// 32 bytes, base64 or hex.
+    pub key: String,
+    /// A file holding the key (base64 or hex).
+    pub key_file: PathBuf,
+}
+
+impl std::fmt::Debug for SecretsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretsSettings")
+            .field("key", &if self.key.is_empty() { "" } else { "<set>" })
+            .field("key_file", &self.key_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CredentialSettings {
+    #[serde(with = "humantime_serde")]
+    pub refresh_margin: Duration,
+    #[serde(with = "humantime_serde")]
+    pub exhaustion_cooldown: Duration,
+    #[serde(with = "humantime_serde")]
+    pub refresh_lock_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub refresh_timeout: Duration,
+    pub config_root: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +181,18 @@ pub struct ProviderSettings {
     pub prompt: Option<String>,
     #[serde(default)]
     pub config_dir_env: Option<String>,
+    /// Refuse to run without an account (instead of on the CLI's own login).
+    #[serde(default)]
+    pub require_account: bool,
+    /// The env var an API-key account's key goes in (overrides the provider's own).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// OAuth token endpoint for refreshing a credentials file's access token.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// OAuth client id sent with a refresh.
+    #[serde(default)]
+    pub oauth_client_id: Option<String>,
 }
 
 impl Settings {
@@ -262,6 +307,14 @@ impl Settings {
             ("queue.redispatch_after", self.queue.redispatch_after),
             ("agent.idle_timeout", self.agent.idle_timeout),
             ("agent.max_runtime", self.agent.max_runtime),
+            (
+                "credentials.refresh_lock_ttl",
+                self.credentials.refresh_lock_ttl,
+            ),
+            (
+                "credentials.refresh_timeout",
+                self.credentials.refresh_timeout,
+            ),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be above zero"));
@@ -312,6 +365,29 @@ impl Settings {
         } else {
             self.worker.node_id.clone()
         }
+    }
+
+    /// Where per-account config dirs live on this node.
+    pub fn account_config_root(&self) -> PathBuf {
+        if self.credentials.config_root.as_os_str().is_empty() {
+            self.worker.workspace_root.join("accounts")
+        } else {
+            self.credentials.config_root.clone()
+        }
+    }
+
+    /// The embedded store's folder (None in the fleet mode): a generated key lives there.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        let path = self.database.url.strip_prefix("sqlite:")?;
+        let path = path.strip_prefix("//").unwrap_or(path);
+        let path = path.split('?').next().unwrap_or(path);
+        Some(
+            Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        )
     }
 
     pub fn provider(&self, name: &str) -> ProviderSettings {

@@ -132,6 +132,9 @@ pub struct Agent {
     pub output_offset: i64,
     /// Start time of `pid` (clock ticks since boot), which tells a reused pid apart.
     pub pid_start_time: Option<i64>,
+    /// The account it runs (or last ran) on; `None` runs on the CLI's own login.
+    #[serde(default)]
+    pub account_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,4 +225,69 @@ pub struct QueueStats {
     pub by_kind: std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>,
     /// Agents per status.
     pub agents_by_status: std::collections::BTreeMap<String, i64>,
+}
+
+/// What an account's sealed secret is: an API key (handed to the process as an env var) or
+/// a provider credentials file (OAuth tokens, written into the account's config dir).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountKind {
+    ApiKey,
+    Oauth,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::Oauth => "oauth",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "api_key" => Some(Self::ApiKey),
+            "oauth" => Some(Self::Oauth),
+            _ => None,
+        }
+    }
+}
+
+/// A provider account as the API and `agentfleet account list` show it. The secret stays
+/// sealed (`sealed`, never serialised); `fingerprint` tells accounts apart.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: Uuid,
+    pub provider: String,
+    pub label: String,
+    pub kind: AccountKind,
+    pub fingerprint: String,
+    pub max_concurrent: Option<i32>,
+    /// Agents holding it right now.
+    #[serde(default)]
+    pub in_use: i64,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Exhausted (usage or rate limit) until then; usable again afterwards by itself.
+    pub exhausted_until: Option<DateTime<Utc>>,
+    /// Set when its credentials were refused or could not be refreshed; cleared by reset.
+    pub invalid_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Version byte, nonce and ciphertext; opened only by `credentials`.
+    #[serde(skip, default)]
+    pub sealed: Vec<u8>,
+    /// Fingerprint of the key that sealed it.
+    #[serde(skip, default)]
+    pub key_id: String,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .field("provider", &self.provider)
+            .field("label", &self.label)
+            .field("kind", &self.kind)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }

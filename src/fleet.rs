@@ -33,12 +33,12 @@ pub enum FleetError {
 impl From<StoreError> for FleetError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NameTaken(_) | StoreError::ProjectExists(_) => {
-                Self::Conflict(e.to_string())
-            }
-            StoreError::UnknownProject(_) | StoreError::UnknownAgent(_) => {
-                Self::NotFound(e.to_string())
-            }
+            StoreError::NameTaken(_)
+            | StoreError::ProjectExists(_)
+            | StoreError::AccountExists(_) => Self::Conflict(e.to_string()),
+            StoreError::UnknownProject(_)
+            | StoreError::UnknownAgent(_)
+            | StoreError::UnknownAccount(_) => Self::NotFound(e.to_string()),
             StoreError::Database(_)
             | StoreError::Migrate(_)
             | StoreError::UnsupportedUrl(_)

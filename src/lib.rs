@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod domain;
 pub mod events;
 pub mod fleet;

@@ -7,8 +7,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use agentfleet::domain::AccountKind;
 use agentfleet::domain::{AgentMode, AgentOutcome, AgentStatus, PendingQuestion};
-use agentfleet::store::{NewEvent, Owner, ProcessRecord, SpawnRecord, Store, StoreError};
+use agentfleet::store::{
+    NewAccount, NewEvent, Owner, ProcessRecord, ReconcilePolicy, SpawnRecord, Store, StoreError,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -468,6 +471,320 @@ async fn worker_leases_renew_and_deregister(store: &Store) {
     assert!(store.renew_lease(&b, LEASE, 1).await.unwrap());
 }
 
+async fn add_account(store: &Store, label: &str, max: Option<i32>) -> agentfleet::domain::Account {
+    store
+        .add_account(&NewAccount {
+            id: Uuid::now_v7(),
+            provider: "claude",
+            label,
+            kind: AccountKind::ApiKey,
+            sealed: format!("sealed-{label}").as_bytes(),
+            key_id: "k1",
+            fingerprint: &format!("sha256:{label}"),
+            max_concurrent: max,
+        })
+        .await
+        .unwrap()
+}
+
+async fn accounts_are_added_listed_reset_and_removed(store: &Store) {
+    let a = add_account(store, "acct-a", Some(2)).await;
+    assert_eq!(a.sealed, b"sealed-acct-a");
+    assert_eq!(a.key_id, "k1");
+    assert_eq!(a.max_concurrent, Some(2));
+    assert_eq!(a.in_use, 0);
+    assert!(a.exhausted_until.is_none() && a.invalid_reason.is_none());
+    let err = store
+        .add_account(&NewAccount {
+            id: Uuid::now_v7(),
+            provider: "codex",
+            label: "acct-a",
+            kind: AccountKind::Oauth,
+            sealed: b"x",
+            key_id: "k1",
+            fingerprint: "f",
+            max_concurrent: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AccountExists(ref l) if l == "acct-a"),
+        "{err}"
+    );
+    add_account(store, "acct-b", None).await;
+    let labels: Vec<String> = store
+        .list_accounts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.label)
+        .collect();
+    assert_eq!(labels, ["acct-a", "acct-b"]);
+    store
+        .mark_account_exhausted(a.id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    store.mark_account_invalid(a.id, "refused").await.unwrap();
+    let marked = store.account_by_id(a.id).await.unwrap();
+    assert!(marked.exhausted_until.unwrap() > chrono::Utc::now());
+    assert_eq!(marked.invalid_reason.as_deref(), Some("refused"));
+    let reset = store.reset_account("acct-a").await.unwrap();
+    assert!(reset.exhausted_until.is_none() && reset.invalid_reason.is_none());
+    assert!(matches!(
+        store.reset_account("nope").await,
+        Err(StoreError::UnknownAccount(_))
+    ));
+    store.remove_account("acct-a").await.unwrap();
+    assert!(matches!(
+        store.remove_account("acct-a").await,
+        Err(StoreError::UnknownAccount(_))
+    ));
+    assert_eq!(store.list_accounts().await.unwrap().len(), 1);
+    // Key rotation replaces a sealed secret only if it is unchanged.
+    let b = store.list_accounts().await.unwrap().remove(0);
+    assert!(
+        !store
+            .reseal_account(b.id, b"stale", b"new", "k2")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .reseal_account(b.id, &b.sealed, b"new", "k2")
+            .await
+            .unwrap()
+    );
+    let b = store.account_by_id(b.id).await.unwrap();
+    assert_eq!(
+        (b.sealed.as_slice(), b.key_id.as_str()),
+        (&b"new"[..], "k2")
+    );
+}
+
+async fn account_selection_prefers_the_least_recently_used_free_account(store: &Store) {
+    with_project(store).await;
+    let (first, owner1) = claimed_agent(store, "sel-1").await;
+    // No account for the provider: run without one.
+    let pick = store
+        .acquire_account(first, &owner1, "claude", &[])
+        .await
+        .unwrap();
+    assert!(pick.account.is_none());
+    assert_eq!(pick.provider_accounts, 0);
+    let a = add_account(store, "sel-a", Some(1)).await;
+    let b = add_account(store, "sel-b", None).await;
+    let pick = |agent: Uuid, owner: Owner, exclude: Vec<Uuid>| {
+        let store = store.clone();
+        async move {
+            store
+                .acquire_account(agent, &owner, "claude", &exclude)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        pick(first, owner1.clone(), vec![])
+            .await
+            .account
+            .unwrap()
+            .id,
+        a.id
+    );
+    let (second, owner2) = claimed_agent(store, "sel-2").await;
+    assert_eq!(
+        pick(second, owner2.clone(), vec![])
+            .await
+            .account
+            .unwrap()
+            .id,
+        b.id
+    );
+    // a is at max_concurrent: b again, although it was used last.
+    let (third, owner3) = claimed_agent(store, "sel-3").await;
+    assert_eq!(
+        pick(third, owner3.clone(), vec![])
+            .await
+            .account
+            .unwrap()
+            .id,
+        b.id
+    );
+    let agent = store.agent(&third.to_string()).await.unwrap();
+    assert_eq!(agent.account_id, Some(b.id));
+    assert_eq!(store.account_by_id(b.id).await.unwrap().in_use, 2);
+    // b exhausted, a full: nothing free, though the provider has accounts.
+    store
+        .mark_account_exhausted(b.id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let (fourth, owner4) = claimed_agent(store, "sel-4").await;
+    let none = pick(fourth, owner4.clone(), vec![]).await;
+    assert!(none.account.is_none());
+    assert_eq!(none.provider_accounts, 2);
+    // The agent on a ends: a is free again.
+    let done = store
+        .finish_agent(first, &owner1, &outcome(AgentStatus::Completed))
+        .await
+        .unwrap();
+    assert!(done);
+    assert_eq!(store.account_by_id(a.id).await.unwrap().in_use, 0);
+    assert_eq!(
+        pick(fourth, owner4.clone(), vec![])
+            .await
+            .account
+            .unwrap()
+            .id,
+        a.id
+    );
+    // An excluded account is never picked; an exhausted one comes back by itself.
+    store
+        .mark_account_exhausted(b.id, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let (fifth, owner5) = claimed_agent(store, "sel-5").await;
+    assert!(pick(fifth, owner5.clone(), vec![]).await.account.is_none());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        pick(fifth, owner5.clone(), vec![b.id])
+            .await
+            .account
+            .is_none()
+    );
+    assert_eq!(
+        pick(fifth, owner5.clone(), vec![])
+            .await
+            .account
+            .unwrap()
+            .id,
+        b.id
+    );
+    // Fenced: a stale owner reserves nothing.
+    let stale = Owner {
+        worker_id: owner5.worker_id.clone(),
+        epoch: owner5.epoch + 100,
+    };
+    store.reset_account("sel-b").await.unwrap();
+    let (sixth, _) = claimed_agent(store, "sel-6").await;
+    assert!(pick(sixth, stale, vec![]).await.account.is_none());
+    // A resume holds the agent's own account again, whatever its limit.
+    assert_eq!(
+        store
+            .hold_account(fourth, &owner4, a.id)
+            .await
+            .unwrap()
+            .map(|x| x.id),
+        Some(a.id)
+    );
+    assert!(store.restart_run(fourth, &owner4).await.unwrap());
+    assert_eq!(
+        store.agent(&fourth.to_string()).await.unwrap().status,
+        AgentStatus::Starting
+    );
+}
+
+async fn concurrent_selections_never_over_commit_an_account(store: &Store) {
+    with_project(store).await;
+    add_account(store, "busy-a", Some(2)).await;
+    add_account(store, "busy-b", Some(1)).await;
+    let mut agents = Vec::new();
+    for i in 0..8 {
+        agents.push(claimed_agent(store, &format!("busy-{i}")).await);
+    }
+    let tasks: Vec<_> = agents
+        .into_iter()
+        .map(|(agent, owner)| {
+            let store = store.clone();
+            tokio::spawn(async move { store.acquire_account(agent, &owner, "claude", &[]).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for t in tasks {
+        if let Some(a) = t.await.unwrap().unwrap().account {
+            got.push(a.label);
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["busy-a", "busy-a", "busy-b"]);
+    for a in store.list_accounts().await.unwrap() {
+        assert!(
+            a.in_use <= a.max_concurrent.unwrap() as i64,
+            "{a:?} {}",
+            a.in_use
+        );
+    }
+}
+
+async fn one_worker_refreshes_an_account_at_a_time(store: &Store) {
+    let a = add_account(store, "refresh-a", None).await;
+    let ttl = Duration::from_secs(30);
+    assert!(store.lock_account_refresh(a.id, "w1", ttl).await.unwrap());
+    assert!(!store.lock_account_refresh(a.id, "w2", ttl).await.unwrap());
+    assert!(store.lock_account_refresh(a.id, "w1", ttl).await.unwrap());
+    assert!(
+        !store
+            .store_refreshed_account(a.id, "w2", b"x", "k1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .store_refreshed_account(a.id, "w1", b"fresh", "k1")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.account_by_id(a.id).await.unwrap().sealed, b"fresh");
+    // Storing released the lock; an expired lock is free too.
+    assert!(
+        store
+            .lock_account_refresh(a.id, "w2", Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    assert!(!store.lock_account_refresh(a.id, "w3", ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(store.lock_account_refresh(a.id, "w3", ttl).await.unwrap());
+    store.unlock_account_refresh(a.id, "w3").await.unwrap();
+    assert!(store.lock_account_refresh(a.id, "w1", ttl).await.unwrap());
+}
+
+async fn dead_workers_release_their_accounts(store: &Store) {
+    with_project(store).await;
+    let a = add_account(store, "dead-a", Some(5)).await;
+    let recorded = store.record_spawn(spawn_of("orphan", None)).await.unwrap();
+    let dead = worker(store, "w-dead", Duration::from_millis(200)).await;
+    let claimed = store
+        .claim_request(recorded.request_id, &dead, "node-b")
+        .await
+        .unwrap()
+        .unwrap();
+    let picked = store
+        .acquire_account(claimed.agent.id, &dead, "claude", &[])
+        .await
+        .unwrap();
+    assert_eq!(picked.account.unwrap().id, a.id);
+    let (other, other_owner) = claimed_agent(store, "other").await;
+    store
+        .acquire_account(other, &other_owner, "claude", &[])
+        .await
+        .unwrap();
+    assert_eq!(store.account_by_id(a.id).await.unwrap().in_use, 2);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let me = worker(store, "w-alive", LEASE).await;
+    let done = store
+        .reconcile_one(&me, "node-a", &[], &ReconcilePolicy { max_attempts: 3 })
+        .await
+        .unwrap()
+        .expect("the dead worker is reconciled");
+    assert_eq!(done.worker_id, "w-dead");
+    assert_eq!(store.account_by_id(a.id).await.unwrap().in_use, 1);
+    // Finishing without an owner releases too.
+    store
+        .finish_unowned(other, "crashed", "lost")
+        .await
+        .unwrap();
+    assert_eq!(store.account_by_id(a.id).await.unwrap().in_use, 0);
+}
+
 async fn ping_and_migrate_again(store: &Store) {
     store.ping().await.unwrap();
     store.migrate().await.unwrap();
@@ -569,6 +886,11 @@ conformance!(
     finish_agent_records_the_outcome_and_closes_the_request,
     failed_requests_fail_their_agent_and_bad_jobs_are_kept,
     worker_leases_renew_and_deregister,
+    accounts_are_added_listed_reset_and_removed,
+    account_selection_prefers_the_least_recently_used_free_account,
+    concurrent_selections_never_over_commit_an_account,
+    one_worker_refreshes_an_account_at_a_time,
+    dead_workers_release_their_accounts,
     ping_and_migrate_again,
     queue_stats_count_the_backlog_and_requests_by_kind,
     spawn_trace_context_is_read_from_the_stored_payload,

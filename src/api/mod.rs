@@ -2,6 +2,7 @@
 //! `{ "error": { "code", "message" } }`, bearer-token auth, and Server-Sent Events for an
 //! agent's output (the stored backlog from `Last-Event-ID`, then live).
 
+mod accounts;
 mod error;
 mod routes;
 
@@ -39,6 +40,15 @@ pub fn router(fleet: Fleet) -> Router {
             "/v1/projects",
             post(routes::add_project).get(routes::list_projects),
         )
+        .route(
+            "/v1/accounts",
+            post(accounts::add_account).get(accounts::list_accounts),
+        )
+        .route(
+            "/v1/accounts/{label}",
+            axum::routing::delete(accounts::remove_account),
+        )
+        .route("/v1/accounts/{label}/reset", post(accounts::reset_account))
         .layer(middleware::from_fn_with_state(fleet.clone(), require_token));
     Router::new()
         .merge(v1)

@@ -38,6 +38,9 @@ pub enum Command {
     /// Manage projects (git repositories agents work on).
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// Manage provider accounts (their credentials are stored sealed; never printed).
+    #[command(subcommand)]
+    Account(AccountCommand),
     /// Run a worker: take spawn jobs and run their agents.
     Worker,
     /// Serve the HTTP API.
@@ -131,6 +134,55 @@ pub enum ProjectCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Add an account: an API key (from an env var or a file) or a provider credentials
+    /// file (OAuth tokens, e.g. claude's .credentials.json).
+    Add {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        label: String,
+        #[command(flatten)]
+        secret: SecretSource,
+        /// At most this many agents on the account at once.
+        #[arg(long)]
+        max_concurrent: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts with a fingerprint of their credentials (never the credentials).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an account.
+    Remove { label: String },
+    /// Make an exhausted or invalid account usable again.
+    Reset { label: String },
+    /// Re-seal every account's credentials under a new key (read from the file; a fresh
+    /// key is generated into it if it does not exist). Then configure that key.
+    RotateKey {
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
+}
+
+/// Where a new account's secret comes from: never the command line itself.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretSource {
+    /// Name of an environment variable holding the API key.
+    #[arg(long)]
+    api_key_env: Option<String>,
+    /// A file holding the API key.
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// The provider's credentials file (JSON with OAuth tokens).
+    #[arg(long)]
+    credentials_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
     #[arg(long, default_value = "claude")]
@@ -199,6 +251,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
         Command::Project(ProjectCommand::List { json }) => {
             output::projects(&fleet.store.list_projects().await?, json)
         }
+        Command::Account(command) => account(&fleet, command).await?,
         Command::Worker => run_until_signal(fleet, false).await?,
         Command::Serve => {
             let shutdown = signals();
@@ -288,6 +341,132 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
         Command::Queue { json } => output::queue(&fleet.store.queue_stats().await?, json),
     }
     Ok(0)
+}
+
+async fn account(fleet: &Fleet, command: AccountCommand) -> anyhow::Result<()> {
+    use crate::credentials::{self, AccountInput, Keyring};
+    let fail = |e: credentials::CredentialError| user(e.into());
+    match command {
+        AccountCommand::Add {
+            provider,
+            label,
+            secret,
+            max_concurrent,
+            json,
+        } => {
+            let secret = match (
+                secret.api_key_env,
+                secret.api_key_file,
+                secret.credentials_file,
+            ) {
+                (Some(var), _, _) => {
+                    let value = std::env::var(&var)
+                        .with_context(|| format!("environment variable {var} is not set"))?;
+                    AccountInput::api_key(&value, &format!("environment variable {var}"))
+                        .map_err(fail)?
+                }
+                (_, Some(file), _) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read API key file {}", file.display()))?;
+                    AccountInput::api_key(&text, &format!("API key file {}", file.display()))
+                        .map_err(fail)?
+                }
+                (_, _, Some(file)) => {
+                    let text = std::fs::read_to_string(&file).with_context(|| {
+                        format!("cannot read credentials file {}", file.display())
+                    })?;
+                    AccountInput::credentials_file(
+                        &text,
+                        &format!("credentials file {}", file.display()),
+                    )
+                    .map_err(fail)?
+                }
+                _ => bail!("give --api-key-env, --api-key-file or --credentials-file"),
+            };
+            let account = credentials::add_account(
+                &fleet.settings,
+                &fleet.store,
+                AccountInput {
+                    provider,
+                    label,
+                    secret,
+                    max_concurrent,
+                },
+            )
+            .await
+            .map_err(fail)?;
+            if json {
+                output::accounts(std::slice::from_ref(&account), true);
+            } else {
+                println!(
+                    "account {} added ({} {}, {})",
+                    account.label,
+                    account.provider,
+                    account.kind.as_str(),
+                    account.fingerprint
+                );
+            }
+        }
+        AccountCommand::List { json } => {
+            output::accounts(&fleet.store.list_accounts().await?, json)
+        }
+        AccountCommand::Remove { label } => {
+            fleet
+                .store
+                .remove_account(&label)
+                .await
+                .map_err(|e| user(e.into()))?;
+            println!("account {label} removed");
+        }
+        AccountCommand::Reset { label } => {
+            let account = fleet
+                .store
+                .reset_account(&label)
+                .await
+                .map_err(|e| user(e.into()))?;
+            println!("account {} reset", account.label);
+        }
+        AccountCommand::RotateKey { new_key_file } => {
+            let old = Keyring::load(&fleet.settings, false).map_err(fail)?;
+            let new = if new_key_file.exists() {
+                Keyring::read_file(&new_key_file).map_err(fail)?
+            } else {
+                let key = Keyring::generate().map_err(fail)?;
+                key.write_file(&new_key_file).map_err(fail)?;
+                key
+            };
+            let report = credentials::rotate_key(&fleet.store, &old, &new)
+                .await
+                .map_err(fail)?;
+            println!(
+                "{} account(s) re-sealed under key {} ({} already were)",
+                report.resealed,
+                new.id(),
+                report.already
+            );
+            if !report.changed.is_empty() {
+                bail!(
+                    "accounts changed while rotating, run it again: {}",
+                    report.changed.join(", ")
+                );
+            }
+            match old.generated_file() {
+                // The embedded mode's generated key: replaced, so nothing to configure.
+                Some(path) => {
+                    new.write_file(path).map_err(fail)?;
+                    println!(
+                        "the generated key file {} now holds the new key",
+                        path.display()
+                    );
+                }
+                None => println!(
+                    "now set secrets.key_file = {:?} (or secrets.key) on every process",
+                    new_key_file.display().to_string()
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Answers from `ID=TEXT` flags or a JSON file.

@@ -139,3 +139,33 @@ pub fn queue(stats: &crate::domain::QueueStats, as_json: bool) {
         .collect();
     println!("agents:          {}", agents.join(", "));
 }
+
+pub fn accounts(accounts: &[crate::domain::Account], as_json: bool) {
+    if as_json {
+        return json(&accounts);
+    }
+    println!(
+        "{:<20}  {:<8}  {:<7}  {:<19}  {:<7}  STATE",
+        "LABEL", "PROVIDER", "KIND", "FINGERPRINT", "IN USE"
+    );
+    let now = chrono::Utc::now();
+    for a in accounts {
+        let state = match (&a.invalid_reason, a.exhausted_until) {
+            (Some(reason), _) => format!("invalid: {reason}"),
+            (None, Some(until)) if until > now => format!("exhausted until {until}"),
+            _ => "ok".to_string(),
+        };
+        let in_use = match a.max_concurrent {
+            Some(max) => format!("{}/{max}", a.in_use),
+            None => a.in_use.to_string(),
+        };
+        println!(
+            "{:<20}  {:<8}  {:<7}  {:<19}  {:<7}  {state}",
+            a.label,
+            a.provider,
+            a.kind.as_str(),
+            a.fingerprint,
+            in_use
+        );
+    }
+}

@@ -63,6 +63,10 @@ impl Provider for Amp {
         Vec::new()
     }
 
+    fn api_key_env(&self) -> Option<&str> {
+        Some("AMP_API_KEY")
+    }
+
     fn config_dir_env(&self) -> Option<&str> {
         Some("XDG_DATA_HOME")
     }

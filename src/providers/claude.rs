@@ -66,6 +66,14 @@ impl Provider for Claude {
         vec![("IS_SANDBOX".to_string(), "1".to_string())]
     }
 
+    fn api_key_env(&self) -> Option<&str> {
+        Some("ANTHROPIC_API_KEY")
+    }
+
+    fn credentials_file(&self) -> Option<&str> {
+        Some(".credentials.json")
+    }
+
     fn config_dir_env(&self) -> Option<&str> {
         Some("CLAUDE_CONFIG_DIR")
     }

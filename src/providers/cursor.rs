@@ -66,6 +66,10 @@ impl Provider for Cursor {
 
     /// cursor-agent keeps its login under `~/.cursor` with no variable to move it; an
     /// account's key goes in `CURSOR_API_KEY` instead.
+    fn api_key_env(&self) -> Option<&str> {
+        Some("CURSOR_API_KEY")
+    }
+
     fn config_dir_env(&self) -> Option<&str> {
         None
     }

@@ -63,6 +63,14 @@ impl Provider for Gemini {
         Vec::new()
     }
 
+    fn api_key_env(&self) -> Option<&str> {
+        Some("GEMINI_API_KEY")
+    }
+
+    fn credentials_file(&self) -> Option<&str> {
+        Some(".gemini/oauth_creds.json")
+    }
+
     fn config_dir_env(&self) -> Option<&str> {
         Some("GEMINI_CLI_HOME")
     }

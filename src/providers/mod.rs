@@ -131,6 +131,16 @@ pub trait Provider: Send + Sync {
     /// Env var that relocates the CLI's config/credential dir (claude:
     /// `CLAUDE_CONFIG_DIR`), so each account gets its own; `None` when the CLI has none.
     fn config_dir_env(&self) -> Option<&str>;
+    /// Env var the CLI reads an API key from (claude: `ANTHROPIC_API_KEY`); an API-key
+    /// account's key is given to the process there, never on its command line.
+    fn api_key_env(&self) -> Option<&str> {
+        None
+    }
+    /// Where, relative to the config dir, the CLI keeps its OAuth credentials file (claude:
+    /// `.credentials.json`); None when it has no such file we can write.
+    fn credentials_file(&self) -> Option<&str> {
+        None
+    }
     fn parser(&self) -> Box<dyn StreamParser>;
 }
 

@@ -13,6 +13,7 @@
 //! method missing from either adapter does not compile.
 
 mod postgres;
+mod postgres_accounts;
 mod postgres_leases;
 mod sqlite;
 
@@ -24,7 +25,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{Agent, AgentMode, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
+use crate::domain::{
+    Account, AccountKind, Agent, AgentMode, AgentOutcome, Project, QueueStats, StoredEvent,
+    WorkerInfo,
+};
 
 /// The store, as one of its adapters.
 #[derive(Clone, Debug)]
@@ -223,6 +227,50 @@ store_operations! {
         known_dead: &[String],
         policy: &ReconcilePolicy,
     ) -> Option<Reconciled>;
+
+    // ---- accounts
+    /// Adds an account whose secret the caller sealed; a taken label is `AccountExists`.
+    fn add_account(&self, account: &NewAccount<'_>) -> Account;
+    /// All accounts, by provider and label, with the number of agents holding each.
+    fn list_accounts(&self) -> Vec<Account>;
+    fn account_by_id(&self, id: Uuid) -> Account;
+    /// Removes an account; agents that ran on it keep running and forget it.
+    fn remove_account(&self, label: &str) -> ();
+    /// Clears exhaustion and invalidity.
+    fn reset_account(&self, label: &str) -> Account;
+    /// Picks, for the agent `owner` runs, the least recently used of the provider's
+    /// accounts that is neither exhausted, invalid, excluded nor at `max_concurrent`, and
+    /// records the reservation (agent ↔ account) in the same transaction; fenced.
+    fn acquire_account(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        provider: &str,
+        exclude: &[Uuid],
+    ) -> AccountPick;
+    /// Reserves a given account for the agent again (a resume: its session lives in that
+    /// account's config dir); None when the account is gone or the write was fenced off.
+    fn hold_account(&self, agent_id: Uuid, owner: &Owner, account_id: Uuid) -> Option<Account>;
+    /// Marks the account exhausted for `for_` from now (the store's clock).
+    fn mark_account_exhausted(&self, account_id: Uuid, for_: Duration) -> ();
+    fn mark_account_invalid(&self, account_id: Uuid, reason: &str) -> ();
+    /// Takes the account's refresh lock for `ttl` (or renews it); false when another holder
+    /// has it.
+    fn lock_account_refresh(&self, account_id: Uuid, holder: &str, ttl: Duration) -> bool;
+    fn unlock_account_refresh(&self, account_id: Uuid, holder: &str) -> ();
+    /// Stores refreshed credentials and releases the refresh lock, only for its holder.
+    fn store_refreshed_account(
+        &self,
+        account_id: Uuid,
+        holder: &str,
+        sealed: &[u8],
+        key_id: &str,
+    ) -> bool;
+    /// Replaces the sealed secret if it is still `old` (key rotation).
+    fn reseal_account(&self, account_id: Uuid, old: &[u8], sealed: &[u8], key_id: &str) -> bool;
+    /// Puts a running agent back to `starting` for a new process in the same run (a
+    /// failover to another account): no pid, output read from its start; fenced.
+    fn restart_run(&self, agent_id: Uuid, owner: &Owner) -> bool;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +283,10 @@ pub enum StoreError {
     UnknownProject(String),
     #[error("no agent with id or name '{0}'")]
     UnknownAgent(String),
+    #[error("an account labelled '{0}' already exists")]
+    AccountExists(String),
+    #[error("no account '{0}'")]
+    UnknownAccount(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
@@ -340,6 +392,28 @@ pub struct Reconciled {
     pub crashed: Vec<Uuid>,
     /// Agents whose process on this node must be killed.
     pub to_kill: Vec<Uuid>,
+}
+
+/// An account to add, its secret already sealed (with `id` bound into the seal).
+#[derive(Debug, Clone)]
+pub struct NewAccount<'a> {
+    pub id: Uuid,
+    pub provider: &'a str,
+    pub label: &'a str,
+    pub kind: AccountKind,
+    pub sealed: &'a [u8],
+    pub key_id: &'a str,
+    pub fingerprint: &'a str,
+    pub max_concurrent: Option<i32>,
+}
+
+/// What account selection found.
+#[derive(Debug, Clone)]
+pub struct AccountPick {
+    /// The account now reserved for the agent, if one was free.
+    pub account: Option<Account>,
+    /// How many accounts the provider has at all (0: run on the CLI's own login).
+    pub provider_accounts: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

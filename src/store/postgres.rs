@@ -29,7 +29,7 @@ macro_rules! select_agents {
             "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
             "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
             "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time ",
+            "a.pid_start_time, a.account_id ",
             "FROM agents a JOIN projects p ON p.id = a.project_id ",
             $rest
         )
@@ -330,8 +330,8 @@ impl PgStore {
         .await?;
         if let Some(agent) = agent {
             sqlx::query(
-                "UPDATE agents SET status = 'failed', error = $2, finished_at = now(), \
-                 updated_at = now() WHERE id = $1 AND status IN ('pending', 'starting')",
+                "UPDATE agents SET status = 'failed', error = $2, account_held = false, \
+                 finished_at = now(), updated_at = now() WHERE id = $1 AND status IN ('pending', 'starting')",
             )
             .bind(agent)
             .bind(reason)
@@ -535,8 +535,8 @@ impl PgStore {
         let questions = serde_json::to_value(&outcome.questions).unwrap_or_default();
         let done = sqlx::query(
             "UPDATE agents SET status = $4, result = $5, pending_questions = $6, error = $7, \
-             exit_code = $8, session_id = COALESCE($9, session_id), finished_at = now(), \
-             updated_at = now() WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
+             exit_code = $8, session_id = COALESCE($9, session_id), account_held = false, \
+             finished_at = now(), updated_at = now() WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
         )
         .bind(agent_id)
         .bind(&owner.worker_id)
@@ -745,5 +745,6 @@ pub(super) fn agent_from_row(r: &sqlx::postgres::PgRow) -> Result<Agent, StoreEr
         dismissed: r.try_get("dismissed")?,
         output_offset: r.try_get("output_offset")?,
         pid_start_time: r.try_get("pid_start_time")?,
+        account_id: r.try_get("account_id")?,
     })
 }

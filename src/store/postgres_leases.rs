@@ -177,7 +177,7 @@ impl PgStore {
                 sqlx::query(
                     "UPDATE agents SET status = 'pending', worker_id = NULL, owner_epoch = NULL, \
                      pid = NULL, pid_start_time = NULL, output_offset = 0, session_id = NULL, \
-                     updated_at = now() WHERE id = $1",
+                     account_held = false, updated_at = now() WHERE id = $1",
                 )
                 .bind(agent_id)
                 .execute(&mut *tx)
@@ -449,8 +449,8 @@ async fn finish_unowned(
 ) -> Result<(), StoreError> {
     // Clearing the owner epoch fences off the worker that ran it, should it come back.
     sqlx::query(
-        "UPDATE agents SET status = $2, error = $3, owner_epoch = NULL, finished_at = now(), \
-         updated_at = now() WHERE id = $1",
+        "UPDATE agents SET status = $2, error = $3, owner_epoch = NULL, account_held = false, \
+         finished_at = now(), updated_at = now() WHERE id = $1",
     )
     .bind(agent_id)
     .bind(status)

@@ -59,7 +59,7 @@ macro_rules! select_agents {
             "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
             "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
             "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time ",
+            "a.pid_start_time, a.account_id ",
             "FROM agents a JOIN projects p ON p.id = a.project_id ",
             $rest
         )
@@ -74,6 +74,8 @@ macro_rules! owned_by {
 }
 
 // The fleet's self-repair, in its own file; declared here so it sees this file's macros.
+#[path = "sqlite_accounts.rs"]
+mod accounts;
 #[path = "sqlite_leases.rs"]
 mod leases;
 
@@ -400,7 +402,7 @@ impl SqliteStore {
         .await?;
         if let Some(agent) = agent {
             sqlx::query(concat!(
-                "UPDATE agents SET status = 'failed', error = ?2, finished_at = ",
+                "UPDATE agents SET status = 'failed', error = ?2, account_held = 0, finished_at = ",
                 now!(),
                 ", updated_at = ",
                 now!(),
@@ -629,7 +631,7 @@ impl SqliteStore {
         let questions = serde_json::to_value(&outcome.questions).unwrap_or_default();
         let done = sqlx::query(concat!(
             "UPDATE agents SET status = ?4, result = ?5, pending_questions = ?6, error = ?7, \
-             exit_code = ?8, session_id = COALESCE(?9, session_id), finished_at = ",
+             exit_code = ?8, session_id = COALESCE(?9, session_id), account_held = 0, finished_at = ",
             now!(),
             ", updated_at = ",
             now!(),
@@ -837,5 +839,6 @@ pub(super) fn agent_from_row(r: &SqliteRow) -> Result<Agent, StoreError> {
         dismissed: r.try_get("dismissed")?,
         output_offset: r.try_get("output_offset")?,
         pid_start_time: r.try_get("pid_start_time")?,
+        account_id: r.try_get("account_id")?,
     })
 }

@@ -159,7 +159,7 @@ impl SqliteStore {
                 sqlx::query(concat!(
                     "UPDATE agents SET status = 'pending', worker_id = NULL, owner_epoch = NULL, \
                      pid = NULL, pid_start_time = NULL, output_offset = 0, session_id = NULL, \
-                     updated_at = ",
+                     account_held = 0, updated_at = ",
                     now!(),
                     " WHERE id = ?1"
                 ))
@@ -424,7 +424,8 @@ async fn finish_unowned(
 ) -> Result<(), StoreError> {
     // Clearing the owner epoch fences off the worker that ran it, should it come back.
     sqlx::query(concat!(
-        "UPDATE agents SET status = ?2, error = ?3, owner_epoch = NULL, finished_at = ",
+        "UPDATE agents SET status = ?2, error = ?3, owner_epoch = NULL, account_held = 0, \
+         finished_at = ",
         now!(),
         ", updated_at = ",
         now!(),

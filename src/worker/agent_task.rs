@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::Runtime;
 use super::event_log::{EventLog, LogError};
+use super::failover::{self, Failover};
 use super::supervisor::{Controls, Limits, Supervised, Supervisor};
 use crate::domain::{Agent, AgentOutcome, AgentStatus, Project};
 use crate::events::STATUS_EVENT;
@@ -70,63 +71,82 @@ pub fn spawn(
 
 async fn supervise(
     rt: &Arc<Runtime>,
-    agent: Agent,
-    started: Started,
+    mut agent: Agent,
+    mut started: Started,
     mut log: EventLog,
     stop: tokio_util::sync::CancellationToken,
-    ran_for: Duration,
+    mut ran_for: Duration,
 ) {
     let settings = &rt.fleet.settings;
     let parser = match providers::provider(&agent.provider) {
-        Ok(p) => p.parser(),
+        Ok(p) => p,
         Err(e) => {
             tracing::error!(agent_id = %agent.id, error = %e, "no parser for the agent's provider");
             return;
         }
     };
-    let supervisor = Supervisor {
-        agent_id: agent.id,
-        owner: &rt.owner,
-        store: &rt.fleet.store,
-        log: &mut log,
-        parser,
-        output: started.files.output.clone(),
-        stderr: started.files.stderr.clone(),
-        workdir: started.workdir.clone(),
-        offset: agent.output_offset.max(0) as u64,
-        session_id: agent.session_id.clone(),
-        controls: Controls {
-            stop,
-            detach: rt.detach.clone(),
-            shutdown: rt.hard_stop.clone(),
-            lease_lost: rt.lease_lost.clone(),
-        },
-        limits: Limits {
-            stop_grace: settings.worker.stop_grace,
-            idle_timeout: settings.agent.idle_timeout,
-            max_runtime: settings.agent.max_runtime,
-            flush_every: settings.worker.event_flush_interval,
-            buffer_lines: settings.worker.output_buffer_lines,
-        },
-        ran_for,
-    };
-    let pid = started.process.pid;
-    let start_time = started.process.start_time;
     let began = std::time::Instant::now().checked_sub(ran_for);
-    tracing::info!(agent_id = %agent.id, pid, status = %AgentStatus::Running, "agent supervised");
-    let mut outcome = match supervisor.run(started.process).await {
-        Ok(Supervised::Ended(outcome)) => outcome,
-        Ok(Supervised::Detached) => {
-            tracing::info!(agent_id = %agent.id, "left running for the next worker on this node");
-            return;
-        }
-        Ok(Supervised::Fenced) | Err(LogError::Fenced(_)) => {
-            let_go(rt, &agent, pid, start_time).await;
-            return;
-        }
-        Err(LogError::Store(e)) => {
-            tracing::error!(agent_id = %agent.id, error = %e, "supervision failed");
-            return;
+    tracing::info!(agent_id = %agent.id, status = %AgentStatus::Running, "agent supervised");
+    // One pass per process: a failover to another account starts a new one.
+    let mut outcome = loop {
+        let supervisor = Supervisor {
+            agent_id: agent.id,
+            owner: &rt.owner,
+            store: &rt.fleet.store,
+            log: &mut log,
+            parser: parser.parser(),
+            output: started.files.output.clone(),
+            stderr: started.files.stderr.clone(),
+            workdir: started.workdir.clone(),
+            offset: agent.output_offset.max(0) as u64,
+            session_id: agent.session_id.clone(),
+            controls: Controls {
+                stop: stop.clone(),
+                detach: rt.detach.clone(),
+                shutdown: rt.hard_stop.clone(),
+                lease_lost: rt.lease_lost.clone(),
+            },
+            limits: Limits {
+                stop_grace: settings.worker.stop_grace,
+                idle_timeout: settings.agent.idle_timeout,
+                max_runtime: settings.agent.max_runtime,
+                flush_every: settings.worker.event_flush_interval,
+                buffer_lines: settings.worker.output_buffer_lines,
+            },
+            ran_for,
+        };
+        let pid = started.process.pid;
+        let start_time = started.process.start_time;
+        match supervisor.run(started.process).await {
+            Ok(Supervised::Ended(outcome)) => break outcome,
+            Ok(Supervised::AccountTrouble { trouble, outcome }) => {
+                let (project, workdir) = (started.project.clone(), started.workdir.clone());
+                match failover::after_trouble(
+                    rt, &agent, project, workdir, &trouble, outcome, &mut log,
+                )
+                .await
+                {
+                    Failover::Restarted(next, restarted) => {
+                        started = *next;
+                        agent = *restarted;
+                        ran_for = Duration::ZERO;
+                        continue;
+                    }
+                    Failover::End(outcome) => break outcome,
+                }
+            }
+            Ok(Supervised::Detached) => {
+                tracing::info!(agent_id = %agent.id, "left running for the next worker on this node");
+                return;
+            }
+            Ok(Supervised::Fenced) | Err(LogError::Fenced(_)) => {
+                let_go(rt, &agent, pid, start_time).await;
+                return;
+            }
+            Err(LogError::Store(e)) => {
+                tracing::error!(agent_id = %agent.id, error = %e, "supervision failed");
+                return;
+            }
         }
     };
     if let Err(e) = rt

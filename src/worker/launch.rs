@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::Runtime;
 use super::agent_task::{RunFiles, Started};
 use super::event_log::{EventLog, LogError};
+use crate::credentials::{self, run::RunContext};
 use crate::domain::{Agent, AgentStatus, Project};
 use crate::events::STATUS_EVENT;
 use crate::process::{self, Launch, Running};
@@ -55,6 +56,28 @@ pub async fn start(
     let args = providers::place_prompt(args, provider.prompt_via(), prompt);
     let mut env = provider.env();
     env.extend(settings.env.clone());
+    // The account: its config dir and API key reach the process through its environment
+    // only (never its command line), after the configured env so they win.
+    let account = credentials::run::prepare(
+        &RunContext {
+            settings: &rt.fleet.settings,
+            store,
+            owner: &rt.owner,
+        },
+        agent,
+        provider,
+    )
+    .await
+    .map_err(|e| StartError::Failed(e.to_string()))?;
+    env.extend(account.env.iter().cloned());
+    if let Some(a) = &account.account {
+        tracing::info!(agent_id = %agent.id, account = %a.label, fingerprint = %a.fingerprint, "account selected");
+        log.push(
+            "account.selected",
+            serde_json::json!({"kind": "account.selected", "account": a.label,
+                               "fingerprint": a.fingerprint}),
+        );
+    }
     let files = RunFiles::in_dir(run_dir);
     let launch = Launch {
         command: settings

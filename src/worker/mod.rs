@@ -12,6 +12,7 @@ mod agent_task;
 mod cleanup;
 mod control;
 mod event_log;
+mod failover;
 mod health;
 mod launch;
 mod lease;

@@ -34,6 +34,21 @@ pub enum Interrupt {
     IdleTimeout,
     /// Ran past `max_runtime`.
     MaxRuntime,
+    /// The stream reported a usage/rate limit or refused credentials; the CLI would only
+    /// keep retrying, so it is stopped at once.
+    AccountTrouble,
+}
+
+/// What the stream said about the account the agent runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountTrouble {
+    /// A usage or rate limit; the provider's retry delay, if it gave one.
+    Exhausted {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The credentials were refused.
+    Refused { message: String },
 }
 
 /// How supervision ended.
@@ -45,6 +60,11 @@ pub enum Supervised {
     Detached,
     /// The agent is someone else's now (lease lost or taken over).
     Fenced,
+    /// The process was stopped because of its account: mark it, and maybe fail over.
+    AccountTrouble {
+        trouble: AccountTrouble,
+        outcome: AgentOutcome,
+    },
 }
 
 /// The signals a supervisor listens to.
@@ -92,6 +112,7 @@ struct StreamFacts {
     result: Option<(bool, Option<String>)>,
     last_text: Option<String>,
     last_error: Option<String>,
+    account_trouble: Option<AccountTrouble>,
 }
 
 /// The tail of the output file as it grows.
@@ -142,6 +163,9 @@ impl Supervisor<'_> {
                 }
                 _ = controls.lease_lost.cancelled() => return Ok(Supervised::Fenced),
             }
+            if interrupted.is_none() && facts.account_trouble.is_some() {
+                interrupted = Some(Interrupt::AccountTrouble);
+            }
             if interrupted.is_some() {
                 break process.terminate(self.limits.stop_grace).await;
             }
@@ -169,13 +193,20 @@ impl Supervisor<'_> {
             }
         }
         let stderr_tail = tail_of(&self.stderr).await;
-        Ok(Supervised::Ended(decide(
+        let trouble = facts.account_trouble.clone();
+        let outcome = decide(
             exit,
             interrupted,
             facts,
             read_signal(&self.workdir).await,
             &stderr_tail,
-        )))
+        );
+        Ok(match (interrupted, trouble) {
+            (Some(Interrupt::AccountTrouble), Some(trouble)) => {
+                Supervised::AccountTrouble { trouble, outcome }
+            }
+            _ => Supervised::Ended(outcome),
+        })
     }
 
     async fn flush_or_keep(&mut self, offset: u64) -> Result<(), LogError> {
@@ -249,11 +280,26 @@ impl Supervisor<'_> {
                         facts.session_id = session_id.clone();
                     }
                 }
-                AgentEvent::Error { message } | AgentEvent::AuthFailed { message } => {
+                AgentEvent::Error { message } => facts.last_error = Some(message.clone()),
+                AgentEvent::AuthFailed { message } => {
                     facts.last_error = Some(message.clone());
+                    facts
+                        .account_trouble
+                        .get_or_insert(AccountTrouble::Refused {
+                            message: message.clone(),
+                        });
                 }
-                AgentEvent::RateLimited { message, .. } => {
+                AgentEvent::RateLimited {
+                    message,
+                    retry_after_ms,
+                } => {
                     facts.last_error = Some(format!("rate limited: {message}"));
+                    facts
+                        .account_trouble
+                        .get_or_insert(AccountTrouble::Exhausted {
+                            message: message.clone(),
+                            retry_after: retry_after_ms.map(Duration::from_millis),
+                        });
                 }
                 _ => {}
             }
@@ -320,6 +366,17 @@ fn decide(
         }
         Some(Interrupt::MaxRuntime) => {
             outcome.error = Some("max_runtime: ran past agent.max_runtime".into());
+            return outcome;
+        }
+        Some(Interrupt::AccountTrouble) => {
+            outcome.status = AgentStatus::Failed;
+            outcome.error = Some(match &facts.account_trouble {
+                Some(AccountTrouble::Refused { message }) => format!("auth_failed: {message}"),
+                Some(AccountTrouble::Exhausted { message, .. }) => {
+                    format!("rate_limited: {message}")
+                }
+                None => "rate_limited".into(),
+            });
             return outcome;
         }
         None => {}

@@ -63,6 +63,14 @@ impl Provider for Codex {
         Vec::new()
     }
 
+    fn api_key_env(&self) -> Option<&str> {
+        Some("OPENAI_API_KEY")
+    }
+
+    fn credentials_file(&self) -> Option<&str> {
+        Some("auth.json")
+    }
+
     fn config_dir_env(&self) -> Option<&str> {
         Some("CODEX_HOME")
     }

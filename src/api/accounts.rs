@@ -1,0 +1,92 @@
+//! `/v1/accounts`: the same account operations as `agentfleet account`. A new account's
+//! secret arrives in the body and leaves only sealed: responses show its fingerprint, and
+//! a malformed body is reported by position, never by echoing what it held.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::ApiError;
+use crate::credentials::{self, AccountInput, CredentialError};
+use crate::fleet::{Fleet, FleetError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccountBody {
+    provider: String,
+    label: String,
+    #[serde(default)]
+    api_key: Option<String>,
+    /// The provider's credentials file: a JSON object, or its text.
+    #[serde(default)]
+    credentials: Option<serde_json::Value>,
+    #[serde(default)]
+    max_concurrent: Option<i32>,
+}
+
+fn invalid(e: CredentialError) -> ApiError {
+    FleetError::from(e).into()
+}
+
+pub async fn add_account(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
+    let body: NewAccountBody = serde_json::from_slice(&body).map_err(|e| {
+        // serde's message may quote a value from the body: a secret, perhaps.
+        ApiError::bad_request(format!(
+            "malformed account body at line {} column {}: expected {{\"provider\", \"label\", \
+             \"api_key\" | \"credentials\", \"max_concurrent\"?}}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let secret = match (body.api_key, body.credentials) {
+        (Some(key), None) => AccountInput::api_key(&key, "api_key").map_err(invalid)?,
+        (None, Some(serde_json::Value::String(text))) => {
+            AccountInput::credentials_file(&text, "credentials").map_err(invalid)?
+        }
+        (None, Some(file)) => {
+            AccountInput::credentials_file(&file.to_string(), "credentials").map_err(invalid)?
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "give exactly one of api_key and credentials",
+            ));
+        }
+    };
+    let account = credentials::add_account(
+        &fleet.settings,
+        &fleet.store,
+        AccountInput {
+            provider: body.provider,
+            label: body.label,
+            secret,
+            max_concurrent: body.max_concurrent,
+        },
+    )
+    .await
+    .map_err(invalid)?;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
+}
+
+pub async fn list_accounts(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
+    Ok(Json(fleet.store.list_accounts().await?).into_response())
+}
+
+pub async fn remove_account(
+    State(fleet): State<Fleet>,
+    Path(label): Path<String>,
+) -> Result<Response, ApiError> {
+    fleet.store.remove_account(&label).await?;
+    Ok(Json(serde_json::json!({"removed": label})).into_response())
+}
+
+pub async fn reset_account(
+    State(fleet): State<Fleet>,
+    Path(label): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(fleet.store.reset_account(&label).await?).into_response())
+}
