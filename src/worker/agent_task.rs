@@ -185,11 +185,11 @@ async fn let_go(rt: &Arc<Runtime>, agent: &Agent, pid: i32, start_time: i64) {
         tracing::warn!(agent_id = %agent.id, "agent adopted by another worker on this node; letting go");
         return;
     }
-    if process::is_same_process_alive(pid, start_time) {
-        tracing::warn!(agent_id = %agent.id, pid, "agent taken over; killing its stale process");
-        let mut stale = Running::adopted(pid, start_time, PathBuf::new());
-        stale.terminate(rt.fleet.settings.worker.stop_grace).await;
-    }
+    let alive = process::is_same_process_alive(pid, start_time);
+    tracing::warn!(agent_id = %agent.id, pid, alive, "agent taken over; killing its stale process");
+    // The group may outlive its leader: signal the group either way.
+    let mut stale = Running::adopted(pid, start_time, PathBuf::new());
+    stale.terminate(rt.fleet.settings.worker.stop_grace).await;
 }
 
 /// Records the final state (fenced), then its status event.
