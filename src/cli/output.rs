@@ -76,13 +76,13 @@ pub fn workers(workers: &[WorkerInfo], as_json: bool) {
         return json(&workers);
     }
     println!(
-        "{:<40}  {:<16}  {:<8}  {:>9}  {:>8}  {:>7}",
-        "ID", "NODE", "STATUS", "LEASE AGE", "CAPACITY", "RUNNING"
+        "{:<40}  {:<16}  {:<16}  {:<8}  {:>9}  {:>8}  {:>7}",
+        "ID", "HOST", "NODE", "STATUS", "LEASE AGE", "CAPACITY", "RUNNING"
     );
     for w in workers {
         println!(
-            "{:<40}  {:<16}  {:<8}  {:>8.1}s  {:>8}  {:>7}",
-            w.id, w.node_id, w.status, w.lease_age_seconds, w.capacity, w.running
+            "{:<40}  {:<16}  {:<16}  {:<8}  {:>8.1}s  {:>8}  {:>7}",
+            w.id, w.host, w.node_id, w.status, w.lease_age_seconds, w.capacity, w.running
         );
     }
 }
