@@ -33,10 +33,16 @@ pub enum Behaviour {
     Script,
     /// Every request fails with this HTTP status.
     Fail(u16),
+    /// Requests that carry [`EXHAUSTED_KEY`] as their API key fail with this status (an
+    /// account out of quota); the others get [`Behaviour::Script`].
+    FailForKey(u16),
     /// claude only: the first turn writes [`QUESTIONS_SIGNAL`] as the agent's signal file
     /// (it asks a question); a resume writes [`FILE`] with the content, then final text.
     AskThenWrite,
 }
+
+/// The API key of the account [`Behaviour::FailForKey`] refuses.
+pub const EXHAUSTED_KEY: &str = "sk-ant-api03-mock-exhausted-0000";
 
 /// The signal file an asking agent writes (`.agentfleet/output/signal.json`).
 pub const SIGNAL_FILE: &str = ".agentfleet/output/signal.json";
@@ -95,7 +101,12 @@ impl MockModel {
     }
 }
 
-async fn handle(State(mock): State<Mock>, uri: Uri, body: String) -> Response {
+async fn handle(
+    State(mock): State<Mock>,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Response {
     let path = uri.path().to_string();
     let request: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     mock.requests
@@ -109,6 +120,16 @@ async fn handle(State(mock): State<Mock>, uri: Uri, body: String) -> Response {
     }
     if let Behaviour::Fail(status) = mock.behaviour {
         return failure(status, anthropic);
+    }
+    if let Behaviour::FailForKey(status) = mock.behaviour {
+        let key = headers
+            .get("x-api-key")
+            .or_else(|| headers.get(header::AUTHORIZATION))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if key.contains(EXHAUSTED_KEY) {
+            return failure(status, anthropic);
+        }
     }
     let turn = if anthropic {
         anthropic_turn(&request)
