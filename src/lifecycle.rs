@@ -19,6 +19,10 @@ const POLL: Duration = Duration::from_millis(100);
 impl Fleet {
     /// Stops an agent; with `wait`, returns once it has stopped.
     pub async fn stop(&self, agent_ref: &str, wait: bool) -> Result<Agent, FleetError> {
+        counted("stop", self.stop_agent(agent_ref, wait).await)
+    }
+
+    async fn stop_agent(&self, agent_ref: &str, wait: bool) -> Result<Agent, FleetError> {
         let store = &self.store;
         let agent = store.agent(agent_ref).await?;
         if agent.status.is_final() {
@@ -76,6 +80,14 @@ impl Fleet {
     /// Deletes an agent: stopped if running, then its worktree, branch, files and rows
     /// (its remote branch too with `remote_branch`). Returns its name once it is gone.
     pub async fn delete(&self, agent_ref: &str, remote_branch: bool) -> Result<String, FleetError> {
+        counted("delete", self.delete_agent(agent_ref, remote_branch).await)
+    }
+
+    async fn delete_agent(
+        &self,
+        agent_ref: &str,
+        remote_branch: bool,
+    ) -> Result<String, FleetError> {
         let store = &self.store;
         let mut agent = store.agent(agent_ref).await?;
         if agent.status == AgentStatus::Pending {
@@ -134,6 +146,14 @@ impl Fleet {
     /// same worktree. Refused, with nothing changed, when the agent is not waiting, has no
     /// session, its provider cannot resume, or no worker on its node is alive.
     pub async fn resume(
+        &self,
+        agent_ref: &str,
+        answers: BTreeMap<String, String>,
+    ) -> Result<Agent, FleetError> {
+        counted("resume", self.resume_agent(agent_ref, answers).await)
+    }
+
+    async fn resume_agent(
         &self,
         agent_ref: &str,
         answers: BTreeMap<String, String>,
@@ -235,4 +255,14 @@ impl Fleet {
             Err(e) => tracing::warn!(%agent_id, error = %e, "cannot store event"),
         }
     }
+}
+
+/// Counts a request by kind and outcome (`agentfleet_requests_total`).
+fn counted<T>(kind: &str, result: Result<T, FleetError>) -> Result<T, FleetError> {
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.class(),
+    };
+    crate::metrics::request(kind, outcome);
+    result
 }

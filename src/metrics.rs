@@ -136,7 +136,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     m
 });
 
-/// A request arrived: `kind` spawn / stop / delete, `outcome` accepted, duplicate or the
+/// A request arrived: `kind` spawn / stop / delete / resume, `outcome` accepted, duplicate or the
 /// error class it was refused with.
 pub fn request(kind: &str, outcome: &str) {
     METRICS.requests.with_label_values(&[kind, outcome]).inc();
