@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use super::Runtime;
 use super::agent_task::{RunFiles, Started};
 use super::event_log::{EventLog, LogError};
@@ -67,6 +69,7 @@ pub async fn start(
         agent,
         provider,
     )
+    .instrument(tracing::info_span!("credentials", agentfleet.agent.id = %agent.id))
     .await
     .map_err(|e| StartError::Failed(e.to_string()))?;
     env.extend(account.env.iter().cloned());
