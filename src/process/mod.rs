@@ -57,8 +57,9 @@ pub enum Exit {
 }
 
 /// Writes the exit code atomically so a reader never sees half a number.
-const WRAPPER: &str =
-    r#"f=$1; shift; "$@"; code=$?; echo $code > "$f.tmp" && mv "$f.tmp" "$f"; exit $code"#;
+/// Its pid goes to `<exit file>.pid` first, so a later run of the same agent can find a
+/// process of an earlier one that no store row knows about.
+const WRAPPER: &str = r#"f=$1; shift; echo $$ > "$f.pid"; "$@"; code=$?; echo $code > "$f.tmp" && mv "$f.tmp" "$f"; exit $code"#;
 
 /// A started process: its pid, its start time (clock ticks since boot, from /proc) and the
 /// child handle, which reaps it.
@@ -70,7 +71,9 @@ pub struct Started {
 }
 
 pub fn start(launch: &Launch) -> Result<Started, ProcessError> {
-    // A run starts with fresh files: a re-run of the same agent must not see the last one's.
+    // A run starts alone and with fresh files: a re-run of the same agent must neither run
+    // beside an earlier process (its worker died before recording it) nor see its files.
+    kill_stale(&launch.exit_file);
     let _ = std::fs::remove_file(&launch.exit_file);
     let open = |path: &Path, create: bool| {
         let file = if create {
@@ -151,6 +154,29 @@ pub fn signal_group(pid: i32, signal: Signal) -> bool {
             false
         }
     }
+}
+
+/// Kills an earlier run's process group left under `exit_file` (found by the pid file its
+/// wrapper wrote, and only if that pid is still that wrapper: pids are reused).
+pub fn kill_stale(exit_file: &Path) -> bool {
+    let pid_file = PathBuf::from(format!("{}.pid", exit_file.display()));
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return false;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours =
+        cmdline.contains("agentfleet-agent") && cmdline.contains(&exit_file.display().to_string());
+    let _ = std::fs::remove_file(&pid_file);
+    if !ours || start_time(pid).is_none() {
+        return false;
+    }
+    tracing::warn!(pid, exit_file = %exit_file.display(), "killing an earlier run of this agent");
+    signal_group(pid, Signal::SIGKILL);
+    true
 }
 
 /// The exit code the wrapper left, if it finished.
@@ -330,6 +356,38 @@ mod tests {
         tokio::spawn(async move { child.wait().await });
         let mut adopted = Running::adopted(pid, start_time, l.exit_file);
         assert_eq!(adopted.wait().await, Exit::Code(7));
+    }
+
+    #[tokio::test]
+    async fn a_new_run_kills_an_earlier_unrecorded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = launch(dir.path(), "sleep 30");
+        let started = start(&first).unwrap();
+        let (pid, start_time) = (started.pid, started.start_time);
+        let mut orphan = started.child;
+        tokio::spawn(async move { orphan.wait().await });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !dir.path().join("exit.pid").exists() {
+            assert!(std::time::Instant::now() < deadline, "no pid file");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The same agent starts again (its last worker died before recording the pid).
+        let mut second = Running::own(
+            start(&launch(dir.path(), "exit 0")).unwrap(),
+            first.exit_file.clone(),
+        );
+        assert_eq!(second.wait().await, Exit::Code(0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while is_same_process_alive(pid, start_time) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the earlier run still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A pid file naming someone else's process is left alone.
+        std::fs::write(dir.path().join("exit.pid"), std::process::id().to_string()).unwrap();
+        assert!(!kill_stale(&dir.path().join("exit")));
     }
 
     #[test]
