@@ -363,3 +363,113 @@ async fn bad_requests_get_clear_json_errors_and_write_nothing() {
         "nothing was written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_over_http_resume_stop_dismiss_delete() {
+    let mut env = TestEnv::new().await;
+    let api = serve(&env).await;
+    env.start_worker(&[]);
+    let ask = "ask\n#signal {\"status\":\"questions\",\"questions\":[{\"id\":\"db\",\"question\":\"Which?\"}]}";
+    let spawn = |name: &str, prompt: &str| {
+        api.post("/v1/agents")
+            .json(&json!({"provider": "claude", "project": "demo", "prompt": prompt, "name": name}))
+            .send()
+    };
+    assert_eq!(
+        spawn("ask-otter", ask).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        spawn("slow-otter", "slow\n#hold 60")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let store = env.store().await;
+    let asking = store.agent("ask-otter").await.unwrap();
+    let waiting = env.wait_final(asking.id, Duration::from_secs(30)).await;
+    assert_eq!(waiting.status.to_string(), "waiting_for_input");
+
+    // Resume: a body that is not {"answers": {...}} is refused; the right one is accepted.
+    let bad = api
+        .post("/v1/agents/ask-otter/resume")
+        .json(&json!({"answer": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(bad).await.0, StatusCode::BAD_REQUEST);
+    let resumed = api
+        .post("/v1/agents/ask-otter/resume")
+        .json(&json!({"answers": {"db": "Postgres"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::ACCEPTED);
+    env.wait_agent(asking.id, Duration::from_secs(30), "resumed", |a| {
+        a.status.to_string() == "completed"
+    })
+    .await;
+
+    // Stop answers once the agent has stopped.
+    let slow = store.agent("slow-otter").await.unwrap();
+    env.wait_agent(slow.id, Duration::from_secs(30), "ran", |a| {
+        a.status.to_string() == "running"
+    })
+    .await;
+    let stopped: Value = api
+        .post("/v1/agents/slow-otter/stop")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stopped["status"], "stopped");
+    let again = api.post("/v1/agents/slow-otter/stop").send().await.unwrap();
+    assert_eq!(error_of(again).await.0, StatusCode::CONFLICT);
+
+    // Dismiss hides it from the list; ?all=true shows it.
+    let dismissed = api
+        .post("/v1/agents/slow-otter/dismiss")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dismissed.status(), StatusCode::OK);
+    let listed: Vec<Value> = api
+        .get("/v1/agents")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let all: Vec<Value> = api
+        .get("/v1/agents?all=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+
+    // Delete, with the remote branch.
+    assert!(env.remote_file("agent/ask-otter", "RESUMED.txt").is_some());
+    let deleted = api
+        .client
+        .delete(format!(
+            "{}/v1/agents/ask-otter?remote_branch=true",
+            api.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    let gone = api.get("/v1/agents/ask-otter").send().await.unwrap();
+    assert_eq!(error_of(gone).await.0, StatusCode::NOT_FOUND);
+    assert!(env.remote_file("agent/ask-otter", "RESUMED.txt").is_none());
+    env.stop_workers();
+}
