@@ -575,3 +575,23 @@ async fn a_restarted_up_reattaches_to_its_running_agent() {
     assert_eq!(ticks, 30, "every line once");
     assert!(file_on_branch(&remote, "agent/tick-otter", "FAKE_RESULT.txt").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_stops_when_its_api_cannot_listen() {
+    let machine = Machine::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = machine.path("up.toml");
+    std::fs::write(&config, format!("[api]\nbind = \"127.0.0.1:{port}\"\n")).unwrap();
+    let mut up = machine
+        .command(&["up", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut up, Duration::from_secs(20)).expect("up exits");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(up.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+}

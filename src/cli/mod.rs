@@ -627,13 +627,25 @@ fn signals() -> Shutdown {
 
 async fn run_until_signal(fleet: Fleet, with_api: bool) -> anyhow::Result<()> {
     let shutdown = signals();
-    let api_stop = CancellationToken::new();
-    let api =
-        with_api.then(|| tokio::spawn(crate::api::serve(fleet.clone(), api_stop.clone(), None)));
-    let result = worker::run(fleet, shutdown).await;
-    api_stop.cancel();
-    if let Some(api) = api {
-        api.await??;
+    let worker = worker::run(fleet.clone(), shutdown.clone());
+    if !with_api {
+        return worker.await;
     }
-    result
+    let api_stop = CancellationToken::new();
+    let mut api = tokio::spawn(crate::api::serve(fleet, api_stop.clone(), None));
+    tokio::pin!(worker);
+    tokio::select! {
+        result = &mut worker => {
+            api_stop.cancel();
+            api.await??;
+            result
+        }
+        // The API ended on its own (it could not bind, say): the whole `up` stops.
+        ended = &mut api => {
+            shutdown.soft.cancel();
+            let worker_result = worker.await;
+            ended??;
+            worker_result
+        }
+    }
 }
