@@ -1,18 +1,19 @@
 //! The `agentfleet` command line (clap): every operation of the fleet, talking to the store
 //! and the queue directly, plus the long-running `worker`, `serve` and `up`.
 
+mod accounts;
+mod agents;
 mod output;
+
+use accounts::account;
+use agents::{follow_events, parse_answers, spawn, wait_for_end, wait_until_resumed};
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::domain::{InputFile, SpawnRequest};
-use crate::events;
 use crate::fleet::{Fleet, FleetError};
 use crate::store::Store;
 use crate::worker::{self, Shutdown};
@@ -343,158 +344,6 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
     Ok(0)
 }
 
-async fn account(fleet: &Fleet, command: AccountCommand) -> anyhow::Result<()> {
-    use crate::credentials::{self, AccountInput, Keyring};
-    let fail = |e: credentials::CredentialError| user(e.into());
-    match command {
-        AccountCommand::Add {
-            provider,
-            label,
-            secret,
-            max_concurrent,
-            json,
-        } => {
-            let secret = match (
-                secret.api_key_env,
-                secret.api_key_file,
-                secret.credentials_file,
-            ) {
-                (Some(var), _, _) => {
-                    let value = std::env::var(&var)
-                        .with_context(|| format!("environment variable {var} is not set"))?;
-                    AccountInput::api_key(&value, &format!("environment variable {var}"))
-                        .map_err(fail)?
-                }
-                (_, Some(file), _) => {
-                    let text = std::fs::read_to_string(&file)
-                        .with_context(|| format!("cannot read API key file {}", file.display()))?;
-                    AccountInput::api_key(&text, &format!("API key file {}", file.display()))
-                        .map_err(fail)?
-                }
-                (_, _, Some(file)) => {
-                    let text = std::fs::read_to_string(&file).with_context(|| {
-                        format!("cannot read credentials file {}", file.display())
-                    })?;
-                    AccountInput::credentials_file(
-                        &text,
-                        &format!("credentials file {}", file.display()),
-                    )
-                    .map_err(fail)?
-                }
-                _ => bail!("give --api-key-env, --api-key-file or --credentials-file"),
-            };
-            let account = credentials::add_account(
-                &fleet.settings,
-                &fleet.store,
-                AccountInput {
-                    provider,
-                    label,
-                    secret,
-                    max_concurrent,
-                },
-            )
-            .await
-            .map_err(fail)?;
-            if json {
-                output::accounts(std::slice::from_ref(&account), true);
-            } else {
-                println!(
-                    "account {} added ({} {}, {})",
-                    account.label,
-                    account.provider,
-                    account.kind.as_str(),
-                    account.fingerprint
-                );
-            }
-        }
-        AccountCommand::List { json } => {
-            output::accounts(&fleet.store.list_accounts().await?, json)
-        }
-        AccountCommand::Remove { label } => {
-            fleet
-                .store
-                .remove_account(&label)
-                .await
-                .map_err(|e| user(e.into()))?;
-            println!("account {label} removed");
-        }
-        AccountCommand::Reset { label } => {
-            let account = fleet
-                .store
-                .reset_account(&label)
-                .await
-                .map_err(|e| user(e.into()))?;
-            println!("account {} reset", account.label);
-        }
-        AccountCommand::RotateKey { new_key_file } => {
-            let old = Keyring::load(&fleet.settings, false).map_err(fail)?;
-            let new = if new_key_file.exists() {
-                Keyring::read_file(&new_key_file).map_err(fail)?
-            } else {
-                let key = Keyring::generate().map_err(fail)?;
-                key.write_file(&new_key_file).map_err(fail)?;
-                key
-            };
-            let report = credentials::rotate_key(&fleet.store, &old, &new)
-                .await
-                .map_err(fail)?;
-            println!(
-                "{} account(s) re-sealed under key {} ({} already were)",
-                report.resealed,
-                new.id(),
-                report.already
-            );
-            if !report.changed.is_empty() {
-                bail!(
-                    "accounts changed while rotating, run it again: {}",
-                    report.changed.join(", ")
-                );
-            }
-            match old.generated_file() {
-                // The embedded mode's generated key: replaced, so nothing to configure.
-                Some(path) => {
-                    new.write_file(path).map_err(fail)?;
-                    println!(
-                        "the generated key file {} now holds the new key",
-                        path.display()
-                    );
-                }
-                None => println!(
-                    "now set secrets.key_file = {:?} (or secrets.key) on every process",
-                    new_key_file.display().to_string()
-                ),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Answers from `ID=TEXT` flags or a JSON file.
-fn parse_answers(
-    flags: &[String],
-    file: Option<&std::path::Path>,
-) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    if let Some(file) = file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read answers file {}", file.display()))?;
-        return serde_json::from_str(&text).with_context(|| {
-            format!(
-                "answers file {} is not a JSON object of strings",
-                file.display()
-            )
-        });
-    }
-    flags
-        .iter()
-        .map(|a| match a.split_once('=') {
-            Some((id, text)) if !id.trim().is_empty() => {
-                Ok((id.trim().to_string(), text.to_string()))
-            }
-            _ => bail!("--answer '{a}' is not ID=TEXT"),
-        })
-        .collect()
-}
-
 fn user(e: FleetError) -> anyhow::Error {
     anyhow::anyhow!(e.to_string())
 }
@@ -506,98 +355,6 @@ async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
         settings.database.create_if_missing,
     )
     .await?)
-}
-
-async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32> {
-    let prompt = match (&args.prompt, &args.prompt_file) {
-        (Some(p), None) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read prompt file {}", f.display()))?,
-        (None, None) => bail!("give a prompt (PROMPT or --prompt-file FILE)"),
-        (Some(_), Some(_)) => bail!("give either PROMPT or --prompt-file, not both"),
-    };
-    let mut inputs = Vec::new();
-    for path in &args.inputs {
-        let content = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read input file {}", path.display()))?;
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("input file {} has no usable name", path.display()))?;
-        inputs.push(InputFile {
-            name: name.to_string(),
-            content,
-        });
-    }
-    let recorded = fleet
-        .spawn(SpawnRequest {
-            provider: args.provider,
-            project: args.project,
-            prompt,
-            name: args.name,
-            mode: args.mode,
-            task_id: args.task_id,
-            idempotency_key: args.idempotency_key,
-            inputs,
-            retries: args.retries,
-        })
-        .await
-        .map_err(user)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&recorded.agent)?);
-    } else {
-        println!("{} {}", recorded.agent.id, recorded.agent.name);
-    }
-    if !args.wait {
-        return Ok(0);
-    }
-    wait_for_end(fleet, recorded.agent.id, 0).await
-}
-
-/// Follows the agent's events after `after` until it ends; the exit code says how.
-async fn wait_for_end(fleet: &Fleet, agent_id: uuid::Uuid, after: i64) -> anyhow::Result<i32> {
-    follow_events(fleet, agent_id, false, after).await?;
-    let agent = fleet.store.agent(&agent_id.to_string()).await?;
-    eprintln!("agent {} ended: {}", agent.name, agent.status);
-    if let Some(error) = &agent.error {
-        eprintln!("error: {error}");
-    }
-    Ok(if agent.status.is_success() { 0 } else { 1 })
-}
-
-/// Waits until a worker has taken up a resume (the agent leaves `waiting_for_input`).
-async fn wait_until_resumed(fleet: &Fleet, agent_id: uuid::Uuid) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let agent = fleet.store.agent(&agent_id.to_string()).await?;
-        if agent.status != crate::domain::AgentStatus::WaitingForInput {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "no worker has taken up the resume of {} yet; it stays recorded",
-                agent.name
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
-
-async fn follow_events(
-    fleet: &Fleet,
-    agent_id: uuid::Uuid,
-    json: bool,
-    after: i64,
-) -> anyhow::Result<()> {
-    let stream = events::follow(fleet.store.clone(), fleet.events.clone(), agent_id, after);
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(event) => output::event(&event, json),
-            Err(e) => bail!("following agent {agent_id}: {e}"),
-        }
-    }
-    Ok(())
 }
 
 /// SIGINT/SIGTERM once: soft stop; twice: hard stop.
