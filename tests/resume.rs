@@ -15,7 +15,7 @@ async fn answers_resume_the_same_session_in_the_same_worktree() {
     let mut env = TestEnv::new().await;
     env.start_worker(&[]);
     let agent = env.spawn(&["--name", "asking-otter"], ASK);
-    let waiting = env.wait_final(agent.id, Duration::from_secs(30)).await;
+    let waiting = env.wait_final(agent.id, Duration::from_secs(60)).await;
     assert_status(&waiting, AgentStatus::WaitingForInput);
     let session = waiting.session_id.clone().expect("session id");
 
@@ -75,9 +75,9 @@ async fn resume_is_refused_when_it_cannot_happen() {
     let mut env = TestEnv::new().await;
     env.start_worker(&[]);
     let finished = env.spawn(&["--name", "done-otter"], "just finish");
-    env.wait_final(finished.id, Duration::from_secs(30)).await;
+    env.wait_final(finished.id, Duration::from_secs(60)).await;
     let asking = env.spawn(&["--name", "asking-otter"], ASK);
-    env.wait_final(asking.id, Duration::from_secs(30)).await;
+    env.wait_final(asking.id, Duration::from_secs(60)).await;
     let store = env.store().await;
     let events_before = store.events_after(asking.id, 0).await.unwrap().len();
 

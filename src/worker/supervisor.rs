@@ -109,6 +109,8 @@ pub struct Supervisor<'a> {
 #[derive(Default)]
 struct StreamFacts {
     session_id: Option<String>,
+    /// The session id is known but not yet in the store.
+    session_unsaved: bool,
     result: Option<(bool, Option<String>)>,
     last_text: Option<String>,
     last_error: Option<String>,
@@ -148,6 +150,7 @@ impl Supervisor<'_> {
                 exit = process.wait() => break exit,
                 _ = read_tick.tick() => {
                     self.read_new(&mut tail, &mut facts).await?;
+                    self.save_session(&mut facts).await?;
                     if tail.last_growth.elapsed() >= self.limits.idle_timeout {
                         interrupted = Some(Interrupt::IdleTimeout);
                     }
@@ -209,6 +212,29 @@ impl Supervisor<'_> {
         })
     }
 
+    /// Records the session id as soon as it is known (resume and failover need it); a
+    /// store that is briefly away gets it on a later read tick, the final state in any case.
+    async fn save_session(&mut self, facts: &mut StreamFacts) -> Result<(), LogError> {
+        let Some(session_id) = facts.session_id.clone().filter(|_| facts.session_unsaved) else {
+            return Ok(());
+        };
+        match self
+            .store
+            .set_session_id(self.agent_id, self.owner, &session_id)
+            .await
+        {
+            Ok(true) => {
+                facts.session_unsaved = false;
+                Ok(())
+            }
+            Ok(false) => Err(LogError::Fenced(self.agent_id)),
+            Err(e) => {
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "cannot record the session id yet");
+                Ok(())
+            }
+        }
+    }
+
     async fn flush_or_keep(&mut self, offset: u64) -> Result<(), LogError> {
         match self.log.flush(offset).await {
             Err(LogError::Store(e)) => {
@@ -261,13 +287,8 @@ impl Supervisor<'_> {
                     if facts.session_id.as_deref() != Some(session_id.as_str()) =>
                 {
                     facts.session_id = Some(session_id.clone());
-                    if !self
-                        .store
-                        .set_session_id(self.agent_id, self.owner, session_id)
-                        .await?
-                    {
-                        return Err(LogError::Fenced(self.agent_id));
-                    }
+                    facts.session_unsaved = true;
+                    self.save_session(facts).await?;
                 }
                 AgentEvent::AssistantText { text } => facts.last_text = Some(text.clone()),
                 AgentEvent::Result {
