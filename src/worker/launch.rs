@@ -121,7 +121,18 @@ pub async fn start(
         STATUS_EVENT,
         serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Running, "pid": record.pid}),
     );
-    log.flush_events().await?;
+    // The process runs and is recorded: a store that is briefly away now only delays this
+    // event (the log keeps it for the supervisor's next flush).
+    match log.flush_events().await {
+        Ok(()) => {}
+        Err(LogError::Fenced(_)) => {
+            running.terminate(Duration::from_secs(1)).await;
+            return Err(StartError::Fenced);
+        }
+        Err(LogError::Store(e)) => {
+            tracing::warn!(agent_id = %agent.id, error = %e, "cannot store the running event yet");
+        }
+    }
     Ok(Started {
         process: running,
         project,
