@@ -79,7 +79,7 @@ async fn backlog_drains_faster_with_three_workers_and_scale_down_loses_nothing()
     );
 
     // 3 → 1 while agents run and more wait: nothing is lost.
-    let third = backlog(&env, "down", BACKLOG + 2, 3.0);
+    let third = backlog(&env, "down", BACKLOG + 2, 6.0);
     let store = env.store().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -88,7 +88,9 @@ async fn backlog_drains_faster_with_three_workers_and_scale_down_loses_nothing()
             .iter()
             .filter(|a| a.status == AgentStatus::Running)
             .count();
-        if running >= BACKLOG {
+        // Enough in flight that the drained workers leave some behind (a loaded machine
+        // spawns slowly, so not necessarily every slot at once).
+        if running >= BACKLOG / 2 {
             break;
         }
         assert!(Instant::now() < deadline, "the workers never filled up");
