@@ -4,8 +4,11 @@
 //! runs headless and reads the prompt from stdin. Resume is `--resume SESSION_UUID`
 //! (0.61.0 accepts "latest", an index or a session UUID). `GEMINI_CLI_HOME` relocates the
 //! home under which it keeps `.gemini/` (settings, credentials, sessions).
-//! Flags from gemini 0.61.0's `--help` and bundle; stream shapes from its headless docs
-//! (see tests/fixtures/transcripts/README.md).
+//! Command lines, stream shapes, resume by UUID and the error `result` lines verified
+//! against the real gemini 0.61.0 (tests/contract_gemini.rs, transcripts
+//! tests/fixtures/transcripts/gemini-0.61.0-*.jsonl). A per-day-quota 429 and a 401 end
+//! the run at once; a plain 429 it retries (10 attempts, backoff) logging only on stderr,
+//! unless the settings' `general.maxAttempts` is lowered.
 
 use serde_json::Value;
 
@@ -240,6 +243,66 @@ mod tests {
         let result = json!({"kind": "result", "success": true,
             "text": "All done. I wrote MOCK_RESULT.txt.", "session_id": id});
         assert_eq!(events[5], result);
+    }
+
+    macro_rules! recorded {
+        ($file:literal) => {
+            parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/transcripts/gemini-0.61.0-",
+                $file
+            )))
+        };
+    }
+
+    fn kinds(events: &Value) -> Vec<String> {
+        let events = events.as_array().cloned().unwrap_or_default();
+        events
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn recorded_write_file_and_resume_are_one_session() {
+        let events = recorded!("write-file.jsonl");
+        assert_eq!(
+            kinds(&events),
+            [
+                "session_started",
+                "tool_use",
+                "tool_result",
+                "assistant_text",
+                "usage",
+                "result"
+            ]
+        );
+        let id = events[0]["session_id"].clone();
+        assert_eq!(events[1]["name"], "write_file");
+        assert_eq!(events[1]["input"]["file_path"], "MOCK_RESULT.txt");
+        assert_eq!(events[2]["is_error"], false);
+        assert_eq!(events[5]["text"], "All done.");
+        assert_eq!(events[5]["session_id"], id);
+        let resumed = recorded!("resume.jsonl");
+        assert_eq!(resumed[0]["session_id"], id);
+        let last = resumed.as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["text"], "Thanks, continuing with your answers.");
+        assert_eq!(last["success"], true);
+    }
+
+    #[test]
+    fn recorded_quota_and_auth_failures_are_classified() {
+        let events = recorded!("rate-limited.jsonl");
+        assert_eq!(
+            kinds(&events),
+            ["session_started", "usage", "rate_limited", "result"]
+        );
+        assert_eq!(events[3]["success"], false);
+        let events = recorded!("auth-failed.jsonl");
+        assert_eq!(
+            kinds(&events),
+            ["session_started", "usage", "auth_failed", "result"]
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! its input and output), `step_finish` (tokens, cost, and why the step ended: `stop` ends
 //! the run) and `error`. The prompt is read from stdin when it is not a terminal; resume
 //! is `--session ID`. Credentials and sessions live under `$XDG_DATA_HOME/opencode`.
-//! Flags from opencode 1.18.33's `--help`; shapes from public docs (see
-//! tests/fixtures/transcripts/README.md).
+//! Command lines, stream shapes, resume and the 429 / 401 `error` events verified against
+//! the real opencode 1.18.33 (tests/contract_opencode.rs, transcripts
+//! tests/fixtures/transcripts/opencode-1.18.33-*.jsonl). It retries a 429 five times
+//! (per `retry-after`, else 2 s doubling to 30 s) before the `error` line, printing
+//! nothing meanwhile.
 
 use serde_json::Value;
 
@@ -216,6 +219,57 @@ mod tests {
         let result =
             json!({"kind": "result", "success": true, "text": "All done.", "session_id": id});
         assert_eq!(events[6], result);
+    }
+
+    macro_rules! recorded {
+        ($file:literal) => {
+            parse(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/transcripts/opencode-1.18.33-",
+                $file
+            )))
+        };
+    }
+
+    #[test]
+    fn recorded_write_file_and_resume_are_one_session() {
+        let events = recorded!("write-file.jsonl");
+        assert_eq!(
+            kinds(&events),
+            [
+                "session_started",
+                "tool_use",
+                "tool_result",
+                "usage",
+                "assistant_text",
+                "usage",
+                "result"
+            ]
+        );
+        let id = events[0]["session_id"].clone();
+        assert!(id.as_str().unwrap().starts_with("ses_"));
+        assert_eq!(events[1]["name"], "write");
+        assert_eq!(events[1]["input"]["filePath"], "MOCK_RESULT.txt");
+        assert_eq!(events[2]["is_error"], false);
+        let result =
+            json!({"kind": "result", "success": true, "text": "All done.", "session_id": id});
+        assert_eq!(events[6], result);
+        let resumed = recorded!("resume.jsonl");
+        assert_eq!(resumed[0]["session_id"], id);
+        let last = resumed.as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["text"], "Thanks, continuing with your answers.");
+    }
+
+    #[test]
+    fn recorded_quota_and_auth_failures_are_classified() {
+        assert_eq!(
+            kinds(&recorded!("rate-limited.jsonl")),
+            ["session_started", "rate_limited", "result"]
+        );
+        assert_eq!(
+            kinds(&recorded!("auth-failed.jsonl")),
+            ["session_started", "auth_failed", "result"]
+        );
     }
 
     #[test]

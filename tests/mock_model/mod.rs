@@ -1,6 +1,7 @@
 //! A scripted model server on 127.0.0.1 for the contract tests: it speaks enough of the
-//! Anthropic Messages API (claude) and the OpenAI Responses API (codex) for a real CLI to
-//! run one agent turn against it. A fresh request gets a tool call that writes
+//! Anthropic Messages API (claude), the OpenAI Responses API (codex), the Gemini API
+//! (`streamGenerateContent?alt=sse`, gemini) and OpenAI chat completions (opencode's
+//! `@ai-sdk/openai-compatible` provider) for a real CLI to run one agent turn against it. A fresh request gets a tool call that writes
 //! `MOCK_RESULT.txt` in the CLI's cwd; a request that carries that tool's result gets the
 //! final text; a request whose last message contains [`RESUME_MARKER`] (the start of
 //! the prompt `providers::format_answers` makes for a resume) gets [`ANSWER_TEXT`]. It can instead answer every request with an HTTP error (429, 401) to
@@ -113,23 +114,38 @@ async fn handle(
         .lock()
         .unwrap()
         .push((path.clone(), request.clone()));
-    let anthropic = path.ends_with("/messages");
-    let openai = path.ends_with("/responses");
-    if !anthropic && !openai {
+    let api = if path.ends_with("/messages") {
+        Api::Anthropic
+    } else if path.ends_with("/responses") {
+        Api::Responses
+    } else if path.ends_with(":streamGenerateContent") {
+        Api::Gemini
+    } else if path.ends_with("/chat/completions") {
+        Api::Chat
+    } else {
+        // Includes gemini's non-streaming `:generateContent` side calls (routing,
+        // next-speaker checks): it carries on without them.
         return plain(StatusCode::NOT_FOUND, "application/json", "{}".into());
-    }
+    };
+    let anthropic = api == Api::Anthropic;
     if let Behaviour::Fail(status) = mock.behaviour {
-        return failure(status, anthropic);
+        return failure(status, api);
     }
     if let Behaviour::FailForKey(status) = mock.behaviour {
         let key = headers
             .get("x-api-key")
+            .or_else(|| headers.get("x-goog-api-key"))
             .or_else(|| headers.get(header::AUTHORIZATION))
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if key.contains(EXHAUSTED_KEY) {
-            return failure(status, anthropic);
+            return failure(status, api);
         }
+    }
+    match api {
+        Api::Gemini => return sse(gemini_turn(&request, &mock.content), false),
+        Api::Chat => return sse(chat_turn(&request, &mock.content), true),
+        Api::Anthropic | Api::Responses => {}
     }
     let turn = if anthropic {
         anthropic_turn(&request)
@@ -165,19 +181,49 @@ fn plain(status: StatusCode, content_type: &str, body: String) -> Response {
         .unwrap()
 }
 
-fn failure(status: u16, anthropic: bool) -> Response {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Anthropic,
+    Responses,
+    Gemini,
+    Chat,
+}
+
+/// Server-sent events with `data:` lines only (Gemini, chat completions), `[DONE]` last
+/// for chat completions.
+fn sse(chunks: Vec<Value>, done: bool) -> Response {
+    let mut body = String::new();
+    for chunk in chunks {
+        body.push_str(&format!("data: {chunk}\n\n"));
+    }
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    plain(StatusCode::OK, "text/event-stream", body)
+}
+
+fn failure(status: u16, api: Api) -> Response {
     let (kind, message) = match status {
         429 => ("rate_limit_error", "Rate limited by the mock"),
         401 => ("authentication_error", "invalid x-api-key"),
         _ => ("api_error", "mock failure"),
     };
-    let body = if anthropic {
-        json!({"type": "error", "error": {"type": kind, "message": message}})
-    } else {
-        json!({"error": {"type": kind, "code": kind, "message": message}})
+    let body = match api {
+        Api::Anthropic => json!({"type": "error", "error": {"type": kind, "message": message}}),
+        Api::Responses => json!({"error": {"type": kind, "code": kind, "message": message}}),
+        Api::Gemini => gemini_error(status),
+        Api::Chat => chat_error(status),
     };
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    plain(status, "application/json", body.to_string())
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = plain(code, "application/json", body.to_string());
+    if api == Api::Chat && status == 429 {
+        // opencode retries a 429 five times, waiting what `retry-after` says (2 s
+        // doubling to 30 s without it, about a minute in all) before it prints the error.
+        response
+            .headers_mut()
+            .insert("retry-after", header::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 enum Turn {
@@ -302,5 +348,101 @@ fn openai_text(text: &str) -> Vec<Value> {
         json!({"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": text}),
         json!({"type": "response.output_item.done", "output_index": 0, "item": item}),
         openai_completed(),
+    ]
+}
+
+/// What the Gemini API answers an account out of quota (a per-day quota: gemini 0.61.0
+/// gives up at once and says so; a bare 429 it retries for minutes, on stderr only) or a
+/// refused key.
+fn gemini_error(status: u16) -> Value {
+    match status {
+        429 => json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+            "message": "You exceeded your current quota, please check your plan and billing details.",
+            "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                "quotaValue": "250"}]}]}}),
+        401 => json!({"error": {"code": 401, "status": "UNAUTHENTICATED",
+            "message": "Request had invalid authentication credentials."}}),
+        _ => json!({"error": {"code": status, "status": "INTERNAL", "message": "mock failure"}}),
+    }
+}
+
+/// What an OpenAI-compatible API answers an account out of credits (`insufficient_quota`)
+/// or a refused key. opencode 1.18.33 prints nothing on stdout while it retries a 429.
+fn chat_error(status: u16) -> Value {
+    let (kind, message) = match status {
+        429 => (
+            "insufficient_quota",
+            "You exceeded your current quota, please check your plan and billing details.",
+        ),
+        401 => ("invalid_api_key", "Incorrect API key provided."),
+        _ => ("server_error", "mock failure"),
+    };
+    json!({"error": {"message": message, "type": kind, "code": kind, "param": null}})
+}
+
+fn gemini_turn(request: &Value, content: &str) -> Vec<Value> {
+    let contents = request["contents"].as_array().cloned().unwrap_or_default();
+    let last = contents.last().cloned().unwrap_or(Value::Null);
+    let parts = last["parts"].as_array().cloned().unwrap_or_default();
+    let part = if last.to_string().contains(RESUME_MARKER) {
+        json!({"text": ANSWER_TEXT})
+    } else if parts.iter().any(|p| p.get("functionResponse").is_some()) {
+        json!({"text": FINAL_TEXT})
+    } else {
+        json!({"functionCall": {"name": "write_file",
+            "args": {"file_path": FILE, "content": content}}})
+    };
+    vec![json!({
+        "candidates": [{"content": {"role": "model", "parts": [part]},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 5, "totalTokenCount": 17},
+        "modelVersion": "gemini-2.5-flash",
+    })]
+}
+
+fn chat_turn(request: &Value, content: &str) -> Vec<Value> {
+    let messages = request["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.last().cloned().unwrap_or(Value::Null);
+    let offers_tools = request["tools"].as_array().is_some_and(|t| !t.is_empty());
+    let (delta, finish) = if !offers_tools {
+        // opencode asks for a session title on the side, without tools.
+        (
+            json!({"role": "assistant", "content": "Mock title"}),
+            "stop",
+        )
+    } else if last["role"] == "tool" {
+        (json!({"role": "assistant", "content": FINAL_TEXT}), "stop")
+    } else if last.to_string().contains(RESUME_MARKER) {
+        (json!({"role": "assistant", "content": ANSWER_TEXT}), "stop")
+    } else {
+        let arguments = json!({"filePath": FILE, "content": content}).to_string();
+        let call = json!({"index": 0, "id": "call_mock_1", "type": "function",
+            "function": {"name": "write", "arguments": arguments}});
+        (
+            json!({"role": "assistant", "tool_calls": [call]}),
+            "tool_calls",
+        )
+    };
+    let model = request["model"].clone();
+    let chunk = |choices: Value, usage: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+            "model": model, "choices": choices, "usage": usage})
+    };
+    vec![
+        chunk(
+            json!([{"index": 0, "delta": delta, "finish_reason": null}]),
+            Value::Null,
+        ),
+        chunk(
+            json!([{"index": 0, "delta": {}, "finish_reason": finish}]),
+            Value::Null,
+        ),
+        chunk(
+            json!([]),
+            json!({"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}),
+        ),
     ]
 }

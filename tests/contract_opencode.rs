@@ -1,0 +1,207 @@
+//! Contract test: the real `opencode` CLI, run with our command lines and environment
+//! against a scripted mock of an OpenAI-compatible chat completions API (declared in the
+//! file `OPENCODE_CONFIG` names, as a custom provider through `@ai-sdk/openai-compatible`
+//! with a `baseURL`), read by our parser. Covers a spawn whose `write` call writes a file,
+//! a resume of the same session with an answer, and 429 (`insufficient_quota`) / 401
+//! answers reported as rate-limit / auth events.
+
+mod mock_model;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use agentfleet::providers::{
+    AgentEvent, Provider, SpawnOptions, format_answers, place_prompt, provider,
+};
+use mock_model::run::{Sandbox, cli, result_of, run, session_ids, strings};
+use mock_model::{ANSWER_TEXT, Behaviour, FILE, FINAL_TEXT, MockModel};
+
+const LIMIT: Duration = Duration::from_secs(40);
+
+/// The config file a deployment would point `OPENCODE_CONFIG` at to reach its endpoint.
+fn write_config(path: &Path, mock: &MockModel) {
+    let config = serde_json::json!({
+        "$schema": "https://opencode.ai/config.json",
+        "autoupdate": false,
+        "share": "disabled",
+        "provider": {"mock": {
+            "npm": "@ai-sdk/openai-compatible",
+            "name": "Mock",
+            "options": {"baseURL": format!("{}/v1", mock.base_url), "apiKey": "{env:MOCK_API_KEY}"},
+            "models": {"mock-model": {"name": "Mock model"}},
+        }},
+    });
+    std::fs::write(path, config.to_string()).unwrap();
+}
+
+fn env(p: &dyn Provider, sandbox: &Sandbox, mock: &MockModel) -> Vec<(String, String)> {
+    let config = sandbox.dir.path().join("opencode.json");
+    write_config(&config, mock);
+    let mut env = p.env();
+    env.push((
+        p.config_dir_env().unwrap().to_string(),
+        sandbox.config().display().to_string(),
+    ));
+    env.extend(strings(&[
+        ("HOME", &sandbox.home().display().to_string()),
+        ("OPENCODE_CONFIG", &config.display().to_string()),
+        ("MOCK_API_KEY", "sk-mock"),
+    ]));
+    env
+}
+
+fn opts() -> SpawnOptions {
+    SpawnOptions {
+        model: Some("mock/mock-model".into()),
+        mode: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_opencode_spawns_writes_a_file_and_resumes_the_same_session() {
+    let opencode = cli("opencode");
+    let p = provider("opencode").unwrap();
+    let sandbox = Sandbox::new();
+    let content = "written by the real opencode CLI\n";
+    let mock = MockModel::start(Behaviour::Script, content).await;
+    let env = env(p.as_ref(), &sandbox, &mock);
+    let opts = opts();
+
+    let args = place_prompt(p.spawn_args(&opts), p.prompt_via(), "Write the file.");
+    let first = run(
+        &opencode,
+        &args,
+        &env,
+        &sandbox.work(),
+        "Write the file.",
+        p.parser(),
+        |_| false,
+        LIMIT,
+    )
+    .await;
+    let dump = format!("stdout:\n{}\nstderr:\n{}", first.stdout, first.stderr);
+    assert_eq!(first.exit_code, Some(0), "{dump}");
+    let ids = session_ids(&first.events);
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| *id == ids[0]),
+        "{ids:?}\n{dump}"
+    );
+    assert!(
+        first.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::ToolUse { name, input, .. }
+                if name == "write" && input["filePath"] == FILE
+        )),
+        "{dump}"
+    );
+    assert!(
+        first.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::ToolResult {
+                is_error: false,
+                ..
+            }
+        )),
+        "{dump}"
+    );
+    assert!(
+        first
+            .events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Usage { input_tokens, .. } if *input_tokens > 0)),
+        "{dump}"
+    );
+    assert_eq!(
+        result_of(&first.events),
+        Some((true, Some(FINAL_TEXT.to_string()))),
+        "{dump}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.work().join(FILE)).unwrap(),
+        content
+    );
+    // The session lives in the account's data dir, not in HOME.
+    assert!(sandbox.config().join("opencode").exists(), "{dump}");
+
+    let answer = format_answers(&BTreeMap::from([(
+        "db".to_string(),
+        "Postgres".to_string(),
+    )]));
+    let args = place_prompt(
+        p.resume_args(&ids[0], &opts).unwrap(),
+        p.prompt_via(),
+        &answer,
+    );
+    let second = run(
+        &opencode,
+        &args,
+        &env,
+        &sandbox.work(),
+        &answer,
+        p.parser(),
+        |_| false,
+        LIMIT,
+    )
+    .await;
+    let dump = format!("stdout:\n{}\nstderr:\n{}", second.stdout, second.stderr);
+    assert_eq!(second.exit_code, Some(0), "{dump}");
+    let resumed = session_ids(&second.events);
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|id| *id == ids[0]),
+        "{resumed:?} vs {ids:?}\n{dump}"
+    );
+    assert_eq!(
+        result_of(&second.events),
+        Some((true, Some(ANSWER_TEXT.to_string()))),
+        "{dump}"
+    );
+    // The earlier turns were sent again: the session really continued.
+    let requests = mock.requests.lock().unwrap();
+    let last = &requests.last().unwrap().1;
+    assert!(last.to_string().contains("call_mock_1"), "{last}");
+    assert!(last["messages"].as_array().unwrap().len() >= 4, "{last}");
+}
+
+async fn failing_api_is_reported(status: u16, expect: fn(&AgentEvent) -> bool) {
+    let opencode = cli("opencode");
+    let p = provider("opencode").unwrap();
+    let sandbox = Sandbox::new();
+    let mock = MockModel::start(Behaviour::Fail(status), "").await;
+    let env = env(p.as_ref(), &sandbox, &mock);
+    let args = p.spawn_args(&opts());
+    let started = std::time::Instant::now();
+    let out = run(
+        &opencode,
+        &args,
+        &env,
+        &sandbox.work(),
+        "Write the file.",
+        p.parser(),
+        expect,
+        LIMIT,
+    )
+    .await;
+    assert!(
+        out.events.iter().any(expect),
+        "{:#?}\nstdout: {}\nstderr: {}",
+        out.events,
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_opencode_quota_exhausted_is_reported_as_a_rate_limit() {
+    failing_api_is_reported(429, |e| matches!(e, AgentEvent::RateLimited { .. })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_opencode_auth_failure_is_reported() {
+    failing_api_is_reported(401, |e| matches!(e, AgentEvent::AuthFailed { .. })).await;
+}
