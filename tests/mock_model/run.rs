@@ -191,3 +191,41 @@ pub fn strings(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Runs `program` on "Write the file." until `expect` matches one of its events (the CLI
+/// keeps retrying a failing API on its own: it is killed then) and asserts that the event
+/// came, and came within 20 s.
+pub async fn assert_failure_reported(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+    parser: Box<dyn StreamParser>,
+    expect: fn(&AgentEvent) -> bool,
+    limit: Duration,
+) {
+    let started = std::time::Instant::now();
+    let out = run(
+        program,
+        args,
+        env,
+        cwd,
+        "Write the file.",
+        parser,
+        expect,
+        limit,
+    )
+    .await;
+    assert!(
+        out.events.iter().any(expect),
+        "{:#?}\nstdout: {}\nstderr: {}",
+        out.events,
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
