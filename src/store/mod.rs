@@ -15,6 +15,7 @@
 mod postgres;
 mod postgres_accounts;
 mod postgres_leases;
+mod rows;
 mod sqlite;
 
 pub use postgres::PgStore;

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::postgres::PgStore;
+use super::rows::account_from_row;
 use super::{AccountPick, NewAccount, Owner, StoreError};
-use crate::domain::{Account, AccountKind};
+use crate::domain::Account;
 
 /// A SELECT of an account with the number of agents holding it, followed by `$rest`.
 macro_rules! select_accounts {
@@ -291,27 +291,4 @@ impl PgStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
-}
-
-fn account_from_row(r: &sqlx::postgres::PgRow) -> Result<Account, StoreError> {
-    let kind: String = r.try_get("kind")?;
-    Ok(Account {
-        id: r.try_get("id")?,
-        provider: r.try_get("provider")?,
-        label: r.try_get("label")?,
-        kind: AccountKind::parse(&kind).ok_or_else(|| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("account kind '{kind}' is not known to this version").into(),
-            ))
-        })?,
-        fingerprint: r.try_get("fingerprint")?,
-        max_concurrent: r.try_get("max_concurrent")?,
-        in_use: r.try_get("in_use")?,
-        last_used_at: r.try_get("last_used_at")?,
-        exhausted_until: r.try_get("exhausted_until")?,
-        invalid_reason: r.try_get("invalid_reason")?,
-        created_at: r.try_get("created_at")?,
-        sealed: r.try_get("sealed")?,
-        key_id: r.try_get("key_id")?,
-    })
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::postgres::{PgStore, agent_from_row};
+use super::postgres::PgStore;
+use super::rows::agent_from_row;
 use super::{
     ControlKind, ControlRequest, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError,
 };

@@ -13,20 +13,16 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use super::rows::{agent_from_row, event_from_row, project_from_row, worker_from_row};
 use super::{
     ClaimedRequest, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn, SpawnRecord,
     StoreError,
 };
-use crate::domain::{
-    Agent, AgentMode, AgentOutcome, AgentStatus, PendingQuestion, Project, QueueStats, StoredEvent,
-    WorkerInfo,
-};
+use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -608,16 +604,7 @@ impl SqliteStore {
         .bind(after_seq)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    seq: r.try_get("seq")?,
-                    kind: r.try_get("kind")?,
-                    data: r.try_get("data")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
 
     /// Writes the agent's final state and closes its request; fenced by the owner.
@@ -758,24 +745,7 @@ impl SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerInfo {
-                    id: r.try_get("id")?,
-                    node_id: r.try_get("node_id")?,
-                    host: r.try_get("host")?,
-                    pid: r.try_get("pid")?,
-                    capacity: r.try_get("capacity")?,
-                    running: r.try_get("running")?,
-                    status: r.try_get("status")?,
-                    epoch: r.try_get("epoch")?,
-                    started_at: r.try_get("started_at")?,
-                    last_heartbeat_at: r.try_get("last_heartbeat_at")?,
-                    lease_expires_at: r.try_get("lease_expires_at")?,
-                    lease_age_seconds: r.try_get("lease_age")?,
-                })
-            })
-            .collect()
+        rows.iter().map(worker_from_row).collect()
     }
 }
 
@@ -787,58 +757,5 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
         path: dir.display().to_string(),
         source,
-    })
-}
-
-fn project_from_row(r: &SqliteRow) -> Result<Project, StoreError> {
-    Ok(Project {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        remote_url: r.try_get("remote_url")?,
-        default_branch: r.try_get("default_branch")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
-pub(super) fn agent_from_row(r: &SqliteRow) -> Result<Agent, StoreError> {
-    let status: String = r.try_get("status")?;
-    let mode: String = r.try_get("mode")?;
-    let questions: Option<serde_json::Value> = r.try_get("pending_questions")?;
-    let pending_questions: Vec<PendingQuestion> = questions
-        .and_then(|q| serde_json::from_value(q).ok())
-        .unwrap_or_default();
-    let decode = |what: &str, value: &str| {
-        StoreError::Database(sqlx::Error::Decode(
-            format!("agent {what} '{value}' is not known to this version").into(),
-        ))
-    };
-    Ok(Agent {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        provider: r.try_get("provider")?,
-        mode: AgentMode::parse(&mode).ok_or_else(|| decode("mode", &mode))?,
-        project: r.try_get("project")?,
-        task_id: r.try_get("task_id")?,
-        status: AgentStatus::parse(&status).ok_or_else(|| decode("status", &status))?,
-        session_id: r.try_get("session_id")?,
-        worker_id: r.try_get("worker_id")?,
-        node_id: r.try_get("node_id")?,
-        owner_epoch: r.try_get("owner_epoch")?,
-        pid: r.try_get("pid")?,
-        branch: r.try_get("branch")?,
-        workdir: r.try_get("workdir")?,
-        output_path: r.try_get("output_path")?,
-        result: r.try_get("result")?,
-        pending_questions,
-        error: r.try_get("error")?,
-        exit_code: r.try_get("exit_code")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        started_at: r.try_get("started_at")?,
-        finished_at: r.try_get("finished_at")?,
-        dismissed: r.try_get("dismissed")?,
-        output_offset: r.try_get("output_offset")?,
-        pid_start_time: r.try_get("pid_start_time")?,
-        account_id: r.try_get("account_id")?,
     })
 }

@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 
 use super::super::{AccountPick, NewAccount, Owner, StoreError};
 use super::SqliteStore;
-use crate::domain::{Account, AccountKind};
+use crate::domain::Account;
+use crate::store::rows::account_from_row;
 
 /// A SELECT of an account with the number of agents holding it, followed by `$rest`.
 macro_rules! select_accounts {
@@ -321,27 +320,4 @@ async fn touch(tx: &mut sqlx::SqliteConnection, account_id: Uuid) -> Result<(), 
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-fn account_from_row(r: &SqliteRow) -> Result<Account, StoreError> {
-    let kind: String = r.try_get("kind")?;
-    Ok(Account {
-        id: r.try_get("id")?,
-        provider: r.try_get("provider")?,
-        label: r.try_get("label")?,
-        kind: AccountKind::parse(&kind).ok_or_else(|| {
-            StoreError::Database(sqlx::Error::Decode(
-                format!("account kind '{kind}' is not known to this version").into(),
-            ))
-        })?,
-        fingerprint: r.try_get("fingerprint")?,
-        max_concurrent: r.try_get("max_concurrent")?,
-        in_use: r.try_get("in_use")?,
-        last_used_at: r.try_get("last_used_at")?,
-        exhausted_until: r.try_get("exhausted_until")?,
-        invalid_reason: r.try_get("invalid_reason")?,
-        created_at: r.try_get("created_at")?,
-        sealed: r.try_get("sealed")?,
-        key_id: r.try_get("key_id")?,
-    })
 }

@@ -1,0 +1,141 @@
+//! Rows to domain types, once for both adapters. The SQL of each adapter is its own (the
+//! dialects differ), but both select the same column names with types both drivers decode
+//! (`StoreRow`), so the mapping back to `Agent`, `Project`, `Account`, `WorkerInfo` and
+//! `StoredEvent` is shared here.
+
+use sqlx::{Decode, Postgres, Row, Sqlite, Type};
+
+use super::StoreError;
+use crate::domain::{
+    Account, AccountKind, Agent, AgentMode, AgentStatus, PendingQuestion, Project, StoredEvent,
+    WorkerInfo,
+};
+
+/// A column value both drivers can decode.
+pub(super) trait Column:
+    for<'r> Decode<'r, Postgres> + Type<Postgres> + for<'r> Decode<'r, Sqlite> + Type<Sqlite>
+{
+}
+
+impl<T> Column for T where
+    T: for<'r> Decode<'r, Postgres> + Type<Postgres> + for<'r> Decode<'r, Sqlite> + Type<Sqlite>
+{
+}
+
+/// A result row of either adapter, read by column name.
+pub(super) trait StoreRow {
+    fn col<T: Column>(&self, name: &str) -> Result<T, sqlx::Error>;
+}
+
+impl StoreRow for sqlx::postgres::PgRow {
+    fn col<T: Column>(&self, name: &str) -> Result<T, sqlx::Error> {
+        self.try_get(name)
+    }
+}
+
+impl StoreRow for sqlx::sqlite::SqliteRow {
+    fn col<T: Column>(&self, name: &str) -> Result<T, sqlx::Error> {
+        self.try_get(name)
+    }
+}
+
+/// A stored value this version does not know (a newer writer, say).
+fn unknown(what: &str, value: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Decode(
+        format!("{what} '{value}' is not known to this version").into(),
+    ))
+}
+
+pub(super) fn project_from_row(r: &impl StoreRow) -> Result<Project, StoreError> {
+    Ok(Project {
+        id: r.col("id")?,
+        name: r.col("name")?,
+        remote_url: r.col("remote_url")?,
+        default_branch: r.col("default_branch")?,
+        created_at: r.col("created_at")?,
+    })
+}
+
+pub(super) fn agent_from_row(r: &impl StoreRow) -> Result<Agent, StoreError> {
+    let status: String = r.col("status")?;
+    let mode: String = r.col("mode")?;
+    let questions: Option<serde_json::Value> = r.col("pending_questions")?;
+    let pending_questions: Vec<PendingQuestion> = questions
+        .and_then(|q| serde_json::from_value(q).ok())
+        .unwrap_or_default();
+    Ok(Agent {
+        id: r.col("id")?,
+        name: r.col("name")?,
+        provider: r.col("provider")?,
+        mode: AgentMode::parse(&mode).ok_or_else(|| unknown("agent mode", &mode))?,
+        project: r.col("project")?,
+        task_id: r.col("task_id")?,
+        status: AgentStatus::parse(&status).ok_or_else(|| unknown("agent status", &status))?,
+        session_id: r.col("session_id")?,
+        worker_id: r.col("worker_id")?,
+        node_id: r.col("node_id")?,
+        owner_epoch: r.col("owner_epoch")?,
+        pid: r.col("pid")?,
+        branch: r.col("branch")?,
+        workdir: r.col("workdir")?,
+        output_path: r.col("output_path")?,
+        result: r.col("result")?,
+        pending_questions,
+        error: r.col("error")?,
+        exit_code: r.col("exit_code")?,
+        created_at: r.col("created_at")?,
+        updated_at: r.col("updated_at")?,
+        started_at: r.col("started_at")?,
+        finished_at: r.col("finished_at")?,
+        dismissed: r.col("dismissed")?,
+        output_offset: r.col("output_offset")?,
+        pid_start_time: r.col("pid_start_time")?,
+        account_id: r.col("account_id")?,
+    })
+}
+
+pub(super) fn account_from_row(r: &impl StoreRow) -> Result<Account, StoreError> {
+    let kind: String = r.col("kind")?;
+    Ok(Account {
+        id: r.col("id")?,
+        provider: r.col("provider")?,
+        label: r.col("label")?,
+        kind: AccountKind::parse(&kind).ok_or_else(|| unknown("account kind", &kind))?,
+        fingerprint: r.col("fingerprint")?,
+        max_concurrent: r.col("max_concurrent")?,
+        in_use: r.col("in_use")?,
+        last_used_at: r.col("last_used_at")?,
+        exhausted_until: r.col("exhausted_until")?,
+        invalid_reason: r.col("invalid_reason")?,
+        created_at: r.col("created_at")?,
+        sealed: r.col("sealed")?,
+        key_id: r.col("key_id")?,
+    })
+}
+
+/// A worker row with its lease age (seconds) selected as `lease_age`.
+pub(super) fn worker_from_row(r: &impl StoreRow) -> Result<WorkerInfo, StoreError> {
+    Ok(WorkerInfo {
+        id: r.col("id")?,
+        node_id: r.col("node_id")?,
+        host: r.col("host")?,
+        pid: r.col("pid")?,
+        capacity: r.col("capacity")?,
+        running: r.col("running")?,
+        status: r.col("status")?,
+        epoch: r.col("epoch")?,
+        started_at: r.col("started_at")?,
+        last_heartbeat_at: r.col("last_heartbeat_at")?,
+        lease_expires_at: r.col("lease_expires_at")?,
+        lease_age_seconds: r.col("lease_age")?,
+    })
+}
+
+pub(super) fn event_from_row(r: &impl StoreRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        seq: r.col("seq")?,
+        kind: r.col("kind")?,
+        data: r.col("data")?,
+        created_at: r.col("created_at")?,
+    })
+}
