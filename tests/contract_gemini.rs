@@ -6,17 +6,12 @@
 
 mod mock_model;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use agentfleet::providers::{
-    AgentEvent, Provider, SpawnOptions, format_answers, place_prompt, provider,
-};
-use mock_model::run::{
-    Sandbox, assert_failure_reported, cli, result_of, run, session_ids, strings,
-};
-use mock_model::{ANSWER_TEXT, Behaviour, FILE, FINAL_TEXT, MockModel};
+use agentfleet::providers::{AgentEvent, Provider, SpawnOptions, provider};
+use mock_model::run::{Expect, Sandbox, assert_failure_reported, cli, spawn_then_resume, strings};
+use mock_model::{Behaviour, MockModel};
 
 const LIMIT: Duration = Duration::from_secs(40);
 
@@ -71,96 +66,21 @@ async fn providers_gemini_spawns_writes_a_file_and_resumes_the_same_session() {
     let content = "written by the real gemini CLI\n";
     let mock = MockModel::start(Behaviour::Script, content).await;
     let env = env(p.as_ref(), &sandbox, &mock);
-    let opts = opts();
-
-    let args = place_prompt(p.spawn_args(&opts), p.prompt_via(), "Write the file.");
-    let first = run(
+    let expect = Expect {
+        tool: "write_file",
+        path_key: "file_path",
+        session_dir: ".gemini/tmp",
+    };
+    spawn_then_resume(
         &gemini,
-        &args,
+        p.as_ref(),
+        &opts(),
         &env,
-        &sandbox.work(),
-        "Write the file.",
-        p.parser(),
-        |_| false,
-        LIMIT,
+        &sandbox,
+        content,
+        expect,
     )
     .await;
-    let dump = format!("stdout:\n{}\nstderr:\n{}", first.stdout, first.stderr);
-    assert_eq!(first.exit_code, Some(0), "{dump}");
-    let ids = session_ids(&first.events);
-    assert!(
-        !ids.is_empty() && ids.iter().all(|id| *id == ids[0]),
-        "{ids:?}\n{dump}"
-    );
-    assert!(
-        first.events.iter().any(|e| matches!(
-            e,
-            AgentEvent::ToolUse { name, input, .. }
-                if name == "write_file" && input["file_path"] == FILE
-        )),
-        "{dump}"
-    );
-    assert!(
-        first.events.iter().any(|e| matches!(
-            e,
-            AgentEvent::ToolResult {
-                is_error: false,
-                ..
-            }
-        )),
-        "{dump}"
-    );
-    assert!(
-        first
-            .events
-            .iter()
-            .any(|e| matches!(e, AgentEvent::Usage { input_tokens, .. } if *input_tokens > 0)),
-        "{dump}"
-    );
-    assert_eq!(
-        result_of(&first.events),
-        Some((true, Some(FINAL_TEXT.to_string()))),
-        "{dump}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(sandbox.work().join(FILE)).unwrap(),
-        content
-    );
-    // The session lives in the account's config dir, not in HOME.
-    assert!(sandbox.config().join(".gemini/tmp").exists(), "{dump}");
-
-    let answer = format_answers(&BTreeMap::from([(
-        "db".to_string(),
-        "Postgres".to_string(),
-    )]));
-    let args = place_prompt(
-        p.resume_args(&ids[0], &opts).unwrap(),
-        p.prompt_via(),
-        &answer,
-    );
-    let second = run(
-        &gemini,
-        &args,
-        &env,
-        &sandbox.work(),
-        &answer,
-        p.parser(),
-        |_| false,
-        LIMIT,
-    )
-    .await;
-    let dump = format!("stdout:\n{}\nstderr:\n{}", second.stdout, second.stderr);
-    assert_eq!(second.exit_code, Some(0), "{dump}");
-    let resumed = session_ids(&second.events);
-    assert!(
-        !resumed.is_empty() && resumed.iter().all(|id| *id == ids[0]),
-        "{resumed:?} vs {ids:?}\n{dump}"
-    );
-    assert_eq!(
-        result_of(&second.events),
-        Some((true, Some(ANSWER_TEXT.to_string()))),
-        "{dump}"
-    );
     // The earlier turns were sent again: the session really continued.
     let requests = mock.requests.lock().unwrap();
     let last = &requests.last().unwrap().1;

@@ -229,3 +229,121 @@ pub async fn assert_failure_reported(
         started.elapsed()
     );
 }
+
+/// What a CLI's first run must show: the file-writing tool it calls (name, and the input
+/// key that holds the path), where it keeps its session (under the sandbox's config dir).
+pub struct Expect {
+    pub tool: &'static str,
+    pub path_key: &'static str,
+    pub session_dir: &'static str,
+}
+
+/// The spawn-then-resume contract against the scripted mock: the first run calls the
+/// file-writing tool on `super::FILE`, reports usage and the final text, and writes the
+/// file; resuming its session with an answer continues the same session to the answer
+/// text. Returns the session id; the caller checks what the mock received.
+pub async fn spawn_then_resume(
+    program: &Path,
+    provider: &dyn agentfleet::providers::Provider,
+    opts: &agentfleet::providers::SpawnOptions,
+    env: &[(String, String)],
+    sandbox: &Sandbox,
+    content: &str,
+    expect: Expect,
+) -> String {
+    use agentfleet::providers::{format_answers, place_prompt};
+    let args = place_prompt(
+        provider.spawn_args(opts),
+        provider.prompt_via(),
+        "Write the file.",
+    );
+    let limit = Duration::from_secs(40);
+    let first = run(
+        program,
+        &args,
+        env,
+        &sandbox.work(),
+        "Write the file.",
+        provider.parser(),
+        |_| false,
+        limit,
+    )
+    .await;
+    let dump = format!("stdout:\n{}\nstderr:\n{}", first.stdout, first.stderr);
+    assert_eq!(first.exit_code, Some(0), "{dump}");
+    let ids = session_ids(&first.events);
+    assert!(
+        !ids.is_empty() && ids.iter().all(|id| *id == ids[0]),
+        "{ids:?}\n{dump}"
+    );
+    assert!(
+        first.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::ToolUse { name, input, .. }
+                if name == expect.tool && input[expect.path_key] == super::FILE
+        )),
+        "{dump}"
+    );
+    assert!(
+        first.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::ToolResult {
+                is_error: false,
+                ..
+            }
+        )),
+        "{dump}"
+    );
+    assert!(
+        first
+            .events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Usage { input_tokens, .. } if *input_tokens > 0)),
+        "{dump}"
+    );
+    assert_eq!(
+        result_of(&first.events),
+        Some((true, Some(super::FINAL_TEXT.to_string()))),
+        "{dump}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sandbox.work().join(super::FILE)).unwrap(),
+        content
+    );
+    // The session lives in the account's config dir, not in HOME.
+    assert!(sandbox.config().join(expect.session_dir).exists(), "{dump}");
+
+    let answer = format_answers(&std::collections::BTreeMap::from([(
+        "db".to_string(),
+        "Postgres".to_string(),
+    )]));
+    let args = place_prompt(
+        provider.resume_args(&ids[0], opts).unwrap(),
+        provider.prompt_via(),
+        &answer,
+    );
+    let second = run(
+        program,
+        &args,
+        env,
+        &sandbox.work(),
+        &answer,
+        provider.parser(),
+        |_| false,
+        limit,
+    )
+    .await;
+    let dump = format!("stdout:\n{}\nstderr:\n{}", second.stdout, second.stderr);
+    assert_eq!(second.exit_code, Some(0), "{dump}");
+    let resumed = session_ids(&second.events);
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|id| *id == ids[0]),
+        "{resumed:?} vs {ids:?}\n{dump}"
+    );
+    assert_eq!(
+        result_of(&second.events),
+        Some((true, Some(super::ANSWER_TEXT.to_string()))),
+        "{dump}"
+    );
+    ids[0].clone()
+}
