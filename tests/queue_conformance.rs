@@ -312,3 +312,35 @@ conformance!(
     stopping_finishes_the_jobs_in_hand,
     two_consumers_run_each_request_once,
 );
+
+/// apalis-redis announces no push; the adapter's notification wakes an idle consumer at
+/// once, so pickup does not wait for its poll (here 3 s), whichever handle pushed.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_pushes_wake_an_idle_consumer_before_its_poll() {
+    let fresh = FreshStore::new(StoreKind::Postgres).await;
+    let prefix = format!("afqueue:{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let slow_poll = Duration::from_secs(3);
+    let connect = || RedisQueue::connect(REDIS_URL, &prefix, slow_poll, Duration::from_secs(10));
+    let queue = Queue::Redis(Box::new(connect().await.unwrap()));
+    let other = Queue::Redis(Box::new(connect().await.unwrap()));
+    let h = Harness::ready(fresh, queue, other, Some(prefix)).await;
+    let mut consumer = start(&h, &h.queue, "woken", 1, Duration::ZERO).await;
+    // Past the first fetch and heartbeat: the consumer is idle until its next poll.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (queue, name) in [
+        (&h.queue, "woken-same"),
+        (&h.other, "woken-other"),
+        (&h.other, "woken-again"),
+    ] {
+        let started = Instant::now();
+        let id = h.send(queue, name).await;
+        assert_eq!(next_claim(&mut consumer, Duration::from_secs(10)).await, id);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "{name}: picked up after {took:?}, as if by the {slow_poll:?} poll"
+        );
+    }
+    consumer.stop.cancel();
+    consumer.task.await.unwrap();
+}

@@ -12,7 +12,7 @@ mod slots;
 
 pub use embedded::EmbeddedQueue;
 pub use redis::{RedisQueue, SPAWN_QUEUE};
-pub use slots::{SlotGateLayer, Slots, take_handed_slot};
+pub use slots::{SlotGateLayer, Slots, Wakeup, take_handed_slot};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,20 +2,29 @@
 //! worker process uses a unique worker name, apalis retries and attempts are never relied
 //! on (handlers always succeed; outcomes live in the store), and the backend heartbeat —
 //! which is also when an idle worker looks for new jobs — runs at `worker.poll_interval`.
+//!
+//! apalis-redis announces nothing when a job is pushed, so an idle worker would see a new
+//! job only at its next poll. Every push is therefore followed by a PUBLISH on
+//! `<queue>:pushed`, and each consumer wakes its fetch loop on those messages. The poll
+//! stays the guarantee: a lost notification (or a consumer between subscriptions) only
+//! costs the poll interval.
 
 use std::time::Duration;
 
 use apalis::prelude::{BoxDynError, Data, TaskSink, WorkerBuilder};
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{JobHandler, QueueError, SlotGateLayer, Slots, SpawnJob};
+use super::{JobHandler, QueueError, SlotGateLayer, Slots, SpawnJob, Wakeup};
 
 pub const SPAWN_QUEUE: &str = "spawn";
 
 #[derive(Clone)]
 pub struct RedisQueue {
     storage: RedisStorage<serde_json::Value>,
+    client: redis::Client,
+    conn: ConnectionManager,
     queue_name: String,
 }
 
@@ -37,23 +46,9 @@ impl RedisQueue {
         poll_interval: Duration,
         orphan_after: Duration,
     ) -> Result<Self, QueueError> {
-        let conn = apalis_redis::connect(url)
-            .await
-            .map_err(|e| QueueError::Redis(e.to_string()))?;
-        Ok(Self::from_connection(
-            conn,
-            prefix,
-            poll_interval,
-            orphan_after,
-        ))
-    }
-
-    fn from_connection(
-        conn: ConnectionManager,
-        prefix: &str,
-        poll_interval: Duration,
-        orphan_after: Duration,
-    ) -> Self {
+        let redis_error = |e: redis::RedisError| QueueError::Redis(e.to_string());
+        let client = redis::Client::open(url).map_err(redis_error)?;
+        let conn = client.get_connection_manager().await.map_err(redis_error)?;
         let queue_name = format!("{prefix}:{SPAWN_QUEUE}");
         let missed = (orphan_after.as_millis() / poll_interval.as_millis().max(1)).max(3) as usize;
         let config = Config::default()
@@ -62,14 +57,20 @@ impl RedisQueue {
             .batch_size(1)
             .heartbeat_interval(poll_interval)
             .missed_heartbeats(missed);
-        Self {
-            storage: RedisStorage::new(conn).with_config(config),
+        Ok(Self {
+            storage: RedisStorage::new(conn.clone()).with_config(config),
+            client,
+            conn,
             queue_name,
-        }
+        })
     }
 
     pub fn queue_name(&self) -> &str {
         &self.queue_name
+    }
+
+    fn pushed_channel(&self) -> String {
+        format!("{}:pushed", self.queue_name)
     }
 
     pub async fn enqueue(&self, job: &SpawnJob) -> Result<(), QueueError> {
@@ -83,7 +84,54 @@ impl RedisQueue {
         storage
             .push(value)
             .await
-            .map_err(|e| QueueError::Redis(e.to_string()))
+            .map_err(|e| QueueError::Redis(e.to_string()))?;
+        // The job is safe in Redis; a lost wake-up only delays it to the next poll. Awaited,
+        // so a short-lived caller (the CLI) does not exit before it is sent.
+        let mut conn = self.conn.clone();
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(self.pushed_channel())
+            .arg("")
+            .query_async::<i64>(&mut conn)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot announce the pushed job");
+        }
+        Ok(())
+    }
+
+    /// Wakes `wakeup` on every push announced on the queue's channel, until `stop`;
+    /// re-subscribes after a lost connection.
+    async fn wake_on_push(&self, wakeup: Wakeup, stop: CancellationToken) {
+        let channel = self.pushed_channel();
+        while !stop.is_cancelled() {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match subscribed.await {
+                Ok(pubsub) => {
+                    // Jobs pushed before the subscription took are fetched now.
+                    wakeup.wake();
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            msg = messages.next() => match msg {
+                                Some(_) => wakeup.wake(),
+                                None => break,
+                            },
+                        }
+                    }
+                    tracing::debug!("push notifications lost; subscribing again");
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot subscribe to push notifications"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     /// A backend for one apalis worker.
@@ -100,18 +148,27 @@ impl RedisQueue {
         stop: CancellationToken,
         handler: JobHandler,
     ) -> Result<(), QueueError> {
+        let wakeup = Wakeup::default();
         let worker = WorkerBuilder::new(consumer)
             .backend(self.backend())
-            .layer(SlotGateLayer::new(slots))
+            .layer(SlotGateLayer::new(slots).with_wakeup(wakeup.clone()))
             .data(handler)
             .build(run_job);
-        worker
-            .run_until(async move {
-                stop.cancelled().await;
-                Ok::<(), std::io::Error>(())
-            })
-            .await
-            .map_err(|e| QueueError::Redis(e.to_string()))
+        let notifications = stop.child_token();
+        let woken = self.wake_on_push(wakeup, notifications.clone());
+        let consumed = worker.run_until(async move {
+            stop.cancelled().await;
+            Ok::<(), std::io::Error>(())
+        });
+        let (result, ()) = tokio::join!(
+            async {
+                let result = consumed.await;
+                notifications.cancel();
+                result
+            },
+            woken
+        );
+        result.map_err(|e| QueueError::Redis(e.to_string()))
     }
 }
 

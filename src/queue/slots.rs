@@ -5,11 +5,16 @@
 //! a handler that starts nothing (a duplicate delivery) frees it by returning. The embedded
 //! queue takes the same slots with `Slots::acquire` before it looks for a job and hands them
 //! over the same way (`with_handed_slot`).
+//!
+//! The gate also remembers the consumer task's waker (`Wakeup`): an idle apalis-redis
+//! worker otherwise only looks for jobs at its next heartbeat, so a push notification
+//! wakes it to fetch at once.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::task::AtomicWaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower::{Layer, Service};
@@ -76,14 +81,35 @@ impl Slots {
     }
 }
 
+/// Wakes the consumer task that polls the gate, so that it asks the queue for a job now
+/// instead of at its next poll.
+#[derive(Clone, Debug, Default)]
+pub struct Wakeup(Arc<AtomicWaker>);
+
+impl Wakeup {
+    pub fn wake(&self) {
+        self.0.wake();
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SlotGateLayer {
     slots: Slots,
+    wakeup: Wakeup,
 }
 
 impl SlotGateLayer {
     pub fn new(slots: Slots) -> Self {
-        Self { slots }
+        Self {
+            slots,
+            wakeup: Wakeup::default(),
+        }
+    }
+
+    /// The same gate, registering the consumer task with `wakeup`.
+    pub fn with_wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = wakeup;
+        self
     }
 }
 
@@ -95,6 +121,7 @@ impl<S> Layer<S> for SlotGateLayer {
             inner,
             semaphore: PollSemaphore::new(self.slots.semaphore.clone()),
             permit: None,
+            wakeup: self.wakeup.clone(),
         }
     }
 }
@@ -104,6 +131,7 @@ pub struct SlotGate<S> {
     inner: S,
     semaphore: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
+    wakeup: Wakeup,
 }
 
 impl<S: Clone> Clone for SlotGate<S> {
@@ -112,6 +140,7 @@ impl<S: Clone> Clone for SlotGate<S> {
             inner: self.inner.clone(),
             semaphore: self.semaphore.clone(),
             permit: None,
+            wakeup: self.wakeup.clone(),
         }
     }
 }
@@ -126,6 +155,9 @@ where
     type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The consumer polls the gate, then the queue, in the same task: waking it makes it
+        // fetch again.
+        self.wakeup.0.register(cx.waker());
         if self.permit.is_none() {
             match self.semaphore.poll_acquire(cx) {
                 Poll::Ready(Some(permit)) => self.permit = Some(permit),
