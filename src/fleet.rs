@@ -40,6 +40,7 @@ impl From<StoreError> for FleetError {
             | StoreError::UnknownAgent(_)
             | StoreError::UnknownAccount(_) => Self::NotFound(e.to_string()),
             StoreError::Database(_)
+            | StoreError::Shared(_)
             | StoreError::Migrate(_)
             | StoreError::UnsupportedUrl(_)
             | StoreError::DataDir { .. } => Self::Unavailable(e.to_string()),
@@ -164,16 +165,31 @@ impl Fleet {
                 serde_json::json!(trace_context),
             );
         }
-        let recorded = self.store.record_spawn(SpawnRecord {
-            name: &name,
-            provider: &req.provider,
-            mode,
-            project: &req.project,
-            task_id: req.task_id.as_deref(),
-            idempotency_key: req.idempotency_key.as_deref(),
-            payload,
-        });
-        let recorded = recorded.instrument(span.clone()).await?;
+        let mut name = name;
+        let mut attempt = 0;
+        let recorded = loop {
+            let recorded = self
+                .store
+                .record_spawn(SpawnRecord {
+                    name: &name,
+                    provider: &req.provider,
+                    mode,
+                    project: &req.project,
+                    task_id: req.task_id.as_deref(),
+                    idempotency_key: req.idempotency_key.as_deref(),
+                    payload: payload.clone(),
+                })
+                .instrument(span.clone())
+                .await;
+            match recorded {
+                // Another caller took the generated name in between: pick another.
+                Err(StoreError::NameTaken(_)) if req.name.is_none() && attempt < 3 => {
+                    attempt += 1;
+                    name = self.unique_alias().await?;
+                }
+                other => break other?,
+            }
+        };
         span.record(
             "messaging.message.id",
             tracing::field::display(recorded.request_id),
@@ -243,11 +259,17 @@ impl Fleet {
         Ok(mode)
     }
 
+    /// A free generated name, asked of the store in one query per round: short names
+    /// first, with a numeric suffix once they grow scarce (a few hundred agents).
     async fn unique_alias(&self) -> Result<String, FleetError> {
-        for attempt in 0..50 {
-            let alias = generate_alias(attempt >= 20);
-            if !self.store.name_taken(&alias).await? {
-                return Ok(alias);
+        const CANDIDATES: usize = 16;
+        for round in 0..5 {
+            let candidates: Vec<String> = (0..CANDIDATES)
+                .map(|i| generate_alias(round > 0 || i >= CANDIDATES / 2))
+                .collect();
+            let taken = self.store.existing_agent_names(&candidates).await?;
+            if let Some(free) = candidates.into_iter().find(|c| !taken.contains(c)) {
+                return Ok(free);
             }
         }
         Err(FleetError::Unavailable(
