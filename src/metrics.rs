@@ -185,7 +185,10 @@ pub fn reconciled(adopted: usize, requeued: usize, crashed: usize) {
 
 /// A store operation failed in the database (not a caller's mistake).
 pub fn store_error(kind: StoreKind, e: &StoreError) {
-    if matches!(e, StoreError::Database(_) | StoreError::Migrate(_)) {
+    if matches!(
+        e,
+        StoreError::Database(_) | StoreError::Shared(_) | StoreError::Migrate(_)
+    ) {
         let backend = match kind {
             StoreKind::Postgres => "postgres",
             StoreKind::Sqlite => "sqlite",

@@ -100,6 +100,28 @@ async fn spawn_runs_on_one_of_two_workers_and_pushes_the_branch() {
     let list: Vec<serde_json::Value> =
         serde_json::from_str(&env.cli_ok(&["list", "--json"])).unwrap();
     assert_eq!(list.len(), 1);
+    // How long each step from delivery to a running process took.
+    let store = env.store().await;
+    let id = agent["id"].as_str().unwrap().parse().unwrap();
+    let events = store.events_after(id, 0).await.unwrap();
+    let dispatch = events
+        .iter()
+        .find(|e| e.kind == "agent.dispatch")
+        .expect("an agent.dispatch event");
+    for step in [
+        "queued_ms",
+        "claim_ms",
+        "git_lock_ms",
+        "fetch_ms",
+        "checkout_ms",
+        "launch_ms",
+    ] {
+        let ms = dispatch.data[step].as_f64();
+        assert!(
+            ms.is_some_and(|ms| (0.0..60_000.0).contains(&ms)),
+            "{step}: {ms:?}"
+        );
+    }
     env.stop_workers();
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use agentfleet::domain::AccountKind;
 use agentfleet::domain::{AgentMode, AgentOutcome, AgentStatus, PendingQuestion};
 use agentfleet::store::{
-    NewAccount, NewEvent, Owner, ProcessRecord, ReconcilePolicy, SpawnRecord, Store, StoreError,
+    EventAppend, NewAccount, NewEvent, Owner, ProcessRecord, ReconcilePolicy, SpawnRecord, Store,
+    StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -355,6 +356,79 @@ async fn events_are_appended_once_and_read_in_order(store: &Store) {
     assert_eq!(tail, [4, 5]);
     assert_eq!(store.last_event_seq(agent).await.unwrap(), 5);
     assert_eq!(store.last_event_seq(Uuid::now_v7()).await.unwrap(), 0);
+}
+
+async fn batched_appends_store_owned_agents_and_fence_the_rest(store: &Store) {
+    with_project(store).await;
+    let (mine, owner) = claimed_agent(store, "batch-mine").await;
+    let (theirs, _) = claimed_agent(store, "batch-theirs").await;
+    // A second agent of the same owner: claimed by it, not by a fresh worker.
+    let recorded = store
+        .record_spawn(spawn_of("batch-also", None))
+        .await
+        .unwrap();
+    let also = store
+        .claim_request(recorded.request_id, &owner, "node-a")
+        .await
+        .unwrap()
+        .expect("claim")
+        .agent
+        .id;
+    store
+        .append_events(also, &owner, &[event(1, "a", json!(1))], 10)
+        .await
+        .unwrap();
+    let appends = [
+        EventAppend {
+            agent_id: mine,
+            events: vec![event(1, "a", json!("one")), event(2, "b", json!({"n": 2}))],
+            output_offset: 120,
+        },
+        EventAppend {
+            agent_id: theirs,
+            events: vec![event(1, "x", json!("not mine"))],
+            output_offset: 999,
+        },
+        EventAppend {
+            agent_id: also,
+            // seq 1 is stored already: kept as it was; the offset never goes back.
+            events: vec![event(1, "a", json!("again")), event(2, "c", json!(null))],
+            output_offset: 5,
+        },
+    ];
+    let taken = store.append_events_many(&owner, &appends).await.unwrap();
+    assert_eq!(taken, [mine, also].into_iter().collect());
+    let kinds = |events: Vec<agentfleet::domain::StoredEvent>| {
+        events
+            .into_iter()
+            .map(|e| (e.seq, e.kind, e.data))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(store.events_after(mine, 0).await.unwrap()),
+        [
+            (1, "a".into(), json!("one")),
+            (2, "b".into(), json!({"n": 2}))
+        ]
+    );
+    assert_eq!(
+        kinds(store.events_after(also, 0).await.unwrap()),
+        [(1, "a".into(), json!(1)), (2, "c".into(), json!(null))]
+    );
+    assert!(store.events_after(theirs, 0).await.unwrap().is_empty());
+    let offsets =
+        |id: Uuid| async move { store.agent(&id.to_string()).await.unwrap().output_offset };
+    assert_eq!(offsets(mine).await, 120);
+    assert_eq!(offsets(also).await, 10);
+    assert_eq!(offsets(theirs).await, 0);
+    // Nothing to write for nobody's agents is not an error.
+    assert!(
+        store
+            .append_events_many(&owner, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn outcome(status: AgentStatus) -> AgentOutcome {
@@ -883,6 +957,7 @@ conformance!(
     claims_need_a_live_lease_of_the_current_epoch,
     fenced_writes_are_refused_for_a_wrong_epoch,
     events_are_appended_once_and_read_in_order,
+    batched_appends_store_owned_agents_and_fence_the_rest,
     finish_agent_records_the_outcome_and_closes_the_request,
     failed_requests_fail_their_agent_and_bad_jobs_are_kept,
     worker_leases_renew_and_deregister,

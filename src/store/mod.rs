@@ -173,6 +173,10 @@ store_operations! {
         events: &[NewEvent],
         output_offset: i64,
     ) -> bool;
+    /// `append_events` for several agents of one owner in one transaction (one commit);
+    /// returns the agents whose writes were taken, the others were fenced off. An agent
+    /// appears at most once.
+    fn append_events_many(&self, owner: &Owner, appends: &[EventAppend]) -> HashSet<Uuid>;
     fn last_event_seq(&self, agent_id: Uuid) -> i64;
     fn events_after(&self, agent_id: Uuid, after_seq: i64) -> Vec<StoredEvent>;
     /// Writes the agent's final state and closes its request; fenced by the owner.
@@ -290,6 +294,9 @@ pub enum StoreError {
     UnknownAccount(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A database error shared by several callers (a batched write that failed as one).
+    #[error("database: {0}")]
+    Shared(String),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database.url '{0}' is neither postgres://… nor sqlite:…")]
@@ -340,6 +347,15 @@ pub struct NewEvent {
     pub seq: i64,
     pub kind: String,
     pub data: serde_json::Value,
+}
+
+/// One agent's share of a batched event write: its new events and the output offset
+/// they reach.
+#[derive(Debug, Clone)]
+pub struct EventAppend {
+    pub agent_id: Uuid,
+    pub events: Vec<NewEvent>,
+    pub output_offset: i64,
 }
 
 /// The fields of a spawn the store records at enqueue.

@@ -1,7 +1,7 @@
 //! Postgres adapter of the store. The SQL lives here and nowhere else; rows never leave
 //! this file (they become domain types at the boundary).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::rows::{agent_from_row, event_from_row, project_from_row, worker_from_row};
 use super::{
-    ClaimedRequest, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn, SpawnRecord,
-    StoreError,
+    ClaimedRequest, EventAppend, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn,
+    SpawnRecord, StoreError,
 };
 use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
 
@@ -488,6 +488,55 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    pub async fn append_events_many(
+        &self,
+        owner: &Owner,
+        appends: &[EventAppend],
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        let ids: Vec<Uuid> = appends.iter().map(|a| a.agent_id).collect();
+        let offsets: Vec<i64> = appends.iter().map(|a| a.output_offset).collect();
+        let mut tx = self.pool.begin().await?;
+        let owned: HashSet<Uuid> = sqlx::query_scalar(
+            "UPDATE agents a SET output_offset = GREATEST(a.output_offset, u.off) \
+             FROM unnest($1::uuid[], $2::bigint[]) AS u(id, off) \
+             WHERE a.id = u.id AND a.worker_id = $3 AND a.owner_epoch = $4 RETURNING a.id",
+        )
+        .bind(&ids)
+        .bind(&offsets)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let events = appends
+            .iter()
+            .filter(|a| owned.contains(&a.agent_id))
+            .flat_map(|a| a.events.iter().map(move |e| (a.agent_id, e)));
+        let (mut agent_ids, mut seqs, mut kinds, mut data) = (vec![], vec![], vec![], vec![]);
+        for (agent_id, e) in events {
+            agent_ids.push(agent_id);
+            seqs.push(e.seq);
+            kinds.push(e.kind.as_str());
+            data.push(&e.data);
+        }
+        if !agent_ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO agent_events (agent_id, seq, kind, data) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::jsonb[]) \
+                 ON CONFLICT (agent_id, seq) DO NOTHING",
+            )
+            .bind(&agent_ids)
+            .bind(&seqs)
+            .bind(&kinds)
+            .bind(&data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(owned)
     }
 
     pub async fn last_event_seq(&self, agent_id: Uuid) -> Result<i64, StoreError> {

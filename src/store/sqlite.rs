@@ -8,7 +8,7 @@
 //! multi-statement writes run in `BEGIN IMMEDIATE` transactions, which take the write lock
 //! up front so a read-then-write never fails on a stale snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::rows::{agent_from_row, event_from_row, project_from_row, worker_from_row};
 use super::{
-    ClaimedRequest, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn, SpawnRecord,
-    StoreError,
+    ClaimedRequest, EventAppend, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn,
+    SpawnRecord, StoreError,
 };
 use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
 
@@ -547,39 +547,28 @@ impl SqliteStore {
         output_offset: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let owned = sqlx::query(concat!(
-            "UPDATE agents SET output_offset = max(output_offset, ?4) WHERE ",
-            owned_by!()
-        ))
-        .bind(agent_id)
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(output_offset)
-        .execute(&mut *tx)
-        .await?;
-        if owned.rows_affected() == 0 {
-            return Ok(false);
+        let owned = append_in(&mut tx, agent_id, owner, events, output_offset).await?;
+        if owned {
+            tx.commit().await?;
         }
-        if !events.is_empty() {
-            let batch: Vec<serde_json::Value> = events
-                .iter()
-                .map(|e| serde_json::json!({"seq": e.seq, "kind": e.kind, "data": e.data}))
-                .collect();
-            // `WHERE true` before `ON CONFLICT` keeps SQLite's parser from reading the
-            // upsert as part of the SELECT.
-            sqlx::query(
-                "INSERT INTO agent_events (agent_id, seq, kind, data) \
-                 SELECT ?1, e.value ->> '$.seq', e.value ->> '$.kind', e.value -> '$.data' \
-                 FROM json_each(?2) AS e WHERE true \
-                 ON CONFLICT (agent_id, seq) DO NOTHING",
-            )
-            .bind(agent_id)
-            .bind(serde_json::Value::Array(batch))
-            .execute(&mut *tx)
-            .await?;
+        Ok(owned)
+    }
+
+    pub async fn append_events_many(
+        &self,
+        owner: &Owner,
+        appends: &[EventAppend],
+    ) -> Result<HashSet<Uuid>, StoreError> {
+        // One write transaction, one statement pair per agent: SQLite runs them in process.
+        let mut tx = self.begin_write().await?;
+        let mut owned = HashSet::new();
+        for a in appends {
+            if append_in(&mut tx, a.agent_id, owner, &a.events, a.output_offset).await? {
+                owned.insert(a.agent_id);
+            }
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(owned)
     }
 
     pub async fn last_event_seq(&self, agent_id: Uuid) -> Result<i64, StoreError> {
@@ -758,4 +747,46 @@ fn create_dir(dir: &Path) -> Result<(), StoreError> {
         path: dir.display().to_string(),
         source,
     })
+}
+
+/// Records `events` and the output offset they reach if `owner` owns the agent (in `tx`).
+async fn append_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    agent_id: Uuid,
+    owner: &Owner,
+    events: &[NewEvent],
+    output_offset: i64,
+) -> Result<bool, StoreError> {
+    let owned = sqlx::query(concat!(
+        "UPDATE agents SET output_offset = max(output_offset, ?4) WHERE ",
+        owned_by!()
+    ))
+    .bind(agent_id)
+    .bind(&owner.worker_id)
+    .bind(owner.epoch)
+    .bind(output_offset)
+    .execute(&mut **tx)
+    .await?;
+    if owned.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if !events.is_empty() {
+        let batch: Vec<serde_json::Value> = events
+            .iter()
+            .map(|e| serde_json::json!({"seq": e.seq, "kind": e.kind, "data": e.data}))
+            .collect();
+        // `WHERE true` before `ON CONFLICT` keeps SQLite's parser from reading the
+        // upsert as part of the SELECT.
+        sqlx::query(
+            "INSERT INTO agent_events (agent_id, seq, kind, data) \
+             SELECT ?1, e.value ->> '$.seq', e.value ->> '$.kind', e.value -> '$.data' \
+             FROM json_each(?2) AS e WHERE true \
+             ON CONFLICT (agent_id, seq) DO NOTHING",
+        )
+        .bind(agent_id)
+        .bind(serde_json::Value::Array(batch))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(true)
 }

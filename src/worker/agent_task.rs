@@ -100,6 +100,7 @@ async fn supervise(
             workdir: started.workdir.clone(),
             offset: agent.output_offset.max(0) as u64,
             session_id: agent.session_id.clone(),
+            watch: rt.output_watch.clone(),
             controls: Controls {
                 stop: stop.clone(),
                 detach: rt.detach.clone(),
@@ -262,14 +263,7 @@ pub async fn adopt(rt: &Arc<Runtime>, agent: Agent) {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let files = RunFiles::in_dir(&run_dir);
-    let mut log = match EventLog::open(
-        agent.id,
-        rt.owner.clone(),
-        store.clone(),
-        rt.fleet.events.clone(),
-    )
-    .await
-    {
+    let mut log = match rt.open_event_log(agent.id).await {
         Ok(log) => log,
         Err(e) => {
             tracing::error!(agent_id = %agent.id, error = %e, "cannot open the event log");

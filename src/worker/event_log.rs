@@ -5,6 +5,7 @@
 use chrono::Utc;
 use uuid::Uuid;
 
+use super::event_writer::EventWriter;
 use crate::domain::StoredEvent;
 use crate::events::EventBus;
 use crate::store::{NewEvent, Owner, Store, StoreError};
@@ -25,6 +26,8 @@ pub struct EventLog {
     next_seq: i64,
     pending: Vec<NewEvent>,
     stored_offset: u64,
+    /// The worker's batching writer; without one, each flush is its own transaction.
+    writer: Option<EventWriter>,
 }
 
 impl EventLog {
@@ -44,7 +47,19 @@ impl EventLog {
             next_seq: last + 1,
             pending: Vec::new(),
             stored_offset: 0,
+            writer: None,
         })
+    }
+
+    /// Writes through `writer`, together with the other agents' events.
+    pub fn batched(mut self, writer: EventWriter) -> Self {
+        self.writer = Some(writer);
+        self
+    }
+
+    /// Events waiting for the next flush.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     pub fn push(&mut self, kind: &str, data: serde_json::Value) {
@@ -67,16 +82,27 @@ impl EventLog {
         if self.pending.is_empty() && output_offset <= self.stored_offset {
             return Ok(());
         }
-        if !self
-            .store
-            .append_events(
-                self.agent_id,
-                &self.owner,
-                &self.pending,
-                output_offset as i64,
-            )
-            .await?
-        {
+        let taken = match &self.writer {
+            Some(writer) => {
+                let events = std::mem::take(&mut self.pending);
+                let (events, taken) = writer
+                    .append(&self.owner, self.agent_id, events, output_offset as i64)
+                    .await;
+                self.pending = events;
+                taken?
+            }
+            None => {
+                self.store
+                    .append_events(
+                        self.agent_id,
+                        &self.owner,
+                        &self.pending,
+                        output_offset as i64,
+                    )
+                    .await?
+            }
+        };
+        if !taken {
             return Err(LogError::Fenced(self.agent_id));
         }
         self.stored_offset = output_offset;

@@ -12,10 +12,12 @@ mod agent_task;
 mod cleanup;
 mod control;
 mod event_log;
+mod event_writer;
 mod failover;
 mod health;
 mod launch;
 mod lease;
+mod output_watch;
 mod resume;
 mod spawn;
 mod supervisor;
@@ -40,6 +42,17 @@ use crate::queue::{JobHandler, Slots};
 use crate::store::{NewWorker, Owner};
 use crate::workspace::Workspace;
 
+/// A new agent's worktree, and how long each step of making it took.
+pub(crate) struct PreparedWorktree {
+    pub workdir: PathBuf,
+    /// Waiting for another agent's git work on the same project.
+    pub lock_wait: std::time::Duration,
+    /// Fetching the project's mirror from its remote.
+    pub fetch: std::time::Duration,
+    /// Creating the worktree and checking out its files.
+    pub checkout: std::time::Duration,
+}
+
 /// What every job handler and service of this worker shares.
 pub struct Runtime {
     pub fleet: Fleet,
@@ -60,6 +73,10 @@ pub struct Runtime {
     pub detach: CancellationToken,
     /// Cancelled when the lease is lost: supervisors let go at once.
     pub lease_lost: CancellationToken,
+    /// Stores every agent's events, many agents per transaction.
+    event_writer: event_writer::EventWriter,
+    /// Wakes supervisors when their agent writes output (None: they poll).
+    output_watch: Option<Arc<output_watch::OutputWatch>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -79,6 +96,22 @@ pub struct Shutdown {
 }
 
 impl Runtime {
+    /// The agent's event log, continuing after its last stored event, written through the
+    /// worker's batching writer.
+    async fn open_event_log(
+        &self,
+        agent_id: Uuid,
+    ) -> Result<event_log::EventLog, crate::store::StoreError> {
+        Ok(event_log::EventLog::open(
+            agent_id,
+            self.owner.clone(),
+            self.fleet.store.clone(),
+            self.fleet.events.clone(),
+        )
+        .await?
+        .batched(self.event_writer.clone()))
+    }
+
     fn agent_dir(&self, name: &str) -> PathBuf {
         self.workspace_root.join("agents").join(name)
     }
@@ -126,9 +159,11 @@ impl Runtime {
         project: &Project,
         name: &str,
         branch: &str,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PreparedWorktree, String> {
+        let waited = std::time::Instant::now();
         let lock = self.project_lock(project.id).await;
         let _held = lock.lock().await;
+        let waited = waited.elapsed();
         let ws = self.workspace.clone();
         let (key, remote, name, branch, base) = (
             project.id.to_string(),
@@ -140,13 +175,22 @@ impl Runtime {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _in = span.enter();
+            let step = std::time::Instant::now();
             tracing::info_span!("mirror fetch").in_scope(|| ws.sync_mirror(&key, &remote))?;
-            tracing::info_span!("worktree create")
-                .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))
+            let fetch = step.elapsed();
+            let step = std::time::Instant::now();
+            let workdir = tracing::info_span!("worktree create")
+                .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))?;
+            Ok(PreparedWorktree {
+                workdir,
+                lock_wait: waited,
+                fetch,
+                checkout: step.elapsed(),
+            })
         })
         .await
         .map_err(|e| format!("worktree task failed: {e}"))?
-        .map_err(|e| e.to_string())
+        .map_err(|e: crate::workspace::WorkspaceError| e.to_string())
     }
 
     /// Commits what the agent left uncommitted and pushes its branch to the remote.
@@ -227,6 +271,8 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         hard_stop: shutdown.hard.child_token(),
         detach: CancellationToken::new(),
         lease_lost: CancellationToken::new(),
+        event_writer: event_writer::EventWriter::start(fleet.store.clone()),
+        output_watch: output_watch::OutputWatch::start(),
     });
 
     let services = TaskTracker::new();

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use super::Runtime;
 use super::agent_task;
-use super::event_log::EventLog;
 use super::launch::{self, StartError};
 use crate::providers::{self, SpawnOptions};
 use crate::store::ControlRequest;
@@ -66,14 +65,10 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), S
         .agent(&agent.id.to_string())
         .await
         .map_err(|e| e.to_string())?;
-    let mut log = EventLog::open(
-        agent.id,
-        rt.owner.clone(),
-        store.clone(),
-        rt.fleet.events.clone(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut log = rt
+        .open_event_log(agent.id)
+        .await
+        .map_err(|e| e.to_string())?;
     log.push(
         "agent.resumed",
         serde_json::json!({"kind": "agent.resumed", "session_id": session,

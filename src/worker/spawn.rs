@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 use uuid::Uuid;
@@ -58,9 +58,28 @@ pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
     let _ = tracing::Instrument::instrument(run(rt, job.request_id), span).await;
 }
 
+/// How long each step from delivery to a started process took (the `agent.dispatch`
+/// event), so a slow start shows which step was slow.
+#[derive(Default)]
+struct DispatchTimings {
+    claim: Duration,
+    /// Waiting for the project's git lock, fetching the mirror, checking out the worktree.
+    git_lock: Duration,
+    fetch: Duration,
+    checkout: Duration,
+    launch: Duration,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 async fn run(rt: Arc<Runtime>, request_id: Uuid) {
     let slot = take_handed_slot();
     let store = &rt.fleet.store;
+    let delivered = Instant::now();
+    let delivered_at = chrono::Utc::now();
+    let mut timings = DispatchTimings::default();
     let claimed = match store
         .claim_request(request_id, &rt.owner, &rt.node_id)
         .instrument(tracing::info_span!("claim"))
@@ -77,6 +96,7 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
             return;
         }
     };
+    timings.claim = delivered.elapsed();
     let agent = claimed.agent;
     telemetry::record_agent(&tracing::Span::current(), &agent);
     let request: SpawnRequest = match crate::fleet::stored_request(claimed.payload) {
@@ -89,14 +109,7 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
             return;
         }
     };
-    let mut log = match EventLog::open(
-        agent.id,
-        rt.owner.clone(),
-        store.clone(),
-        rt.fleet.events.clone(),
-    )
-    .await
-    {
+    let mut log = match rt.open_event_log(agent.id).await {
         Ok(log) => log,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the event log");
@@ -105,8 +118,25 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
         }
     };
     tracing::info!(agent_id = %agent.id, agent = %agent.name, provider = %agent.provider, attempt = claimed.attempts, "agent claimed");
-    match start_agent(&rt, &agent, &request, &mut log).await {
-        Ok(started) => agent_task::spawn(rt.clone(), agent, started, log, slot, Duration::ZERO),
+    match start_agent(&rt, &agent, &request, &mut log, &mut timings).await {
+        Ok(started) => {
+            let queued = (delivered_at - agent.created_at)
+                .to_std()
+                .unwrap_or_default();
+            log.push(
+                "agent.dispatch",
+                serde_json::json!({
+                    "kind": "agent.dispatch",
+                    "queued_ms": millis(queued),
+                    "claim_ms": millis(timings.claim),
+                    "git_lock_ms": millis(timings.git_lock),
+                    "fetch_ms": millis(timings.fetch),
+                    "checkout_ms": millis(timings.checkout),
+                    "launch_ms": millis(timings.launch),
+                }),
+            );
+            agent_task::spawn(rt.clone(), agent, started, log, slot, Duration::ZERO)
+        }
         Err(StartError::Fenced) => {
             tracing::warn!(agent_id = %agent.id, "lost ownership of the agent before it started");
         }
@@ -122,6 +152,7 @@ async fn start_agent(
     agent: &Agent,
     request: &SpawnRequest,
     log: &mut EventLog,
+    timings: &mut DispatchTimings,
 ) -> Result<Started, StartError> {
     let provider =
         providers::provider(&agent.provider).map_err(|e| StartError::Failed(e.to_string()))?;
@@ -131,10 +162,14 @@ async fn start_agent(
         .project(&agent.project)
         .await
         .map_err(|e| StartError::Failed(e.to_string()))?;
-    let workdir = rt
+    let prepared = rt
         .prepare_worktree(&project, &agent.name, &agent.branch)
         .await
         .map_err(StartError::Failed)?;
+    (timings.git_lock, timings.fetch, timings.checkout) =
+        (prepared.lock_wait, prepared.fetch, prepared.checkout);
+    let workdir = prepared.workdir;
+    let step = Instant::now();
     let run_dir = rt.agent_dir(&agent.name).join("run");
     write_inputs(&workdir, request)
         .await
@@ -145,7 +180,7 @@ async fn start_agent(
     };
     let args = provider.spawn_args(&opts);
     let prompt = providers::prompt_for_mode(agent.mode.as_str(), &request.prompt);
-    launch::start(
+    let started = launch::start(
         rt,
         agent,
         provider.as_ref(),
@@ -156,7 +191,9 @@ async fn start_agent(
         &run_dir,
         log,
     )
-    .await
+    .await;
+    timings.launch = step.elapsed();
+    started
 }
 
 /// Input files under `.agentfleet/input/`, and the signal folder.

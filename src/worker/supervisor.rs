@@ -7,18 +7,22 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::io::{Read, Seek};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::event_log::{EventLog, LogError};
+use super::output_watch::{OutputWatch, Watched};
 use crate::domain::{AgentOutcome, AgentStatus, PendingQuestion};
 use crate::process::{Exit, Running};
 use crate::providers::{self, AgentEvent, SignalStatus, StreamParser};
 use crate::store::{Owner, Store};
 
+/// How often the output is read when writes to it cannot be watched.
 const READ_EVERY: Duration = Duration::from_millis(50);
+/// How often a watched output is read anyway (a missed notification costs at most this).
+const WATCHED_READ_EVERY: Duration = Duration::from_secs(1);
 /// How long to wait before writing to an unavailable store again.
 pub const STORE_RETRY: Duration = Duration::from_millis(500);
 const STDERR_TAIL_BYTES: usize = 2048;
@@ -103,6 +107,8 @@ pub struct Supervisor<'a> {
     pub limits: Limits,
     /// How long the agent has already run (adopted agents).
     pub ran_for: Duration,
+    /// The worker's watcher of output files, if inotify works here.
+    pub watch: Option<std::sync::Arc<OutputWatch>>,
 }
 
 /// What the stream told us, kept as it goes.
@@ -119,7 +125,7 @@ struct StreamFacts {
 
 /// The tail of the output file as it grows.
 struct Tail {
-    file: Option<tokio::fs::File>,
+    file: Option<std::fs::File>,
     offset: u64,
     partial: Vec<u8>,
     recent: VecDeque<String>,
@@ -141,20 +147,17 @@ impl Supervisor<'_> {
             ..Default::default()
         };
         let deadline = Instant::now() + self.limits.max_runtime.saturating_sub(self.ran_for);
-        let mut read_tick = tokio::time::interval(READ_EVERY);
         let mut flush_tick = tokio::time::interval(self.limits.flush_every);
         let controls = self.controls.clone();
         let mut interrupted = None;
+        let mut watched: Option<Watched> = None;
+        let mut next_read = Instant::now();
         let exit = loop {
+            let mut read_now = false;
             tokio::select! {
                 exit = process.wait() => break exit,
-                _ = read_tick.tick() => {
-                    self.read_new(&mut tail, &mut facts).await?;
-                    self.save_session(&mut facts).await?;
-                    if tail.last_growth.elapsed() >= self.limits.idle_timeout {
-                        interrupted = Some(Interrupt::IdleTimeout);
-                    }
-                }
+                _ = written(&watched) => read_now = true,
+                _ = tokio::time::sleep_until(next_read) => read_now = true,
                 _ = flush_tick.tick() => self.flush_or_keep(tail.offset).await?,
                 _ = tokio::time::sleep_until(deadline) => interrupted = Some(Interrupt::MaxRuntime),
                 _ = controls.stop.cancelled() => interrupted = Some(Interrupt::StopRequested),
@@ -165,6 +168,28 @@ impl Supervisor<'_> {
                     return Ok(Supervised::Detached);
                 }
                 _ = controls.lease_lost.cancelled() => return Ok(Supervised::Fenced),
+            }
+            if read_now {
+                // Watch before reading, so a write after this read always wakes us.
+                if watched.is_none() {
+                    watched = self.watch.as_ref().and_then(|w| w.watch(&self.output));
+                }
+                self.read_new(&mut tail, &mut facts).await?;
+                self.save_session(&mut facts).await?;
+                // New events go out at once: the worker's writer batches them with every
+                // other agent's, so this costs no commit of its own.
+                if self.log.has_pending() {
+                    self.flush_or_keep(tail.offset).await?;
+                }
+                if tail.last_growth.elapsed() >= self.limits.idle_timeout {
+                    interrupted = Some(Interrupt::IdleTimeout);
+                }
+                let every = if watched.is_some() {
+                    WATCHED_READ_EVERY
+                } else {
+                    READ_EVERY
+                };
+                next_read = Instant::now() + every;
             }
             if interrupted.is_none() && facts.account_trouble.is_some() {
                 interrupted = Some(Interrupt::AccountTrouble);
@@ -246,16 +271,18 @@ impl Supervisor<'_> {
     }
 
     async fn read_new(&mut self, tail: &mut Tail, facts: &mut StreamFacts) -> Result<(), LogError> {
+        // A plain read: the output file is local and what is new sits in the page cache,
+        // so a blocking-pool round trip per read would cost more than the read itself.
         if tail.file.is_none() {
-            tail.file = tokio::fs::File::open(&self.output).await.ok();
+            tail.file = std::fs::File::open(&self.output).ok();
         }
         let Some(f) = tail.file.as_mut() else {
             return Ok(());
         };
         let read_from = tail.offset + tail.partial.len() as u64;
         let mut chunk = Vec::new();
-        if f.seek(std::io::SeekFrom::Start(read_from)).await.is_err()
-            || f.read_to_end(&mut chunk).await.is_err()
+        if f.seek(std::io::SeekFrom::Start(read_from)).is_err()
+            || f.read_to_end(&mut chunk).is_err()
         {
             return Ok(());
         }
@@ -475,6 +502,14 @@ fn decide(
         None => format!("provider process {how}"),
     });
     outcome
+}
+
+/// Resolves when the watched output was written; never without a watch.
+async fn written(watched: &Option<Watched>) {
+    match watched {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
