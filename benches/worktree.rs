@@ -9,13 +9,14 @@
 //! Generating, syncing and deleting the checkouts (all at the end) are not timed; `git`
 //! is timed as a process, its start-up included, since that is what using it would cost.
 //!
-//! `cargo bench --bench worktree [-- --sizes 100,10000 --runs 3]`. Without `--bench` (a
+//! `cargo bench --bench worktree [-- --sizes 100,10000 --runs 3 --dir /path]`; the
+//! default directory is `/dev/shm` (see [`default_dir`]). Without `--bench` (a
 //! test run, or nextest listing tests) it does nothing.
 
 mod machine;
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ const DEFAULT_SIZES: &[usize] = &[100, 10_000, 50_000];
 struct Options {
     sizes: Vec<usize>,
     runs: Option<usize>,
+    /// Where the repositories and checkouts go.
+    dir: PathBuf,
 }
 
 /// Median and minimum of one side's runs.
@@ -64,7 +67,9 @@ fn main() {
         Ok(options) => options,
         Err(message) => {
             eprintln!("worktree bench: {message}");
-            eprintln!("usage: cargo bench --bench worktree [-- --sizes 100,10000 --runs N]");
+            eprintln!(
+                "usage: cargo bench --bench worktree [-- --sizes 100,10000 --runs N --dir DIR]"
+            );
             std::process::exit(2);
         }
     };
@@ -72,11 +77,12 @@ fn main() {
     println!("{}", machine::describe());
     let (major, minor, patch) = git2::Version::get().libgit2_version();
     println!("git {}, libgit2 {major}.{minor}.{patch}", git_version());
+    println!("repositories and checkouts under {}", options.dir.display());
     let mut rows = Vec::new();
     let mut checkouts = Vec::new();
     for &files in &options.sizes {
         let runs = options.runs.unwrap_or(default_runs(files));
-        let (ours, cli, dir) = bench_size(files, runs);
+        let (ours, cli, dir) = bench_size(files, runs, &options.dir);
         checkouts.push(dir);
         println!(
             "{files} files, {runs} runs: ours median {}, git median {}",
@@ -110,6 +116,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
         sizes: DEFAULT_SIZES.to_vec(),
         runs: None,
+        dir: default_dir(),
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -128,10 +135,26 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 let n = n.parse().ok().filter(|&n: &usize| n > 0);
                 options.runs = Some(n.ok_or("--runs: not a positive number")?);
             }
+            "--dir" => options.dir = args.next().ok_or("--dir needs a value")?.into(),
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(options)
+}
+
+/// Memory (`/dev/shm`) where there is one, the temporary directory otherwise.
+///
+/// What is compared is the work each side does per file; on a disk, that drowns in the
+/// disk's own noise (other processes' writes, and ext4 skipping recently deleted inodes
+/// when it allocates new ones), and deleting hundreds of thousands of checked-out files
+/// can take minutes on a disk mounted with online `discard`.
+fn default_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// Fewer runs for bigger projects keep the whole bench within a couple of minutes.
@@ -147,8 +170,9 @@ fn default_runs(files: usize) -> usize {
 /// the directory holding them all, for the caller to delete once every size is done:
 /// right after a mass deletion, ext4 spends far longer finding free inodes for new files
 /// (it skips recently deleted ones), which would slow down whichever checkout came next.
-fn bench_size(files: usize, runs: usize) -> (Figures, Figures, TempDir) {
-    let dir = TempDir::new().expect("temporary directory");
+fn bench_size(files: usize, runs: usize, parent: &Path) -> (Figures, Figures, TempDir) {
+    let dir = TempDir::new_in(parent)
+        .unwrap_or_else(|e| panic!("temporary directory in {}: {e}", parent.display()));
     let remote = dir.path().join("remote.git");
     generate_remote(&remote, files);
 
