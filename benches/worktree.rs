@@ -14,8 +14,8 @@
 //! instructions and ~28 system calls per file against git's ~19k and ~5. Over half of
 //! libgit2's instructions go to looking up each file's attributes to pick its filters
 //! (CRLF, ident, custom), twice per file, each time `realpath()`ing the file's directory
-//! (one failing `readlink` per path component, ~22 per file); the rest is reading the blob
-//! (hash verified on read) and adding it to the index. Skipping that lookup would mean
+//! (one failing `readlink` per path component, ~22 per file here); the rest is reading the
+//! blob (hash verified on read) and adding it to the index. Skipping that lookup would mean
 //! checking out without the project's `.gitattributes` filters, which is not the same
 //! checkout. At 100 files ours is ahead: `git worktree add` starts three processes.
 //!
