@@ -176,7 +176,8 @@ impl Runtime {
         tokio::task::spawn_blocking(move || {
             let _in = span.enter();
             let step = std::time::Instant::now();
-            tracing::info_span!("mirror fetch").in_scope(|| ws.sync_mirror(&key, &remote))?;
+            tracing::info_span!("mirror fetch")
+                .in_scope(|| ws.sync_mirror_branch(&key, &remote, &base))?;
             let fetch = step.elapsed();
             let step = std::time::Instant::now();
             let workdir = tracing::info_span!("worktree create")

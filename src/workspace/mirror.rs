@@ -27,8 +27,30 @@ impl Workspace {
     /// branches are kept as `refs/remotes/origin/*`, so local agent branches survive every
     /// fetch. Also makes sure `.agentfleet/` is in the mirror's `info/exclude`, which every
     /// worktree of it shares.
-    #[tracing::instrument(skip(self, remote), fields(remote = %redact_url(remote)))]
     pub fn sync_mirror(&self, project_key: &str, remote: &str) -> Result<PathBuf, WorkspaceError> {
+        self.sync(project_key, remote, None)
+    }
+
+    /// As [`sync_mirror`](Self::sync_mirror), but an existing mirror fetches only `branch`:
+    /// what a new agent starts from. A remote that every agent pushes its branch to has
+    /// many branches, and fetching them all made each start slower than the last.
+    pub fn sync_mirror_branch(
+        &self,
+        project_key: &str,
+        remote: &str,
+        branch: &str,
+    ) -> Result<PathBuf, WorkspaceError> {
+        check_branch("base branch", branch)?;
+        self.sync(project_key, remote, Some(branch))
+    }
+
+    #[tracing::instrument(skip(self, remote), fields(remote = %redact_url(remote)))]
+    fn sync(
+        &self,
+        project_key: &str,
+        remote: &str,
+        branch: Option<&str>,
+    ) -> Result<PathBuf, WorkspaceError> {
         check_project_key(project_key)?;
         let path = self.mirror_path(project_key);
         let remote = absolute_if_local(remote);
@@ -52,7 +74,15 @@ impl Workspace {
                 };
                 result.map_err(|e| mirror_error(project_key, &path, &e, &remote))?;
             }
-            fetch(&repo, project_key, &remote)?;
+            match branch {
+                Some(branch) => {
+                    let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+                    // Pruning drops our copy of the branch if the remote deleted it, so the
+                    // worktree reports it missing instead of starting from a stale base.
+                    fetch_refspec(&repo, project_key, &remote, &refspec, FetchPrune::On)?
+                }
+                None => fetch(&repo, project_key, &remote)?,
+            }
             tracing::debug!(mirror = %path.display(), "fetched project mirror");
         }
         ensure_excluded(&path)?;
@@ -172,6 +202,16 @@ pub(super) fn origin_for_display(repo: &Repository) -> String {
 }
 
 fn fetch(repo: &Repository, project_key: &str, remote: &str) -> Result<(), WorkspaceError> {
+    fetch_refspec(repo, project_key, remote, FETCH_REFSPEC, FetchPrune::On)
+}
+
+fn fetch_refspec(
+    repo: &Repository,
+    project_key: &str,
+    remote: &str,
+    refspec: &str,
+    prune: FetchPrune,
+) -> Result<(), WorkspaceError> {
     let fetch_error = |e: git2::Error| WorkspaceError::Fetch {
         project_key: project_key.to_owned(),
         remote: redact_url(remote),
@@ -182,11 +222,11 @@ fn fetch(repo: &Repository, project_key: &str, remote: &str) -> Result<(), Works
     // Pruning only touches refs/remotes/origin/*, so a branch deleted upstream stops being
     // offered as a base while agent branches stay.
     options
-        .prune(FetchPrune::On)
+        .prune(prune)
         .download_tags(AutotagOption::None)
         .update_fetchhead(false);
     origin
-        .fetch(&[FETCH_REFSPEC], Some(&mut options), None)
+        .fetch(&[refspec], Some(&mut options), None)
         .map_err(fetch_error)
 }
 

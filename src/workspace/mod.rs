@@ -10,6 +10,7 @@
 //! Everything here is blocking libgit2 and filesystem work: callers run it on
 //! `spawn_blocking` and serialise the operations on one project.
 
+mod add;
 mod error;
 mod mirror;
 mod remove;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use git2::build::CheckoutBuilder;
 use git2::{BranchType, ErrorCode, IndexAddOption, Oid, Reference, Repository, Signature};
 
+use super::add::add_worktree;
 use super::mirror::{open_mirror, origin_for_display};
 use super::{Workspace, WorkspaceError, check_branch, check_project_key, io_error, validate_name};
 
@@ -72,10 +73,15 @@ impl Workspace {
         clear_leftovers(&mirror, project_key, name, &workdir)?;
         let agent_dir = workdir.parent().unwrap_or(&self.root);
         fs::create_dir_all(agent_dir).map_err(io_error("create directory", agent_dir))?;
-        let mut options = git2::WorktreeAddOptions::new();
-        options.reference(Some(&branch_ref));
-        repo.worktree(name, &workdir, Some(&options))
-            .map_err(wt_error)?;
+        let branch_name = branch_ref.name().unwrap_or_default().to_owned();
+        let branch_name = branch_name.strip_prefix("refs/heads/").unwrap_or(branch);
+        add_worktree(
+            &repo,
+            name,
+            &workdir,
+            branch_name,
+            &base.tree().map_err(wt_error)?,
+        )?;
         tracing::info!(workdir = %workdir.display(), base = %base.id(), "created worktree");
         Ok(workdir)
     }

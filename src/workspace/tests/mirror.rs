@@ -27,6 +27,47 @@ fn sync_mirror_clones_once_then_fetches_new_upstream_commits() {
 }
 
 #[test]
+fn sync_mirror_branch_fetches_only_that_branch_and_drops_it_when_deleted() {
+    let upstream = Upstream::new();
+    let root = TempDir::new().unwrap();
+    let ws = Workspace::new(root.path());
+    let remote = upstream.remote.to_str().unwrap();
+    let mirror = ws.sync_mirror_branch(KEY, remote, "main").unwrap();
+
+    // A new commit on main and two new upstream branches: only the one asked for comes.
+    let newer = upstream.commit("NEWS.md", "news\n");
+    let upstream_repo = Repository::open_bare(&upstream.remote).unwrap();
+    let head = upstream_repo.find_commit(newer).unwrap();
+    upstream_repo
+        .branch("agent/elsewhere", &head, false)
+        .unwrap();
+    upstream_repo.branch("release", &head, false).unwrap();
+    ws.sync_mirror_branch(KEY, remote, "main").unwrap();
+    let mirror_repo = Repository::open_bare(&mirror).unwrap();
+    let has = |name: &str| mirror_repo.find_reference(name).is_ok();
+    assert_eq!(tip(&mirror, "refs/remotes/origin/main"), newer);
+    assert!(!has("refs/remotes/origin/agent/elsewhere"));
+    assert!(!has("refs/remotes/origin/release"));
+    ws.sync_mirror_branch(KEY, remote, "release").unwrap();
+    assert!(has("refs/remotes/origin/release"));
+    ws.create_worktree(KEY, "x", "agent/x", "release").unwrap();
+
+    // Deleted upstream: our copy goes too, and a new worktree names the missing base.
+    upstream_repo
+        .find_branch("release", git2::BranchType::Local)
+        .unwrap()
+        .delete()
+        .unwrap();
+    ws.sync_mirror_branch(KEY, remote, "release").unwrap();
+    assert!(!has("refs/remotes/origin/release"));
+    assert!(matches!(
+        ws.create_worktree(KEY, "y", "agent/y", "release"),
+        Err(WorkspaceError::BaseBranchMissing { .. })
+    ));
+    assert!(ws.sync_mirror_branch(KEY, remote, "bad..name").is_err());
+}
+
+#[test]
 fn sync_mirror_keeps_local_agent_branches() {
     let upstream = Upstream::new();
     let (_root, ws, workdir) = workspace_with_agent(&upstream);

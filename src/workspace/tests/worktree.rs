@@ -174,3 +174,75 @@ fn commit_all_outside_a_repository_is_a_clear_error() {
     let err = ws.commit_all(dir.path(), "x").unwrap_err();
     assert!(matches!(err, WorkspaceError::NotAWorktree { .. }), "{err}");
 }
+
+/// The worktree is written by hand (not by libgit2's worktree add): git itself and libgit2
+/// must both see a complete, clean worktree on the agent's branch.
+#[test]
+fn create_worktree_is_a_worktree_to_git_and_libgit2() {
+    let upstream = Upstream::new();
+    upstream.commit("src.txt", "line one\nline two\n");
+    let (root, ws, workdir) = workspace_with_agent(&upstream);
+    let git = |dir: &Path, args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(git(&workdir, &["status", "--porcelain"]), "");
+    assert_eq!(
+        git(&workdir, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(),
+        "agent/x"
+    );
+    let mirror = root.path().join(format!("mirrors/{KEY}.git"));
+    let listed = git(&mirror, &["worktree", "list", "--porcelain"]);
+    let canonical = workdir.canonicalize().unwrap();
+    assert!(
+        listed.contains(&format!("worktree {}\n", canonical.display()))
+            && listed.contains("branch refs/heads/agent/x"),
+        "{listed}"
+    );
+    let repo = Repository::open_bare(&mirror).unwrap();
+    let worktree = repo.find_worktree("x").unwrap();
+    worktree.validate().unwrap();
+    // A second agent gets its own; removing one leaves the other intact.
+    let other = ws.create_worktree(KEY, "y", "agent/y", "main").unwrap();
+    assert_eq!(git(&other, &["status", "--porcelain"]), "");
+    assert_eq!(
+        fs::read_to_string(other.join("src.txt")).unwrap(),
+        "line one\nline two\n"
+    );
+}
+
+/// Filters are skipped only when nothing could ask for one: a `.gitattributes` anywhere in
+/// the tree turns them on, and its line-ending conversion is applied.
+#[test]
+fn create_worktree_applies_the_projects_attributes() {
+    let upstream = Upstream::new();
+    upstream.commit("notes.txt", "a\nb\n");
+    let (_root, ws, plain) = workspace_with_agent(&upstream);
+    assert_eq!(fs::read(plain.join("notes.txt")).unwrap(), b"a\nb\n");
+    let head_tree = |dir: &Path| {
+        let repo = Repository::open(dir).unwrap();
+        let tree = repo.head().unwrap().peel_to_tree().unwrap().id();
+        super::super::add::has_attributes_file(&repo.find_tree(tree).unwrap())
+    };
+    assert!(!head_tree(&plain), "no .gitattributes in this tree");
+
+    fs::create_dir_all(upstream.seed.join("docs")).unwrap();
+    upstream.commit("docs/.gitattributes", "*.txt text eol=crlf\n");
+    upstream.commit("docs/guide.txt", "one\ntwo\n");
+    ws.sync_mirror(KEY, upstream.remote.to_str().unwrap())
+        .unwrap();
+    let filtered = ws.create_worktree(KEY, "z", "agent/z", "main").unwrap();
+    assert_eq!(
+        fs::read(filtered.join("docs/guide.txt")).unwrap(),
+        b"one\r\ntwo\r\n",
+        "the nested .gitattributes converts line endings"
+    );
+    assert!(head_tree(&filtered));
+    assert_eq!(fs::read(filtered.join("notes.txt")).unwrap(), b"a\nb\n");
+}
