@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use crate::Opts;
 use crate::common::{REDIS_URL, TestEnv};
-use crate::report::{Table, f, quantile};
+use crate::report::{self, Table, f, quantile};
 use crate::setup;
 
 const TICKER: &str = r#"#!/bin/bash
@@ -81,6 +81,7 @@ pub async fn run(opts: Opts) {
         &[
             "agents",
             "worker CPU (cores)",
+            "machine busy (of all cores)",
             "peak RSS (MB)",
             "events/s",
             "lag p50 (ms)",
@@ -100,16 +101,20 @@ pub async fn run(opts: Opts) {
         tokio::time::sleep(SETTLE).await;
         lags.lock().unwrap().clear();
         let cpu0 = cpu_ticks(worker);
+        let machine0 = report::machine_jiffies();
         let t = Instant::now();
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep(window).await;
         measuring.store(false, Ordering::Relaxed);
         let seconds = t.elapsed().as_secs_f64();
         let cores = (cpu_ticks(worker) - cpu0) as f64 / ticks_per_second() / seconds;
+        let machine1 = report::machine_jiffies();
+        let busy = (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64;
         let lags = std::mem::take(&mut *lags.lock().unwrap());
         table.row(vec![
             n.to_string(),
             f(cores, 2),
+            format!("{:.0} %", busy * 100.0),
             f(peak_rss_mb(worker), 0),
             f(lags.len() as f64 / seconds, 0),
             f(quantile(&lags, 0.5), 1),

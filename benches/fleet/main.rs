@@ -11,6 +11,8 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../machine/mod.rs"]
+mod machine;
 
 mod agents;
 mod dispatch;

@@ -24,15 +24,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Opts;
 use crate::common::{REDIS_URL, TestEnv, delete_redis_keys};
-use crate::report::{Table, f};
+use crate::report::{Table, f, quantile};
 use crate::setup;
 
 const POLL: Duration = Duration::from_millis(100);
 const WORKERS: [usize; 2] = [1, 4];
+/// Each figure is the median of this many runs (the machine is noisy).
+const REPEATS: usize = 3;
 
 struct Rates {
     push_per_s: f64,
     process_per_s: f64,
+}
+
+impl Rates {
+    fn median(runs: &[Rates]) -> Rates {
+        let push: Vec<f64> = runs.iter().map(|r| r.push_per_s).collect();
+        let process: Vec<f64> = runs.iter().map(|r| r.process_per_s).collect();
+        Rates {
+            push_per_s: quantile(&push, 0.5),
+            process_per_s: quantile(&process, 0.5),
+        }
+    }
 }
 
 pub async fn run(opts: Opts) {
@@ -42,21 +55,30 @@ pub async fn run(opts: Opts) {
     let bullmq = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bullmq");
     ensure_bullmq(&bullmq);
 
+    let repeats = if opts.quick { 1 } else { REPEATS };
     let mut table = Table::new(
-        "Queue throughput, no-op jobs, jobs/s (ratio = ours / BullMQ)",
+        &format!(
+            "Queue throughput, no-op jobs, jobs/s, median of {repeats} runs (ratio = ours / BullMQ)"
+        ),
         &["what", "consumers", "jobs", "agentfleet", "BullMQ", "ratio"],
     );
     for workers in WORKERS {
-        let prefix = format!("{}:raw{workers}", env.prefix);
-        let ours = raw_queue(&prefix, raw_jobs, workers).await;
-        delete_redis_keys(&prefix);
-        let theirs = run_bullmq(
-            &bullmq,
-            &format!("{}:bull{workers}", env.prefix),
-            raw_jobs,
-            workers,
-        );
-        delete_redis_keys(&format!("{}:bull{workers}", env.prefix));
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for run in 0..repeats {
+            // Alternate who goes first, so both see the same drift of the machine.
+            let prefix = format!("{}:raw{workers}-{run}", env.prefix);
+            let bull = format!("{}:bull{workers}-{run}", env.prefix);
+            if run % 2 == 0 {
+                ours.push(raw_queue(&prefix, raw_jobs, workers).await);
+                theirs.push(run_bullmq(&bullmq, &bull, raw_jobs, workers));
+            } else {
+                theirs.push(run_bullmq(&bullmq, &bull, raw_jobs, workers));
+                ours.push(raw_queue(&prefix, raw_jobs, workers).await);
+            }
+            delete_redis_keys(&prefix);
+            delete_redis_keys(&bull);
+        }
+        let (ours, theirs) = (Rates::median(&ours), Rates::median(&theirs));
         if workers == WORKERS[0] {
             table.row(vec![
                 "push, one at a time".into(),
@@ -77,9 +99,13 @@ pub async fn run(opts: Opts) {
         ]);
     }
     for workers in WORKERS {
-        let prefix = format!("{}:path{workers}", env.prefix);
-        let ours = request_path(&env, &prefix, path_jobs, workers).await;
-        delete_redis_keys(&prefix);
+        let mut ours = Vec::new();
+        for run in 0..repeats {
+            let prefix = format!("{}:path{workers}-{run}", env.prefix);
+            ours.push(request_path(&env, &prefix, path_jobs, workers).await);
+            delete_redis_keys(&prefix);
+        }
+        let ours = Rates::median(&ours);
         if workers == WORKERS[0] {
             table.row(vec![
                 "full path: record + enqueue".into(),

@@ -2,23 +2,8 @@
 
 use std::process::Command;
 
-/// Prints the machine the figures come from.
+/// Prints the machine the figures come from, and the services' versions.
 pub fn machine() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     let version = |cmd: &str, arg: &str| {
         Command::new(cmd)
             .arg(arg)
@@ -27,10 +12,7 @@ pub fn machine() {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_else(|| "?".into())
     };
-    println!(
-        "machine: {model}, {cores} cores, {mem_gib:.0} GiB, Linux {}",
-        version("uname", "-r")
-    );
+    println!("{}", crate::machine::describe());
     println!(
         "services: {} / {}",
         version("postgres", "--version").replace('\n', " "),
@@ -41,6 +23,23 @@ pub fn machine() {
             .join(" ")
     );
     println!();
+}
+
+/// Busy and total jiffies of the whole machine so far (from /proc/stat).
+pub fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 /// The q-quantile (0..=1) of `values` by nearest rank; 0 for none.
