@@ -16,7 +16,7 @@ use crate::store::{EventAppend, NewEvent, Owner, Store, StoreError};
 const MAX_BATCH: usize = 512;
 /// Transactions in flight at once: the next batch gathers and is sent while earlier ones
 /// wait for their commit.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 /// What a caller gets back: its events (to keep on failure) and whether the write was
 /// taken (false: fenced off).
