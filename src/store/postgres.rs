@@ -455,39 +455,13 @@ impl PgStore {
         events: &[NewEvent],
         output_offset: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let owned = sqlx::query(
-            "UPDATE agents SET output_offset = GREATEST(output_offset, $4) \
-             WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
-        )
-        .bind(agent_id)
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(output_offset)
-        .execute(&mut *tx)
-        .await?;
-        if owned.rows_affected() == 0 {
-            return Ok(false);
-        }
-        if !events.is_empty() {
-            let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-            let data: Vec<serde_json::Value> = events.iter().map(|e| e.data.clone()).collect();
-            sqlx::query(
-                "INSERT INTO agent_events (agent_id, seq, kind, data) \
-                 SELECT $1, e.seq, e.kind, e.data \
-                 FROM unnest($2::bigint[], $3::text[], $4::jsonb[]) AS e(seq, kind, data) \
-                 ON CONFLICT (agent_id, seq) DO NOTHING",
-            )
-            .bind(agent_id)
-            .bind(&seqs)
-            .bind(&kinds)
-            .bind(&data)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        let append = EventAppend {
+            agent_id,
+            events: events.to_vec(),
+            output_offset,
+        };
+        let taken = self.append_events_many(owner, &[append]).await?;
+        Ok(taken.contains(&agent_id))
     }
 
     pub async fn append_events_many(
