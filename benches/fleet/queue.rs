@@ -9,7 +9,7 @@
 //! one is done (consumers report their counts every 2 ms).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,8 +52,7 @@ pub async fn run(opts: Opts) {
     let raw_jobs = if opts.quick { 1000 } else { 5000 };
     let path_jobs = if opts.quick { 500 } else { 2000 };
     let env = TestEnv::new().await;
-    let bullmq = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bullmq");
-    ensure_bullmq(&bullmq);
+    let bullmq = ensure_bullmq(&Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bullmq"));
 
     let repeats = if opts.quick { 1 } else { REPEATS };
     let mut table = Table::new(
@@ -70,33 +69,51 @@ pub async fn run(opts: Opts) {
             let bull = format!("{}:bull{workers}-{run}", env.prefix);
             if run % 2 == 0 {
                 ours.push(raw_queue(&prefix, raw_jobs, workers).await);
-                theirs.push(run_bullmq(&bullmq, &bull, raw_jobs, workers));
+                theirs.extend(
+                    bullmq
+                        .as_deref()
+                        .map(|d| run_bullmq(d, &bull, raw_jobs, workers)),
+                );
             } else {
-                theirs.push(run_bullmq(&bullmq, &bull, raw_jobs, workers));
+                theirs.extend(
+                    bullmq
+                        .as_deref()
+                        .map(|d| run_bullmq(d, &bull, raw_jobs, workers)),
+                );
                 ours.push(raw_queue(&prefix, raw_jobs, workers).await);
             }
             delete_redis_keys(&prefix);
             delete_redis_keys(&bull);
         }
-        let (ours, theirs) = (Rates::median(&ours), Rates::median(&theirs));
+        let ours = Rates::median(&ours);
+        let theirs = (!theirs.is_empty()).then(|| Rates::median(&theirs));
+        // BullMQ's figure and the ratio, or "-" without BullMQ.
+        let compare = |ours: f64, theirs: Option<f64>| match theirs {
+            Some(theirs) => vec![f(ours, 0), f(theirs, 0), f(ours / theirs, 2)],
+            None => vec![f(ours, 0), "-".into(), "-".into()],
+        };
         if workers == WORKERS[0] {
-            table.row(vec![
+            let mut row = vec![
                 "push, one at a time".into(),
                 "-".into(),
                 raw_jobs.to_string(),
-                f(ours.push_per_s, 0),
-                f(theirs.push_per_s, 0),
-                f(ours.push_per_s / theirs.push_per_s, 2),
-            ]);
+            ];
+            row.extend(compare(
+                ours.push_per_s,
+                theirs.as_ref().map(|t| t.push_per_s),
+            ));
+            table.row(row);
         }
-        table.row(vec![
+        let mut row = vec![
             "raw queue: process".into(),
             workers.to_string(),
             raw_jobs.to_string(),
-            f(ours.process_per_s, 0),
-            f(theirs.process_per_s, 0),
-            f(ours.process_per_s / theirs.process_per_s, 2),
-        ]);
+        ];
+        row.extend(compare(
+            ours.process_per_s,
+            theirs.as_ref().map(|t| t.process_per_s),
+        ));
+        table.row(row);
     }
     for workers in WORKERS {
         let mut ours = Vec::new();
@@ -343,16 +360,31 @@ async fn register(fleet: &Fleet) -> Owner {
     }
 }
 
-fn ensure_bullmq(dir: &Path) {
-    if dir.join("node_modules/bullmq").exists() {
-        return;
+/// The BullMQ script's folder with its packages installed (`npm ci`), or None (said why)
+/// when Node.js or npm cannot provide them: the comparison is then left out.
+fn ensure_bullmq(dir: &Path) -> Option<PathBuf> {
+    let node = Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        println!("BullMQ comparison left out: Node.js (node) is not available");
+        return None;
     }
-    let status = Command::new("npm")
+    if dir.join("node_modules/bullmq").exists() {
+        return Some(dir.to_path_buf());
+    }
+    let installed = Command::new("npm")
         .args(["ci", "--silent", "--no-audit", "--no-fund", "--prefix"])
         .arg(dir)
-        .status()
-        .expect("npm");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
+        .status();
+    match installed {
+        Ok(status) if status.success() => Some(dir.to_path_buf()),
+        other => {
+            println!(
+                "BullMQ comparison left out: npm ci in {} failed ({other:?})",
+                dir.display()
+            );
+            None
+        }
+    }
 }
 
 fn run_bullmq(dir: &Path, prefix: &str, jobs: usize, workers: usize) -> Rates {
