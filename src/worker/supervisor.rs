@@ -4,10 +4,10 @@
 //! over the parsed stream).
 
 use std::collections::VecDeque;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::io::{Read, Seek};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
