@@ -122,6 +122,59 @@ async fn spawn_runs_on_one_of_two_workers_and_pushes_the_branch() {
             "{step}: {ms:?}"
         );
     }
+    assert_eq!(dispatch.data["fetched"], true, "the first spawn fetches");
+    env.stop_workers();
+}
+
+/// Adds `file` to `main` of the bare remote, as a caller pushing before it spawns.
+fn push_to_main(remote: &std::path::Path, file: &str) {
+    let repo = git2::Repository::open_bare(remote).unwrap();
+    let parent = repo
+        .find_reference("refs/heads/main")
+        .unwrap()
+        .peel_to_commit()
+        .unwrap();
+    let blob = repo.blob(file.as_bytes()).unwrap();
+    let mut tree = repo.treebuilder(Some(&parent.tree().unwrap())).unwrap();
+    tree.insert(file, blob, 0o100644).unwrap();
+    let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+    let sig = git2::Signature::now("caller", "caller@localhost").unwrap();
+    repo.commit(Some("refs/heads/main"), &sig, &sig, file, &tree, &[&parent])
+        .unwrap();
+}
+
+/// Spawns that wait behind one fetch may share it, but never start from a remote older than
+/// their own request: every agent spawned after a push has the pushed file.
+#[tokio::test(flavor = "multi_thread")]
+async fn spawns_after_a_push_start_from_it_even_in_a_burst() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "8")]);
+    env.wait_workers(1).await;
+    let store = env.store().await;
+    let mut fetched = 0;
+    for round in 0..3 {
+        let file = format!("pushed-{round}.txt");
+        push_to_main(&env.remote, &file);
+        let agents: Vec<_> = (0..4)
+            .map(|i| env.spawn(&[], &format!("round {round} agent {i}")))
+            .collect();
+        for a in &agents {
+            let agent = env.wait_final(a.id, Duration::from_secs(60)).await;
+            assert_status(&agent, AgentStatus::Completed);
+            assert!(
+                env.remote_file(&agent.branch, &file).is_some(),
+                "{} started from a base without {file}",
+                agent.name
+            );
+            let events = store.events_after(agent.id, 0).await.unwrap();
+            let dispatch = events.iter().find(|e| e.kind == "agent.dispatch").unwrap();
+            fetched += usize::from(dispatch.data["fetched"] == true);
+        }
+    }
+    assert!(
+        fetched >= 3,
+        "at least one fetch after each push, saw {fetched}"
+    );
     env.stop_workers();
 }
 

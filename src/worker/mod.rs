@@ -42,9 +42,27 @@ use crate::queue::{JobHandler, Slots};
 use crate::store::{NewWorker, Owner};
 use crate::workspace::Workspace;
 
+/// What a worker knows of a project's mirror, kept under the project's git lock.
+#[derive(Debug, Default)]
+pub(crate) struct ProjectGit {
+    /// When the last successful fetch began: it saw the remote as of then.
+    fetched_from: Option<std::time::Instant>,
+}
+
+impl ProjectGit {
+    /// A spawn delivered at `delivered` must see the remote as of then or later (its caller
+    /// may have pushed just before asking): a fetch that began after that will do, so the
+    /// spawns queued behind one fetch share it.
+    fn must_fetch(&self, delivered: std::time::Instant) -> bool {
+        self.fetched_from.is_none_or(|began| began < delivered)
+    }
+}
+
 /// A new agent's worktree, and how long each step of making it took.
 pub(crate) struct PreparedWorktree {
     pub workdir: PathBuf,
+    /// Whether this spawn fetched (false: a fetch begun after its delivery served it).
+    pub fetched: bool,
     /// Waiting for another agent's git work on the same project.
     pub lock_wait: std::time::Duration,
     /// Fetching the project's mirror from its remote.
@@ -61,8 +79,8 @@ pub struct Runtime {
     pub slots: Slots,
     workspace: Arc<Workspace>,
     workspace_root: PathBuf,
-    /// One git operation at a time per project mirror.
-    project_locks: Mutex<HashMap<Uuid, Arc<Mutex<()>>>>,
+    /// One git operation at a time per project mirror, and when its last fetch began.
+    project_locks: Mutex<HashMap<Uuid, Arc<Mutex<ProjectGit>>>>,
     /// The agents this worker supervises, with the token that stops each.
     agents: std::sync::Mutex<HashMap<Uuid, CancellationToken>>,
     /// Every agent task, so shutdown can wait for them.
@@ -116,7 +134,7 @@ impl Runtime {
         self.workspace_root.join("agents").join(name)
     }
 
-    async fn project_lock(&self, project: Uuid) -> Arc<Mutex<()>> {
+    async fn project_lock(&self, project: Uuid) -> Arc<Mutex<ProjectGit>> {
         self.project_locks
             .lock()
             .await
@@ -159,11 +177,13 @@ impl Runtime {
         project: &Project,
         name: &str,
         branch: &str,
+        delivered: std::time::Instant,
     ) -> Result<PreparedWorktree, String> {
         let waited = std::time::Instant::now();
         let lock = self.project_lock(project.id).await;
-        let _held = lock.lock().await;
+        let mut git = lock.lock().await;
         let waited = waited.elapsed();
+        let fetch_now = git.must_fetch(delivered);
         let ws = self.workspace.clone();
         let (key, remote, name, branch, base) = (
             project.id.to_string(),
@@ -173,17 +193,21 @@ impl Runtime {
             project.default_branch.clone(),
         );
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
+        let fetch_began = std::time::Instant::now();
+        let prepared = tokio::task::spawn_blocking(move || {
             let _in = span.enter();
             let step = std::time::Instant::now();
-            tracing::info_span!("mirror fetch")
-                .in_scope(|| ws.sync_mirror_branch(&key, &remote, &base))?;
+            if fetch_now {
+                tracing::info_span!("mirror fetch")
+                    .in_scope(|| ws.sync_mirror_branch(&key, &remote, &base))?;
+            }
             let fetch = step.elapsed();
             let step = std::time::Instant::now();
             let workdir = tracing::info_span!("worktree create")
                 .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))?;
             Ok(PreparedWorktree {
                 workdir,
+                fetched: fetch_now,
                 lock_wait: waited,
                 fetch,
                 checkout: step.elapsed(),
@@ -191,7 +215,11 @@ impl Runtime {
         })
         .await
         .map_err(|e| format!("worktree task failed: {e}"))?
-        .map_err(|e: crate::workspace::WorkspaceError| e.to_string())
+        .map_err(|e: crate::workspace::WorkspaceError| e.to_string())?;
+        if prepared.fetched {
+            git.fetched_from = Some(fetch_began);
+        }
+        Ok(prepared)
     }
 
     /// Commits what the agent left uncommitted and pushes its branch to the remote.
@@ -400,5 +428,31 @@ async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod project_git_tests {
+    use std::time::{Duration, Instant};
+
+    use super::ProjectGit;
+
+    #[test]
+    fn a_spawn_reuses_only_a_fetch_begun_after_its_delivery() {
+        let mut git = ProjectGit::default();
+        let delivered = Instant::now();
+        assert!(git.must_fetch(delivered), "never fetched");
+        git.fetched_from = Some(delivered - Duration::from_millis(1));
+        assert!(
+            git.must_fetch(delivered),
+            "the fetch began before it was delivered"
+        );
+        git.fetched_from = Some(delivered);
+        assert!(!git.must_fetch(delivered));
+        git.fetched_from = Some(delivered + Duration::from_millis(5));
+        assert!(
+            !git.must_fetch(delivered),
+            "a later fetch saw a newer remote"
+        );
     }
 }

@@ -65,6 +65,8 @@ struct DispatchTimings {
     claim: Duration,
     /// Waiting for the project's git lock, fetching the mirror, checking out the worktree.
     git_lock: Duration,
+    /// False when a fetch begun after this delivery already brought the mirror up to date.
+    fetched: bool,
     fetch: Duration,
     checkout: Duration,
     launch: Duration,
@@ -118,7 +120,7 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
         }
     };
     tracing::info!(agent_id = %agent.id, agent = %agent.name, provider = %agent.provider, attempt = claimed.attempts, "agent claimed");
-    match start_agent(&rt, &agent, &request, &mut log, &mut timings).await {
+    match start_agent(&rt, &agent, &request, &mut log, delivered, &mut timings).await {
         Ok(started) => {
             let queued = (delivered_at - agent.created_at)
                 .to_std()
@@ -130,6 +132,7 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
                     "queued_ms": millis(queued),
                     "claim_ms": millis(timings.claim),
                     "git_lock_ms": millis(timings.git_lock),
+                    "fetched": timings.fetched,
                     "fetch_ms": millis(timings.fetch),
                     "checkout_ms": millis(timings.checkout),
                     "launch_ms": millis(timings.launch),
@@ -152,6 +155,7 @@ async fn start_agent(
     agent: &Agent,
     request: &SpawnRequest,
     log: &mut EventLog,
+    delivered: Instant,
     timings: &mut DispatchTimings,
 ) -> Result<Started, StartError> {
     let provider =
@@ -163,11 +167,20 @@ async fn start_agent(
         .await
         .map_err(|e| StartError::Failed(e.to_string()))?;
     let prepared = rt
-        .prepare_worktree(&project, &agent.name, &agent.branch)
+        .prepare_worktree(&project, &agent.name, &agent.branch, delivered)
         .await
         .map_err(StartError::Failed)?;
-    (timings.git_lock, timings.fetch, timings.checkout) =
-        (prepared.lock_wait, prepared.fetch, prepared.checkout);
+    (
+        timings.git_lock,
+        timings.fetched,
+        timings.fetch,
+        timings.checkout,
+    ) = (
+        prepared.lock_wait,
+        prepared.fetched,
+        prepared.fetch,
+        prepared.checkout,
+    );
     let workdir = prepared.workdir;
     let step = Instant::now();
     let run_dir = rt.agent_dir(&agent.name).join("run");
