@@ -14,6 +14,7 @@ mod control;
 mod event_log;
 mod event_writer;
 mod failover;
+mod git;
 mod health;
 mod launch;
 mod lease;
@@ -26,7 +27,7 @@ mod sweeper;
 pub use cleanup::{CleanupReport, cleanup_workspace};
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,40 +37,12 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::config::OnShutdown;
-use crate::domain::Project;
 use crate::fleet::Fleet;
 use crate::queue::{JobHandler, Slots};
 use crate::store::{NewWorker, Owner};
 use crate::workspace::Workspace;
 
-/// What a worker knows of a project's mirror, kept under the project's git lock.
-#[derive(Debug, Default)]
-pub(crate) struct ProjectGit {
-    /// When the last successful fetch began: it saw the remote as of then.
-    fetched_from: Option<std::time::Instant>,
-}
-
-impl ProjectGit {
-    /// A spawn delivered at `delivered` must see the remote as of then or later (its caller
-    /// may have pushed just before asking): a fetch that began after that will do, so the
-    /// spawns queued behind one fetch share it.
-    fn must_fetch(&self, delivered: std::time::Instant) -> bool {
-        self.fetched_from.is_none_or(|began| began < delivered)
-    }
-}
-
-/// A new agent's worktree, and how long each step of making it took.
-pub(crate) struct PreparedWorktree {
-    pub workdir: PathBuf,
-    /// Whether this spawn fetched (false: a fetch begun after its delivery served it).
-    pub fetched: bool,
-    /// Waiting for another agent's git work on the same project.
-    pub lock_wait: std::time::Duration,
-    /// Fetching the project's mirror from its remote.
-    pub fetch: std::time::Duration,
-    /// Creating the worktree and checking out its files.
-    pub checkout: std::time::Duration,
-}
+use git::ProjectGit;
 
 /// What every job handler and service of this worker shares.
 pub struct Runtime {
@@ -134,15 +107,6 @@ impl Runtime {
         self.workspace_root.join("agents").join(name)
     }
 
-    async fn project_lock(&self, project: Uuid) -> Arc<Mutex<ProjectGit>> {
-        self.project_locks
-            .lock()
-            .await
-            .entry(project)
-            .or_default()
-            .clone()
-    }
-
     /// Registers an agent under supervision; its token stops it.
     fn track_agent(&self, agent_id: Uuid) -> CancellationToken {
         let token = CancellationToken::new();
@@ -168,84 +132,6 @@ impl Runtime {
 
     fn running_agents(&self) -> usize {
         self.agents.lock().map(|a| a.len()).unwrap_or(0)
-    }
-
-    /// Fetches the project's mirror and adds the agent's worktree (blocking git work off
-    /// the async threads).
-    async fn prepare_worktree(
-        &self,
-        project: &Project,
-        name: &str,
-        branch: &str,
-        delivered: std::time::Instant,
-    ) -> Result<PreparedWorktree, String> {
-        let waited = std::time::Instant::now();
-        let lock = self.project_lock(project.id).await;
-        let mut git = lock.lock().await;
-        let waited = waited.elapsed();
-        let fetch_now = git.must_fetch(delivered);
-        let ws = self.workspace.clone();
-        let (key, remote, name, branch, base) = (
-            project.id.to_string(),
-            project.remote_url.clone(),
-            name.to_string(),
-            branch.to_string(),
-            project.default_branch.clone(),
-        );
-        let span = tracing::Span::current();
-        let fetch_began = std::time::Instant::now();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let _in = span.enter();
-            let step = std::time::Instant::now();
-            if fetch_now {
-                tracing::info_span!("mirror fetch")
-                    .in_scope(|| ws.sync_mirror_branch(&key, &remote, &base))?;
-            }
-            let fetch = step.elapsed();
-            let step = std::time::Instant::now();
-            let workdir = tracing::info_span!("worktree create")
-                .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))?;
-            Ok(PreparedWorktree {
-                workdir,
-                fetched: fetch_now,
-                lock_wait: waited,
-                fetch,
-                checkout: step.elapsed(),
-            })
-        })
-        .await
-        .map_err(|e| format!("worktree task failed: {e}"))?
-        .map_err(|e: crate::workspace::WorkspaceError| e.to_string())?;
-        if prepared.fetched {
-            git.fetched_from = Some(fetch_began);
-        }
-        Ok(prepared)
-    }
-
-    /// Commits what the agent left uncommitted and pushes its branch to the remote.
-    async fn publish_branch(
-        &self,
-        project: &Project,
-        name: &str,
-        branch: &str,
-        workdir: &Path,
-    ) -> Result<(), String> {
-        let lock = self.project_lock(project.id).await;
-        let _held = lock.lock().await;
-        let ws = self.workspace.clone();
-        let (key, branch, workdir) = (
-            project.id.to_string(),
-            branch.to_string(),
-            workdir.to_path_buf(),
-        );
-        let message = format!("agentfleet: work of agent {name}");
-        tokio::task::spawn_blocking(move || {
-            ws.commit_all(&workdir, &message)?;
-            ws.push_branch(&key, &branch)
-        })
-        .await
-        .map_err(|e| format!("push task failed: {e}"))?
-        .map_err(|e| e.to_string())
     }
 }
 
@@ -428,31 +314,5 @@ async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-#[cfg(test)]
-mod project_git_tests {
-    use std::time::{Duration, Instant};
-
-    use super::ProjectGit;
-
-    #[test]
-    fn a_spawn_reuses_only_a_fetch_begun_after_its_delivery() {
-        let mut git = ProjectGit::default();
-        let delivered = Instant::now();
-        assert!(git.must_fetch(delivered), "never fetched");
-        git.fetched_from = Some(delivered - Duration::from_millis(1));
-        assert!(
-            git.must_fetch(delivered),
-            "the fetch began before it was delivered"
-        );
-        git.fetched_from = Some(delivered);
-        assert!(!git.must_fetch(delivered));
-        git.fetched_from = Some(delivered + Duration::from_millis(5));
-        assert!(
-            !git.must_fetch(delivered),
-            "a later fetch saw a newer remote"
-        );
     }
 }
