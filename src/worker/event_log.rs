@@ -1,5 +1,6 @@
-//! An agent's event log as its supervisor writes it: numbers each event, batches them into
-//! the store (fenced by the owner) and publishes each stored event live. Publishing comes
+//! An agent's event log as its supervisor writes it: numbers each event, stores batches of
+//! them through the worker's event writer (fenced by the owner, together with the other
+//! agents' events) and publishes each stored event live. Publishing comes
 //! after storing, so a follower that sees a live event can always find its predecessors.
 
 use chrono::Utc;
@@ -21,13 +22,11 @@ pub enum LogError {
 pub struct EventLog {
     agent_id: Uuid,
     owner: Owner,
-    store: Store,
+    writer: EventWriter,
     bus: EventBus,
     next_seq: i64,
     pending: Vec<NewEvent>,
     stored_offset: u64,
-    /// The worker's batching writer; without one, each flush is its own transaction.
-    writer: Option<EventWriter>,
 }
 
 impl EventLog {
@@ -35,26 +34,20 @@ impl EventLog {
     pub async fn open(
         agent_id: Uuid,
         owner: Owner,
-        store: Store,
+        store: &Store,
+        writer: EventWriter,
         bus: EventBus,
     ) -> Result<Self, StoreError> {
         let last = store.last_event_seq(agent_id).await?;
         Ok(Self {
             agent_id,
             owner,
-            store,
+            writer,
             bus,
             next_seq: last + 1,
             pending: Vec::new(),
             stored_offset: 0,
-            writer: None,
         })
-    }
-
-    /// Writes through `writer`, together with the other agents' events.
-    pub fn batched(mut self, writer: EventWriter) -> Self {
-        self.writer = Some(writer);
-        self
     }
 
     /// Events waiting for the next flush.
@@ -82,27 +75,13 @@ impl EventLog {
         if self.pending.is_empty() && output_offset <= self.stored_offset {
             return Ok(());
         }
-        let taken = match &self.writer {
-            Some(writer) => {
-                let events = std::mem::take(&mut self.pending);
-                let (events, taken) = writer
-                    .append(&self.owner, self.agent_id, events, output_offset as i64)
-                    .await;
-                self.pending = events;
-                taken?
-            }
-            None => {
-                self.store
-                    .append_events(
-                        self.agent_id,
-                        &self.owner,
-                        &self.pending,
-                        output_offset as i64,
-                    )
-                    .await?
-            }
-        };
-        if !taken {
+        let events = std::mem::take(&mut self.pending);
+        let (events, taken) = self
+            .writer
+            .append(&self.owner, self.agent_id, events, output_offset as i64)
+            .await;
+        self.pending = events;
+        if !taken? {
             return Err(LogError::Fenced(self.agent_id));
         }
         self.stored_offset = output_offset;

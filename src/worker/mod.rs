@@ -93,14 +93,14 @@ impl Runtime {
         &self,
         agent_id: Uuid,
     ) -> Result<event_log::EventLog, crate::store::StoreError> {
-        Ok(event_log::EventLog::open(
+        event_log::EventLog::open(
             agent_id,
             self.owner.clone(),
-            self.fleet.store.clone(),
+            &self.fleet.store,
+            self.event_writer.clone(),
             self.fleet.events.clone(),
         )
-        .await?
-        .batched(self.event_writer.clone()))
+        .await
     }
 
     fn agent_dir(&self, name: &str) -> PathBuf {
