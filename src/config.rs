@@ -49,6 +49,57 @@ pub struct Settings {
     pub credentials: CredentialSettings,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+    pub sandbox: SandboxSettings,
+    /// The configuration file the settings were read from (`--config` or
+    /// `AGENTFLEET_CONFIG`), hidden from agents.
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// The sandbox provider processes run in (see `sandbox`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SandboxSettings {
+    pub mode: SandboxMode,
+    /// Names of worker environment variables passed on to providers.
+    pub env_passthrough: Vec<String>,
+    /// Extra trees (or files) agents may read.
+    pub read_paths: Vec<PathBuf>,
+    /// Extra trees (or files) agents may read and write.
+    pub write_paths: Vec<PathBuf>,
+    pub network: SandboxNetwork,
+    pub limits: SandboxLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SandboxNetwork {
+    pub mode: NetworkMode,
+    /// `host:port` entries agents may connect to.
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    Restricted,
+    Open,
+}
+
+/// Per-agent limits; 0 means none.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SandboxLimits {
+    pub processes: u64,
+    pub memory_mb: u64,
+    pub cpu_seconds: u64,
+    pub file_size_mb: u64,
+    pub disk_mb: u64,
+    pub open_files: u64,
 }
 
 /// Where the key that seals account credentials comes from (see `credentials::Keyring`).
@@ -204,8 +255,8 @@ impl Settings {
             DEFAULTS,
             ::config::FileFormat::Toml,
         ));
-        if let Some(path) = file {
-            builder = builder.add_source(::config::File::from(path).required(true));
+        if let Some(path) = &file {
+            builder = builder.add_source(::config::File::from(path.clone()).required(true));
         }
         let builder = builder.add_source(
             ::config::Environment::with_prefix("AGENTFLEET")
@@ -213,9 +264,14 @@ impl Settings {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("api.tokens"),
+                .with_list_parse_key("api.tokens")
+                .with_list_parse_key("sandbox.env_passthrough")
+                .with_list_parse_key("sandbox.read_paths")
+                .with_list_parse_key("sandbox.write_paths")
+                .with_list_parse_key("sandbox.network.allow"),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.config_file = file;
         settings.resolve_data_dir();
         settings.validate()?;
         // Validates the configured command providers and makes them resolvable by name.
@@ -334,7 +390,88 @@ impl Settings {
         if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(invalid("api.tokens", "tokens must not be empty strings"));
         }
+        self.validate_sandbox()
+    }
+
+    /// Sandbox settings that would hand agents what the sandbox exists to keep from them
+    /// are refused: the fleet's own variables, and ports of the fleet's own services.
+    fn validate_sandbox(&self) -> Result<(), ConfigError> {
+        let sandbox = &self.sandbox;
+        if let Some(name) = sandbox
+            .env_passthrough
+            .iter()
+            .find(|n| n.to_ascii_uppercase().starts_with("AGENTFLEET") || n.contains('='))
+        {
+            return Err(invalid(
+                "sandbox.env_passthrough",
+                format!("`{name}` cannot be passed to agents (AGENTFLEET* variables never are)"),
+            ));
+        }
+        for (key, paths) in [
+            ("sandbox.read_paths", &sandbox.read_paths),
+            ("sandbox.write_paths", &sandbox.write_paths),
+        ] {
+            if let Some(p) = paths.iter().find(|p| p.is_relative()) {
+                return Err(invalid(key, format!("`{}` is not absolute", p.display())));
+            }
+        }
+        let own = self.own_service_ports();
+        for entry in &sandbox.network.allow {
+            let port =
+                allowed_port(entry).map_err(|reason| invalid("sandbox.network.allow", reason))?;
+            if let Some((service, _)) = own.iter().find(|(_, p)| *p == port) {
+                return Err(invalid(
+                    "sandbox.network.allow",
+                    format!(
+                        "`{entry}`: port {port} is the fleet's own {service}; agents may not reach it"
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The ports of the fleet's own services, as configured.
+    fn own_service_ports(&self) -> Vec<(&'static str, u16)> {
+        let mut ports = Vec::new();
+        let url_port = |url: &str, default: u16| -> Option<u16> {
+            let rest = url.split_once("://")?.1;
+            let host = rest.split(['/', '?']).next()?;
+            let host = host.rsplit('@').next()?;
+            match host.rsplit_once(':') {
+                Some((_, p)) if !p.contains(']') => p.parse().ok(),
+                _ => Some(default),
+            }
+        };
+        if self.backend() == Backend::Fleet {
+            ports.extend(url_port(&self.database.url, 5432).map(|p| ("Postgres", p)));
+        }
+        if !self.redis.url.trim().is_empty() {
+            ports.extend(url_port(&self.redis.url, 6379).map(|p| ("Redis", p)));
+        }
+        if let Ok(bind) = self.api_bind() {
+            ports.push(("API", bind.port()));
+        }
+        if let Ok(Some(bind)) = self.worker_metrics_bind() {
+            ports.push(("worker metrics endpoint", bind.port()));
+        }
+        ports.retain(|(_, p)| *p != 0);
+        ports
+    }
+
+    /// The TCP ports agents may connect to (None: any).
+    pub fn sandbox_connect_ports(&self) -> Option<Vec<u16>> {
+        match self.sandbox.network.mode {
+            NetworkMode::Open => None,
+            NetworkMode::Restricted => Some(
+                self.sandbox
+                    .network
+                    .allow
+                    .iter()
+                    .filter_map(|e| allowed_port(e).ok())
+                    .collect(),
+            ),
+        }
     }
 
     pub fn api_bind(&self) -> Result<SocketAddr, ConfigError> {
@@ -392,6 +529,20 @@ impl Settings {
 
     pub fn provider(&self, name: &str) -> ProviderSettings {
         self.providers.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// The port of a `host:port` entry of `sandbox.network.allow`.
+fn allowed_port(entry: &str) -> Result<u16, String> {
+    let (host, port) = entry
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{entry}` is not host:port"))?;
+    if host.trim().is_empty() {
+        return Err(format!("`{entry}` has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("`{entry}`: `{port}` is not a port (1-65535)")),
     }
 }
 

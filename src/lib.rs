@@ -2,7 +2,8 @@
 //! its own git worktree. The flow, folder by folder: `api` / `cli` → `fleet` (validate,
 //! record, enqueue) → `store` (the record: SQLite embedded, or Postgres in a fleet) +
 //! `queue` (the store's pending requests, or Redis) → `worker` (claim, `workspace`,
-//! `process`, supervisor with `providers`' parsers) → `store` + `events`.
+//! `process` starting each provider in its `sandbox`, supervisor with `providers`' parsers)
+//! → `store` + `events`.
 
 pub mod api;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod process;
 pub mod providers;
 pub mod queue;
+pub mod sandbox;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use agentfleet::credentials::{Keyring, Secret};
 use agentfleet::domain::AgentStatus;
-use common::{TestEnv, assert_status};
+use common::{TestEnv, assert_status, descendants};
 use sha2::Digest;
 
 const KEY_B64: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
@@ -316,10 +316,23 @@ async fn secrets_stay_out_of_logs_events_api_and_command_lines() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let line = runlog(&env).remove(0);
-    let pid: u32 = line.split_whitespace().next().unwrap().parse().unwrap();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    assert!(String::from_utf8_lossy(&cmdline).contains("--dangerously-skip-permissions"));
-    assert!(!String::from_utf8_lossy(&cmdline).contains(SECRET_A));
+    // The stand-in runs in the sandbox's pid namespace: found below the helper.
+    let cmdlines: Vec<String> = descendants(running.pid.unwrap() as u32)
+        .iter()
+        .map(|p| {
+            String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default(),
+            )
+            .into_owned()
+        })
+        .collect();
+    assert!(
+        cmdlines
+            .iter()
+            .any(|c| c.contains("--dangerously-skip-permissions")),
+        "{cmdlines:?}"
+    );
+    assert!(cmdlines.iter().all(|c| !c.contains(SECRET_A)));
     let wrapper = std::fs::read(format!("/proc/{}/cmdline", running.pid.unwrap())).unwrap();
     assert!(!String::from_utf8_lossy(&wrapper).contains(SECRET_A));
     assert_eq!(field(&line, "key"), key_hash(SECRET_A));

@@ -37,14 +37,12 @@ async fn real_claude_fails_over_to_a_second_account_on_a_rate_limit() {
     let mock = MockModel::start(Behaviour::FailForKey(429), content).await;
     let mut env = TestEnv::new().await;
     env.set_env("AGENTFLEET__SECRETS__KEY", KEY_B64);
-    let home = env.dir.path().join("claude-home");
-    std::fs::create_dir_all(&home).unwrap();
     env.set_config(&format!(
         "[providers.claude]\ncommand = {:?}\nenv = {{ ANTHROPIC_BASE_URL = {:?}, \
-         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\", HOME = {:?} }}\n",
+         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\" }}\n\n{}",
         claude.display().to_string(),
         mock.base_url,
-        home.display().to_string(),
+        mock.sandbox_toml(&env.runlog),
     ));
     // Added first, so chosen first (least recently used, then oldest).
     add_account(&env, "exhausted", EXHAUSTED_KEY);

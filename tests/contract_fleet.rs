@@ -20,17 +20,13 @@ async fn real_claude_asks_is_resumed_and_pushes_its_work() {
     let content = "written by the real claude CLI through agentfleet\n";
     let mock = MockModel::start(Behaviour::AskThenWrite, content).await;
     let mut env = TestEnv::new().await;
-    let home = env.dir.path().join("claude-home");
-    let config_dir = env.dir.path().join("claude-config");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(&config_dir).unwrap();
+    // The sandbox gives the CLI a private HOME (its config and sessions live there).
     env.set_config(&format!(
         "[providers.claude]\ncommand = {:?}\nenv = {{ ANTHROPIC_BASE_URL = {:?}, ANTHROPIC_API_KEY = \"sk-ant-mock\", \
-         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\", CLAUDE_CONFIG_DIR = {:?}, HOME = {:?} }}\n",
+         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = \"1\" }}\n\n{}",
         claude.display().to_string(),
         mock.base_url,
-        config_dir.display().to_string(),
-        home.display().to_string(),
+        mock.sandbox_toml(&env.runlog),
     ));
     env.start_worker(&[]);
     let agent = env.spawn(&["--name", "real-otter"], "Ask me which database to use.");

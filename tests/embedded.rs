@@ -184,12 +184,15 @@ async fn up_with_no_configuration_runs_an_agent_to_a_pushed_branch() {
     make_remote(&remote);
     let port = free_port();
     let runlog = machine.path("runs.log");
+    std::fs::write(&runlog, "").unwrap();
     let config = machine.path("up.toml");
     std::fs::write(
         &config,
         format!(
-            "[api]\nbind = \"127.0.0.1:{port}\"\n\n[providers.claude]\ncommand = {:?}\nenv = {{ FAKE_CLAUDE_RUNLOG = {:?} }}\n",
+            "[api]\nbind = \"127.0.0.1:{port}\"\n\n[providers.claude]\ncommand = {:?}\nenv = {{ FAKE_CLAUDE_RUNLOG = {:?} }}\n\n\
+             [sandbox]\nwrite_paths = [{:?}]\n",
             fake_claude().display().to_string(),
+            runlog.display().to_string(),
             runlog.display().to_string()
         ),
     )

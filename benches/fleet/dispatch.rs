@@ -27,6 +27,7 @@ pub async fn run(opts: Opts) {
     let mut env = TestEnv::new().await;
     setup::fill_remote(&env.remote, 100);
     let stamps = env.dir.path().join("stamps.log");
+    std::fs::write(&stamps, "").unwrap();
     let script = setup::script(&env, "stamp-provider", STAMP_SCRIPT);
     setup::use_provider(&env, &script, &[("BENCH_STAMPS", stamps.to_str().unwrap())]);
     env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "4")]);

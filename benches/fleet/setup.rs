@@ -56,7 +56,11 @@ fn git(dir: &Path, args: &[&str]) {
 
 /// Writes an executable script into the environment's folder.
 pub fn script(env: &TestEnv, name: &str, body: &str) -> PathBuf {
-    let path = env.dir.path().join(name);
+    // A folder of its own: the sandbox lets agents read the provider's folder, and the
+    // environment's folder holds every worker's workspace.
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = bin.join(name);
     std::fs::write(&path, body).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
@@ -68,10 +72,17 @@ pub fn use_provider(env: &TestEnv, command: &Path, extra_env: &[(&str, &str)]) {
         .iter()
         .map(|(k, v)| format!("{k} = {v:?}"))
         .collect();
+    // Files the scripts write (absolute paths among the variables) are theirs to write.
+    let writes: Vec<String> = extra_env
+        .iter()
+        .filter(|(_, v)| v.starts_with('/'))
+        .map(|(_, v)| format!("{v:?}"))
+        .collect();
     env.set_config(&format!(
-        "[providers.claude]\ncommand = {:?}\nenv = {{ {} }}\n",
+        "[providers.claude]\ncommand = {:?}\nenv = {{ {} }}\n\n[sandbox]\nwrite_paths = [{}]\n",
         command.display().to_string(),
-        vars.join(", ")
+        vars.join(", "),
+        writes.join(", ")
     ));
 }
 

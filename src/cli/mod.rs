@@ -3,6 +3,7 @@
 
 mod accounts;
 mod agents;
+mod doctor;
 mod output;
 
 use accounts::account;
@@ -36,6 +37,12 @@ pub struct Cli {
 pub enum Command {
     /// Create or update the database schema.
     Migrate,
+    /// Say what the agents' sandbox enforces on this host and whether each provider's
+    /// command runs inside it; exits 1 when something required is missing.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage projects (git repositories agents work on).
     #[command(subcommand)]
     Project(ProjectCommand),
@@ -235,9 +242,12 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
         println!("database schema is up to date");
         return Ok(0);
     }
+    if let Command::Doctor { json } = command {
+        return tokio::task::spawn_blocking(move || doctor::run(&settings, json)).await?;
+    }
     let fleet = Fleet::connect(settings).await?;
     match command {
-        Command::Migrate => unreachable!("handled above"),
+        Command::Migrate | Command::Doctor { .. } => unreachable!("handled above"),
         Command::Project(ProjectCommand::Add {
             name,
             remote,

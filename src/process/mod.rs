@@ -2,12 +2,15 @@
 //! restart and can be signalled as a group), with stdin from the prompt file and stdout /
 //! stderr going to files on the node. Identity is pid *and* start time, since pids are reused.
 //!
-//! The provider runs under a small `sh` wrapper that writes its exit code to a file when it
-//! ends, so a worker that adopts the process later (it is not the parent) still learns how
-//! it ended.
+//! The provider runs under the sandbox helper (`sandbox`), the process this module starts
+//! and watches: it isolates the provider (unless the sandbox is off) and writes the exit code
+//! to a file when the provider ends, so a worker that adopts the process later (it is not
+//! the parent) still learns how it ended.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -17,11 +20,13 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use crate::sandbox::{self, Spec};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("cannot start '{command}': {source}")]
+    #[error("cannot start the sandbox helper '{helper}': {source}")]
     Start {
-        command: String,
+        helper: String,
         #[source]
         source: io::Error,
     },
@@ -36,30 +41,33 @@ pub enum ProcessError {
 /// Everything needed to start one provider process.
 #[derive(Debug, Clone)]
 pub struct Launch {
-    pub command: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: PathBuf,
+    /// The agentfleet binary, which runs as the sandbox helper.
+    pub helper: PathBuf,
+    /// What the helper runs, and in which sandbox.
+    pub spec: Spec,
+    /// Where the spec is handed over (the helper removes it once read).
+    pub spec_file: PathBuf,
     pub stdin: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
-    /// Where the wrapper writes the provider's exit code.
+    /// Where the helper writes the provider's exit code.
     pub exit_file: PathBuf,
 }
 
 /// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// The sandbox ended it (a resource limit) or could not start it; the reason says which
+    /// (`resource_limit:<which>`, `sandbox: <error>`).
+    Sandbox {
+        code: i32,
+        reason: String,
+    },
     /// Ended while nobody watched, without leaving its exit code.
     Unknown,
 }
-
-/// Writes the exit code atomically so a reader never sees half a number.
-/// Its pid goes to `<exit file>.pid` first, so a later run of the same agent can find a
-/// process of an earlier one that no store row knows about.
-const WRAPPER: &str = r#"f=$1; shift; echo $$ > "$f.pid"; "$@"; code=$?; echo $code > "$f.tmp" && mv "$f.tmp" "$f"; exit $code"#;
 
 /// A started process: its pid, its start time (clock ticks since boot, from /proc) and the
 /// child handle, which reaps it.
@@ -70,45 +78,63 @@ pub struct Started {
     pub child: Child,
 }
 
+/// Opens a run file the worker writes, never through a symlink.
+fn create_private(path: &Path, mode: u32) -> Result<File, ProcessError> {
+    File::options()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| ProcessError::File {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 pub fn start(launch: &Launch) -> Result<Started, ProcessError> {
     // A run starts alone and with fresh files: a re-run of the same agent must neither run
     // beside an earlier process (its worker died before recording it) nor see its files.
     kill_stale(&launch.exit_file);
     let _ = std::fs::remove_file(&launch.exit_file);
-    let open = |path: &Path, create: bool| {
-        let file = if create {
-            File::options()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(path)
-        } else {
-            File::open(path)
-        };
-        file.map_err(|source| ProcessError::File {
-            path: path.to_path_buf(),
+    let _ = std::fs::remove_file(&launch.spec_file);
+    let spec = serde_json::to_vec(&launch.spec).map_err(|e| ProcessError::File {
+        path: launch.spec_file.clone(),
+        source: io::Error::other(e),
+    })?;
+    // The spec holds the provider's environment (its API key): private to the worker.
+    create_private(&launch.spec_file, 0o600)?
+        .write_all(&spec)
+        .map_err(|source| ProcessError::File {
+            path: launch.spec_file.clone(),
             source,
-        })
-    };
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(WRAPPER)
-        .arg("agentfleet-agent")
+        })?;
+    let stdin = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&launch.stdin)
+        .map_err(|source| ProcessError::File {
+            path: launch.stdin.clone(),
+            source,
+        })?;
+    let mut cmd = Command::new(&launch.helper);
+    cmd.as_std_mut().arg0(sandbox::HELPER_NAME);
+    cmd.arg(sandbox::HELPER_ARG)
         .arg(&launch.exit_file)
-        .arg(&launch.command)
-        .args(&launch.args)
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&launch.cwd)
-        .stdin(Stdio::from(open(&launch.stdin, false)?))
-        .stdout(Stdio::from(open(&launch.stdout, true)?))
-        .stderr(Stdio::from(open(&launch.stderr, true)?))
+        .arg(&launch.spec_file)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(create_private(&launch.stdout, 0o600)?))
+        .stderr(Stdio::from(create_private(&launch.stderr, 0o600)?))
         .kill_on_drop(false);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(io::Error::from));
     }
     let child = cmd.spawn().map_err(|source| ProcessError::Start {
-        command: launch.command.clone(),
+        helper: launch.helper.display().to_string(),
         source,
     })?;
     let pid = child.id().unwrap_or_default() as i32;
@@ -168,8 +194,8 @@ pub fn kill_stale(exit_file: &Path) -> bool {
     };
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline);
-    let ours =
-        cmdline.contains("agentfleet-agent") && cmdline.contains(&exit_file.display().to_string());
+    let ours = cmdline.contains(sandbox::HELPER_NAME)
+        && cmdline.contains(&exit_file.display().to_string());
     let _ = std::fs::remove_file(&pid_file);
     if !ours || start_time(pid).is_none() {
         return false;
@@ -179,9 +205,18 @@ pub fn kill_stale(exit_file: &Path) -> bool {
     true
 }
 
-/// The exit code the wrapper left, if it finished.
-pub fn read_exit_file(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The exit code the helper left, if it finished, and why the sandbox ended it, if it did.
+pub fn read_exit_file(path: &Path) -> Option<(i32, Option<String>)> {
+    let mut text = String::new();
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut text)
+        .ok()?;
+    sandbox::parse_exit(&text)
 }
 
 /// A provider process being watched: either our own child (reaped by us) or one adopted
@@ -230,7 +265,8 @@ impl Running {
             }
         };
         match (read_exit_file(&self.exit_file), signal) {
-            (Some(code), _) => Exit::Code(code),
+            (Some((code, Some(reason))), _) => Exit::Sandbox { code, reason },
+            (Some((code, None)), _) => Exit::Code(code),
             (None, Some(signal)) => Exit::Signal(signal),
             (None, None) => Exit::Unknown,
         }
@@ -260,152 +296,5 @@ impl Running {
             Err(Errno::ESRCH) => false,
             Err(_) => true,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn launch(dir: &Path, script: &str) -> Launch {
-        std::fs::write(dir.join("in"), "hello from stdin\n").unwrap();
-        Launch {
-            command: "sh".into(),
-            args: vec!["-c".into(), script.into()],
-            env: vec![("AF_TEST".into(), "value".into())],
-            cwd: dir.to_path_buf(),
-            stdin: dir.join("in"),
-            stdout: dir.join("out"),
-            stderr: dir.join("err"),
-            exit_file: dir.join("exit"),
-        }
-    }
-
-    fn run(dir: &Path, script: &str) -> Running {
-        let l = launch(dir, script);
-        Running::own(start(&l).unwrap(), l.exit_file)
-    }
-
-    #[tokio::test]
-    async fn starts_in_own_session_with_files_env_and_exit_code() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut running = run(
-            dir.path(),
-            "cat; echo $AF_TEST; ps -o sid= -p $$ >&2; exit 3",
-        );
-        assert!(running.start_time > 0);
-        assert_eq!(running.wait().await, Exit::Code(3));
-        assert_eq!(read_exit_file(&dir.path().join("exit")), Some(3));
-        let out = std::fs::read_to_string(dir.path().join("out")).unwrap();
-        assert_eq!(out, "hello from stdin\nvalue\n");
-        let sid: i32 = std::fs::read_to_string(dir.path().join("err"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        assert_eq!(sid, running.pid, "the wrapper leads the provider's session");
-    }
-
-    #[tokio::test]
-    async fn identity_needs_pid_and_start_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut running = run(dir.path(), "sleep 30");
-        assert!(is_same_process_alive(running.pid, running.start_time));
-        assert!(!is_same_process_alive(running.pid, running.start_time + 1));
-        let exit = running.terminate(Duration::from_millis(200)).await;
-        assert!(matches!(exit, Exit::Signal(_) | Exit::Code(_)), "{exit:?}");
-        assert!(!is_same_process_alive(running.pid, running.start_time));
-        // The group outlives its leader until every member is reaped by init.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while signal_group(running.pid, Signal::SIGTERM) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "process group still there"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn terminate_escalates_to_sigkill() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut running = run(dir.path(), "trap '' INT TERM; sleep 30");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // The wrapper shell dies on SIGTERM; the provider ignores it and needs KILL.
-        let exit = running.terminate(Duration::from_millis(200)).await;
-        assert_eq!(exit, Exit::Signal(15));
-        // Killed members are reaped by init shortly after.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while running.group_alive() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a member of the group is left"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn an_adopted_process_is_watched_through_proc() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = launch(dir.path(), "sleep 0.5; exit 7");
-        let started = start(&l).unwrap();
-        let (pid, start_time) = (started.pid, started.start_time);
-        // Someone else reaps it, as init would after the worker died.
-        let mut child = started.child;
-        tokio::spawn(async move { child.wait().await });
-        let mut adopted = Running::adopted(pid, start_time, l.exit_file);
-        assert_eq!(adopted.wait().await, Exit::Code(7));
-    }
-
-    #[tokio::test]
-    async fn a_new_run_kills_an_earlier_unrecorded_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = launch(dir.path(), "sleep 30");
-        let started = start(&first).unwrap();
-        let (pid, start_time) = (started.pid, started.start_time);
-        let mut orphan = started.child;
-        tokio::spawn(async move { orphan.wait().await });
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !dir.path().join("exit.pid").exists() {
-            assert!(std::time::Instant::now() < deadline, "no pid file");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // The same agent starts again (its last worker died before recording the pid).
-        let mut second = Running::own(
-            start(&launch(dir.path(), "exit 0")).unwrap(),
-            first.exit_file.clone(),
-        );
-        assert_eq!(second.wait().await, Exit::Code(0));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while is_same_process_alive(pid, start_time) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the earlier run still runs"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // A pid file naming someone else's process is left alone.
-        std::fs::write(dir.path().join("exit.pid"), std::process::id().to_string()).unwrap();
-        assert!(!kill_stale(&dir.path().join("exit")));
-    }
-
-    #[test]
-    fn missing_executable_is_a_clear_error_code() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut l = launch(dir.path(), "true");
-        l.command = "/nonexistent/claude".into();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let exit = rt.block_on(async {
-            let mut running = Running::own(start(&l).unwrap(), l.exit_file.clone());
-            running.wait().await
-        });
-        // sh reports "not found" as 127 and says so on stderr.
-        assert_eq!(exit, Exit::Code(127));
-        let err = std::fs::read_to_string(dir.path().join("err")).unwrap();
-        assert!(err.contains("/nonexistent/claude"), "{err}");
     }
 }

@@ -61,9 +61,7 @@ impl Provider for Claude {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        // As root, claude refuses --dangerously-skip-permissions unless told it
-        // is in a sandbox; our workers are containers, so it is.
-        vec![("IS_SANDBOX".to_string(), "1".to_string())]
+        Vec::new()
     }
 
     fn api_key_env(&self) -> Option<&str> {
@@ -430,7 +428,8 @@ mod tests {
         let resume = Claude.resume_args("s 1", &SpawnOptions::default()).unwrap();
         assert_eq!(resume, [&execute[..], &["--resume", "s 1"]].concat());
         assert_eq!(Claude.prompt_via(), crate::providers::PromptVia::Stdin);
-        assert_eq!(Claude.env(), [("IS_SANDBOX".to_string(), "1".to_string())]);
+        // IS_SANDBOX (which disarms claude's root check) is set only by the sandbox.
+        assert!(Claude.env().is_empty());
         assert_eq!(Claude.config_dir_env(), Some("CLAUDE_CONFIG_DIR"));
         assert_eq!(Claude.name(), "claude");
     }

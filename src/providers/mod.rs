@@ -125,8 +125,8 @@ pub trait Provider: Send + Sync {
     /// read-only switch where it has one (and the prompt preamble in every case, see
     /// [`prompt_for_mode`]). Already part of [`Self::spawn_args`] / [`Self::resume_args`].
     fn mode_args(&self, mode: &str) -> Vec<String>;
-    /// Env vars to set for the process (e.g. claude needs `IS_SANDBOX=1` so
-    /// `--dangerously-skip-permissions` is accepted as root).
+    /// Env vars to set for the process (the sandbox adds `IS_SANDBOX=1`, which claude
+    /// needs to accept `--dangerously-skip-permissions` as root).
     fn env(&self) -> Vec<(String, String)>;
     /// Env var that relocates the CLI's config/credential dir (claude:
     /// `CLAUDE_CONFIG_DIR`), so each account gets its own; `None` when the CLI has none.

@@ -63,6 +63,10 @@ async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
         "store": store.err().unwrap_or_else(|| "ok".into()),
         "redis": redis.err().unwrap_or_else(|| "ok".into()),
         "lease": if lease_held { "held" } else { "lost" },
+        "sandbox": {
+            "mode": if rt.sandbox.enabled { "on" } else { "off" },
+            "layers": rt.sandbox.report.layers,
+        },
     });
     let status = if ok {
         StatusCode::OK

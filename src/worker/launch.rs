@@ -16,6 +16,7 @@ use crate::domain::{Agent, AgentStatus, Project};
 use crate::events::STATUS_EVENT;
 use crate::process::{self, Launch, Running};
 use crate::providers::{self, Provider};
+use crate::sandbox;
 use crate::store::ProcessRecord;
 
 pub enum StartError {
@@ -47,17 +48,21 @@ pub async fn start(
     log: &mut EventLog,
 ) -> Result<Started, StartError> {
     let store = &rt.fleet.store;
-    tokio::fs::create_dir_all(run_dir)
+    write_prompt(run_dir, prompt)
         .await
-        .and(tokio::fs::write(run_dir.join("prompt.txt"), prompt).await)
         .map_err(|e| StartError::Failed(format!("cannot write the prompt file: {e}")))?;
     // A signal file is a run's own report: the last run's must not speak for this one.
     let _ = tokio::fs::remove_file(workdir.join(".agentfleet/output/signal.json")).await;
     let settings = rt.fleet.settings.provider(provider.name());
     args.extend(settings.args.iter().cloned());
     let args = providers::place_prompt(args, provider.prompt_via(), prompt);
-    let mut env = provider.env();
-    env.extend(settings.env.clone());
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    let command = settings
+        .command
+        .clone()
+        .unwrap_or_else(|| provider.name().to_string());
+    let command = sandbox::resolve_command(provider.name(), &command, &path_var)
+        .map_err(|e| StartError::Failed(e.to_string()))?;
     // The account: its config dir and API key reach the process through its environment
     // only (never its command line), after the configured env so they win.
     let account = credentials::run::prepare(
@@ -72,7 +77,6 @@ pub async fn start(
     .instrument(tracing::info_span!("credentials", agentfleet.agent.id = %agent.id))
     .await
     .map_err(|e| StartError::Failed(e.to_string()))?;
-    env.extend(account.env.iter().cloned());
     if let Some(a) = &account.account {
         tracing::info!(agent_id = %agent.id, account = %a.label, fingerprint = %a.fingerprint, "account selected");
         log.push(
@@ -81,14 +85,44 @@ pub async fn start(
                                "fingerprint": a.fingerprint}),
         );
     }
+    let paths = rt
+        .agent_paths(&agent.name, &project, &workdir, account.config_dir.clone())
+        .map_err(|e| StartError::Failed(format!("cannot prepare the agent's folders: {e}")))?;
+    let sandboxed = rt.sandbox.enabled;
+    let env = sandbox::build_env(
+        std::env::vars(),
+        &sandbox::EnvParts {
+            home: &paths.home,
+            tmp: &paths.tmp,
+            provider: provider.env(),
+            configured: &settings.env,
+            passthrough: &rt.fleet.settings.sandbox.env_passthrough,
+            account: &account.env,
+            sandboxed,
+        },
+    );
+    let isolation = if sandboxed {
+        Some(sandbox::isolation(
+            &rt.fleet.settings,
+            &paths,
+            &command,
+            &path_var,
+        ))
+    } else {
+        tracing::warn!(agent_id = %agent.id, "sandbox.mode = \"off\": the agent runs with the worker's powers");
+        None
+    };
     let files = RunFiles::in_dir(run_dir);
     let launch = Launch {
-        command: settings
-            .command
-            .unwrap_or_else(|| provider.name().to_string()),
-        args,
-        env,
-        cwd: workdir.clone(),
+        helper: rt.sandbox.helper.clone(),
+        spec: sandbox::Spec {
+            command,
+            args,
+            env,
+            cwd: workdir.clone(),
+            isolation,
+        },
+        spec_file: run_dir.join("sandbox.json"),
         stdin: run_dir.join("prompt.txt"),
         stdout: files.output.clone(),
         stderr: files.stderr.clone(),
@@ -139,4 +173,28 @@ pub async fn start(
         workdir,
         files,
     })
+}
+
+/// The prompt file, in the run folder (out of the agent's reach), never through a link.
+async fn write_prompt(run_dir: &Path, prompt: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let (run_dir, prompt) = (run_dir.to_path_buf(), prompt.to_string());
+    tokio::task::spawn_blocking(move || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&run_dir)?;
+        let path = run_dir.join("prompt.txt");
+        let _ = std::fs::remove_file(&path);
+        std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?
+            .write_all(prompt.as_bytes())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }

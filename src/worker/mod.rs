@@ -36,9 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::config::OnShutdown;
+use crate::config::{OnShutdown, SandboxMode};
 use crate::fleet::Fleet;
 use crate::queue::{JobHandler, Slots};
+use crate::sandbox;
 use crate::store::{NewWorker, Owner};
 use crate::workspace::Workspace;
 
@@ -68,6 +69,54 @@ pub struct Runtime {
     event_writer: event_writer::EventWriter,
     /// Wakes supervisors when their agent writes output (None: they poll).
     output_watch: Option<Arc<output_watch::OutputWatch>>,
+    /// How provider processes are isolated on this worker.
+    pub sandbox: SandboxRuntime,
+}
+
+/// The sandbox as this worker runs it: the helper binary and what the host enforces.
+#[derive(Debug, Clone)]
+pub struct SandboxRuntime {
+    pub enabled: bool,
+    /// The agentfleet binary, started as the sandbox helper for every provider process.
+    pub helper: PathBuf,
+    pub report: sandbox::Report,
+}
+
+impl SandboxRuntime {
+    /// Finds out what this host enforces; with the sandbox on, a missing required layer is
+    /// an error that names it (the worker does not start).
+    pub fn for_settings(settings: &crate::config::Settings) -> anyhow::Result<Self> {
+        let helper = std::env::current_exe()
+            .and_then(|p| p.canonicalize())
+            .map_err(|e| anyhow::anyhow!("cannot find the agentfleet binary: {e}"))?;
+        let enabled = settings.sandbox.mode == SandboxMode::On;
+        let restrict_network = settings.sandbox_connect_ports().is_some();
+        let report = sandbox::probe(&helper, restrict_network);
+        if !enabled {
+            return Ok(Self {
+                enabled,
+                helper,
+                report: report.switched_off(),
+            });
+        }
+        let missing = report.missing();
+        if !missing.is_empty() {
+            let what: Vec<String> = missing
+                .iter()
+                .map(|l| format!("{}: {}", l.name, l.detail))
+                .collect();
+            anyhow::bail!(
+                "the sandbox cannot be enforced on this host ({}); run `agentfleet doctor`, \
+                 or set sandbox.mode = \"off\" to run agents with the worker's powers",
+                what.join("; ")
+            );
+        }
+        Ok(Self {
+            enabled,
+            helper,
+            report,
+        })
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -105,6 +154,38 @@ impl Runtime {
 
     fn agent_dir(&self, name: &str) -> PathBuf {
         self.workspace_root.join("agents").join(name)
+    }
+
+    /// The places one agent's sandbox is built from; creates its private HOME and TMPDIR.
+    fn agent_paths(
+        &self,
+        name: &str,
+        project: &crate::domain::Project,
+        workdir: &std::path::Path,
+        config_dir: Option<PathBuf>,
+    ) -> std::io::Result<sandbox::AgentPaths> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.agent_dir(name);
+        let (home, tmp) = (dir.join("home"), dir.join("tmp"));
+        for private in [&home, &tmp] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(private)?;
+        }
+        let mirror = self
+            .workspace_root
+            .join("mirrors")
+            .join(format!("{}.git", project.id));
+        Ok(sandbox::AgentPaths {
+            workdir: workdir.to_path_buf(),
+            git_dir: dir.join("repo"),
+            home,
+            tmp,
+            config_dir,
+            shared: vec![mirror.join("objects")],
+            workspace_root: self.workspace_root.clone(),
+        })
     }
 
     /// Registers an agent under supervision; its token stops it.
@@ -148,6 +229,7 @@ pub fn new_worker_id() -> String {
 /// Runs a worker until `shutdown` (or a lost lease) ends it.
 pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let settings = fleet.settings.clone();
+    let sandbox = SandboxRuntime::for_settings(&settings)?;
     let worker_id = new_worker_id();
     let node_id = settings.node_id();
     let capacity = settings.worker.capacity as usize;
@@ -188,7 +270,13 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         lease_lost: CancellationToken::new(),
         event_writer: event_writer::EventWriter::start(fleet.store.clone()),
         output_watch: output_watch::OutputWatch::start(),
+        sandbox,
     });
+    if rt.sandbox.enabled {
+        tracing::info!(helper = %rt.sandbox.helper.display(), "agents run in the sandbox");
+    } else {
+        tracing::warn!("sandbox.mode = \"off\": agents run with the worker's powers");
+    }
 
     let services = TaskTracker::new();
     let stop_services = CancellationToken::new();

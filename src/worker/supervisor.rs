@@ -386,7 +386,7 @@ fn decide(
     stderr_tail: &str,
 ) -> AgentOutcome {
     let code = match exit {
-        Exit::Code(c) => Some(c),
+        Exit::Code(c) | Exit::Sandbox { code: c, .. } => Some(c),
         _ => None,
     };
     let mut outcome = AgentOutcome {
@@ -428,6 +428,15 @@ fn decide(
             return outcome;
         }
         None => {}
+    }
+    if let Exit::Sandbox { reason, .. } = &exit {
+        // A limit the sandbox enforced, or a sandbox that could not be set up: whatever
+        // the agent reported, it did not end by itself.
+        outcome.error = Some(match reason.strip_prefix("resource_limit:") {
+            Some(which) => format!("{reason}: the agent went past sandbox.limits ({which})"),
+            None => reason.clone(),
+        });
+        return outcome;
     }
     match signal {
         Some(Ok(signal)) => {
@@ -492,6 +501,7 @@ fn decide(
     let how = match exit {
         Exit::Code(c) => format!("exited with code {c}"),
         Exit::Signal(s) => format!("killed by signal {s}"),
+        Exit::Sandbox { code, .. } => format!("exited with code {code}"),
         Exit::Unknown => "ended while unwatched, exit status unknown".to_string(),
     };
     let detail = facts
@@ -573,6 +583,24 @@ mod tests {
         assert!(idle.error.unwrap().starts_with("idle_timeout"));
         let long = stop(Interrupt::MaxRuntime);
         assert!(long.error.unwrap().starts_with("max_runtime"));
+    }
+
+    #[test]
+    fn a_limit_the_sandbox_enforced_crashes_the_agent_with_its_name() {
+        let exit = Exit::Sandbox {
+            code: 137,
+            reason: "resource_limit:memory".into(),
+        };
+        let facts = StreamFacts {
+            result: Some((true, Some("claims success".into()))),
+            ..Default::default()
+        };
+        let o = decide(exit, None, facts, None, "");
+        assert_eq!(o.status, AgentStatus::Crashed);
+        assert!(
+            o.error.unwrap().starts_with("resource_limit:memory"),
+            "the reason names the limit"
+        );
     }
 
     #[test]

@@ -68,11 +68,17 @@ impl TestEnv {
         // A config file (not env vars) for the provider: env var keys are lowercased by
         // the config crate, and the stand-in's variable name is upper case.
         let runlog = dir.path().join("runs.log");
+        // The stand-in appends to it from inside the sandbox, which may write only to
+        // files that exist (listed in sandbox.write_paths).
+        std::fs::write(&runlog, "").unwrap();
         let config = dir.path().join("agentfleet.toml");
         std::fs::write(
             &config,
             format!(
-                "[providers.claude]\ncommand = {:?}\nenv = {{ FAKE_CLAUDE_RUNLOG = {:?} }}\n",
+                // [providers.claude] last: tests append keys to it.
+                "[sandbox]\nwrite_paths = [{:?}]\n\n\
+                 [providers.claude]\ncommand = {:?}\nenv = {{ FAKE_CLAUDE_RUNLOG = {:?} }}\n",
+                runlog.display().to_string(),
                 fake_claude().display().to_string(),
                 runlog.display().to_string()
             ),
@@ -487,6 +493,42 @@ pub fn make_remote(path: &Path) {
     repo.commit(Some("refs/heads/main"), &sig, &sig, "init", &tree, &[])
         .unwrap();
     repo.set_head("refs/heads/main").unwrap();
+}
+
+/// The pids of `pid`'s descendants (a sandboxed provider runs two levels below the helper
+/// the worker started, under a pid of its own namespace).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|v| v.parse().ok()) {
+            parents.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 pub fn assert_status(agent: &Agent, status: AgentStatus) {

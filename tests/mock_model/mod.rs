@@ -72,6 +72,20 @@ struct Mock {
 }
 
 impl MockModel {
+    /// The mock's `host:port`, for `sandbox.network.allow`.
+    pub fn address(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
+    }
+
+    /// The sandbox settings that let agents reach the mock (and write `runlog`).
+    pub fn sandbox_toml(&self, runlog: &std::path::Path) -> String {
+        format!(
+            "[sandbox]\nwrite_paths = [{:?}]\n\n[sandbox.network]\nallow = [{:?}]\n",
+            runlog.display().to_string(),
+            self.address()
+        )
+    }
+
     /// Starts on a free loopback port; `content` is what the scripted tool call writes.
     pub async fn start(behaviour: Behaviour, content: &str) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
