@@ -149,6 +149,18 @@ fn init(spec: &Spec, isolation: &Isolation, reason_tx: OwnedFd) -> ! {
         let _ = writeln!(tx, "sandbox: {what}");
         std::process::exit(SETUP_FAILED)
     };
+    // If the helper outside dies (it is what the worker watches), the agent must not run
+    // on unwatched: init, and with it the whole namespace, dies too.
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if let Err(e) = private_mounts(isolation) {
         fail(e);
     }

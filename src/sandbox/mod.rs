@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::{EnvParts, build_env};
 pub use helper::helper_main;
-pub use policy::{AgentPaths, PolicyError, isolation, resolve_command};
+pub use policy::{AgentPaths, PolicyError, basic_isolation, isolation, resolve_command};
 pub use probe::{Layer, LayerState, Report, probe};
 
 /// The argument that makes the binary the sandbox helper.

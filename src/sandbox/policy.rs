@@ -82,37 +82,28 @@ pub fn isolation(
     command: &Path,
     path_var: &str,
 ) -> Isolation {
-    let root = &paths.workspace_root;
-    // A readable tree that holds the workspace would expose every agent's work.
-    let safe = |p: &PathBuf| !root.starts_with(p);
-    let mut read: Vec<PathBuf> = SYSTEM.iter().map(PathBuf::from).collect();
-    for dir in path_var.split(':').filter(|d| d.starts_with('/')) {
-        read.push(PathBuf::from(dir));
-        if let Ok(real) = Path::new(dir).canonicalize() {
-            read.push(real);
-        }
-    }
-    read.extend(install_dirs(command));
-    read.extend(paths.shared.iter().cloned());
-    read.extend(settings.sandbox.read_paths.iter().cloned());
-    read.retain(|p| {
-        let keep = safe(p);
-        if !keep {
-            tracing::warn!(path = %p.display(), "not readable by agents: it holds the workspace");
-        }
-        keep
-    });
-    read.sort();
-    read.dedup();
-    let mut write = vec![
-        paths.workdir.clone(),
-        paths.git_dir.clone(),
-        paths.home.clone(),
-        paths.tmp.clone(),
-    ];
-    write.extend(paths.config_dir.iter().cloned());
-    write.extend(settings.sandbox.write_paths.iter().cloned());
-    let mut mask: Vec<PathBuf> = Vec::new();
+    let l = &settings.sandbox.limits;
+    const MIB: u64 = 1024 * 1024;
+    let limits = ResourceLimits {
+        processes: l.processes,
+        memory_bytes: l.memory_mb * MIB,
+        cpu_seconds: l.cpu_seconds,
+        file_bytes: l.file_size_mb * MIB,
+        disk_bytes: l.disk_mb * MIB,
+        open_files: l.open_files,
+    };
+    let mut isolation = basic_isolation(
+        paths,
+        command,
+        path_var,
+        &settings.sandbox.read_paths,
+        settings.sandbox_connect_ports(),
+        limits,
+    );
+    isolation
+        .write
+        .extend(settings.sandbox.write_paths.iter().cloned());
+    let mask = &mut isolation.mask;
     mask.extend(
         settings
             .config_file
@@ -129,21 +120,54 @@ pub fn isolation(
             mask.push(PathBuf::from(db.split('?').next().unwrap_or(db)));
         }
     }
-    let l = &settings.sandbox.limits;
-    const MIB: u64 = 1024 * 1024;
+    isolation
+}
+
+/// The sandbox of a run of `command` from its paths alone: the system, the PATH and the
+/// CLI's install dirs (plus `extra_read`) readable, the agent's own places writable.
+pub fn basic_isolation(
+    paths: &AgentPaths,
+    command: &Path,
+    path_var: &str,
+    extra_read: &[PathBuf],
+    connect_ports: Option<Vec<u16>>,
+    limits: ResourceLimits,
+) -> Isolation {
+    let root = &paths.workspace_root;
+    // A readable tree that holds the workspace would expose every agent's work.
+    let safe = |p: &PathBuf| !root.starts_with(p);
+    let mut read: Vec<PathBuf> = SYSTEM.iter().map(PathBuf::from).collect();
+    for dir in path_var.split(':').filter(|d| d.starts_with('/')) {
+        read.push(PathBuf::from(dir));
+        if let Ok(real) = Path::new(dir).canonicalize() {
+            read.push(real);
+        }
+    }
+    read.extend(install_dirs(command));
+    read.extend(paths.shared.iter().cloned());
+    read.extend(extra_read.iter().cloned());
+    read.retain(|p| {
+        let keep = safe(p);
+        if !keep {
+            tracing::warn!(path = %p.display(), "not readable by agents: it holds the workspace");
+        }
+        keep
+    });
+    read.sort();
+    read.dedup();
+    let mut write = vec![
+        paths.workdir.clone(),
+        paths.git_dir.clone(),
+        paths.home.clone(),
+        paths.tmp.clone(),
+    ];
+    write.extend(paths.config_dir.iter().cloned());
     Isolation {
         read,
         write,
-        mask,
-        connect_ports: settings.sandbox_connect_ports(),
-        limits: ResourceLimits {
-            processes: l.processes,
-            memory_bytes: l.memory_mb * MIB,
-            cpu_seconds: l.cpu_seconds,
-            file_bytes: l.file_size_mb * MIB,
-            disk_bytes: l.disk_mb * MIB,
-            open_files: l.open_files,
-        },
+        mask: Vec::new(),
+        connect_ports,
+        limits,
         disk_roots: vec![
             paths.workdir.clone(),
             paths.git_dir.clone(),

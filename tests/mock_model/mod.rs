@@ -52,6 +52,10 @@ const RESUME_TOOL_ID: &str = "toolu_mock_resume";
 pub const QUESTIONS_SIGNAL: &str =
     r#"{"status":"questions","questions":[{"id":"db","question":"Which database?"}]}"#;
 
+/// The ports of every mock this test process started: the sandbox lets the CLIs run by
+/// `run::run` connect to them (and nothing else).
+pub static MOCK_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
 pub struct MockModel {
     pub base_url: String,
     pub requests: Arc<Mutex<Vec<(String, Value)>>>,
@@ -97,6 +101,7 @@ impl MockModel {
         let app = Router::new().fallback(handle).with_state(mock);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        MOCK_PORTS.lock().unwrap().push(addr.port());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

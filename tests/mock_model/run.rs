@@ -27,6 +27,66 @@ pub fn cli(bin: &str) -> PathBuf {
     path
 }
 
+/// Writes the sandbox spec for running `program` in `cwd`'s sandbox (its temp dir's `work/`,
+/// `home/` and `config/` writable, the mocks' ports reachable); (spec file, exit file).
+fn sandboxed(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &Path,
+) -> (PathBuf, PathBuf) {
+    use agentfleet::sandbox::{self, AgentPaths, ResourceLimits, Spec};
+    let root = cwd.parent().expect("the sandbox dir");
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    let mut full_env = vec![
+        ("PATH".to_string(), path_var.clone()),
+        ("IS_SANDBOX".to_string(), "1".to_string()),
+        (
+            "TMPDIR".to_string(),
+            root.join("home").display().to_string(),
+        ),
+    ];
+    full_env.extend(env.iter().cloned());
+    let paths = AgentPaths {
+        workdir: cwd.to_path_buf(),
+        git_dir: cwd.join(".git"),
+        home: root.join("home"),
+        tmp: root.join("home"),
+        config_dir: Some(root.join("config")),
+        shared: Vec::new(),
+        // No workspace here: nothing to keep unreadable.
+        workspace_root: PathBuf::from("/nonexistent/agentfleet-workspace"),
+    };
+    let ports = super::MOCK_PORTS.lock().unwrap().clone();
+    let limits = ResourceLimits {
+        processes: 512,
+        memory_bytes: 4 << 30,
+        ..Default::default()
+    };
+    // Some CLIs keep files they need next to their config (opencode's, in the test dir).
+    let extra = [root.to_path_buf()];
+    let mut isolation =
+        sandbox::basic_isolation(&paths, program, &path_var, &extra, Some(ports), limits);
+    isolation.write.push(root.join("config"));
+    let spec = Spec {
+        command: program.to_path_buf(),
+        args: args.to_vec(),
+        env: full_env,
+        cwd: cwd.to_path_buf(),
+        isolation: Some(isolation),
+    };
+    let n = rand_suffix();
+    let spec_file = root.join(format!("spec-{n}.json"));
+    std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    (spec_file, root.join(format!("exit-{n}")))
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A temp dir with `home/`, `config/` and a git repository `work/`.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -83,19 +143,29 @@ pub async fn run(
     stop: impl Fn(&AgentEvent) -> bool,
     limit: Duration,
 ) -> Run {
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(cwd)
+    // The CLI runs in the agents' sandbox, through the helper the worker uses.
+    let (spec_file, exit_file) = sandboxed(program, args, env, cwd);
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentfleet"));
+    cmd.arg(agentfleet::sandbox::HELPER_ARG)
+        .arg(&exit_file)
+        .arg(&spec_file)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().cloned())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {program:?}: {e}"));
+    let group = child.id().unwrap() as i32;
+    // Killing the helper's group ends the sandbox's namespace and everything in it.
+    let kill_group = || {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
     let mut input = child.stdin.take().unwrap();
     input.write_all(stdin.as_bytes()).await.unwrap();
     drop(input);
@@ -128,6 +198,7 @@ pub async fn run(
         }
     };
     if tokio::time::timeout(limit, read).await.is_err() {
+        kill_group();
         let _ = child.kill().await;
         let stderr = stderr_task.await.unwrap_or_default();
         panic!(
@@ -135,6 +206,7 @@ pub async fn run(
         );
     }
     let exit_code = if stopped {
+        kill_group();
         let _ = child.kill().await;
         None
     } else {
