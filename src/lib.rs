@@ -2,8 +2,11 @@
 //! its own git worktree. The flow, folder by folder: `api` / `cli` → `fleet` (validate,
 //! record, enqueue) → `store` (the record: SQLite embedded, or Postgres in a fleet) +
 //! `queue` (the store's pending requests, or Redis) → `worker` (claim, `workspace`,
-//! `process`, supervisor with `providers`' parsers) → `store` + `events`.
+//! `process`, supervisor with `providers`' parsers) → `store` + `events`. Files in places an
+//! agent can write (its checkout, its config dir) go through `agent_files`, never a plain
+//! path.
 
+pub mod agent_files;
 pub mod api;
 pub mod cli;
 pub mod config;
