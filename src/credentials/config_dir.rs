@@ -81,15 +81,26 @@ pub fn read(agent_dir: &Path, account_id: Uuid, relative: &str) -> Option<Vec<u8
 }
 
 /// Copies the files of session `session_id` (those whose name holds the id, at the same
-/// place relative to the dir) from one config dir to another, so the CLI can resume it
-/// there. Only regular files are copied, never through a symlink, each up to
-/// `MAX_SESSION_FILE_BYTES`; anything else is skipped. Files are private (0600), as
-/// everything in these dirs. Returns how many were copied.
-pub fn carry_session(from: &Path, to: &Path, session_id: &str) -> Result<usize, AgentFileError> {
+/// place relative to the dir) from the agent's dir of account `from` to its dir of account
+/// `to`, so the CLI can resume it there. Only regular files are copied, never through a
+/// symlink, each up to `MAX_SESSION_FILE_BYTES`; anything else is skipped. Files are
+/// private (0600), as everything in these dirs. Returns how many were copied.
+pub fn carry_session(
+    agent_dir: &Path,
+    from: Uuid,
+    to: Uuid,
+    session_id: &str,
+) -> Result<usize, AgentFileError> {
     if session_id.len() < 8 || session_id.contains('/') {
         return Ok(0);
     }
-    private_dir(to).map_err(io_error("create", to))?;
+    let accounts = accounts_dir(agent_dir);
+    private_dir(&accounts).map_err(io_error("create", &accounts))?;
+    agent_files::ensure_dir_with(&accounts, Path::new(&to.to_string()), Modes::PRIVATE.dir)?;
+    let (from, to) = (account_dir(agent_dir, from), account_dir(agent_dir, to));
+    if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir()) {
+        return Ok(0);
+    }
     let (mut copied, mut seen) = (0, 0);
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
@@ -112,10 +123,10 @@ pub fn carry_session(from: &Path, to: &Path, session_id: &str) -> Result<usize, 
             if kind.is_dir() && path.components().count() < MAX_CARRY_DEPTH {
                 stack.push(path);
             } else if kind.is_file() && entry.file_name().to_string_lossy().contains(session_id) {
-                let carried = agent_files::read_regular(from, &path, MAX_SESSION_FILE_BYTES)
+                let carried = agent_files::read_regular(&from, &path, MAX_SESSION_FILE_BYTES)
                     .and_then(|bytes| match bytes {
                         Some(bytes) => {
-                            agent_files::write_file_with(to, &path, &bytes, Modes::PRIVATE)
+                            agent_files::write_file_with(&to, &path, &bytes, Modes::PRIVATE)
                                 .map(|()| 1)
                         }
                         None => Ok(0),
@@ -203,14 +214,40 @@ mod tests {
     }
 
     #[test]
+    fn an_account_dir_replaced_by_a_symlink_is_neither_written_nor_carried_from() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (agent, old, new, a, b) = two_accounts(tmp.path());
+        let other = tmp.path().join("agents/other/accounts/x");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join(format!("{SID}.jsonl")), "another agent's").unwrap();
+        std::fs::remove_dir(&a).unwrap();
+        symlink(&other, &a).unwrap();
+        assert_eq!(carry_session(&agent, old, new, SID).unwrap(), 0);
+        assert!(!b.join(format!("{SID}.jsonl")).exists());
+        write(&agent, old, Some((".credentials.json", b"{}"))).unwrap();
+        assert!(std::fs::symlink_metadata(&a).unwrap().is_dir());
+        assert!(!other.join(".credentials.json").exists());
+    }
+
+    /// An agent's folder and its dirs of two accounts (the first made, the second not).
+    fn two_accounts(tmp: &Path) -> (PathBuf, Uuid, Uuid, PathBuf, PathBuf) {
+        let agent = tmp.join("agents/otter");
+        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+        let a = write(&agent, old, None).unwrap();
+        let b = account_dir(&agent, new);
+        (agent, old, new, a, b)
+    }
+
+    #[test]
     fn a_session_is_carried_to_another_account() {
         let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (agent, old, new, a, b) = two_accounts(tmp.path());
         std::fs::create_dir_all(a.join("projects/-work-x")).unwrap();
         std::fs::write(a.join(format!("projects/-work-x/{SID}.jsonl")), "{}").unwrap();
         std::fs::write(a.join("projects/-work-x/other.jsonl"), "{}").unwrap();
         std::fs::write(a.join(".credentials.json"), "{}").unwrap();
-        assert_eq!(carry_session(&a, &b, SID).unwrap(), 1);
+        assert_eq!(carry_session(&agent, old, new, SID).unwrap(), 1);
+        assert_eq!(mode(&b), 0o700);
         let carried = b.join(format!("projects/-work-x/{SID}.jsonl"));
         assert!(carried.exists());
         assert_eq!(mode(&carried), 0o600);
@@ -221,7 +258,7 @@ mod tests {
     #[test]
     fn carrying_a_session_follows_no_symlink_and_skips_what_is_not_a_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (agent, old, new, a, b) = two_accounts(tmp.path());
         let outside = tmp.path().join("outside");
         std::fs::create_dir_all(outside.join("projects")).unwrap();
         std::fs::write(outside.join("secret"), "not the agent's").unwrap();
@@ -238,8 +275,7 @@ mod tests {
         .unwrap();
         std::fs::write(a.join(format!("{SID}.json")), "mine").unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let (from, to) = (a.clone(), b.clone());
-        std::thread::spawn(move || tx.send(carry_session(&from, &to, SID).unwrap()));
+        std::thread::spawn(move || tx.send(carry_session(&agent, old, new, SID).unwrap()));
         let copied = rx
             .recv_timeout(std::time::Duration::from_secs(5))
             .expect("carrying blocked");

@@ -1,7 +1,7 @@
 //! An account for one run of a provider process: picked (or, for a resume, the agent's
 //! own), its OAuth token refreshed when it is about to expire (one worker per account at a
-//! time, by a lock in the store), its config dir written, and the env vars that point the
-//! process at it.
+//! time, by a lock in the store), the agent's own copy of its config dir written, and the
+//! env vars that point the process at it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
