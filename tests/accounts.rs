@@ -611,7 +611,13 @@ async fn oauth_tokens_are_refreshed_once_and_a_refused_refresh_moves_on() {
     env.start_worker(&[]);
     env.start_worker(&[]);
     let agents: Vec<_> = (0..3)
-        .map(|i| env.spawn(&[], &format!("oauth {i}\n#hold 1")))
+        // Named: a generated name can hold a token's text ("clever-newt" holds "r-new").
+        .map(|i| {
+            env.spawn(
+                &["--name", &format!("oauth-{i}")],
+                &format!("oauth {i}\n#hold 1"),
+            )
+        })
         .collect();
     for agent in &agents {
         let done = env.wait_final(agent.id, Duration::from_secs(40)).await;
