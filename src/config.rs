@@ -130,7 +130,6 @@ pub struct CredentialSettings {
     pub refresh_lock_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub refresh_timeout: Duration,
-    pub config_root: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -501,15 +500,6 @@ impl Settings {
             hostname()
         } else {
             self.worker.node_id.clone()
-        }
-    }
-
-    /// Where per-account config dirs live on this node.
-    pub fn account_config_root(&self) -> PathBuf {
-        if self.credentials.config_root.as_os_str().is_empty() {
-            self.worker.workspace_root.join("accounts")
-        } else {
-            self.credentials.config_root.clone()
         }
     }
 

@@ -3,8 +3,10 @@
 //! record, enqueue) → `store` (the record: SQLite embedded, or Postgres in a fleet) +
 //! `queue` (the store's pending requests, or Redis) → `worker` (claim, `workspace`,
 //! `process` starting each provider in its `sandbox`, supervisor with `providers`' parsers)
-//! → `store` + `events`.
+//! → `store` + `events`. Files in places an agent can write (its checkout, its config dir)
+//! go through `agent_files`, never a plain path.
 
+pub mod agent_files;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -381,6 +381,53 @@ async fn secrets_stay_out_of_logs_events_api_and_command_lines() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_agents_of_one_account_get_their_own_config_dirs() {
+    let mut env = keyed_env().await;
+    add_key_account(&env, "alpha", SECRET_A, &[]);
+    env.start_worker(&[]);
+    // The first plants settings with a hook in its config dir, as a hostile agent would.
+    let first = env.spawn(
+        &[],
+        "plant\n#run echo '{\"hooks\":{\"Stop\":[]}}' > \"$CLAUDE_CONFIG_DIR/settings.json\"",
+    );
+    let first = env.wait_final(first.id, Duration::from_secs(30)).await;
+    assert_status(&first, AgentStatus::Completed);
+    let second = env.spawn(&[], "look\n#run ls -aR \"$CLAUDE_CONFIG_DIR\" > SEEN.txt");
+    let second = env.wait_final(second.id, Duration::from_secs(30)).await;
+    assert_status(&second, AgentStatus::Completed);
+    let account = env.store().await.list_accounts().await.unwrap().remove(0);
+    assert_eq!(first.account_id, Some(account.id));
+    assert_eq!(second.account_id, Some(account.id));
+    let runs = runlog(&env);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (cfg_a, cfg_b) = (
+        Path::new(field(&runs[0], "cfg")),
+        Path::new(field(&runs[1], "cfg")),
+    );
+    // Each in its agent's folder, private.
+    for (cfg, agent) in [(cfg_a, &first), (cfg_b, &second)] {
+        assert!(
+            cfg.ends_with(format!("agents/{}/accounts/{}", agent.name, account.id)),
+            "{}",
+            cfg.display()
+        );
+        assert_eq!(mode(cfg), 0o700);
+    }
+    assert!(cfg_a.join("settings.json").exists());
+    assert!(!cfg_b.join("settings.json").exists());
+    // The second saw neither the planted settings nor the first's session.
+    let seen = env
+        .remote_file(&second.branch, "SEEN.txt")
+        .expect("SEEN.txt");
+    let first_session = first.session_id.clone().unwrap();
+    assert!(
+        !seen.contains("settings.json") && !seen.contains(&first_session),
+        "{seen}"
+    );
+    assert!(seen.contains(&second.session_id.clone().unwrap()), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_rate_limited_agent_resumes_its_session_on_another_account() {
     let mut env = keyed_env().await;
     add_key_account(&env, "alpha", SECRET_A, &[]);
@@ -424,6 +471,12 @@ async fn a_rate_limited_agent_resumes_its_session_on_another_account() {
     );
     let carried = Path::new(field(&runs[1], "cfg")).join(format!("projects/fake/{session}.jsonl"));
     assert_eq!(mode(&carried), 0o600);
+    // Both config dirs are the agent's own copies.
+    for (run, account) in [(&runs[0], alpha), (&runs[1], bravo)] {
+        let cfg = Path::new(field(run, "cfg"));
+        let own = format!("agents/{}/accounts/{}", done.name, account.id);
+        assert!(cfg.ends_with(&own), "{}", cfg.display());
+    }
     let kinds: Vec<String> = store
         .events_after(agent.id, 0)
         .await
@@ -571,7 +624,13 @@ async fn oauth_tokens_are_refreshed_once_and_a_refused_refresh_moves_on() {
     env.start_worker(&[]);
     env.start_worker(&[]);
     let agents: Vec<_> = (0..3)
-        .map(|i| env.spawn(&[], &format!("oauth {i}\n#hold 1")))
+        // Named: a generated name can hold a token's text ("clever-newt" holds "r-new").
+        .map(|i| {
+            env.spawn(
+                &["--name", &format!("oauth-{i}")],
+                &format!("oauth {i}\n#hold 1"),
+            )
+        })
         .collect();
     for agent in &agents {
         let done = env.wait_final(agent.id, Duration::from_secs(40)).await;

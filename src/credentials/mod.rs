@@ -3,8 +3,8 @@
 //! ([`Keyring`]). A worker about to start a provider process picks an account in the store
 //! (least recently used among those not exhausted, not invalid and under
 //! `max_concurrent`, reserved atomically), refreshes an OAuth token that is about to
-//! expire ([`oauth`]), writes the account's private config dir ([`config_dir`]) and hands
-//! the process its env vars ([`run`]).
+//! expire ([`oauth`]), writes the agent's private copy of the account's config dir
+//! ([`config_dir`]) and hands the process its env vars ([`run`]).
 //!
 //! Secrets stay inside this module: they are opened here, written only to 0600 files in
 //! 0700 dirs or into the provider process's environment, and their types redact

@@ -1,9 +1,9 @@
 //! An account for one run of a provider process: picked (or, for a resume, the agent's
 //! own), its OAuth token refreshed when it is about to expire (one worker per account at a
-//! time, by a lock in the store), its config dir written, and the env vars that point the
-//! process at it.
+//! time, by a lock in the store), the agent's own copy of its config dir written, and the
+//! env vars that point the process at it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -14,11 +14,13 @@ use crate::domain::{Account, Agent};
 use crate::providers::Provider;
 use crate::store::{Owner, Store};
 
-/// What a run needs to know about its worker.
+/// What a run needs to know about its worker and its agent.
 pub struct RunContext<'a> {
     pub settings: &'a Settings,
     pub store: &'a Store,
     pub owner: &'a Owner,
+    /// The agent's folder on the node: its copies of its accounts' config dirs go there.
+    pub agent_dir: &'a Path,
 }
 
 /// The account a run uses (None: the CLI's own login) and the env vars for its process.
@@ -132,13 +134,14 @@ pub async fn prepare(
                 continue;
             }
         };
-        return Ok(materialise(ctx.settings, provider, account, &secret).await?);
+        return Ok(materialise(ctx.settings, ctx.agent_dir, provider, account, &secret).await?);
     }
 }
 
-/// Writes the config dir and builds the env vars.
+/// Writes the agent's copy of the account's config dir and builds the env vars.
 async fn materialise(
     settings: &Settings,
+    agent_dir: &Path,
     provider: &dyn Provider,
     account: Account,
     secret: &Secret,
@@ -171,16 +174,13 @@ async fn materialise(
     };
     let mut config_dir = None;
     if let Some(var) = provider.config_dir_env() {
-        let root = settings.account_config_root();
-        let root = if root.is_relative() {
-            std::env::current_dir().unwrap_or_default().join(root)
-        } else {
-            root
-        };
+        let agent_dir = std::path::absolute(agent_dir).map_err(|e| {
+            CredentialError::Invalid(format!("agent folder {}: {e}", agent_dir.display()))
+        })?;
         let id = account.id;
         let dir = tokio::task::spawn_blocking(move || {
             config_dir::write(
-                &root,
+                &agent_dir,
                 id,
                 file.as_ref().map(|(r, c)| (r.as_str(), c.as_slice())),
             )

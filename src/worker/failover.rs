@@ -3,9 +3,9 @@
 //! `credentials.exhaustion_cooldown`, whichever is later; or invalid), `account.exhausted`
 //! / `account.invalid` is logged, and where the provider can resume and the agent has a
 //! session, the session continues on another free account in the same worktree (its
-//! session files carried over to that account's config dir). Otherwise the agent ends
-//! failed with `account_exhausted` (or `rate_limited` / `auth_failed` when it ran on no
-//! account of ours).
+//! session files carried over to the agent's copy of that account's config dir).
+//! Otherwise the agent ends failed with `account_exhausted` (or `rate_limited` /
+//! `auth_failed` when it ran on no account of ours).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -128,20 +128,16 @@ pub async fn after_trouble(
         },
         Err(e) => return end(format!("{why}; cannot pick another account: {e}")),
     };
-    // The session's files live in the old account's config dir: the CLI finds them in
-    // the new one only if they are carried over.
-    let root = std::path::absolute(rt.fleet.settings.account_config_root()).unwrap_or_default();
-    let (from, to) = (
-        config_dir::account_dir(&root, account_id),
-        config_dir::account_dir(&root, next.id),
-    );
-    let sid = session.clone();
+    // The session's files live in the agent's copy of the old account's config dir: the
+    // CLI finds them in its copy of the new one only if they are carried over.
+    let (agent_dir, sid, to) = (rt.agent_dir(&agent.name), session.clone(), next.id);
     let carried = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&to)?;
-        config_dir::carry_session(&from, &to, &sid)
+        config_dir::carry_session(&agent_dir, account_id, to, &sid)
     })
-    .await;
-    if let Ok(Err(e)) | Err(e) = carried.map_err(std::io::Error::other) {
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = carried {
         tracing::warn!(agent_id = %agent.id, error = %e, "cannot carry the session to the new account");
     }
     match store.restart_run(agent.id, &rt.owner).await {

@@ -13,11 +13,16 @@ use super::Runtime;
 use super::agent_task::{self, Started};
 use super::event_log::EventLog;
 use super::launch::{self, StartError};
+use super::supervisor::SIGNAL_FILE;
+use crate::agent_files;
 use crate::domain::{Agent, SpawnRequest};
 use crate::fleet::validate_input_name;
 use crate::providers::{self, SpawnOptions};
 use crate::queue::{SpawnJob, take_handed_slot};
 use crate::telemetry;
+
+/// Where in the checkout the request's input files go.
+const INPUT_DIR: &str = ".agentfleet/input";
 
 /// Handles one delivered job. Never fails: every outcome is recorded in the store, so apalis
 /// has nothing to retry.
@@ -209,24 +214,39 @@ async fn start_agent(
     started
 }
 
-/// Input files under `.agentfleet/input/`, and the signal folder.
-async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> std::io::Result<()> {
-    let input_dir = workdir.join(".agentfleet/input");
-    tokio::fs::create_dir_all(&input_dir).await?;
-    tokio::fs::create_dir_all(workdir.join(".agentfleet/output")).await?;
-    for input in &request.inputs {
-        // Validated at enqueue; checked again because the payload crossed a queue.
-        if validate_input_name(&input.name).is_err() {
-            return Err(std::io::Error::other(format!(
-                "input file name '{}' is not allowed",
-                input.name
-            )));
-        }
-        let path: PathBuf = input_dir.join(&input.name);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        tokio::fs::write(&path, &input.content).await?;
+/// Input files under `.agentfleet/input/`, and the signal folder. Written beneath the
+/// checkout without following a symlink the repository may hold on the way (`.agentfleet`
+/// committed as a link elsewhere is replaced by a folder), off the async threads.
+async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), String> {
+    // Validated at enqueue; checked again because the payload crossed a queue.
+    if let Some(bad) = request
+        .inputs
+        .iter()
+        .find(|i| validate_input_name(&i.name).is_err())
+    {
+        return Err(format!("input file name '{}' is not allowed", bad.name));
     }
-    Ok(())
+    let workdir = workdir.to_path_buf();
+    let inputs: Vec<(PathBuf, Vec<u8>)> = request
+        .inputs
+        .iter()
+        .map(|i| {
+            (
+                Path::new(INPUT_DIR).join(&i.name),
+                i.content.clone().into_bytes(),
+            )
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        agent_files::ensure_dir(&workdir, Path::new(INPUT_DIR))?;
+        let signal_dir = Path::new(SIGNAL_FILE).parent().unwrap_or(Path::new(""));
+        agent_files::ensure_dir(&workdir, signal_dir)?;
+        for (relative, content) in &inputs {
+            agent_files::write_file(&workdir, relative, content)?;
+        }
+        Ok::<_, agent_files::AgentFileError>(())
+    })
+    .await
+    .map_err(|e| format!("the input task failed: {e}"))?
+    .map_err(|e| e.to_string())
 }

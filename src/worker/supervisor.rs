@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::event_log::{EventLog, LogError};
 use super::output_watch::{OutputWatch, Watched};
+use crate::agent_files;
 use crate::domain::{AgentOutcome, AgentStatus, PendingQuestion};
 use crate::process::{Exit, Running};
 use crate::providers::{self, AgentEvent, SignalStatus, StreamParser};
@@ -25,7 +26,15 @@ const READ_EVERY: Duration = Duration::from_millis(50);
 const WATCHED_READ_EVERY: Duration = Duration::from_secs(1);
 /// How long to wait before writing to an unavailable store again.
 pub const STORE_RETRY: Duration = Duration::from_millis(500);
-const STDERR_TAIL_BYTES: usize = 2048;
+const STDERR_TAIL_BYTES: u64 = 2048;
+/// Where in its checkout an agent may say how it finished.
+pub const SIGNAL_FILE: &str = ".agentfleet/output/signal.json";
+/// A signal file is a few lines of JSON; a larger one is refused unread.
+const MAX_SIGNAL_BYTES: u64 = 1024 * 1024;
+/// The signal file is read without blocking on it; this bounds a stalled filesystem.
+const SIGNAL_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The event that says why a signal file the agent left was not used.
+const SIGNAL_IGNORED_EVENT: &str = "signal.ignored";
 
 /// Why supervision ended other than by the process's own exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +215,20 @@ impl Supervisor<'_> {
             self.handle_line(&line, &mut tail.recent, &mut facts)
                 .await?;
         }
+        // An interrupt decides the outcome by itself: the signal file is not even looked
+        // at then. Otherwise one the agent left that is refused or malformed says why in
+        // its events, before the final flush.
+        let signal = match interrupted {
+            Some(_) => None,
+            None => read_signal(&self.workdir).await,
+        };
+        if let Some(Err(reason)) = &signal {
+            tracing::warn!(agent_id = %self.agent_id, %reason, "signal file ignored; using the output stream instead");
+            self.log.push(
+                SIGNAL_IGNORED_EVENT,
+                serde_json::json!({"kind": SIGNAL_IGNORED_EVENT, "reason": reason}),
+            );
+        }
         // The store may be briefly away (a restart): the last events wait for it.
         loop {
             match self.log.flush(tail.offset).await {
@@ -222,13 +245,7 @@ impl Supervisor<'_> {
         }
         let stderr_tail = tail_of(&self.stderr).await;
         let trouble = facts.account_trouble.clone();
-        let outcome = decide(
-            exit,
-            interrupted,
-            facts,
-            read_signal(&self.workdir).await,
-            &stderr_tail,
-        );
+        let outcome = decide(exit, interrupted, facts, signal, &stderr_tail);
         Ok(match (interrupted, trouble) {
             (Some(Interrupt::AccountTrouble), Some(trouble)) => {
                 Supervised::AccountTrouble { trouble, outcome }
@@ -363,18 +380,38 @@ impl Supervisor<'_> {
     }
 }
 
+/// The end of the process's stderr: only that much is read, however much it wrote.
 async fn tail_of(path: &Path) -> String {
-    let Ok(bytes) = tokio::fs::read(path).await else {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return String::new();
     };
-    let start = bytes.len().saturating_sub(STDERR_TAIL_BYTES);
-    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+    let (dir, name) = (dir.to_path_buf(), PathBuf::from(name));
+    let read =
+        tokio::task::spawn_blocking(move || agent_files::read_tail(&dir, &name, STDERR_TAIL_BYTES));
+    match tokio::time::timeout(SIGNAL_READ_TIMEOUT, read).await {
+        Ok(Ok(Ok(Some(bytes)))) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        _ => String::new(),
+    }
 }
 
-/// The signal file, if the agent wrote one: Some(Err) when it is malformed.
+/// The signal file, if the agent wrote one: Some(Err) with the reason when it is refused (a
+/// symlink on its path, not a regular file, too large) or malformed. Never blocks: a FIFO
+/// is refused at open, and a stalled read is given up after `SIGNAL_READ_TIMEOUT`.
 async fn read_signal(workdir: &Path) -> Option<Result<providers::Signal, String>> {
-    let path = workdir.join(".agentfleet/output/signal.json");
-    let bytes = tokio::fs::read(&path).await.ok()?;
+    let dir = workdir.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        agent_files::read_regular(&dir, Path::new(SIGNAL_FILE), MAX_SIGNAL_BYTES)
+    });
+    let bytes = match tokio::time::timeout(SIGNAL_READ_TIMEOUT, read).await {
+        Ok(Ok(Ok(bytes))) => bytes?,
+        Ok(Ok(Err(e))) => return Some(Err(format!("signal file refused: {e}"))),
+        Ok(Err(e)) => return Some(Err(format!("signal file not read: {e}"))),
+        Err(_) => {
+            return Some(Err(format!(
+                "signal file not read within {SIGNAL_READ_TIMEOUT:?}"
+            )));
+        }
+    };
     Some(providers::parse_signal(&bytes))
 }
 
@@ -474,10 +511,27 @@ fn decide(
             return outcome;
         }
         Some(Err(reason)) => {
-            tracing::warn!(%reason, "malformed signal file; using the output stream instead");
+            let mut outcome = from_stream(exit, facts, stderr_tail, outcome);
+            let note = format!("signal file ignored: {reason}");
+            outcome.error = Some(match outcome.error.take() {
+                Some(error) => format!("{error}; {note}"),
+                None => note,
+            });
+            return outcome;
         }
         None => {}
     }
+    from_stream(exit, facts, stderr_tail, outcome)
+}
+
+/// The outcome the process's exit and its parsed stream give, without a signal file.
+fn from_stream(
+    exit: Exit,
+    facts: StreamFacts,
+    stderr_tail: &str,
+    mut outcome: AgentOutcome,
+) -> AgentOutcome {
+    let code = outcome.exit_code;
     if code == Some(0) {
         match facts.result {
             Some((false, text)) => {
@@ -571,6 +625,61 @@ mod tests {
         let o = decide(exit(0), None, facts, Some(signal), "");
         assert_eq!(o.status, AgentStatus::WaitingForInput);
         assert_eq!(o.questions[0].question, "Which DB?");
+    }
+
+    #[test]
+    fn an_ignored_signal_file_falls_back_to_the_stream_and_says_why() {
+        let facts = StreamFacts {
+            result: Some((true, Some("from the stream".into()))),
+            ..Default::default()
+        };
+        let refused = Some(Err("signal file refused: it is a FIFO".to_string()));
+        let o = decide(exit(0), None, facts, refused, "");
+        assert_eq!(o.status, AgentStatus::Completed);
+        assert_eq!(o.result.as_deref(), Some("from the stream"));
+        assert_eq!(
+            o.error.as_deref(),
+            Some("signal file ignored: signal file refused: it is a FIFO")
+        );
+        let crashed = decide(
+            exit(3),
+            None,
+            StreamFacts::default(),
+            Some(Err("bad".into())),
+            "",
+        );
+        assert_eq!(crashed.status, AgentStatus::Crashed);
+        let error = crashed.error.unwrap();
+        assert!(
+            error.contains("code 3") && error.ends_with("signal file ignored: bad"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_planted_signal_file_is_refused_promptly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (workdir, outside) = (tmp.path().join("workdir"), tmp.path().join("outside.json"));
+        std::fs::create_dir_all(workdir.join(".agentfleet/output")).unwrap();
+        let signal = workdir.join(SIGNAL_FILE);
+        // Absent: nothing to say.
+        assert!(read_signal(&workdir).await.is_none());
+        // A FIFO: refused at once, not waited on.
+        nix::unistd::mkfifo(&signal, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(2), read_signal(&workdir)).await;
+        let reason = read.expect("blocked on a FIFO").unwrap().unwrap_err();
+        assert!(reason.contains("FIFO"), "{reason}");
+        // A symlink to a forged result elsewhere: refused, not read.
+        std::fs::remove_file(&signal).unwrap();
+        std::fs::write(&outside, r#"{"status":"done","result":"forged"}"#).unwrap();
+        std::os::unix::fs::symlink(&outside, &signal).unwrap();
+        let reason = read_signal(&workdir).await.unwrap().unwrap_err();
+        assert!(reason.contains("symlink"), "{reason}");
+        // A plain one is read.
+        std::fs::remove_file(&signal).unwrap();
+        std::fs::write(&signal, r#"{"status":"done","result":"mine"}"#).unwrap();
+        let ok = read_signal(&workdir).await.unwrap().unwrap();
+        assert_eq!(ok.result, Some(serde_json::json!("mine")));
     }
 
     #[test]
