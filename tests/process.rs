@@ -1,0 +1,246 @@
+//! Provider processes started through the sandbox helper (the real binary), with the
+//! sandbox off and on: sessions, files, exit codes, identity, termination, adoption, and
+//! that nothing an agent starts outlives it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agentfleet::process::{self, Exit, Launch, Running};
+use agentfleet::sandbox::{self, AgentPaths, ResourceLimits, Spec};
+use nix::sys::signal::Signal;
+
+fn launch(dir: &Path, script: &str, sandboxed: bool) -> Launch {
+    std::fs::write(dir.join("in"), "hello from stdin\n").unwrap();
+    let work = dir.join("work");
+    let home = dir.join("home");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    let isolation = sandboxed.then(|| {
+        let paths = AgentPaths {
+            workdir: work.clone(),
+            git_dir: work.join(".git"),
+            home: home.clone(),
+            tmp: home.clone(),
+            config_dir: None,
+            shared: Vec::new(),
+            workspace_root: dir.join("workspace"),
+        };
+        let limits = ResourceLimits {
+            processes: 64,
+            ..Default::default()
+        };
+        sandbox::basic_isolation(
+            &paths,
+            Path::new("/bin/sh"),
+            &path_var,
+            &[],
+            Some(vec![]),
+            limits,
+        )
+    });
+    Launch {
+        helper: PathBuf::from(env!("CARGO_BIN_EXE_agentfleet")),
+        spec: Spec {
+            command: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), script.into()],
+            env: vec![
+                ("PATH".into(), path_var),
+                ("AF_TEST".into(), "value".into()),
+            ],
+            cwd: work,
+            isolation,
+        },
+        spec_file: dir.join("spec.json"),
+        stdin: dir.join("in"),
+        stdout: dir.join("out"),
+        stderr: dir.join("err"),
+        exit_file: dir.join("exit"),
+    }
+}
+
+fn run(dir: &Path, script: &str, sandboxed: bool) -> Running {
+    let l = launch(dir, script, sandboxed);
+    Running::own(process::start(&l).unwrap(), l.exit_file)
+}
+
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn starts_in_own_session_with_files_env_and_exit_code() {
+    for sandboxed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut running = run(
+            dir.path(),
+            "cat; echo $AF_TEST; ps -o sid= -p $$ >&2; exit 3",
+            sandboxed,
+        );
+        assert!(running.start_time > 0);
+        assert_eq!(running.wait().await, Exit::Code(3));
+        assert_eq!(
+            process::read_exit_file(&dir.path().join("exit")),
+            Some((3, None))
+        );
+        let out = std::fs::read_to_string(dir.path().join("out")).unwrap();
+        assert_eq!(out, "hello from stdin\nvalue\n");
+        assert!(
+            !dir.path().join("spec.json").exists(),
+            "the spec (the provider's environment) is removed once read"
+        );
+        if !sandboxed {
+            let sid: i32 = std::fs::read_to_string(dir.path().join("err"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert_eq!(sid, running.pid, "the helper leads the provider's session");
+        }
+    }
+}
+
+#[tokio::test]
+async fn identity_needs_pid_and_start_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = run(dir.path(), "sleep 30", true);
+    assert!(process::is_same_process_alive(
+        running.pid,
+        running.start_time
+    ));
+    assert!(!process::is_same_process_alive(
+        running.pid,
+        running.start_time + 1
+    ));
+    let exit = running.terminate(Duration::from_millis(500)).await;
+    assert!(matches!(exit, Exit::Signal(_) | Exit::Code(_)), "{exit:?}");
+    assert!(!process::is_same_process_alive(
+        running.pid,
+        running.start_time
+    ));
+    eventually("process group still there", || {
+        !process::signal_group(running.pid, Signal::SIGTERM)
+    });
+}
+
+#[tokio::test]
+async fn terminate_asks_then_kills() {
+    for sandboxed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        // A provider that stops on SIGTERM ends with its own exit code on record.
+        let mut polite = run(dir.path(), "trap 'exit 0' TERM; sleep 30 & wait", sandboxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let exit = polite.terminate(Duration::from_secs(5)).await;
+        assert_eq!(exit, Exit::Code(0), "sandboxed: {sandboxed}");
+        // One that ignores it is killed, helper and all, after the grace.
+        let dir = tempfile::tempdir().unwrap();
+        let mut stubborn = run(dir.path(), "trap '' INT TERM; sleep 30", sandboxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let began = Instant::now();
+        let exit = stubborn.terminate(Duration::from_millis(300)).await;
+        assert_eq!(exit, Exit::Signal(9), "sandboxed: {sandboxed}");
+        assert!(began.elapsed() < Duration::from_secs(3));
+        eventually("a member of the group is left", || {
+            !process::signal_group(stubborn.pid, Signal::SIGCONT)
+        });
+    }
+}
+
+#[tokio::test]
+async fn an_adopted_process_is_watched_through_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = launch(dir.path(), "sleep 0.5; exit 7", true);
+    let started = process::start(&l).unwrap();
+    let (pid, start_time) = (started.pid, started.start_time);
+    // Someone else reaps it, as init would after the worker died.
+    let mut child = started.child;
+    tokio::spawn(async move { child.wait().await });
+    let mut adopted = Running::adopted(pid, start_time, l.exit_file);
+    assert_eq!(adopted.wait().await, Exit::Code(7));
+}
+
+#[tokio::test]
+async fn a_new_run_kills_an_earlier_unrecorded_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = launch(dir.path(), "sleep 30", true);
+    let started = process::start(&first).unwrap();
+    let (pid, start_time) = (started.pid, started.start_time);
+    let mut orphan = started.child;
+    tokio::spawn(async move { orphan.wait().await });
+    eventually("no pid file", || dir.path().join("exit.pid").exists());
+    // The same agent starts again (its last worker died before recording the pid).
+    let mut second = Running::own(
+        process::start(&launch(dir.path(), "exit 0", true)).unwrap(),
+        first.exit_file.clone(),
+    );
+    assert_eq!(second.wait().await, Exit::Code(0));
+    eventually("the earlier run still runs", || {
+        !process::is_same_process_alive(pid, start_time)
+    });
+    // A pid file naming someone else's process is left alone.
+    std::fs::write(dir.path().join("exit.pid"), std::process::id().to_string()).unwrap();
+    assert!(!process::kill_stale(&dir.path().join("exit")));
+}
+
+#[tokio::test]
+async fn a_missing_executable_is_a_clear_error_code() {
+    for sandboxed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = launch(dir.path(), "true", sandboxed);
+        l.spec.command = "/nonexistent/claude".into();
+        let mut running = Running::own(process::start(&l).unwrap(), l.exit_file.clone());
+        assert_eq!(running.wait().await, Exit::Code(127));
+        let err = std::fs::read_to_string(dir.path().join("err")).unwrap();
+        assert!(err.contains("/nonexistent/claude"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn nothing_an_agent_starts_outlives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("{}", 600 + std::process::id() % 300);
+    let script = format!(
+        "setsid sleep {marker}.1 & (sleep {marker}.2 &) & nohup sleep {marker}.3 >/dev/null 2>&1 & sleep 0.3; exit 0"
+    );
+    let mut running = run(dir.path(), &script, true);
+    assert_eq!(running.wait().await, Exit::Code(0));
+    let left = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&format!("{marker}.")))
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+    eventually("a process the agent started is still running", || {
+        left() == 0
+    });
+}
+
+#[tokio::test]
+async fn a_limit_stops_the_agent_and_says_which() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 processes at most (see `launch`): a bounded fork bomb is stopped.
+    let mut running = run(
+        dir.path(),
+        "for i in $(seq 1 200); do sleep 30 & done; wait",
+        true,
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("stopped in time");
+    assert_eq!(
+        exit,
+        Exit::Sandbox {
+            code: 137,
+            reason: "resource_limit:processes".into()
+        }
+    );
+}
