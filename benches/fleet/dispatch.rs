@@ -30,45 +30,45 @@ pub async fn run(opts: Opts) {
     std::fs::write(&stamps, "").unwrap();
     let script = setup::script(&env, "stamp-provider", STAMP_SCRIPT);
     setup::use_provider(&env, &script, &[("BENCH_STAMPS", stamps.to_str().unwrap())]);
-    env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "4")]);
-    env.wait_workers(1).await;
     let fleet = setup::fleet(&env).await;
-
+    // The same spawns through a worker with the sandbox off, then one with it on (its
+    // figures are the tables below); workers alternate so both see the same machine.
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    let mut on_launch = Vec::new();
+    let mut off_launch = Vec::new();
+    let mut agents = Vec::new();
     let mut total = Vec::new();
     let mut enqueue = Vec::new();
-    let mut agents = Vec::new();
-    for i in 0..WARMUP + spawns {
-        let t0 = setup::now_epoch();
-        let recorded = fleet
-            .spawn(setup::request("dispatch"))
-            .await
-            .expect("spawn");
-        let t1 = setup::now_epoch();
-        let name = recorded.agent.name.clone();
-        let exec = wait_stamp(&stamps, &name).await;
-        // The next spawn finds an idle worker: this agent has finished and pushed.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let agent = fleet.store.agent(&name).await.expect("agent");
-            if agent.status.is_final() {
-                assert_eq!(
-                    agent.status,
-                    AgentStatus::Completed,
-                    "agent {name}: {:?}",
-                    agent.error
-                );
-                break;
+    let rounds = 2;
+    for round in 0..rounds {
+        for sandboxed in [false, true] {
+            let mode = if sandboxed { "on" } else { "off" };
+            let n = env.workers_started();
+            env.start_worker(&[
+                ("AGENTFLEET__WORKER__CAPACITY", "4"),
+                ("AGENTFLEET__SANDBOX__MODE", mode),
+            ]);
+            env.wait_workers(1).await;
+            let warmup = if round == 0 { WARMUP } else { 0 };
+            let measured = one_mode(&fleet, &stamps, warmup, spawns / rounds).await;
+            env.signal_worker(n, nix::sys::signal::Signal::SIGTERM);
+            env.wait_worker(n, Duration::from_secs(30));
+            for (t, e, id) in measured {
+                let launch = launch_ms(&fleet, id).await;
+                if sandboxed {
+                    on.push(t);
+                    on_launch.push(launch);
+                    total.push(t);
+                    enqueue.push(e);
+                    agents.push(id);
+                } else {
+                    off.push(t);
+                    off_launch.push(launch);
+                }
             }
-            assert!(Instant::now() < deadline, "agent {name} did not finish");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if i >= WARMUP {
-            total.push((exec - t0) * 1000.0);
-            enqueue.push((t1 - t0) * 1000.0);
-            agents.push(recorded.agent.id);
         }
     }
-
     // The worker's own account of each step, from the agent.dispatch events.
     let mut steps: HashMap<&str, Vec<f64>> = HashMap::new();
     const STEPS: [(&str, &str); 7] = [
@@ -92,6 +92,25 @@ pub async fn run(opts: Opts) {
         }
     }
     env.stop_workers();
+
+    let mut cmp = Table::new(
+        &format!("Dispatch with the sandbox off and on ({} spawns each, alternating workers), ms", spawns),
+        &["sandbox", "total p50", "total p99", "launch p50", "launch p99"],
+    );
+    for (label, t, l) in [("off", &off, &off_launch), ("on", &on, &on_launch)] {
+        cmp.row(vec![
+            label.to_string(),
+            f(quantile(t, 0.5), 1),
+            f(quantile(t, 0.99), 1),
+            f(quantile(l, 0.5), 1),
+            f(quantile(l, 0.99), 1),
+        ]);
+    }
+    cmp.print();
+    println!(
+        "goal: the sandbox adds ≤ 5 ms to dispatch p50 → +{} ms",
+        f(quantile(&on, 0.5) - quantile(&off, 0.5), 1)
+    );
 
     let mut table = Table::new(
         &format!(
@@ -137,6 +156,56 @@ pub async fn run(opts: Opts) {
         f(quantile(&total, 0.5), 1),
         f(quantile(&total, 0.99), 1)
     );
+}
+
+/// Runs `warmup + spawns` spawns one at a time on an idle worker; (total ms, enqueue ms,
+/// agent) of the measured ones.
+async fn one_mode(
+    fleet: &agentfleet::fleet::Fleet,
+    stamps: &std::path::Path,
+    warmup: usize,
+    spawns: usize,
+) -> Vec<(f64, f64, uuid::Uuid)> {
+    let mut out = Vec::new();
+    for i in 0..warmup + spawns {
+        let t0 = setup::now_epoch();
+        let recorded = fleet
+            .spawn(setup::request("dispatch"))
+            .await
+            .expect("spawn");
+        let t1 = setup::now_epoch();
+        let name = recorded.agent.name.clone();
+        let exec = wait_stamp(stamps, &name).await;
+        // The next spawn finds an idle worker: this agent has finished and pushed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agent = fleet.store.agent(&name).await.expect("agent");
+            if agent.status.is_final() {
+                assert_eq!(
+                    agent.status,
+                    AgentStatus::Completed,
+                    "agent {name}: {:?}",
+                    agent.error
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "agent {name} did not finish");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if i >= warmup {
+            out.push(((exec - t0) * 1000.0, (t1 - t0) * 1000.0, recorded.agent.id));
+        }
+    }
+    out
+}
+
+async fn launch_ms(fleet: &agentfleet::fleet::Fleet, id: uuid::Uuid) -> f64 {
+    let events = fleet.store.events_after(id, 0).await.expect("events");
+    events
+        .iter()
+        .find(|e| e.kind == "agent.dispatch")
+        .and_then(|e| e.data["launch_ms"].as_f64())
+        .unwrap_or(0.0)
 }
 
 /// Waits for the script's line from the agent's worktree; its `$EPOCHREALTIME`.
