@@ -1,10 +1,12 @@
-//! Worktree preparation: [`Workspace::create_worktree`] against `git worktree add` on the
-//! same project, for projects of 100, 10,000 and 50,000 files.
+//! Preparing an agent's checkout: [`Workspace::create_worktree`] against `git worktree add`
+//! on the same project, for projects of 100, 10,000 and 50,000 files.
 //!
 //! Each size gets a bare "remote" generated with the git CLI (about 100 small files per
 //! directory, in nested directories). Ours works on its own mirror, synced once
-//! beforehand; the CLI works on a `git clone --bare` of the same remote. Both then add a
-//! worktree on a new branch from `main` per run; the runs alternate between the two so
+//! beforehand, and makes the whole per-agent layout each run: the agent's own git dir
+//! (objects borrowed from the mirror through alternates), its checkout, and the worker's
+//! `publish.git`. The CLI works on a `git clone --bare` of the same remote and adds a
+//! worktree with `-b` on a new branch from `main`. The runs alternate between the two so
 //! they share the machine's noise, and one untimed run of each warms the page cache.
 //! Generating, syncing and deleting the checkouts (all at the end) are not timed; `git`
 //! is timed as a process, its start-up included, since that is what using it would cost.
@@ -15,9 +17,12 @@
 //! `realpath()`ing its directory each time, and re-hashed every blob it read; the workspace
 //! now skips the lookup when nothing could set an attribute or a line-ending conversion, and
 //! reads without re-hashing (git does not re-hash either), which took the ratio from ~2.7 to
-//! 1.03 (10,000 files) and 1.11 (50,000). The rest was not profiled further: libgit2 still
-//! makes ~2 heap growths and an mmap per file (strace). At 100 files ours is ahead:
-//! `git worktree add` starts three processes.
+//! 1.03 (10,000 files) and 1.11 (50,000) for a worktree of the mirror. A repository of its
+//! own per agent reads the base's objects straight from the mirror during the checkout (its
+//! own object store is empty then, and asking it first would cost a failed lookup per
+//! file). The rest was not profiled further: libgit2 still makes ~2 heap growths and an
+//! mmap per file (strace). At 100 files ours is ahead: `git worktree add` starts three
+//! processes.
 //!
 //! `cargo bench --bench worktree [-- --sizes 100,10000 --runs 3 --dir /path]`; the
 //! default directory is `/dev/shm` (see [`default_dir`]). Without `--bench` (a

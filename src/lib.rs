@@ -1,5 +1,5 @@
 //! agentfleet: a job-queue worker fleet that runs AI coding-agent CLIs headlessly, each in
-//! its own git worktree. The flow, folder by folder: `api` / `cli` → `fleet` (validate,
+//! its own git repository and checkout. The flow, folder by folder: `api` / `cli` → `fleet` (validate,
 //! record, enqueue) → `store` (the record: SQLite embedded, or Postgres in a fleet) +
 //! `queue` (the store's pending requests, or Redis) → `worker` (claim, `workspace`,
 //! `process` starting each provider in its `sandbox`, supervisor with `providers`' parsers)

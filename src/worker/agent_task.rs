@@ -150,21 +150,22 @@ async fn supervise(
             }
         }
     };
-    if let Err(e) = rt
-        .publish_branch(
-            &started.project,
-            &agent.name,
-            &agent.branch,
-            &started.workdir,
-        )
+    match rt
+        .publish_branch(&started.project, &agent.name, &agent.branch)
         .await
     {
-        tracing::warn!(agent_id = %agent.id, error = %e, "branch not pushed");
-        let note = format!("branch {} not pushed: {e}", agent.branch);
-        outcome.error = Some(match outcome.error.take() {
-            Some(err) => format!("{err}; {note}"),
-            None => note,
-        });
+        Ok(Some(published)) => {
+            tracing::info!(agent_id = %agent.id, commit = %published.commit, "branch pushed");
+        }
+        Ok(None) => tracing::info!(agent_id = %agent.id, "no commits to push"),
+        Err(e) => {
+            tracing::warn!(agent_id = %agent.id, error = %e, "branch not pushed");
+            let note = format!("branch {} not pushed: {e}", agent.branch);
+            outcome.error = Some(match outcome.error.take() {
+                Some(err) => format!("{err}; {note}"),
+                None => note,
+            });
+        }
     }
     let status = outcome.status;
     finish(rt, &agent, outcome, &mut log).await;

@@ -1,8 +1,11 @@
 //! A worker's git work on a project, one operation at a time per project mirror: preparing
-//! a new agent's worktree (fetching the mirror unless a fetch that began after the spawn's
-//! delivery already did) and publishing an agent's branch.
+//! a new agent's checkout, a repository of its own borrowing the mirror's objects (fetching
+//! the mirror unless a fetch that began after the spawn's delivery already did), and
+//! publishing an agent's branch: committing what it left, then pushing from the worker's
+//! own repository to the project's remote URL from the store, never through anything the
+//! agent could have configured.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,7 @@ use uuid::Uuid;
 
 use super::Runtime;
 use crate::domain::Project;
+use crate::workspace::Published;
 
 /// What a worker knows of a project's mirror, kept under the project's git lock.
 #[derive(Debug, Default)]
@@ -103,26 +107,27 @@ impl Runtime {
         Ok(prepared)
     }
 
-    /// Commits what the agent left uncommitted and pushes its branch to the remote.
+    /// Commits what the agent left uncommitted and pushes its branch to the project's
+    /// remote; `None` when the branch had nothing beyond its base, so nothing was pushed.
     pub(super) async fn publish_branch(
         &self,
         project: &Project,
         name: &str,
         branch: &str,
-        workdir: &Path,
-    ) -> Result<(), String> {
+    ) -> Result<Option<Published>, String> {
         let lock = self.project_lock(project.id).await;
         let _held = lock.lock().await;
         let ws = self.workspace.clone();
-        let (key, branch, workdir) = (
+        let (key, name, branch, remote) = (
             project.id.to_string(),
+            name.to_string(),
             branch.to_string(),
-            workdir.to_path_buf(),
+            project.remote_url.clone(),
         );
         let message = format!("agentfleet: work of agent {name}");
         tokio::task::spawn_blocking(move || {
-            ws.commit_all(&workdir, &message)?;
-            ws.push_branch(&key, &branch)
+            ws.commit_all(&name, &message)?;
+            ws.publish_branch(&key, &name, &branch, &remote)
         })
         .await
         .map_err(|e| format!("push task failed: {e}"))?

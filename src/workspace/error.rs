@@ -52,26 +52,10 @@ pub enum WorkspaceError {
     #[error("base branch '{branch}' does not exist on remote {remote}")]
     BaseBranchMissing { branch: String, remote: String },
 
-    /// The agent branch already exists with commits of its own, and no worktree uses it;
-    /// reusing or resetting it could mix in or lose someone's work.
+    /// The agent's workdir holds files but no repository this worker finished creating.
     #[error(
-        "branch '{branch}' already exists in project '{project_key}' with commits not on \
-         '{base_branch}'; delete it or choose another agent name"
-    )]
-    BranchExists {
-        project_key: String,
-        branch: String,
-        base_branch: String,
-    },
-
-    /// The branch to push has never been created in the mirror.
-    #[error("branch '{branch}' does not exist in the mirror of project '{project_key}'")]
-    BranchMissing { project_key: String, branch: String },
-
-    /// The agent's worktree directory is taken by something this mirror did not create.
-    #[error(
-        "directory {} for agent '{agent}' already exists and is not a worktree of project \
-         '{project_key}'",
+        "directory {} for agent '{agent}' already exists and is not a checkout of project \
+         '{project_key}' made here",
         path.display()
     )]
     WorkdirOccupied {
@@ -80,9 +64,9 @@ pub enum WorkspaceError {
         path: PathBuf,
     },
 
-    /// A worktree for this agent exists, but not where or on the branch this request expects.
+    /// A checkout for this agent exists, but not on the branch this request expects.
     #[error(
-        "agent '{agent}' already has a worktree at {} that does not fit this request: {found} \
+        "agent '{agent}' already has a checkout at {} that does not fit this request: {found} \
          (expected branch '{expected}')",
         path.display()
     )]
@@ -93,24 +77,26 @@ pub enum WorkspaceError {
         found: String,
     },
 
-    /// libgit2 failed to create, inspect or repair an agent's worktree.
-    #[error("could not set up the worktree of agent '{agent}' at {}: {detail}", path.display())]
+    /// libgit2 failed to create or inspect an agent's repository and checkout.
+    #[error("could not set up the checkout of agent '{agent}' at {}: {detail}", path.display())]
     Worktree {
         agent: String,
         path: PathBuf,
         detail: String,
     },
 
-    /// The path given to `commit_all` is not a git worktree.
-    #[error("{} is not a git worktree: {detail}", path.display())]
-    NotAWorktree { path: PathBuf, detail: String },
-
-    /// The worktree is not on a branch, so a commit would not reach the agent branch.
-    #[error("the worktree at {} has a detached HEAD; its commits would not be on any branch", path.display())]
-    DetachedHead { path: PathBuf },
+    /// The agent's own repository (`agents/<name>/repo`) is missing, unusable, or holds
+    /// something that could make the worker read or write outside it (a symlinked or special
+    /// file where git reads by name, a `commondir`, a config that includes other files).
+    #[error("the git repository of agent '{agent}' at {} cannot be used: {detail}", path.display())]
+    AgentRepo {
+        agent: String,
+        path: PathBuf,
+        detail: String,
+    },
 
     /// Staging or committing the agent's changes failed.
-    #[error("could not commit the changes in worktree {}: {detail}", path.display())]
+    #[error("could not commit the changes in checkout {}: {detail}", path.display())]
     Commit { path: PathBuf, detail: String },
 
     /// The push could not be carried out (connection, transport, pack upload).
@@ -119,6 +105,19 @@ pub enum WorkspaceError {
         branch: String,
         remote: String,
         detail: String,
+    },
+
+    /// The remote's branch holds commits that are not in the history being pushed: a newer
+    /// run of this agent, or an earlier agent of the same name, pushed it. It is left as is.
+    #[error(
+        "branch '{branch}' on remote {remote} is at {found}, which is not in the history this \
+         run is pushing (pushed by another run or an earlier agent of the same name); not \
+         overwriting it"
+    )]
+    RemoteBranchNotOurs {
+        branch: String,
+        remote: String,
+        found: String,
     },
 
     /// The remote received the push but refused to update the branch.

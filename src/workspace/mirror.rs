@@ -1,32 +1,30 @@
-//! The per-project bare mirror: created once from the project's remote, refreshed before
-//! each agent starts, and the place agent branches are pushed from.
+//! The per-project bare mirror: created once from the project's remote and refreshed before
+//! each agent starts. It is written only by fetching from the remote: agents borrow its
+//! objects read-only (through their repositories' alternates) and their branches are
+//! pushed from elsewhere (`publish.rs`), so no agent object or ref ever lands here.
 
-use std::cell::RefCell;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use git2::{AutotagOption, FetchOptions, FetchPrune, PushOptions, RemoteCallbacks, Repository};
+use git2::{AutotagOption, FetchOptions, FetchPrune, Repository};
 
 use super::error::{redact_url, scrub};
+use super::layout::EXCLUDE_LINE;
 use super::{Workspace, WorkspaceError, check_branch, check_project_key, io_error};
 
-/// The remote's branches land here rather than in `refs/heads/*`, which belongs to the agent
-/// branches made on this machine; pruning is then confined to `refs/remotes/origin/*`.
+/// The remote's branches land here rather than in `refs/heads/*` (where older versions kept
+/// agent branches); pruning is then confined to `refs/remotes/origin/*`.
 const FETCH_REFSPEC: &str = "+refs/heads/*:refs/remotes/origin/*";
-
-/// What worktrees must never commit: the files agentfleet itself puts in a workdir.
-const EXCLUDE_LINE: &str = ".agentfleet/";
 
 impl Workspace {
     /// Clone `remote` as the project's bare mirror if it is absent, otherwise fetch its
     /// branches; returns the mirror's path.
     ///
     /// `remote` is a local path, a `file://` URL or any URL libgit2 can fetch. The remote's
-    /// branches are kept as `refs/remotes/origin/*`, so local agent branches survive every
-    /// fetch. Also makes sure `.agentfleet/` is in the mirror's `info/exclude`, which every
-    /// worktree of it shares.
+    /// branches are kept as `refs/remotes/origin/*`. Also makes sure `.agentfleet/` is in
+    /// the mirror's `info/exclude` (each agent's repository has its own as well).
     pub fn sync_mirror(&self, project_key: &str, remote: &str) -> Result<PathBuf, WorkspaceError> {
         self.sync(project_key, remote, None)
     }
@@ -78,7 +76,7 @@ impl Workspace {
                 Some(branch) => {
                     let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
                     // Pruning drops our copy of the branch if the remote deleted it, so the
-                    // worktree reports it missing instead of starting from a stale base.
+                    // checkout reports it missing instead of starting from a stale base.
                     fetch_refspec(&repo, project_key, &remote, &refspec, FetchPrune::On)?
                 }
                 None => fetch(&repo, project_key, &remote)?,
@@ -124,68 +122,6 @@ impl Workspace {
             }
         }
         result
-    }
-
-    /// Push `refs/heads/<branch>` from the project's mirror to its remote (the mirror's
-    /// `origin`), creating or force-updating the remote branch of the same name.
-    #[tracing::instrument(skip(self))]
-    pub fn push_branch(&self, project_key: &str, branch: &str) -> Result<(), WorkspaceError> {
-        check_project_key(project_key)?;
-        check_branch("branch", branch)?;
-        let path = self.mirror_path(project_key);
-        if !path.exists() {
-            return Err(WorkspaceError::MirrorMissing {
-                project_key: project_key.to_owned(),
-                path,
-            });
-        }
-        let repo = open_mirror(project_key, &path)?;
-        let refname = format!("refs/heads/{branch}");
-        if let Err(e) = repo.find_reference(&refname) {
-            return Err(if e.code() == git2::ErrorCode::NotFound {
-                WorkspaceError::BranchMissing {
-                    project_key: project_key.to_owned(),
-                    branch: branch.to_owned(),
-                }
-            } else {
-                mirror_error(project_key, &path, &e, "")
-            });
-        }
-        let mut remote = repo
-            .find_remote("origin")
-            .map_err(|e| mirror_error(project_key, &path, &e, ""))?;
-        let url = remote.url().unwrap_or_default().to_owned();
-
-        // libgit2 reports a refused ref through this callback, not through push()'s result.
-        let rejection = RefCell::new(None::<String>);
-        let mut callbacks = RemoteCallbacks::new();
-        callbacks.push_update_reference(|_refname, status| {
-            if let Some(message) = status {
-                *rejection.borrow_mut() = Some(message.to_owned());
-            }
-            Ok(())
-        });
-        let mut options = PushOptions::new();
-        options.remote_callbacks(callbacks);
-        remote
-            .push(&[format!("+{refname}:{refname}")], Some(&mut options))
-            .map_err(|e| WorkspaceError::Push {
-                branch: branch.to_owned(),
-                remote: redact_url(&url),
-                detail: scrub(e.message(), &url),
-            })?;
-        drop(options);
-
-        if let Some(reason) = rejection.take() {
-            return Err(WorkspaceError::PushRejected {
-                branch: branch.to_owned(),
-                remote: redact_url(&url),
-                // libgit2 leaves a dangling ": " when the OS gave no detail.
-                reason: scrub(reason.trim_end_matches([':', ' ']), &url),
-            });
-        }
-        tracing::info!(remote = %redact_url(&url), "pushed agent branch");
-        Ok(())
     }
 }
 
@@ -256,7 +192,7 @@ fn ensure_excluded(mirror: &Path) -> Result<(), WorkspaceError> {
     writeln!(file, "{separator}{EXCLUDE_LINE}").map_err(io_error("write", &exclude))
 }
 
-/// A relative local path is stored as absolute in the mirror's config, so pushes from the
+/// A relative local path is stored as absolute in the mirror's config, so fetches from the
 /// mirror later do not depend on the process's working directory.
 fn absolute_if_local(remote: &str) -> String {
     let path = Path::new(remote);

@@ -1,18 +1,34 @@
-//! A worker's git state on disk, so that every agent works in its own checkout without
-//! cloning the project again for each one.
+//! A worker's git state on disk: one mirror per project, and for each agent a repository
+//! and checkout of its own, because agents are hostile (an LLM running shell commands
+//! without permission prompts) and anything two agents share, or that the worker reads from
+//! where an agent can write, is a way for one agent to reach another's work.
 //!
-//! Each project has one bare mirror of its remote (`<root>/mirrors/<project_key>.git`), and
-//! each agent gets a git worktree of that mirror (`<root>/agents/<name>/workdir`) on its own
-//! branch. The mirror keeps the remote's branches under `refs/remotes/origin/*` and never
-//! touches `refs/heads/*`, so fetching can't delete or move the agent branches created
-//! locally; an agent's work leaves the machine only through [`Workspace::push_branch`].
+//! ```text
+//! <root>/mirrors/<project_key>.git   bare mirror of the remote; worker only (agents may read
+//!                                    its objects/, nothing else)
+//! <root>/agents/<name>/workdir       the agent's checkout, with a `.git` file naming `repo`
+//! <root>/agents/<name>/repo          the agent's git dir: HEAD, config, refs/, objects/ whose
+//!                                    info/alternates borrows the mirror's objects
+//! <root>/agents/<name>/publish.git   worker only: records the agent's branch and base, and
+//!                                    is what the agent's branch is pushed from
+//! ```
+//!
+//! The mirror keeps the remote's branches under `refs/remotes/origin/*` and is written only
+//! by fetching from the remote; no agent object or ref ever lands in it. The agent may write
+//! anything in `workdir` and `repo`, so the worker opens the agent's repository by its path
+//! (never through the `.git` file), checks it for links out of it first
+//! ([`Workspace::agent_repo`]), and pushes from `publish.git` to the URL the store gives,
+//! so nothing in the agent's config (remotes, `insteadOf`, hooks, helpers) takes part.
 //!
 //! Everything here is blocking libgit2 and filesystem work: callers run it on
 //! `spawn_blocking` and serialise the operations on one project.
 
-mod add;
+mod agent_repo;
+mod commit;
 mod error;
+mod layout;
 mod mirror;
+mod publish;
 mod remove;
 mod worktree;
 
@@ -21,21 +37,33 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+pub use commit::LARGEST_FILE;
 pub use error::WorkspaceError;
+pub use publish::Published;
 pub use remove::delete_remote_branch;
 
-/// Where a worker keeps its git state: `root/mirrors/<project_key>.git` (bare mirror of the
-/// remote) and `root/agents/<agent_name>/workdir` (that agent's worktree).
+/// Where a worker keeps its git state (see the module documentation for the layout).
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
 }
 
+/// The paths of one agent's layout under the workspace root.
+#[derive(Debug, Clone)]
+struct AgentPaths {
+    dir: PathBuf,
+    workdir: PathBuf,
+    repo: PathBuf,
+    publish: PathBuf,
+}
+
 impl Workspace {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         // Objects are only read from our own mirrors, whose packs libgit2 hashed when it
-        // indexed them on fetch; re-hashing every blob on each checkout (libgit2's default,
-        // which git itself does not do) cost a large share of a worktree's creation.
+        // indexed them on fetch, and from agent repositories whose objects only ever reach
+        // that agent's own branch (a remote hashes what it receives); re-hashing every blob
+        // on each checkout (libgit2's default, which git itself does not do) cost a large
+        // share of a checkout's creation.
         static READ_WITHOUT_REHASH: std::sync::Once = std::sync::Once::new();
         READ_WITHOUT_REHASH.call_once(|| git2::opts::strict_hash_verification(false));
         Self { root: root.into() }
@@ -45,8 +73,14 @@ impl Workspace {
         self.root.join("mirrors").join(format!("{project_key}.git"))
     }
 
-    fn workdir_path(&self, agent: &str) -> PathBuf {
-        self.root.join("agents").join(agent).join("workdir")
+    fn agent_paths(&self, agent: &str) -> AgentPaths {
+        let dir = self.root.join("agents").join(agent);
+        AgentPaths {
+            workdir: dir.join("workdir"),
+            repo: dir.join("repo"),
+            publish: dir.join("publish.git"),
+            dir,
+        }
     }
 }
 
@@ -88,6 +122,14 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err("is not valid in a git branch name".into());
     }
     Ok(())
+}
+
+fn check_agent_name(name: &str) -> Result<(), WorkspaceError> {
+    validate_name(name).map_err(|reason| WorkspaceError::InvalidName {
+        what: "agent name",
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 /// Project keys name a directory under `mirrors/`; they only need to stay inside it.

@@ -1,6 +1,8 @@
-//! Taking an agent's git state away again: its worktree (files and the mirror's record of
-//! it), its local branch, and on request its branch on the remote. Also the inventory the
-//! orphan cleanup needs: which agents have worktrees or branches under this root.
+//! Taking an agent's git state away again: its whole folder (`agents/<name>`: checkout,
+//! repository, `publish.git` and the run files), and on request its branch on the remote.
+//! Agents made by older versions were worktrees of the project mirror with a branch in it;
+//! their worktree record and branch go too. Also the inventory the orphan cleanup needs:
+//! which agents have a folder (or, from older versions, a worktree or branch) here.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -27,8 +29,9 @@ fn git_err(project_key: &str, path: &Path, e: &git2::Error) -> WorkspaceError {
 }
 
 impl Workspace {
-    /// Removes agent `name`'s folder (worktree and run files), the worktree record and the
-    /// local branch in every mirror under this root. Missing pieces are fine.
+    /// Removes agent `name`'s folder (checkout, repository, `publish.git` and run files)
+    /// and, from older versions' layout, its worktree record and local branch in every
+    /// mirror under this root. Missing pieces are fine.
     pub fn remove_agent(&self, name: &str, branch: &str) -> Result<(), WorkspaceError> {
         let dir = self.root.join("agents").join(name);
         if dir.exists() {
@@ -44,7 +47,8 @@ impl Workspace {
         Ok(())
     }
 
-    /// Agent names that have a folder, a worktree record or an `agent/*` branch here.
+    /// Agent names that have a folder here, or (older versions) a worktree record or an
+    /// `agent/*` branch in a mirror.
     pub fn agent_names(&self) -> Result<BTreeSet<String>, WorkspaceError> {
         let mut names = BTreeSet::new();
         let agents = self.root.join("agents");
@@ -146,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn remove_agent_takes_away_worktree_branch_and_folder() {
+    fn remove_agent_takes_away_the_agents_folder() {
         let dir = tempfile::tempdir().unwrap();
         let remote = remote_with_main(dir.path());
         let ws = Workspace::new(dir.path().join("root"));
@@ -155,12 +159,14 @@ mod tests {
             .create_worktree("p1", "otter", "agent/otter", "main")
             .unwrap();
         std::fs::write(wd.join("f.txt"), "work").unwrap();
-        ws.commit_all(&wd, "work").unwrap();
-        ws.push_branch("p1", "agent/otter").unwrap();
+        ws.commit_all("otter", "work").unwrap();
+        ws.publish_branch("p1", "otter", "agent/otter", remote.to_str().unwrap())
+            .unwrap()
+            .unwrap();
         assert!(ws.agent_names().unwrap().contains("otter"));
 
         ws.remove_agent("otter", "agent/otter").unwrap();
-        assert!(!wd.exists());
+        assert!(!dir.path().join("root/agents/otter").exists());
         assert!(ws.agent_names().unwrap().is_empty());
         // The name can be used again.
         ws.create_worktree("p1", "otter", "agent/otter", "main")

@@ -1,26 +1,29 @@
-//! An agent's worktree: created on a fresh branch from the remote's default branch, and
-//! committed wholesale when the agent is done, whether or not it committed by itself.
+//! Creating an agent's checkout: a repository of its own on a fresh branch from the remote's
+//! base branch (layout in `layout.rs`), made again cleanly when a killed attempt left half
+//! of one, and left untouched when a redelivered job finds it complete.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use git2::build::CheckoutBuilder;
-use git2::{BranchType, ErrorCode, IndexAddOption, Oid, Reference, Repository, Signature};
+use git2::ErrorCode;
 
-use super::add::add_worktree;
+use super::agent_repo::read_record;
+use super::layout::{check_out, write_agent_repo, write_publish_repo, write_workdir};
 use super::mirror::{open_mirror, origin_for_display};
-use super::{Workspace, WorkspaceError, check_branch, check_project_key, io_error, validate_name};
-
-const AUTHOR_NAME: &str = "agentfleet";
-const AUTHOR_EMAIL: &str = "agentfleet@localhost";
+use super::{
+    AgentPaths, Workspace, WorkspaceError, check_agent_name, check_branch, check_project_key,
+    io_error,
+};
 
 impl Workspace {
-    /// Create the worktree of agent `name` at `root/agents/<name>/workdir` on a new branch
-    /// `branch`, starting at the remote's `base_branch` as of the last
-    /// [`sync_mirror`](Self::sync_mirror).
+    /// Create agent `name`'s repository and checkout (`root/agents/<name>/{repo,workdir}`,
+    /// plus the worker's `publish.git`) on a new branch `branch`, starting at the remote's
+    /// `base_branch` as of the last [`sync_mirror`](Self::sync_mirror). Returns the workdir.
     ///
-    /// Redelivery of the same job is expected: if this agent's worktree already exists on
-    /// `branch`, its path is returned and nothing is touched.
+    /// Redelivery of the same job is expected: if this agent's layout is complete on
+    /// `branch`, its workdir is returned and nothing is touched. What an interrupted
+    /// attempt left is removed and made again; a workdir with files but no layout made
+    /// here is refused ([`WorkspaceError::WorkdirOccupied`]).
     #[tracing::instrument(skip(self))]
     pub fn create_worktree(
         &self,
@@ -30,11 +33,7 @@ impl Workspace {
         base_branch: &str,
     ) -> Result<PathBuf, WorkspaceError> {
         check_project_key(project_key)?;
-        validate_name(name).map_err(|reason| WorkspaceError::InvalidName {
-            what: "agent name",
-            name: name.to_owned(),
-            reason,
-        })?;
+        check_agent_name(name)?;
         check_branch("branch", branch)?;
         check_branch("base branch", base_branch)?;
 
@@ -45,21 +44,20 @@ impl Workspace {
                 path: mirror,
             });
         }
-        let repo = open_mirror(project_key, &mirror)?;
-        let workdir = self.workdir_path(name);
-        let wt_error = |e: git2::Error| WorkspaceError::Worktree {
-            agent: name.to_owned(),
-            path: workdir.clone(),
-            detail: e.message().to_owned(),
-        };
-
-        if existing_worktree(&repo, name, branch, &workdir)? {
-            tracing::debug!(workdir = %workdir.display(), "worktree already exists");
-            return Ok(workdir);
+        let paths = self.agent_paths(name);
+        if complete_layout(name, &paths, branch)? {
+            tracing::debug!(workdir = %paths.workdir.display(), "checkout already exists");
+            return Ok(paths.workdir);
         }
 
+        let repo = open_mirror(project_key, &mirror)?;
+        let wt_error = |e: git2::Error| WorkspaceError::Worktree {
+            agent: name.to_owned(),
+            path: paths.workdir.clone(),
+            detail: e.message().to_owned(),
+        };
         let base = match repo.find_reference(&format!("refs/remotes/origin/{base_branch}")) {
-            Ok(reference) => reference.peel_to_commit().map_err(wt_error)?,
+            Ok(reference) => reference.peel_to_commit().map_err(wt_error)?.id(),
             Err(e) if e.code() == ErrorCode::NotFound => {
                 return Err(WorkspaceError::BaseBranchMissing {
                     branch: base_branch.to_owned(),
@@ -68,231 +66,88 @@ impl Workspace {
             }
             Err(e) => return Err(wt_error(e)),
         };
-        let branch_ref = start_branch(&repo, project_key, branch, base_branch, base.id())?;
+        drop(repo);
+        let mirror_objects = mirror
+            .canonicalize()
+            .map_err(io_error("resolve", &mirror))?
+            .join("objects");
 
-        clear_leftovers(&mirror, project_key, name, &workdir)?;
-        let agent_dir = workdir.parent().unwrap_or(&self.root);
-        fs::create_dir_all(agent_dir).map_err(io_error("create directory", agent_dir))?;
-        let branch_name = branch_ref.name().unwrap_or_default().to_owned();
-        let branch_name = branch_name.strip_prefix("refs/heads/").unwrap_or(branch);
-        add_worktree(
-            &repo,
-            name,
-            &workdir,
-            branch_name,
-            &base.tree().map_err(wt_error)?,
-        )?;
-        tracing::info!(workdir = %workdir.display(), base = %base.id(), "created worktree");
-        Ok(workdir)
-    }
-
-    /// Stage everything in `workdir` (honouring `.gitignore` and the mirror's
-    /// `info/exclude`) and, if that differs from `HEAD`, commit it on the checked-out branch
-    /// as agentfleet. Returns the new commit's id, or `None` when there was nothing to commit
-    /// (including when the agent already committed all of its work itself).
-    #[tracing::instrument(skip(self, message))]
-    pub fn commit_all(
-        &self,
-        workdir: &Path,
-        message: &str,
-    ) -> Result<Option<String>, WorkspaceError> {
-        let commit_error = |e: git2::Error| WorkspaceError::Commit {
-            path: workdir.to_path_buf(),
-            detail: e.message().to_owned(),
-        };
-        let repo = Repository::open(workdir).map_err(|e| WorkspaceError::NotAWorktree {
-            path: workdir.to_path_buf(),
-            detail: e.message().to_owned(),
-        })?;
-        if repo.is_bare() {
-            return Err(WorkspaceError::NotAWorktree {
-                path: workdir.to_path_buf(),
-                detail: "it is a bare repository".into(),
-            });
-        }
-
-        let parent = match repo.head() {
-            Ok(head) if !head.is_branch() => {
-                return Err(WorkspaceError::DetachedHead {
-                    path: workdir.to_path_buf(),
-                });
-            }
-            Ok(head) => Some(head.peel_to_commit().map_err(commit_error)?),
-            Err(e) if e.code() == ErrorCode::UnbornBranch => None,
-            Err(e) => return Err(commit_error(e)),
-        };
-
-        let mut index = repo.index().map_err(commit_error)?;
-        // add_all picks up new and modified files; update_all records deletions.
-        index
-            .add_all(["*"], IndexAddOption::DEFAULT, None)
-            .map_err(commit_error)?;
-        index.update_all(["*"], None).map_err(commit_error)?;
-        index.write().map_err(commit_error)?;
-        let tree_id = index.write_tree().map_err(commit_error)?;
-        if parent.as_ref().map(|p| p.tree_id()) == Some(tree_id) {
-            return Ok(None);
-        }
-
-        let tree = repo.find_tree(tree_id).map_err(commit_error)?;
-        let signature = Signature::now(AUTHOR_NAME, AUTHOR_EMAIL).map_err(commit_error)?;
-        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
-        let id = repo
-            .commit(
-                Some("HEAD"),
-                &signature,
-                &signature,
-                message,
-                &tree,
-                &parents,
-            )
-            .map_err(commit_error)?;
-        tracing::info!(commit = %id, "committed agent changes");
-        Ok(Some(id.to_string()))
+        clear_leftovers(project_key, name, &paths)?;
+        fs::create_dir_all(&paths.dir).map_err(io_error("create directory", &paths.dir))?;
+        write_agent_repo(&paths, branch, base, &mirror_objects)?;
+        write_workdir(&paths)?;
+        check_out(name, &paths, &mirror_objects, base)?;
+        write_publish_repo(&paths, branch, base, &mirror_objects)?;
+        tracing::info!(workdir = %paths.workdir.display(), base = %base, "created checkout");
+        Ok(paths.workdir)
     }
 }
 
-/// Whether agent `name` already has a usable worktree at `workdir` on `branch`.
+/// Whether agent `name`'s layout was completed (it has a `publish.git`) on `branch`.
 ///
-/// A registration whose directory is gone is pruned so the worktree can be made again; one
-/// elsewhere or on another branch is an error rather than something to silently replace.
-fn existing_worktree(
-    repo: &Repository,
-    name: &str,
-    branch: &str,
-    workdir: &Path,
-) -> Result<bool, WorkspaceError> {
-    let wt_error = |e: git2::Error| WorkspaceError::Worktree {
-        agent: name.to_owned(),
-        path: workdir.to_path_buf(),
-        detail: e.message().to_owned(),
-    };
-    let worktree = match repo.find_worktree(name) {
-        Ok(worktree) => worktree,
-        Err(e) if e.code() == ErrorCode::NotFound => return Ok(false),
-        Err(e) => return Err(wt_error(e)),
-    };
-    if worktree.validate().is_err() {
-        worktree.prune(None).map_err(wt_error)?;
-        tracing::warn!(
-            agent = name,
-            "pruned a worktree whose directory had vanished"
-        );
+/// One on another branch, or whose workdir has gone, is an error rather than something to
+/// replace: the agent's repository may hold its commits.
+fn complete_layout(name: &str, paths: &AgentPaths, branch: &str) -> Result<bool, WorkspaceError> {
+    if fs::symlink_metadata(&paths.publish).is_err() {
         return Ok(false);
     }
-
-    let registered = worktree.path();
-    if !same_path(registered, workdir) {
-        return Err(WorkspaceError::WorktreeMismatch {
-            agent: name.to_owned(),
-            path: registered.to_path_buf(),
-            expected: branch.to_owned(),
-            found: format!("it is not at {}", workdir.display()),
-        });
+    let record = read_record(name, paths)?;
+    let mismatch = |found: String| WorkspaceError::WorktreeMismatch {
+        agent: name.to_owned(),
+        path: paths.workdir.clone(),
+        expected: branch.to_owned(),
+        found,
+    };
+    if record.branch != branch {
+        return Err(mismatch(format!("it is on branch '{}'", record.branch)));
     }
-    let checkout = Repository::open_from_worktree(&worktree).map_err(wt_error)?;
-    let head = checkout.find_reference("HEAD").map_err(wt_error)?;
-    let expected = format!("refs/heads/{branch}");
-    let target = head.symbolic_target().map_err(wt_error)?;
-    if target != Some(expected.as_str()) {
-        let found = match target {
-            Some(target) => format!(
-                "it is on branch '{}'",
-                target.strip_prefix("refs/heads/").unwrap_or(target)
-            ),
-            None => "its HEAD is detached".to_owned(),
-        };
-        return Err(WorkspaceError::WorktreeMismatch {
-            agent: name.to_owned(),
-            path: workdir.to_path_buf(),
-            expected: branch.to_owned(),
-            found,
-        });
-    }
-    // libgit2 writes the index last when it adds a worktree; without one the checkout was
-    // interrupted, and committing that empty directory would delete the whole project.
-    if !checkout.path().join("index").exists() {
-        checkout
-            .checkout_head(Some(CheckoutBuilder::new().force()))
-            .map_err(wt_error)?;
-        tracing::warn!(agent = name, "finished an interrupted worktree checkout");
+    if !paths.workdir.is_dir() || !paths.repo.is_dir() {
+        return Err(mismatch(
+            "its workdir or repository is gone; remove the agent to start it again".into(),
+        ));
     }
     Ok(true)
 }
 
-/// Creates `branch` at `base`, or reuses it if an earlier attempt left it without commits of
-/// its own (moving it up to `base`). A branch carrying other work is refused.
-fn start_branch<'r>(
-    repo: &'r Repository,
-    project_key: &str,
-    branch: &str,
-    base_branch: &str,
-    base: Oid,
-) -> Result<Reference<'r>, WorkspaceError> {
-    let git_error = |e: git2::Error| WorkspaceError::Mirror {
-        project_key: project_key.to_owned(),
-        path: repo.path().to_path_buf(),
-        detail: e.message().to_owned(),
-    };
-    let base_commit = repo.find_commit(base).map_err(git_error)?;
-    match repo.find_branch(branch, BranchType::Local) {
-        Ok(existing) => {
-            let tip = existing.get().peel_to_commit().map_err(git_error)?.id();
-            if tip == base {
-                return Ok(existing.into_reference());
-            }
-            if repo.graph_descendant_of(base, tip).map_err(git_error)? {
-                let moved = repo.branch(branch, &base_commit, true).map_err(git_error)?;
-                return Ok(moved.into_reference());
-            }
-            Err(WorkspaceError::BranchExists {
-                project_key: project_key.to_owned(),
-                branch: branch.to_owned(),
-                base_branch: base_branch.to_owned(),
-            })
-        }
-        Err(e) if e.code() == ErrorCode::NotFound => repo
-            .branch(branch, &base_commit, false)
-            .map(git2::Branch::into_reference)
-            .map_err(git_error),
-        Err(e) => Err(git_error(e)),
-    }
-}
-
-/// Removes what a failed or interrupted earlier attempt may have left, which would make
-/// libgit2 refuse to add the worktree: unregistered metadata under `worktrees/<name>`, and
-/// an empty workdir. A non-empty workdir is not ours to delete.
+/// Removes what an interrupted creation left (no `publish.git` yet, so the agent never
+/// ran): its repository, a staging `publish.git`, and the workdir it was checking out. A
+/// workdir with files but no repository was not made here and is not ours to delete.
 fn clear_leftovers(
-    mirror: &Path,
     project_key: &str,
     name: &str,
-    workdir: &Path,
+    paths: &AgentPaths,
 ) -> Result<(), WorkspaceError> {
-    let metadata = mirror.join("worktrees").join(name);
-    if metadata.exists() {
-        fs::remove_dir_all(&metadata)
-            .map_err(io_error("remove stale worktree metadata", &metadata))?;
-    }
-    if workdir.exists() {
-        let empty = fs::read_dir(workdir)
-            .map_err(io_error("read", workdir))?
-            .next()
-            .is_none();
-        if !empty {
+    let ours = fs::symlink_metadata(&paths.repo).is_ok();
+    if fs::symlink_metadata(&paths.workdir).is_ok() {
+        let empty = fs::read_dir(&paths.workdir)
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(false);
+        if !ours && !empty {
             return Err(WorkspaceError::WorkdirOccupied {
                 project_key: project_key.to_owned(),
                 agent: name.to_owned(),
-                path: workdir.to_path_buf(),
+                path: paths.workdir.clone(),
             });
         }
-        fs::remove_dir(workdir).map_err(io_error("remove empty directory", workdir))?;
+        remove(&paths.workdir)?;
     }
-    Ok(())
+    if ours {
+        remove(&paths.repo)?;
+        tracing::warn!(
+            agent = name,
+            "removed the leftovers of an interrupted checkout"
+        );
+    }
+    remove(&paths.dir.join(".publish.git.partial"))
 }
 
-fn same_path(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
+/// Removes a folder (or whatever is at `path`) without following symlinks.
+fn remove(path: &std::path::Path) -> Result<(), WorkspaceError> {
+    match fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(meta) if meta.is_dir() => {
+            fs::remove_dir_all(path).map_err(io_error("remove leftover", path))
+        }
+        Ok(_) => fs::remove_file(path).map_err(io_error("remove leftover", path)),
     }
 }

@@ -3,13 +3,18 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use git2::{Repository, RepositoryInitOptions, Signature};
 use tempfile::TempDir;
 
 use super::*;
 
+mod attacks;
+mod hostile_files;
 mod mirror;
+mod publish;
 mod worktree;
 
 const KEY: &str = "demo";
@@ -94,6 +99,51 @@ fn workspace_with_agent(upstream: &Upstream) -> (TempDir, Workspace, PathBuf) {
     (root, ws, workdir)
 }
 
+/// Runs the git CLI in `dir`, as an agent would; panics unless it succeeds.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "agent")
+        .env("GIT_AUTHOR_EMAIL", "agent@example.com")
+        .env("GIT_COMMITTER_NAME", "agent")
+        .env("GIT_COMMITTER_EMAIL", "agent@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Agent `name`'s repository, opened by path as the worker does.
+fn agent_repo(root: &Path, name: &str) -> Repository {
+    let repo = Repository::open_bare(root.join("agents").join(name).join("repo")).unwrap();
+    repo.set_workdir(&root.join("agents").join(name).join("workdir"), false)
+        .unwrap();
+    repo
+}
+
+/// Runs `f` on its own thread; panics if it does not return within 30 s (a hung worker).
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the worker hung")
+}
+
+/// Two agents, `x` (the attacker) and `y` (the victim), on one mirror.
+fn two_agents(upstream: &Upstream) -> (TempDir, Workspace, PathBuf, PathBuf) {
+    let (root, ws, x) = workspace_with_agent(upstream);
+    let y = ws.create_worktree(KEY, "y", "agent/y", "main").unwrap();
+    (root, ws, x, y)
+}
+
+fn publish_x(ws: &Workspace, upstream: &Upstream) -> Result<Option<Published>, WorkspaceError> {
+    ws.publish_branch(KEY, "x", "agent/x", upstream.remote.to_str().unwrap())
+}
+
 fn tip(repo_path: &Path, refname: &str) -> git2::Oid {
     let repo = Repository::open(repo_path).unwrap();
     repo.refname_to_id(refname).unwrap()
@@ -123,7 +173,9 @@ fn names_that_could_escape_the_root_are_refused() {
     }
     let err = ws.sync_mirror("a/b", "/nowhere").unwrap_err();
     assert!(matches!(err, WorkspaceError::InvalidName { .. }), "{err}");
-    let err = ws.push_branch(KEY, "bad..branch").unwrap_err();
+    let err = ws
+        .publish_branch(KEY, "x", "bad..branch", "/nowhere")
+        .unwrap_err();
     assert!(matches!(err, WorkspaceError::InvalidName { .. }), "{err}");
 }
 

@@ -1,0 +1,193 @@
+//! Publishing agent branches: what reaches the remote, and the fence that keeps a push from
+//! overwriting a remote branch it did not make.
+
+use super::*;
+
+fn publish(ws: &Workspace, upstream: &Upstream, name: &str) -> Option<Published> {
+    ws.publish_branch(
+        KEY,
+        name,
+        &format!("agent/{name}"),
+        upstream.remote.to_str().unwrap(),
+    )
+    .unwrap()
+}
+
+fn publish_puts_the_agents_work_on_the_remote(remote_spec: impl Fn(&Upstream) -> String) {
+    let upstream = Upstream::new();
+    let root = TempDir::new().unwrap();
+    let ws = Workspace::new(root.path());
+    let url = remote_spec(&upstream);
+    ws.sync_mirror(KEY, &url).unwrap();
+    let workdir = ws.create_worktree(KEY, "x", "agent/x", "main").unwrap();
+    // One commit of the agent's own (with the git CLI), one file it left uncommitted.
+    fs::write(workdir.join("committed.txt"), "by the agent\n").unwrap();
+    git(&workdir, &["add", "committed.txt"]);
+    git(&workdir, &["commit", "-q", "-m", "agent commit"]);
+    fs::write(workdir.join("result.txt"), "v1\n").unwrap();
+    let committed = ws.commit_all("x", "leftovers").unwrap().unwrap();
+
+    let published = ws
+        .publish_branch(KEY, "x", "agent/x", &url)
+        .unwrap()
+        .unwrap();
+    assert_eq!(published.commit, committed);
+    assert_eq!(
+        tip(&upstream.remote, "refs/heads/agent/x").to_string(),
+        committed
+    );
+    for (file, content) in [
+        ("committed.txt", "by the agent\n"),
+        ("result.txt", "v1\n"),
+        ("README.md", "# demo\n"),
+    ] {
+        assert_eq!(
+            upstream.remote_file("agent/x", file).as_deref(),
+            Some(content),
+            "{file}"
+        );
+    }
+    let remote = Repository::open_bare(&upstream.remote).unwrap();
+    let pushed = remote
+        .find_commit(published.commit.parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        pushed.parent(0).unwrap().message().ok(),
+        Some("agent commit\n")
+    );
+
+    // A resumed agent's later push fast-forwards the branch.
+    fs::write(workdir.join("result.txt"), "v2\n").unwrap();
+    let second = ws.commit_all("x", "v2").unwrap().unwrap();
+    let published = ws
+        .publish_branch(KEY, "x", "agent/x", &url)
+        .unwrap()
+        .unwrap();
+    assert_eq!(published.commit, second);
+    assert_eq!(
+        upstream.remote_file("agent/x", "result.txt").as_deref(),
+        Some("v2\n")
+    );
+    // Publishing again with nothing new is a no-op that reports the same commit.
+    assert_eq!(
+        ws.publish_branch(KEY, "x", "agent/x", &url).unwrap(),
+        Some(Published { commit: second })
+    );
+}
+
+#[test]
+fn publish_branch_to_a_remote_given_as_a_path() {
+    publish_puts_the_agents_work_on_the_remote(|u| u.remote.to_str().unwrap().to_owned());
+}
+
+#[test]
+fn publish_branch_to_a_remote_given_as_a_file_url() {
+    publish_puts_the_agents_work_on_the_remote(Upstream::file_url);
+}
+
+#[test]
+fn publish_branch_without_commits_beyond_the_base_pushes_nothing() {
+    let upstream = Upstream::new();
+    let (_root, ws, _workdir) = workspace_with_agent(&upstream);
+    assert_eq!(ws.commit_all("x", "nothing").unwrap(), None);
+    assert_eq!(publish(&ws, &upstream, "x"), None);
+    // Nor when the agent moved its branch back behind its base.
+    let first = tip(&upstream.remote, "refs/heads/main");
+    upstream.commit("later.txt", "later\n");
+    ws.sync_mirror(KEY, upstream.remote.to_str().unwrap())
+        .unwrap();
+    let (_root2, ws2, workdir2) = workspace_with_agent(&upstream);
+    git(&workdir2, &["reset", "-q", "--hard", &first.to_string()]);
+    assert_eq!(publish(&ws2, &upstream, "x"), None);
+    let remote = Repository::open_bare(&upstream.remote).unwrap();
+    assert!(remote.find_reference("refs/heads/agent/x").is_err());
+}
+
+/// A stale run must not overwrite what a newer run pushed: a remote branch that moved to a
+/// commit not in the history being pushed is left alone, with an error naming it.
+#[test]
+fn publish_branch_never_overwrites_a_remote_branch_that_moved_elsewhere() {
+    let upstream = Upstream::new();
+    let (_root, ws, workdir) = workspace_with_agent(&upstream);
+    fs::write(workdir.join("result.txt"), "ours\n").unwrap();
+    ws.commit_all("x", "ours").unwrap().unwrap();
+    // The remote's agent/x is at a commit this run never saw.
+    let theirs = upstream.commit("theirs.txt", "theirs\n");
+    let remote = Repository::open_bare(&upstream.remote).unwrap();
+    remote
+        .reference("refs/heads/agent/x", theirs, true, "newer run")
+        .unwrap();
+
+    let err = ws
+        .publish_branch(KEY, "x", "agent/x", upstream.remote.to_str().unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("'agent/x'"), "{err}");
+    assert_eq!(tip(&upstream.remote, "refs/heads/agent/x"), theirs);
+}
+
+/// An agent deleted and created again under the same name starts from the base: the branch
+/// its predecessor pushed is not its own, and stays.
+#[test]
+fn publish_branch_leaves_the_branch_of_an_earlier_agent_of_the_same_name() {
+    let upstream = Upstream::new();
+    let (_root, ws, workdir) = workspace_with_agent(&upstream);
+    fs::write(workdir.join("result.txt"), "first agent\n").unwrap();
+    ws.commit_all("x", "first").unwrap().unwrap();
+    let first = publish(&ws, &upstream, "x").unwrap();
+
+    ws.remove_agent("x", "agent/x").unwrap();
+    let workdir = ws.create_worktree(KEY, "x", "agent/x", "main").unwrap();
+    fs::write(workdir.join("result.txt"), "second agent\n").unwrap();
+    ws.commit_all("x", "second").unwrap().unwrap();
+    let err = ws
+        .publish_branch(KEY, "x", "agent/x", upstream.remote.to_str().unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        tip(&upstream.remote, "refs/heads/agent/x").to_string(),
+        first.commit
+    );
+}
+
+#[test]
+fn publish_branch_reports_a_ref_the_remote_refused() {
+    let upstream = Upstream::new();
+    let (_root, ws, workdir) = workspace_with_agent(&upstream);
+    fs::write(workdir.join("result.txt"), "work\n").unwrap();
+    ws.commit_all("x", "work").unwrap().unwrap();
+    // A held ref lock makes the remote refuse this one ref while accepting the pack.
+    let locks = upstream.remote.join("refs/heads/agent");
+    fs::create_dir_all(&locks).unwrap();
+    fs::write(locks.join("x.lock"), "").unwrap();
+
+    let err = ws
+        .publish_branch(KEY, "x", "agent/x", upstream.remote.to_str().unwrap())
+        .unwrap_err();
+    assert!(matches!(err, WorkspaceError::PushRejected { .. }), "{err}");
+    assert!(err.to_string().contains("agent/x"), "{err}");
+    assert_eq!(upstream.remote_file("agent/x", "README.md"), None);
+}
+
+#[test]
+fn publish_branch_of_another_project_or_branch_is_refused() {
+    let upstream = Upstream::new();
+    let (_root, ws, workdir) = workspace_with_agent(&upstream);
+    fs::write(workdir.join("result.txt"), "work\n").unwrap();
+    ws.commit_all("x", "work").unwrap().unwrap();
+    ws.sync_mirror("other", upstream.remote.to_str().unwrap())
+        .unwrap();
+    let url = upstream.remote.to_str().unwrap();
+    for (key, branch) in [("other", "agent/x"), (KEY, "main")] {
+        let err = ws.publish_branch(key, "x", branch, url).unwrap_err();
+        assert!(matches!(err, WorkspaceError::AgentRepo { .. }), "{err}");
+    }
+    let remote = Repository::open_bare(&upstream.remote).unwrap();
+    assert!(remote.find_reference("refs/heads/agent/x").is_err());
+}
