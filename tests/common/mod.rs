@@ -183,6 +183,44 @@ impl TestEnv {
         pid
     }
 
+    /// Starts a worker as `uid`:`gid` with no supplementary groups (through `setpriv`),
+    /// with its own workspace root and HOME in the test's folder; returns its pid. The
+    /// caller makes the test's folder that user's.
+    pub fn start_worker_as(&mut self, uid: u32, gid: u32, extra: &[(&str, &str)]) -> u32 {
+        let n = self.workers.len();
+        self.roots.push(n);
+        let root = self.dir.path().join(format!("worker{n}"));
+        let home = self.dir.path().join(format!("home{n}"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+        let log = std::fs::File::create(self.dir.path().join(format!("worker{n}.log"))).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--",
+            bin(),
+            "worker",
+        ])
+        .envs(self.env())
+        .current_dir(self.dir.path())
+        .env("HOME", &home)
+        .env("AGENTFLEET__WORKER__WORKSPACE_ROOT", &root)
+        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .stdout(Stdio::null())
+        .stderr(log);
+        let child = cmd.spawn().expect("start worker through setpriv");
+        let pid = child.id();
+        self.workers.push(child);
+        pid
+    }
+
+    /// The workspace root of worker process n.
+    pub fn worker_root(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("worker{}", self.roots[n]))
+    }
+
     /// The pid of worker process n.
     pub fn worker_pid(&self, n: usize) -> u32 {
         self.workers[n].id()
