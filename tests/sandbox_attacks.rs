@@ -348,6 +348,10 @@ fn check_branch_not_moved(f: &mut Failures, mirror: &Path, remote: &Path, agent:
         refs(mirror).get(&branch).cloned(),
         refs(remote).get(&branch).cloned(),
     );
+    // Agents' branches live in their own repositories: the mirror holds none.
+    if here.is_none() {
+        return;
+    }
     let log = git(mirror, &["log", "--format=%h %s", &branch, "-3"]);
     let files = files_on(mirror, &branch);
     f.check(here == there && !files.contains("ATTACKER.txt"), || {
@@ -684,13 +688,14 @@ fn outside_checks(
         commits == [format!("agentfleet: work of agent {}", neighbour.name)],
         || format!("{theirs}: commits {commits:?}, expected one by the worker for it"),
     );
+    // The attacker may commit in its own repository; what it pushes is only its own work
+    // (checked above), and never a commit of the neighbour's.
     let commits = own_commits(remote, &mine);
     f.check(
-        commits.len() <= 1
-            && commits
-                .iter()
-                .all(|c| *c == format!("agentfleet: work of agent {}", attacker.name)),
-        || format!("{mine}: commits {commits:?}, expected at most one by the worker for it"),
+        commits
+            .iter()
+            .all(|c| *c != format!("agentfleet: work of agent {}", neighbour.name)),
+        || format!("{mine}: commits {commits:?} include the neighbour's"),
     );
     f
 }

@@ -94,8 +94,17 @@ pub async fn run(opts: Opts) {
     env.stop_workers();
 
     let mut cmp = Table::new(
-        &format!("Dispatch with the sandbox off and on ({} spawns each, alternating workers), ms", spawns),
-        &["sandbox", "total p50", "total p99", "launch p50", "launch p99"],
+        &format!(
+            "Dispatch with the sandbox off and on ({} spawns each, alternating workers), ms",
+            spawns
+        ),
+        &[
+            "sandbox",
+            "total p50",
+            "total p99",
+            "launch p50",
+            "launch p99",
+        ],
     );
     for (label, t, l) in [("off", &off, &off_launch), ("on", &on, &on_launch)] {
         cmp.row(vec![

@@ -4,7 +4,7 @@
 //! `resource_limit:<which>`. Rlimits (set on the provider in `rules`) stay the hard
 //! backstop between two looks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{Isolation, Limit, ResourceLimits};
@@ -44,12 +44,51 @@ impl Watch {
         }
         if self.limits.disk_bytes > 0 && Instant::now() >= self.next_disk {
             self.next_disk = Instant::now() + DISK_EVERY;
-            let used: u64 = self.disk_roots.iter().map(|r| disk_usage(r)).sum();
+            let used: u64 = self.disk_roots.iter().map(|r| disk_usage(r)).sum::<u64>()
+                + self.deleted_but_open();
             if used > self.limits.disk_bytes {
                 return Some(Limit::Disk);
             }
         }
         None
+    }
+
+    /// Bytes of files under the disk roots that were deleted while a process of the agent
+    /// holds them open (still on disk, found through `/proc/<pid>/fd`).
+    fn deleted_but_open(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        for proc_entry in procs.flatten() {
+            let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let target = target.to_string_lossy();
+                let Some(path) = target.strip_suffix(" (deleted)") else {
+                    continue;
+                };
+                if !self
+                    .disk_roots
+                    .iter()
+                    .any(|r| Path::new(path).starts_with(r))
+                {
+                    continue;
+                }
+                if let Ok(meta) = std::fs::metadata(fd.path())
+                    && seen.insert((meta.dev(), meta.ino()))
+                {
+                    total += meta.blocks() * 512;
+                }
+            }
+        }
+        total
     }
 
     /// (number of processes, their resident memory in bytes).

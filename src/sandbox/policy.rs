@@ -165,7 +165,9 @@ pub fn basic_isolation(
     Isolation {
         read,
         write,
-        mask: Vec::new(),
+        // The agent may run as the worker's uid 0 (mapped to itself): files of the system
+        // that only their owner may read stay out of its reach (/etc/shadow, host keys).
+        mask: owner_only_system_files().to_vec(),
         connect_ports,
         limits,
         disk_roots: vec![
@@ -175,6 +177,32 @@ pub fn basic_isolation(
             paths.tmp.clone(),
         ],
     }
+}
+
+/// Regular files under `/etc` that others may not read, found once per process.
+fn owner_only_system_files() -> &'static [PathBuf] {
+    static FILES: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let mut found = Vec::new();
+        let mut stack = vec![(PathBuf::from("/etc"), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.path().symlink_metadata() else {
+                    continue;
+                };
+                if meta.is_dir() && depth < 6 {
+                    stack.push((entry.path(), depth + 1));
+                } else if meta.is_file() && meta.permissions().mode() & 0o004 == 0 {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found
+    })
 }
 
 /// Where the CLI and what it loads live: the command's folder and, for an npm-installed
