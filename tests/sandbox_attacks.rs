@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agentfleet::domain::{Agent, AgentStatus};
-use common::{TestEnv, assert_status, bin, fake_claude, make_remote};
+use common::{TestEnv, assert_status, bin, fake_claude, make_remote, world_readable_copy};
 
 /// The worker's sealing key (hex), also set as `CANARY_SECRET` on the worker: no agent may
 /// ever see it.
@@ -87,8 +87,9 @@ fn config(runlog: &Path, head: &str, limits: &str) -> String {
         "{head}\n[sandbox]\nwrite_paths = [{runlog:?}]\n\n[sandbox.limits]\n{limits}\n\n\
          [providers.attacker]\nkind = \"command\"\ncommand = {:?}\nparser = \"claude-stream-json\"\n\n\
          [providers.claude]\ncommand = {:?}\nenv = {{ FAKE_CLAUDE_RUNLOG = {runlog:?} }}\n",
-        attacker().display().to_string(),
-        fake_claude().display().to_string(),
+        // Copies any user can run: one test's worker runs as nobody.
+        world_readable_copy(&attacker()).display().to_string(),
+        world_readable_copy(&fake_claude()).display().to_string(),
     )
 }
 

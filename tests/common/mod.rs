@@ -18,6 +18,28 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_agentfleet")
 }
 
+/// A copy of `path` (an executable) in a folder any user can reach, for processes that run
+/// as another user than the test (the checkout may sit under a private folder).
+pub fn world_readable_copy(path: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("agentfleet-shared-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join(path.file_name().unwrap());
+    // Copied once per test process (a folder of an earlier process with the same pid may
+    // hold an older build).
+    static COPIED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut copied = COPIED.lock().unwrap();
+    if !copied.contains(&copy) {
+        copied.push(copy.clone());
+        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
+        std::fs::copy(path, &tmp).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &copy).unwrap();
+    }
+    copy
+}
+
 pub fn fake_claude() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-claude")
 }
@@ -200,7 +222,7 @@ impl TestEnv {
             &format!("--regid={gid}"),
             "--clear-groups",
             "--",
-            bin(),
+            world_readable_copy(Path::new(bin())).to_str().unwrap(),
             "worker",
         ])
         .envs(self.env())
