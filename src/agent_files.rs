@@ -52,6 +52,29 @@ impl FileKind {
     }
 }
 
+impl From<&std::fs::FileType> for FileKind {
+    fn from(file_type: &std::fs::FileType) -> Self {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_symlink() {
+            Self::Symlink
+        } else if file_type.is_file() {
+            Self::Regular
+        } else if file_type.is_dir() {
+            Self::Directory
+        } else if file_type.is_fifo() {
+            Self::Fifo
+        } else if file_type.is_socket() {
+            Self::Socket
+        } else if file_type.is_char_device() {
+            Self::CharDevice
+        } else if file_type.is_block_device() {
+            Self::BlockDevice
+        } else {
+            Self::Unknown
+        }
+    }
+}
+
 impl std::fmt::Display for FileKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

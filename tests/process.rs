@@ -11,21 +11,11 @@ use nix::sys::signal::Signal;
 
 fn launch(dir: &Path, script: &str, sandboxed: bool) -> Launch {
     std::fs::write(dir.join("in"), "hello from stdin\n").unwrap();
-    let work = dir.join("work");
-    let home = dir.join("home");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::create_dir_all(&home).unwrap();
+    let paths = AgentPaths::in_folder(dir, dir.join("workspace"));
+    paths.create().unwrap();
+    let work = paths.workdir.clone();
     let path_var = std::env::var("PATH").unwrap_or_default();
     let isolation = sandboxed.then(|| {
-        let paths = AgentPaths {
-            workdir: work.clone(),
-            git_dir: work.join(".git"),
-            home: home.clone(),
-            tmp: home.clone(),
-            config_dir: None,
-            shared: Vec::new(),
-            workspace_root: dir.join("workspace"),
-        };
         let limits = ResourceLimits {
             processes: 64,
             ..Default::default()

@@ -3,7 +3,9 @@
 //! Reported: the worker's CPU (its own utime + stime over the window, not its children's),
 //! its peak RSS (VmHWM), and the event lag from the line being written (`$EPOCHREALTIME`
 //! in the line) to the event arriving on Redis pub/sub, which the worker publishes after
-//! storing it in Postgres.
+//! storing it in Postgres. The steps up to 500 run with the sandbox off first, then all of
+//! them with it on (each with a fresh worker and store), so the sandbox's cost shows in the
+//! same run.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +38,49 @@ pub async fn run(opts: Opts) {
     } else {
         (&[100, 500, 1000], Duration::from_secs(10))
     };
+    let compared = &steps[..steps.len().min(2)];
+    let mut table = Table::new(
+        "Agents per worker: one worker, N agents each printing a line every 100 ms",
+        &[
+            "sandbox",
+            "agents",
+            "worker CPU (cores)",
+            "machine busy (of all cores)",
+            "peak RSS (MB)",
+            "events/s",
+            "lag p50 (ms)",
+            "lag p99 (ms)",
+            "ramp-up (s)",
+        ],
+    );
+    let off = one_mode(compared, window, false).await;
+    let on = one_mode(steps, window, true).await;
+    for (mode, rows) in [("off", &off), ("on", &on)] {
+        for (_, row) in rows {
+            let mut row = row.clone();
+            row.insert(0, mode.to_string());
+            table.row(row);
+        }
+    }
+    table.print();
+    for ((n, off_cpu), (_, on_cpu)) in off
+        .iter()
+        .map(|(c, r)| (r[0].clone(), *c))
+        .zip(on.iter().map(|(c, r)| (r[0].clone(), *c)))
+    {
+        println!(
+            "sandbox at {n} agents: worker CPU {} → {} cores ({:+.0} %); goal ≤ +10 % at 500",
+            f(off_cpu, 2),
+            f(on_cpu, 2),
+            (on_cpu / off_cpu.max(1e-9) - 1.0) * 100.0
+        );
+    }
+    println!("goal: 1,000 agents with < 1 core and < 200 MB RSS, lag p99 ≤ 50 ms");
+}
+
+/// Runs `steps` on a fresh worker and store with the sandbox on or off; per step the
+/// worker's CPU (cores) and the table row (from "agents" on).
+async fn one_mode(steps: &[usize], window: Duration, sandboxed: bool) -> Vec<(f64, Vec<String>)> {
     let max = *steps.last().unwrap();
     let mut env = TestEnv::new().await;
     setup::fill_remote(&env.remote, 100);
@@ -44,6 +89,11 @@ pub async fn run(opts: Opts) {
     let capacity = (max + 10).to_string();
     env.start_worker(&[
         ("AGENTFLEET__WORKER__CAPACITY", capacity.as_str()),
+        (
+            "AGENTFLEET__SANDBOX__MODE",
+            if sandboxed { "on" } else { "off" },
+        ),
+        ("AGENTFLEET__WORKER__ON_SHUTDOWN", "stop"),
         ("RUST_LOG", "warn"),
     ]);
     env.wait_workers(1).await;
@@ -76,19 +126,7 @@ pub async fn run(opts: Opts) {
         })
     };
 
-    let mut table = Table::new(
-        "Agents per worker: one worker, N agents each printing a line every 100 ms",
-        &[
-            "agents",
-            "worker CPU (cores)",
-            "machine busy (of all cores)",
-            "peak RSS (MB)",
-            "events/s",
-            "lag p50 (ms)",
-            "lag p99 (ms)",
-            "ramp-up (s)",
-        ],
-    );
+    let mut rows = Vec::new();
     let mut spawned = 0;
     for &n in steps {
         let ramp = Instant::now();
@@ -111,22 +149,27 @@ pub async fn run(opts: Opts) {
         let machine1 = report::machine_jiffies();
         let busy = (machine1.0 - machine0.0) as f64 / (machine1.1 - machine0.1).max(1) as f64;
         let lags = std::mem::take(&mut *lags.lock().unwrap());
-        table.row(vec![
-            n.to_string(),
-            f(cores, 2),
-            format!("{:.0} %", busy * 100.0),
-            f(peak_rss_mb(worker), 0),
-            f(lags.len() as f64 / seconds, 0),
-            f(quantile(&lags, 0.5), 1),
-            f(quantile(&lags, 0.99), 1),
-            f(ramp.as_secs_f64(), 1),
-        ]);
-        println!("{n} agents measured");
+        rows.push((
+            cores,
+            vec![
+                n.to_string(),
+                f(cores, 2),
+                format!("{:.0} %", busy * 100.0),
+                f(peak_rss_mb(worker), 0),
+                f(lags.len() as f64 / seconds, 0),
+                f(quantile(&lags, 0.5), 1),
+                f(quantile(&lags, 0.99), 1),
+                f(ramp.as_secs_f64(), 1),
+            ],
+        ));
+        println!(
+            "{n} agents measured (sandbox {})",
+            if sandboxed { "on" } else { "off" }
+        );
     }
     listener.abort();
-    table.print();
-    println!("goal: 1,000 agents with < 1 core and < 200 MB RSS, lag p99 ≤ 50 ms");
     env.stop_workers();
+    rows
 }
 
 /// The `t=` stamp in a published event, if it carries one.

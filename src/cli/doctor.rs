@@ -47,8 +47,14 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<i32> {
             .unwrap_or_else(|| default_command(&name).to_string());
         let check = match sandbox::resolve_command(&name, &command, &path_var) {
             Err(e) => Err(format!("{e} ({})", install_hint(&name))),
-            Ok(path) => version_inside(settings, &helper, &path, on && report.missing().is_empty())
-                .map(|v| format!("{} ({v})", path.display())),
+            Ok(path) => version_inside(
+                settings,
+                &helper,
+                &path,
+                &path_var,
+                on && report.missing().is_empty(),
+            )
+            .map(|v| format!("{} ({v})", path.display())),
         };
         failed |= configured && check.is_err();
         providers.push((name, configured, check));
@@ -117,6 +123,7 @@ fn version_inside(
     settings: &Settings,
     helper: &Path,
     command: &Path,
+    path_var: &str,
     sandboxed: bool,
 ) -> Result<String, String> {
     let dir = tempfile::Builder::new()
@@ -124,19 +131,8 @@ fn version_inside(
         .tempdir()
         .map_err(|e| e.to_string())?;
     let root = dir.path().canonicalize().map_err(|e| e.to_string())?;
-    let paths = AgentPaths {
-        workdir: root.join("workdir"),
-        git_dir: root.join("repo"),
-        home: root.join("home"),
-        tmp: root.join("tmp"),
-        config_dir: None,
-        shared: Vec::new(),
-        workspace_root: root.join("workspace"),
-    };
-    for d in [&paths.workdir, &paths.git_dir, &paths.home, &paths.tmp] {
-        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-    }
-    let path_var = std::env::var("PATH").unwrap_or_default();
+    let paths = AgentPaths::in_folder(&root, root.join("workspace"));
+    paths.create().map_err(|e| e.to_string())?;
     let no_env = Default::default();
     let env = sandbox::build_env(
         std::env::vars(),
@@ -155,7 +151,7 @@ fn version_inside(
         args: vec!["--version".into()],
         env,
         cwd: paths.workdir.clone(),
-        isolation: sandboxed.then(|| sandbox::isolation(settings, &paths, command, &path_var)),
+        isolation: sandboxed.then(|| sandbox::isolation(settings, &paths, command, path_var)),
     };
     let spec_file = root.join("spec.json");
     std::fs::write(

@@ -11,7 +11,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -197,7 +197,7 @@ fn init(spec: &Spec, isolation: &Isolation, reason_tx: OwnedFd) -> ! {
     loop {
         let timeout = next_check.saturating_duration_since(Instant::now());
         let mut fds = [nix::poll::PollFd::new(
-            signal_fd.as_fd_ref(),
+            signal_fd.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
         let millis = timeout.as_millis().min(u16::MAX as u128) as u16;
@@ -246,17 +246,6 @@ fn finish(tx: &mut std::fs::File, watched: Option<Limit>, by_signal: Option<Limi
     }
     // Anything still running in the namespace dies with init.
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-}
-
-trait AsFdRef {
-    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_>;
-}
-
-impl AsFdRef for SignalFd {
-    fn as_fd_ref(&self) -> std::os::fd::BorrowedFd<'_> {
-        // SAFETY: the fd lives as long as the SignalFd borrowed here.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.as_raw_fd()) }
-    }
 }
 
 /// A mount namespace of the agent's own: nothing propagates back to the host, `/proc`

@@ -30,6 +30,30 @@ pub struct AgentPaths {
     pub workspace_root: PathBuf,
 }
 
+impl AgentPaths {
+    /// The places of one agent laid out in `folder` (`workdir`, `repo`, `home`, `tmp`), as
+    /// a throw-away run (the doctor's) or a test makes them.
+    pub fn in_folder(folder: &Path, workspace_root: PathBuf) -> Self {
+        Self {
+            workdir: folder.join("workdir"),
+            git_dir: folder.join("repo"),
+            home: folder.join("home"),
+            tmp: folder.join("tmp"),
+            config_dir: None,
+            shared: Vec::new(),
+            workspace_root,
+        }
+    }
+
+    /// Creates the folders the agent writes.
+    pub fn create(&self) -> std::io::Result<()> {
+        for dir in [&self.workdir, &self.git_dir, &self.home, &self.tmp] {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error(

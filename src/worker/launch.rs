@@ -56,12 +56,12 @@ pub async fn start(
     let settings = rt.fleet.settings.provider(provider.name());
     args.extend(settings.args.iter().cloned());
     let args = providers::place_prompt(args, provider.prompt_via(), prompt);
-    let path_var = std::env::var("PATH").unwrap_or_default();
+    let path_var = rt.sandbox.path_var();
     let command = settings
         .command
         .clone()
         .unwrap_or_else(|| provider.name().to_string());
-    let command = sandbox::resolve_command(provider.name(), &command, &path_var)
+    let command = sandbox::resolve_command(provider.name(), &command, path_var)
         .map_err(|e| StartError::Failed(e.to_string()))?;
     // The account: its config dir and API key reach the process through its environment
     // only (never its command line), after the configured env so they win.
@@ -91,7 +91,7 @@ pub async fn start(
         .map_err(|e| StartError::Failed(format!("cannot prepare the agent's folders: {e}")))?;
     let sandboxed = rt.sandbox.enabled;
     let env = sandbox::build_env(
-        std::env::vars(),
+        rt.sandbox.worker_env.iter().cloned(),
         &sandbox::EnvParts {
             home: &paths.home,
             tmp: &paths.tmp,
@@ -107,7 +107,7 @@ pub async fn start(
             &rt.fleet.settings,
             &paths,
             &command,
-            &path_var,
+            path_var,
         ))
     } else {
         tracing::warn!(agent_id = %agent.id, "sandbox.mode = \"off\": the agent runs with the worker's powers");

@@ -80,6 +80,9 @@ pub struct SandboxRuntime {
     /// The agentfleet binary, started as the sandbox helper for every provider process.
     pub helper: PathBuf,
     pub report: sandbox::Report,
+    /// The worker's environment as it started: what agents' allow-listed environments
+    /// and command look-ups draw from.
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl SandboxRuntime {
@@ -92,11 +95,13 @@ impl SandboxRuntime {
         let enabled = settings.sandbox.mode == SandboxMode::On;
         let restrict_network = settings.sandbox_connect_ports().is_some();
         let report = sandbox::probe(&helper, restrict_network);
+        let worker_env = std::env::vars().collect();
         if !enabled {
             return Ok(Self {
                 enabled,
                 helper,
                 report: report.switched_off(),
+                worker_env,
             });
         }
         let missing = report.missing();
@@ -115,7 +120,17 @@ impl SandboxRuntime {
             enabled,
             helper,
             report,
+            worker_env,
         })
+    }
+
+    /// The worker's PATH, where provider commands are looked up.
+    pub fn path_var(&self) -> &str {
+        self.worker_env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
     }
 }
 

@@ -248,19 +248,7 @@ fn only_files_and_folders(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn kind(file_type: &fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_symlink() {
-        "a symlink"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        "a device"
-    } else if file_type.is_dir() {
-        "a folder"
-    } else {
-        "a file"
-    }
+/// What a path is, for a message ("a FIFO", "a symlink").
+pub(super) fn kind(file_type: &fs::FileType) -> String {
+    format!("a {}", crate::agent_files::FileKind::from(file_type))
 }
