@@ -226,11 +226,10 @@ async fn a_limit_stops_the_agent_and_says_which() {
     let exit = tokio::time::timeout(Duration::from_secs(10), running.wait())
         .await
         .expect("stopped in time");
-    assert_eq!(
-        exit,
-        Exit::Sandbox {
-            code: 137,
-            reason: "resource_limit:processes".into()
-        }
+    // Stopped by init's watch (137) or ended by its own failed forks under a pids cgroup:
+    // either way the run names the limit.
+    assert!(
+        matches!(&exit, Exit::Sandbox { reason, .. } if reason == "resource_limit:processes"),
+        "{exit:?}"
     );
 }

@@ -23,6 +23,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use super::cgroups::RunCgroups;
 use super::limits::Watch;
 use super::{Isolation, Limit, SETUP_FAILED, Spec, format_exit, rules};
 
@@ -69,6 +70,9 @@ fn outside(exit_file: &Path, spec_file: &Path) -> Result<(i32, Option<String>), 
         };
         return Ok((wait_code(child)?, None));
     };
+    // Hard caps where this host gives cgroups; joined before anything is forked.
+    let run_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
+    let cgroups = RunCgroups::join(&run_id, &isolation.limits);
     // Read before the new namespace: inside it, unmapped ids read as the overflow id.
     let ids = (nix::unistd::getuid(), nix::unistd::getgid());
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID)
@@ -78,14 +82,23 @@ fn outside(exit_file: &Path, spec_file: &Path) -> Result<(i32, Option<String>), 
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let Some(init_pid) = fork_child()? else {
         drop(reason_rx);
-        init(&spec, isolation, reason_tx)
+        init(&spec, isolation, &cgroups, reason_tx)
     };
     drop(reason_tx);
     let code = wait_code(init_pid)?;
     let mut reason = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(reason_rx), &mut reason);
-    let reason = reason.lines().next().map(str::to_string);
-    Ok((code, reason.filter(|r| !r.is_empty())))
+    let reason = reason
+        .lines()
+        .next()
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            cgroups
+                .hit()
+                .map(|limit| format!("resource_limit:{}", limit.as_str()))
+        });
+    Ok((code, reason))
 }
 
 extern "C" fn ignore(_: libc::c_int) {}
@@ -142,7 +155,7 @@ fn write_exit_file(path: &Path, code: i32, reason: Option<&str>) {
 }
 
 /// pid 1 of the agent's namespace.
-fn init(spec: &Spec, isolation: &Isolation, reason_tx: OwnedFd) -> ! {
+fn init(spec: &Spec, isolation: &Isolation, cgroups: &RunCgroups, reason_tx: OwnedFd) -> ! {
     let fail = |what: String| -> ! {
         let _ = writeln!(std::io::stderr(), "agentfleet sandbox: {what}");
         let mut tx = std::fs::File::from(reason_tx.try_clone().expect("dup"));
@@ -190,7 +203,7 @@ fn init(spec: &Spec, isolation: &Isolation, reason_tx: OwnedFd) -> ! {
         Ok(None) => provider(spec, Some(isolation)),
         Err(e) => fail(e),
     };
-    let mut watch = Watch::new(isolation);
+    let mut watch = Watch::new(isolation, cgroups);
     let mut tx = std::fs::File::from(reason_tx);
     let mut stopped_by: Option<Limit> = None;
     let mut next_check = Instant::now();

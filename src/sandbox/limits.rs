@@ -1,30 +1,33 @@
 //! The limits the agent's init watches (the kernel's rlimits are per process, and only root
-//! gets cgroups on this kind of host): how many processes the agent has, their memory, and
-//! the disk its writable trees use. Past one, init kills the namespace and the run ends
+//! gets cgroups on this kind of host): how many processes the agent has, their memory, the
+//! disk its writable trees use, and whether one of its cgroups (`cgroups`) hit its cap. Past one, init kills the namespace and the run ends
 //! `resource_limit:<which>`. Rlimits (set on the provider in `rules`) stay the hard
 //! backstop between two looks.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::cgroups::RunCgroups;
 use super::{Isolation, Limit, ResourceLimits};
 
 /// How often the disk use is summed (a walk of the checkout).
 const DISK_EVERY: Duration = Duration::from_secs(5);
 
-pub struct Watch {
+pub struct Watch<'a> {
     limits: ResourceLimits,
+    cgroups: &'a RunCgroups,
     disk_roots: Vec<PathBuf>,
     next_disk: Instant,
     page_size: u64,
 }
 
-impl Watch {
-    pub fn new(isolation: &Isolation) -> Self {
+impl<'a> Watch<'a> {
+    pub fn new(isolation: &Isolation, cgroups: &'a RunCgroups) -> Self {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Self {
             limits: isolation.limits,
+            cgroups,
             disk_roots: isolation.disk_roots.clone(),
             next_disk: Instant::now() + DISK_EVERY,
             page_size: u64::try_from(page).unwrap_or(4096),
@@ -33,6 +36,9 @@ impl Watch {
 
     /// The first limit the agent is past, looking at this namespace's `/proc`.
     pub fn exceeded(&mut self) -> Option<Limit> {
+        if let Some(limit) = self.cgroups.hit() {
+            return Some(limit);
+        }
         let (processes, resident) = self.processes();
         // init itself is not the agent's.
         let processes = processes.saturating_sub(1);

@@ -29,6 +29,7 @@
 //! needed either way and bubblewrap applies neither, the exit-file wrapper was needed anyway,
 //! and it keeps the host's requirements to the kernel (no setuid binary, no package).
 
+mod cgroups;
 mod env;
 mod helper;
 mod limits;

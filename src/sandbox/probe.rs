@@ -241,6 +241,23 @@ pub fn probe_child() -> ! {
             .into(),
         required: false,
     });
+    let cgroups = in_child(|| i32::from(super::cgroups::available().is_err()));
+    layers.push(Layer {
+        name: "cgroups".into(),
+        state: if cgroups == 0 {
+            LayerState::On
+        } else {
+            LayerState::Unavailable
+        },
+        detail: if cgroups == 0 {
+            "memory and pids capped by the kernel per agent (cgroup v1)".into()
+        } else {
+            "no writable cgroup-v1 memory and pids hierarchies (root on a v1 host needed); \
+             the watched limits and rlimits apply"
+                .into()
+        },
+        required: false,
+    });
     let report = Report { layers };
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     std::process::exit(0)
