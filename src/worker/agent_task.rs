@@ -146,6 +146,14 @@ async fn supervise(
             }
             Err(LogError::Store(e)) => {
                 tracing::error!(agent_id = %agent.id, error = %e, "supervision failed");
+                // A store error right after this worker was paused is often the first sign
+                // that its lease is gone (the lease task learns it within a heartbeat): then
+                // the process is the fleet's to reconcile and must not run on unwatched.
+                let wait = rt.fleet.settings.worker.lease_ttl * 2;
+                tokio::select! {
+                    _ = rt.lease_lost.cancelled() => let_go(rt, &agent, pid, start_time).await,
+                    _ = tokio::time::sleep(wait) => {}
+                }
                 return;
             }
         }
