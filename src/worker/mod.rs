@@ -188,17 +188,13 @@ impl Runtime {
                 .mode(0o700)
                 .create(private)?;
         }
-        let mirror = self
-            .workspace_root
-            .join("mirrors")
-            .join(format!("{}.git", project.id));
         Ok(sandbox::AgentPaths {
             workdir: workdir.to_path_buf(),
-            git_dir: dir.join("repo"),
+            git_dir: self.workspace.agent_git_dir(name),
             home,
             tmp,
             config_dir,
-            shared: vec![mirror.join("objects")],
+            shared: vec![self.workspace.mirror_objects(&project.id.to_string())],
             workspace_root: self.workspace_root.clone(),
         })
     }

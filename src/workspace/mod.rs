@@ -73,6 +73,16 @@ impl Workspace {
         self.root.join("mirrors").join(format!("{project_key}.git"))
     }
 
+    /// Agent `name`'s own git dir, which its sandbox may write.
+    pub fn agent_git_dir(&self, name: &str) -> PathBuf {
+        self.agent_paths(name).repo
+    }
+
+    /// The project mirror's object store, which agents' repositories borrow (read-only).
+    pub fn mirror_objects(&self, project_key: &str) -> PathBuf {
+        self.mirror_path(project_key).join("objects")
+    }
+
     fn agent_paths(&self, agent: &str) -> AgentPaths {
         let dir = self.root.join("agents").join(agent);
         AgentPaths {
