@@ -33,10 +33,20 @@ printf '{"type":"result","subtype":"success","is_error":false,"result":"done","s
 const SETTLE: Duration = Duration::from_secs(3);
 
 pub async fn run(opts: Opts) {
-    let (steps, window): (&[usize], Duration) = if opts.quick {
+    let (default_steps, window): (&[usize], Duration) = if opts.quick {
         (&[20, 100], Duration::from_secs(5))
     } else {
         (&[100, 500, 1000], Duration::from_secs(10))
+    };
+    // BENCH_AGENTS=100,500 chooses the steps (e.g. to leave out 1,000 on a small machine).
+    let chosen: Vec<usize> = std::env::var("BENCH_AGENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let steps: &[usize] = if chosen.is_empty() {
+        default_steps
+    } else {
+        &chosen
     };
     let compared = &steps[..steps.len().min(2)];
     let mut table = Table::new(
