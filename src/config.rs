@@ -100,6 +100,8 @@ pub struct SandboxLimits {
     pub file_size_mb: u64,
     pub disk_mb: u64,
     pub open_files: u64,
+    /// A memory and a pids cgroup per agent where the worker may create them.
+    pub cgroups: bool,
 }
 
 /// Where the key that seals account credentials comes from (see `credentials::Keyring`).

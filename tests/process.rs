@@ -233,3 +233,41 @@ async fn a_limit_stops_the_agent_and_says_which() {
         "{exit:?}"
     );
 }
+
+#[tokio::test]
+async fn runs_get_cgroups_where_the_helper_may_make_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = launch(dir.path(), "cat /proc/self/cgroup; sleep 0.2", true);
+    if let Some(isolation) = l.spec.isolation.as_mut() {
+        isolation.limits.cgroups = true;
+        isolation.limits.memory_bytes = 1 << 30;
+    }
+    let mut running = Running::own(process::start(&l).unwrap(), l.exit_file.clone());
+    let helper = running.pid;
+    let cgroups = std::fs::read_to_string(format!("/proc/{helper}/cgroup")).unwrap_or_default();
+    assert_eq!(running.wait().await, Exit::Code(0));
+    let inside = std::fs::read_to_string(dir.path().join("out")).unwrap();
+    let root = nix::unistd::geteuid().is_root()
+        && std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists();
+    // The provider's own view (its cgroup namespace is the host's) names the run's groups.
+    assert_eq!(
+        inside.contains("pids:/agentfleet/") && inside.contains("memory:/agentfleet/"),
+        root,
+        "root: {root}; provider's cgroups:\n{inside}\nhelper's: {cgroups}"
+    );
+    // Removed once the run ended.
+    if root {
+        let group = inside
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(|c: char| c.is_ascii_digit())
+                    .and_then(|l| l.split_once(":pids:"))
+            })
+            .map(|(_, g)| g.to_string())
+            .unwrap();
+        let path = format!("/sys/fs/cgroup/pids{group}");
+        eventually("the run's cgroup is removed", || {
+            !std::path::Path::new(&path).exists()
+        });
+    }
+}

@@ -26,7 +26,7 @@ fn install_hint(provider: &str) -> &'static str {
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<i32> {
     let helper = std::env::current_exe()?.canonicalize()?;
     let on = settings.sandbox.mode == SandboxMode::On;
-    let mut report = sandbox::probe(&helper, settings.sandbox_connect_ports().is_some());
+    let mut report = sandbox::probe_for(&helper, settings);
     if !on {
         report = report.switched_off();
     }

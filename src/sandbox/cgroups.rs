@@ -23,6 +23,9 @@ impl RunCgroups {
     /// it starts) into them; empty when cgroups cannot be had here.
     pub fn join(run: &str, limits: &ResourceLimits) -> Self {
         let mut groups = Self::default();
+        if !limits.cgroups {
+            return groups;
+        }
         if limits.memory_bytes > 0 {
             groups.memory = create(
                 "memory",
@@ -132,6 +135,7 @@ pub fn available() -> Result<(), String> {
     let limits = ResourceLimits {
         processes: 1 << 20,
         memory_bytes: 1 << 40,
+        cgroups: true,
         ..Default::default()
     };
     let groups = RunCgroups::join(&probe, &limits);

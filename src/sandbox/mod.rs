@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 pub use env::{EnvParts, build_env};
 pub use helper::helper_main;
 pub use policy::{AgentPaths, PolicyError, basic_isolation, isolation, resolve_command};
-pub use probe::{Layer, LayerState, Report, probe};
+pub use probe::{Layer, LayerState, Report, probe, probe_for};
 
 /// The argument that makes the binary the sandbox helper.
 pub const HELPER_ARG: &str = "sandbox-exec";
@@ -94,6 +94,9 @@ pub struct ResourceLimits {
     pub file_bytes: u64,
     pub disk_bytes: u64,
     pub open_files: u64,
+    /// Cap processes and memory with a cgroup per run where one can be made.
+    #[serde(default)]
+    pub cgroups: bool,
 }
 
 /// The limit that stopped an agent (`resource_limit:<which>`).

@@ -115,6 +115,7 @@ pub fn isolation(
         file_bytes: l.file_size_mb * MIB,
         disk_bytes: l.disk_mb * MIB,
         open_files: l.open_files,
+        cgroups: l.cgroups,
     };
     let mut isolation = basic_isolation(
         paths,

@@ -52,6 +52,19 @@ impl Report {
     }
 }
 
+/// Runs the probe through `helper` (the agentfleet binary) for `settings` (whether Landlock's
+/// TCP rules are required, whether cgroups are wanted).
+pub fn probe_for(helper: &Path, settings: &crate::config::Settings) -> Report {
+    let mut report = probe(helper, settings.sandbox_connect_ports().is_some());
+    if !settings.sandbox.limits.cgroups {
+        for layer in report.layers.iter_mut().filter(|l| l.name == "cgroups") {
+            layer.state = LayerState::Off;
+            layer.detail = "sandbox.limits.cgroups = false".into();
+        }
+    }
+    report
+}
+
 /// Runs the probe through `helper` (the agentfleet binary). `restrict_network`: whether
 /// Landlock's TCP rules are required.
 pub fn probe(helper: &Path, restrict_network: bool) -> Report {

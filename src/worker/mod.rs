@@ -93,8 +93,7 @@ impl SandboxRuntime {
             .and_then(|p| p.canonicalize())
             .map_err(|e| anyhow::anyhow!("cannot find the agentfleet binary: {e}"))?;
         let enabled = settings.sandbox.mode == SandboxMode::On;
-        let restrict_network = settings.sandbox_connect_ports().is_some();
-        let report = sandbox::probe(&helper, restrict_network);
+        let report = sandbox::probe_for(&helper, settings);
         let worker_env = std::env::vars().collect();
         if !enabled {
             return Ok(Self {
