@@ -172,6 +172,8 @@ async fn a_reference_that_parses_as_an_id_finds_only_that_id(store: &Store) {
     let id = victim.agent.id.to_string();
     // The front door refuses such names; a row recorded before it did must not win.
     store.record_spawn(spawn_of(&id, None)).await.unwrap();
+    // An update moves the victim's row behind the impostor's (as a running agent's do).
+    store.set_dismissed(victim.agent.id).await.unwrap();
     for _ in 0..5 {
         assert_eq!(store.agent(&id).await.unwrap().id, victim.agent.id);
     }
