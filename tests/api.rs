@@ -88,12 +88,12 @@ async fn spawn_over_http_then_follow_its_events() {
     let agent: Value = resp.json().await.unwrap();
     let id = agent["id"].as_str().unwrap().to_string();
     assert_eq!(agent["status"], "pending");
-    // The same key again: the same agent, 200.
+    // The same key with the same request again: the same agent, 200.
     let again = api
         .post("/v1/agents")
         .json(
             &json!({"provider": "claude", "project": "other", "prompt": "over http",
-                      "idempotency_key": "k1"}),
+                      "name": "http-heron", "idempotency_key": "k1"}),
         )
         .send()
         .await

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestEnv;
-use common::http::{Server, error_of, serve};
+use common::http::{Server, error_of, json_of, serve};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -29,9 +29,9 @@ async fn embedded_env() -> TestEnv {
     env
 }
 
-async fn agents(api: &Server) -> Vec<Value> {
-    let resp = api.get("/v1/agents?all=true").send().await.unwrap();
-    resp.json().await.unwrap()
+async fn listed(api: &Server, path: &str) -> usize {
+    let list = json_of(api.get(path)).await;
+    list.as_array().expect("a list").len()
 }
 
 /// `agentfleet_backend_errors_total`, summed over backends.
@@ -83,25 +83,15 @@ async fn a_name_shaped_like_an_id_is_refused_and_an_id_reaches_its_own_agent() {
         &["spawn", "--project", "demo", "--name", &simple, "hi"],
         "has the shape of an agent id",
     );
-    assert_eq!(agents(&api).await.len(), 1, "nothing was written");
-    let found: Value = api
-        .get(&format!("/v1/agents/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(
+        listed(&api, "/v1/agents?all=true").await,
+        1,
+        "nothing was written"
+    );
+    let found = json_of(api.get(&format!("/v1/agents/{id}"))).await;
     assert_eq!(found["name"], "victim");
     // Stop by id stops the victim (pending: cancelled at once).
-    let stopped: Value = api
-        .post(&format!("/v1/agents/{id}/stop"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stopped = json_of(api.post(&format!("/v1/agents/{id}/stop"))).await;
     assert_eq!(
         (stopped["name"].clone(), stopped["status"].clone()),
         (json!("victim"), json!("stopped"))
@@ -159,7 +149,11 @@ async fn one_key_means_one_request(env: &TestEnv) {
         ],
         "idempotency_key 'order-7' was already used",
     );
-    assert_eq!(agents(&api).await.len(), 1, "nothing was written");
+    assert_eq!(
+        listed(&api, "/v1/agents?all=true").await,
+        1,
+        "nothing was written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -259,16 +253,16 @@ async fn a_nul_anywhere_is_the_callers_422_naming_the_field() {
         ],
         "inputs[0].content contains a NUL",
     );
-    assert_eq!(agents(&api).await.len(), 1, "no agent was written");
-    let projects: Vec<Value> = api
-        .get("/v1/projects")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(projects.len(), 1, "no project was written");
+    assert_eq!(
+        listed(&api, "/v1/agents?all=true").await,
+        1,
+        "no agent was written"
+    );
+    assert_eq!(
+        listed(&api, "/v1/projects").await,
+        1,
+        "no project was written"
+    );
     assert_eq!(
         backend_errors(&api).await,
         errors_before,
@@ -325,7 +319,10 @@ async fn input_sets_the_worker_could_not_write_are_refused_naming_the_input() {
         ],
         "input file 'notes.md' is given twice",
     );
-    assert!(agents(&api).await.is_empty(), "nothing was written");
+    assert!(
+        listed(&api, "/v1/agents?all=true").await == 0,
+        "nothing was written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

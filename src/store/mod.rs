@@ -92,6 +92,24 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Whether a spawn under an idempotency key already recorded is a retry of that request:
+/// its hash matches the stored one (requests stored before hashes were kept match any).
+fn same_request(key: &str, stored: Option<String>, hash: &str) -> Result<(), StoreError> {
+    match stored {
+        Some(stored) if stored != hash => Err(StoreError::IdempotencyKeyReused(key.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Whether another resume of agent `$1` is pending or in a live worker's hands (one text
+/// for both dialects: sqlx-sqlite binds `$1` by number).
+const RESUME_IN_HAND: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM requests r WHERE r.agent_id = $1 ",
+    "AND r.kind = 'resume' AND (r.status = 'pending' OR (r.status = 'claimed' ",
+    "AND EXISTS (SELECT 1 FROM workers w WHERE w.id = r.claimed_by ",
+    "AND w.status = 'alive'))))"
+);
+
 /// Whether a resume may be recorded for an agent in `status` (`None`: the agent is gone);
 /// `resuming` says another resume of it is pending or in a live worker's hands. Both
 /// adapters decide under a lock, so two resumes sent together cannot both be recorded.

@@ -165,11 +165,7 @@ impl PgStore {
             .await?;
             if let Some(row) = earlier {
                 tx.rollback().await?;
-                let hash: Option<String> = row.try_get("request_hash")?;
-                // Requests recorded before hashes were kept match any retry.
-                if hash.is_some_and(|h| h != spawn.request_hash) {
-                    return Err(StoreError::IdempotencyKeyReused(key.to_string()));
-                }
+                super::same_request(key, row.try_get("request_hash")?, spawn.request_hash)?;
                 let agent_id: Uuid = row.try_get("agent_id")?;
                 return Ok(RecordedSpawn {
                     agent: self.agent(&agent_id.to_string()).await?,

@@ -294,15 +294,10 @@ impl PgStore {
                     .bind(agent_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let resuming: bool = sqlx::query_scalar(concat!(
-                "SELECT EXISTS (SELECT 1 FROM requests r WHERE r.agent_id = $1 ",
-                "AND r.kind = 'resume' AND (r.status = 'pending' OR (r.status = 'claimed' ",
-                "AND EXISTS (SELECT 1 FROM workers w WHERE w.id = r.claimed_by ",
-                "AND w.status = 'alive'))))"
-            ))
-            .bind(agent_id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let resuming: bool = sqlx::query_scalar(super::RESUME_IN_HAND)
+                .bind(agent_id)
+                .fetch_one(&mut *tx)
+                .await?;
             super::resume_allowed(status.as_deref(), resuming)?;
         }
         sqlx::query(

@@ -75,6 +75,11 @@ impl Server {
     }
 }
 
+/// The JSON body of a request's answer, whatever its status.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 pub async fn error_of(resp: reqwest::Response) -> (StatusCode, String, String) {
     let status = resp.status();
     let body: Value = resp.json().await.expect("JSON error body");
