@@ -160,7 +160,6 @@ store_operations! {
     fn list_projects(&self) -> Vec<Project>;
 
     // ---- requests and agents
-    fn name_taken(&self, name: &str) -> bool;
     /// Records a spawn: the agent row (status `pending`) and its request, atomically. An
     /// idempotency key seen before returns the earlier agent unchanged when the request
     /// hash matches, and is `IdempotencyKeyReused` (nothing written) when it does not;

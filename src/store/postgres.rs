@@ -136,14 +136,6 @@ impl PgStore {
 
     // ---- requests and agents -------------------------------------------------------
 
-    pub async fn name_taken(&self, name: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM agents WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
-    }
-
     /// Records a spawn: the agent row (status `pending`) and its request, in one
     /// transaction. An idempotency key seen before returns the earlier agent unchanged for
     /// the same request and is refused for a different one, with nothing written.
