@@ -164,7 +164,7 @@ impl Fleet {
             Some(name) => name.clone(),
             None => self.unique_alias().await?,
         };
-        let request_hash = checks::request_hash(&req);
+        let request_hash = checks::request_hash(&req, mode);
         let span = telemetry::producer_span(
             self.queue.messaging_system(),
             self.queue.queue_name(),

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use sha2::{Digest, Sha256};
 
 use super::FleetError;
-use crate::domain::{InputFile, SpawnRequest};
+use crate::domain::{AgentMode, InputFile, SpawnRequest};
 
 /// Refuses a string the store cannot hold: Postgres text and JSON refuse NUL, and no name,
 /// path or prompt needs one.
@@ -158,11 +158,13 @@ pub fn validate_inputs(inputs: &[InputFile], max_file_bytes: usize) -> Result<()
     Ok(())
 }
 
-/// A fingerprint of what a spawn asks for, without its idempotency key: two requests with
-/// one key are the same request exactly when their fingerprints are equal.
-pub fn request_hash(req: &SpawnRequest) -> String {
+/// A fingerprint of what a spawn asks for (`mode` as parsed, so an omitted mode and its
+/// default are one request), without its idempotency key: two requests with one key are
+/// the same request exactly when their fingerprints are equal.
+pub fn request_hash(req: &SpawnRequest, mode: AgentMode) -> String {
     let canonical = SpawnRequest {
         idempotency_key: None,
+        mode: Some(mode.as_str().to_string()),
         ..req.clone()
     };
     // Struct fields serialise in declaration order, so equal requests give equal bytes.
@@ -249,7 +251,14 @@ mod tests {
             prompt: "ho".into(),
             ..req.clone()
         };
-        assert_eq!(request_hash(&req), request_hash(&other_key));
-        assert_ne!(request_hash(&req), request_hash(&other_prompt));
+        let explicit_mode = SpawnRequest {
+            mode: Some("execute".into()),
+            ..req.clone()
+        };
+        let hash = |r: &SpawnRequest| request_hash(r, AgentMode::Execute);
+        assert_eq!(hash(&req), hash(&other_key));
+        assert_eq!(hash(&req), hash(&explicit_mode));
+        assert_ne!(hash(&req), hash(&other_prompt));
+        assert_ne!(hash(&req), request_hash(&req, AgentMode::Plan));
     }
 }
