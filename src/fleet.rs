@@ -8,6 +8,7 @@ pub use checks::{no_nul, no_nul_in_json, validate_input_name};
 
 use rand::seq::IndexedRandom;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::config::{Backend, Settings};
 use crate::domain::{AgentMode, Project, SpawnRequest};
@@ -18,7 +19,6 @@ use crate::telemetry;
 
 use crate::store::{RecordedSpawn, SpawnRecord, Store, StoreError};
 use crate::workspace::validate_name;
-use uuid::Uuid;
 
 /// What went wrong, in the caller's terms; the API maps each kind to a status code.
 #[derive(Debug, thiserror::Error)]
