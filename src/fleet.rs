@@ -2,10 +2,13 @@
 //! records it in the store and enqueues its job. Bad input is refused here, before anything
 //! is written.
 
-use std::path::{Component, Path};
+mod checks;
+
+pub use checks::{no_nul, no_nul_in_json, validate_input_name};
 
 use rand::seq::IndexedRandom;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::config::{Backend, Settings};
 use crate::domain::{AgentMode, Project, SpawnRequest};
@@ -28,12 +31,17 @@ pub enum FleetError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// An idempotency key given again with a different request.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
 }
 
 impl From<StoreError> for FleetError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::IdempotencyKeyReused(_) => Self::IdempotencyKeyReused(e.to_string()),
             StoreError::NameTaken(_)
+            | StoreError::ResumeRefused(_)
             | StoreError::ProjectExists(_)
             | StoreError::AccountExists(_) => Self::Conflict(e.to_string()),
             StoreError::UnknownProject(_)
@@ -108,6 +116,9 @@ impl Fleet {
         remote: &str,
         branch: &str,
     ) -> Result<Project, FleetError> {
+        checks::no_nul("name", name)?;
+        checks::no_nul("remote_url", remote)?;
+        checks::no_nul("default_branch", branch)?;
         validate_name(name).map_err(|r| FleetError::Invalid(format!("project name: {r}")))?;
         if remote.trim().is_empty() {
             return Err(FleetError::Invalid("remote URL must not be empty".into()));
@@ -117,11 +128,19 @@ impl Fleet {
                 "'{branch}' is not a valid branch name"
             )));
         }
-        Ok(self.store.add_project(name, remote, branch).await?)
+        let project = self.store.add_project(name, remote, branch).await?;
+        Ok(shown(project))
     }
 
-    /// Validates, records and enqueues a spawn. The same idempotency key returns the same
-    /// agent and does not enqueue again.
+    /// The projects as callers see them (see [`shown`]).
+    pub async fn list_projects(&self) -> Result<Vec<Project>, FleetError> {
+        let projects = self.store.list_projects().await?;
+        Ok(projects.into_iter().map(shown).collect())
+    }
+
+    /// Validates, records and enqueues a spawn. The same idempotency key with the same
+    /// request returns the same agent and does not enqueue again; with a different request
+    /// it is refused (`IdempotencyKeyReused`) and nothing is written.
     pub async fn spawn(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
         let result = self.record_and_enqueue(req).await;
         let outcome = match &result {
@@ -139,15 +158,13 @@ impl Fleet {
     async fn record_and_enqueue(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
         let mode = self.validate(&req)?;
         self.store.project(&req.project).await?;
+        // A taken name is found by the store while it records, after the idempotency key:
+        // a retry of a spawn that named its agent is the same spawn, not a conflict.
         let name = match &req.name {
-            Some(name) => {
-                if self.store.name_taken(name).await? {
-                    return Err(StoreError::NameTaken(name.clone()).into());
-                }
-                name.clone()
-            }
+            Some(name) => name.clone(),
             None => self.unique_alias().await?,
         };
+        let request_hash = checks::request_hash(&req, mode);
         let span = telemetry::producer_span(
             self.queue.messaging_system(),
             self.queue.queue_name(),
@@ -177,6 +194,7 @@ impl Fleet {
                     project: &req.project,
                     task_id: req.task_id.as_deref(),
                     idempotency_key: req.idempotency_key.as_deref(),
+                    request_hash: &request_hash,
                     payload: payload.clone(),
                 })
                 .instrument(span.clone())
@@ -213,6 +231,7 @@ impl Fleet {
     }
 
     fn validate(&self, req: &SpawnRequest) -> Result<AgentMode, FleetError> {
+        checks::spawn_strings(req)?;
         providers::provider(&req.provider).map_err(|e| FleetError::Invalid(e.to_string()))?;
         let mode = match req.mode.as_deref() {
             None => AgentMode::Execute,
@@ -225,6 +244,12 @@ impl Fleet {
         };
         if let Some(name) = &req.name {
             validate_name(name).map_err(|r| FleetError::Invalid(format!("agent name: {r}")))?;
+            // Agents are looked up by id or name: a name shaped like an id would shadow one.
+            if Uuid::parse_str(name).is_ok() {
+                return Err(FleetError::Invalid(format!(
+                    "agent name: '{name}' has the shape of an agent id; choose another name"
+                )));
+            }
         }
         if req.prompt.trim().is_empty() {
             return Err(FleetError::Invalid("the prompt is empty".into()));
@@ -245,17 +270,7 @@ impl Fleet {
                 "idempotency key must be 1 to 200 characters".into(),
             ));
         }
-        let max_file = self.settings.limits.max_input_file_bytes;
-        for input in &req.inputs {
-            validate_input_name(&input.name)?;
-            if input.content.len() > max_file {
-                return Err(FleetError::Invalid(format!(
-                    "input file '{}' is {} bytes, over the limit of {max_file} bytes (limits.max_input_file_bytes)",
-                    input.name,
-                    input.content.len()
-                )));
-            }
-        }
+        checks::validate_inputs(&req.inputs, self.settings.limits.max_input_file_bytes)?;
         Ok(mode)
     }
 
@@ -275,6 +290,15 @@ impl Fleet {
         Err(FleetError::Unavailable(
             "could not find a free agent name".into(),
         ))
+    }
+}
+
+/// A project as callers see it: its remote URL without the credentials it may embed. The
+/// stored URL keeps them for the worker's push.
+pub fn shown(project: Project) -> Project {
+    Project {
+        remote_url: crate::workspace::redact_url(&project.remote_url),
+        ..project
     }
 }
 
@@ -298,30 +322,9 @@ impl FleetError {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "unavailable",
+            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
         }
     }
-}
-
-/// Input file names are relative paths that stay inside `.agentfleet/input/`.
-pub fn validate_input_name(name: &str) -> Result<(), FleetError> {
-    let bad = |why: &str| {
-        Err(FleetError::Invalid(format!(
-            "input file name '{name}' {why}"
-        )))
-    };
-    if name.is_empty() || name.len() > 255 {
-        return bad("must be 1 to 255 bytes");
-    }
-    if name.contains('\0') || name.contains('\\') {
-        return bad("contains a forbidden character");
-    }
-    let path = Path::new(name);
-    if !path.components().all(|c| matches!(c, Component::Normal(_))) {
-        return bad(
-            "must be a relative path inside the input folder (no '/', '..' or '.' at its start)",
-        );
-    }
-    Ok(())
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -350,24 +353,6 @@ pub fn generate_alias(suffix: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn input_names_stay_inside_the_input_folder() {
-        for ok in ["notes.md", "docs/spec.txt", "a.b-c_d"] {
-            assert!(validate_input_name(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "../x",
-            "/etc/passwd",
-            "a/../../b",
-            "./x",
-            "a\\b",
-            "x\0y",
-        ] {
-            assert!(validate_input_name(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn stored_payload_keeps_the_trace_context_beside_the_request() {

@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, AgentStatus, StoredEvent};
 use crate::events::STATUS_EVENT;
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Fleet, FleetError, no_nul};
 use crate::providers;
-use crate::store::ControlKind;
+use crate::store::{ControlKind, StoreError};
 use crate::workspace;
 
 const POLL: Duration = Duration::from_millis(100);
@@ -158,6 +158,11 @@ impl Fleet {
         agent_ref: &str,
         answers: BTreeMap<String, String>,
     ) -> Result<Agent, FleetError> {
+        for (id, text) in &answers {
+            let field = format!("answers.{}", id.escape_default());
+            no_nul(&field, id)?;
+            no_nul(&field, text)?;
+        }
         let store = &self.store;
         let agent = store.agent(agent_ref).await?;
         if agent.status != AgentStatus::WaitingForInput {
@@ -229,7 +234,13 @@ impl Fleet {
                 target.as_deref(),
                 serde_json::json!({ "answers": answers }),
             )
-            .await?;
+            .await
+            .map_err(|e| match e {
+                StoreError::ResumeRefused(why) => {
+                    FleetError::Conflict(format!("agent '{}' {why}", agent.name))
+                }
+                other => other.into(),
+            })?;
         Ok(agent)
     }
 

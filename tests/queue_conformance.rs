@@ -99,6 +99,7 @@ impl Harness {
                 project: "demo",
                 task_id: None,
                 idempotency_key: None,
+                request_hash: "",
                 payload: serde_json::json!({}),
             })
             .await

@@ -10,8 +10,8 @@ use std::time::Duration;
 use agentfleet::domain::AccountKind;
 use agentfleet::domain::{AgentMode, AgentOutcome, AgentStatus, PendingQuestion};
 use agentfleet::store::{
-    EventAppend, NewAccount, NewEvent, Owner, ProcessRecord, ReconcilePolicy, SpawnRecord, Store,
-    StoreError,
+    ControlKind, EventAppend, NewAccount, NewEvent, Owner, ProcessRecord, ReconcilePolicy,
+    SpawnRecord, Store, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -33,6 +33,7 @@ fn spawn_of<'a>(name: &'a str, key: Option<&'a str>) -> SpawnRecord<'a> {
         project: "demo",
         task_id: Some("task-1"),
         idempotency_key: key,
+        request_hash: "the-same-request",
         payload: json!({"prompt": format!("work of {name}"), "nested": {"n": 1}}),
     }
 }
@@ -135,13 +136,54 @@ async fn record_spawn_is_idempotent_per_key(store: &Store) {
     let by_name = store.agent("brave-otter").await.unwrap();
     let by_id = store.agent(&first.agent.id.to_string()).await.unwrap();
     assert_eq!(by_name, by_id);
+
+    // The key with a different request: refused, nothing written.
+    let mut different = spawn_of("third-name", Some("key-1"));
+    different.request_hash = "another-request";
+    assert!(matches!(
+        store.record_spawn(different).await,
+        Err(StoreError::IdempotencyKeyReused(key)) if key == "key-1"
+    ));
+    assert_eq!(store.count_agents().await.unwrap(), 1);
+    assert!(store.agent("third-name").await.is_err());
+}
+
+/// Retries of one spawn racing each other (the same key, the same explicit name) are one
+/// spawn: one records it, every other gets the same agent, none sees its name as taken.
+async fn concurrent_retries_of_a_keyed_spawn_get_one_agent(store: &Store) {
+    with_project(store).await;
+    let tries = (0..20).map(|_| store.record_spawn(spawn_of("retried-otter", Some("retry-key"))));
+    let results = futures::future::join_all(tries).await;
+    let recorded: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("every retry gets the agent"))
+        .collect();
+    assert_eq!(recorded.iter().filter(|r| r.created).count(), 1);
+    let first = &recorded[0].agent.id;
+    assert!(recorded.iter().all(|r| &r.agent.id == first));
+    assert_eq!(store.count_agents().await.unwrap(), 1);
+}
+
+/// A name shaped like another agent's id does not shadow it: a reference that parses as
+/// an id finds only the agent with that id.
+async fn a_reference_that_parses_as_an_id_finds_only_that_id(store: &Store) {
+    with_project(store).await;
+    let victim = store.record_spawn(spawn_of("victim", None)).await.unwrap();
+    let id = victim.agent.id.to_string();
+    // The front door refuses such names; a row recorded before it did must not win.
+    store.record_spawn(spawn_of(&id, None)).await.unwrap();
+    // An update moves the victim's row behind the impostor's (as a running agent's do).
+    store.set_dismissed(victim.agent.id).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(store.agent(&id).await.unwrap().id, victim.agent.id);
+    }
+    let simple = victim.agent.id.simple().to_string();
+    assert_eq!(store.agent(&simple).await.unwrap().id, victim.agent.id);
 }
 
 async fn record_spawn_refuses_a_taken_name_and_an_unknown_project(store: &Store) {
     with_project(store).await;
     store.record_spawn(spawn_of("taken", None)).await.unwrap();
-    assert!(store.name_taken("taken").await.unwrap());
-    assert!(!store.name_taken("free").await.unwrap());
     assert!(matches!(
         store.record_spawn(spawn_of("taken", None)).await,
         Err(StoreError::NameTaken(name)) if name == "taken"
@@ -918,6 +960,47 @@ async fn spawn_trace_context_is_read_from_the_stored_payload(store: &Store) {
     );
 }
 
+/// Resumes of one agent are recorded one at a time: a second is refused while the first
+/// is pending or in a live worker's hands, and once the agent left `waiting_for_input`.
+async fn a_second_resume_is_refused_while_one_is_pending(store: &Store) {
+    with_project(store).await;
+    let (asking, owner) = claimed_agent(store, "asking").await;
+    let mut waiting = outcome(AgentStatus::WaitingForInput);
+    waiting.session_id = Some("sid-1".into());
+    assert!(store.finish_agent(asking, &owner, &waiting).await.unwrap());
+    let answers = || json!({"answers": {"q1": "yes"}});
+    let resume = |target: Option<&'static str>| {
+        store.record_control(asking, ControlKind::Resume, target, answers())
+    };
+    let first = resume(None).await.unwrap();
+    let refused = resume(None).await;
+    assert!(
+        matches!(&refused, Err(StoreError::ResumeRefused(why)) if why.contains("already resuming")),
+        "{refused:?}"
+    );
+    // Taken by a live worker that has not moved the agent on yet: still refused.
+    let taken = store
+        .take_controls(&owner.worker_id, "node-a")
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|c| c.id).collect::<Vec<_>>(), vec![first]);
+    assert!(matches!(
+        resume(None).await,
+        Err(StoreError::ResumeRefused(_))
+    ));
+    // Its worker gone, the request it held no longer blocks the agent.
+    store.deregister_worker(&owner, None).await.unwrap();
+    resume(None).await.expect("a resume after the worker left");
+    let requests = store.queue_stats().await.unwrap().by_kind;
+    assert_eq!(requests["resume"].values().sum::<i64>(), 2);
+    // Nothing is recorded for an agent that does not wait for input.
+    let (running, _) = claimed_agent(store, "running").await;
+    assert!(matches!(
+        store.record_control(running, ControlKind::Resume, None, answers()).await,
+        Err(StoreError::ResumeRefused(why)) if why.contains("not waiting for input")
+    ));
+}
+
 /// One test per operation group, for each adapter.
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
@@ -951,6 +1034,8 @@ macro_rules! conformance {
 conformance!(
     projects_are_added_once_found_and_listed,
     record_spawn_is_idempotent_per_key,
+    concurrent_retries_of_a_keyed_spawn_get_one_agent,
+    a_reference_that_parses_as_an_id_finds_only_that_id,
     record_spawn_refuses_a_taken_name_and_an_unknown_project,
     pending_requests_come_oldest_first,
     two_concurrent_claimers_claim_a_request_once,
@@ -959,6 +1044,7 @@ conformance!(
     events_are_appended_once_and_read_in_order,
     batched_appends_store_owned_agents_and_fence_the_rest,
     finish_agent_records_the_outcome_and_closes_the_request,
+    a_second_resume_is_refused_while_one_is_pending,
     failed_requests_fail_their_agent_and_bad_jobs_are_kept,
     worker_leases_renew_and_deregister,
     accounts_are_added_listed_reset_and_removed,

@@ -4,12 +4,13 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::routes::{PathParam, refuse_nul};
 use crate::credentials::{self, AccountInput, CredentialError};
 use crate::fleet::{Fleet, FleetError};
 
@@ -32,6 +33,7 @@ fn invalid(e: CredentialError) -> ApiError {
 }
 
 pub async fn add_account(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
+    refuse_nul(&body)?;
     let body: NewAccountBody = serde_json::from_slice(&body).map_err(|e| {
         // serde's message may quote a value from the body: a secret, perhaps.
         ApiError::bad_request(format!(
@@ -78,7 +80,7 @@ pub async fn list_accounts(State(fleet): State<Fleet>) -> Result<Response, ApiEr
 
 pub async fn remove_account(
     State(fleet): State<Fleet>,
-    Path(label): Path<String>,
+    PathParam(label): PathParam,
 ) -> Result<Response, ApiError> {
     fleet.store.remove_account(&label).await?;
     Ok(Json(serde_json::json!({"removed": label})).into_response())
@@ -86,7 +88,7 @@ pub async fn remove_account(
 
 pub async fn reset_account(
     State(fleet): State<Fleet>,
-    Path(label): Path<String>,
+    PathParam(label): PathParam,
 ) -> Result<Response, ApiError> {
     Ok(Json(fleet.store.reset_account(&label).await?).into_response())
 }

@@ -39,6 +39,11 @@ impl From<FleetError> for ApiError {
             FleetError::Invalid(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", m),
             FleetError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
             FleetError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            FleetError::IdempotencyKeyReused(m) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                m,
+            ),
             FleetError::Unavailable(m) => {
                 tracing::error!(error = %m, "service unavailable");
                 Self::new(

@@ -4,7 +4,8 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,11 +15,41 @@ use serde::Deserialize;
 use super::ApiError;
 use crate::domain::SpawnRequest;
 use crate::events;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, no_nul, no_nul_in_json};
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    refuse_nul(body)?;
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
+/// Refuses a JSON body with a NUL in any string, naming the field (not its value, which
+/// may be a secret): the store cannot hold one, and it is the caller's mistake.
+pub(super) fn refuse_nul(body: &Bytes) -> Result<(), ApiError> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        // Malformed: the typed parse that follows says where.
+        return Ok(());
+    };
+    Ok(no_nul_in_json(&value)?)
+}
+
+/// The one parameter of a route's path (an agent's id or name, an account's label),
+/// percent-decoded and refused with a 422 naming it when it holds a NUL.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let Some((name, value)) = params.into_iter().next() else {
+            return Err(ApiError::bad_request("the path names nothing"));
+        };
+        no_nul(&format!("path segment '{name}'"), &value)?;
+        Ok(Self(value))
+    }
 }
 
 pub async fn spawn_agent(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
@@ -41,7 +72,7 @@ pub async fn list_agents(
 
 pub async fn get_agent(
     State(fleet): State<Fleet>,
-    Path(agent): Path<String>,
+    PathParam(agent): PathParam,
 ) -> Result<Response, ApiError> {
     Ok(Json(fleet.store.agent(&agent).await?).into_response())
 }
@@ -49,7 +80,7 @@ pub async fn get_agent(
 /// Stops the agent and answers once it has stopped.
 pub async fn stop_agent(
     State(fleet): State<Fleet>,
-    Path(agent): Path<String>,
+    PathParam(agent): PathParam,
 ) -> Result<Response, ApiError> {
     Ok(Json(fleet.stop(&agent, true).await?).into_response())
 }
@@ -63,7 +94,7 @@ pub struct ResumeBody {
 /// Records the resume; 202 with the agent (its worker picks the request up).
 pub async fn resume_agent(
     State(fleet): State<Fleet>,
-    Path(agent): Path<String>,
+    PathParam(agent): PathParam,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: ResumeBody = parse_json(&body)?;
@@ -79,7 +110,7 @@ pub struct DeleteQuery {
 
 pub async fn delete_agent(
     State(fleet): State<Fleet>,
-    Path(agent): Path<String>,
+    PathParam(agent): PathParam,
     axum::extract::Query(q): axum::extract::Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let name = fleet.delete(&agent, q.remote_branch).await?;
@@ -88,7 +119,7 @@ pub async fn delete_agent(
 
 pub async fn dismiss_agent(
     State(fleet): State<Fleet>,
-    Path(agent): Path<String>,
+    PathParam(agent): PathParam,
 ) -> Result<Response, ApiError> {
     let found = fleet.store.agent(&agent).await?;
     fleet.store.set_dismissed(found.id).await?;
@@ -103,7 +134,7 @@ pub struct ListQuery {
 
 pub async fn agent_events(
     State(fleet): State<Fleet>,
-    Path(agent): Path<String>,
+    PathParam(agent): PathParam,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let agent = fleet.store.agent(&agent).await?;
@@ -160,7 +191,7 @@ pub async fn add_project(State(fleet): State<Fleet>, body: Bytes) -> Result<Resp
 }
 
 pub async fn list_projects(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
-    Ok(Json(fleet.store.list_projects().await?).into_response())
+    Ok(Json(fleet.list_projects().await?).into_response())
 }
 
 pub async fn healthz() -> Response {

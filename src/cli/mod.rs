@@ -260,7 +260,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             println!("project {} added ({})", project.name, project.remote_url);
         }
         Command::Project(ProjectCommand::List { json }) => {
-            output::projects(&fleet.store.list_projects().await?, json)
+            output::projects(&fleet.list_projects().await.map_err(user)?, json)
         }
         Command::Account(command) => account(&fleet, command).await?,
         Command::Worker => run_until_signal(fleet, false).await?,

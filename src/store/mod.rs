@@ -92,6 +92,37 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Whether a spawn under an idempotency key already recorded is a retry of that request:
+/// its hash matches the stored one (requests stored before hashes were kept match any).
+fn same_request(key: &str, stored: Option<String>, hash: &str) -> Result<(), StoreError> {
+    match stored {
+        Some(stored) if stored != hash => Err(StoreError::IdempotencyKeyReused(key.to_string())),
+        _ => Ok(()),
+    }
+}
+
+/// Whether another resume of agent `$1` is pending or in a live worker's hands (one text
+/// for both dialects: sqlx-sqlite binds `$1` by number).
+const RESUME_IN_HAND: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM requests r WHERE r.agent_id = $1 ",
+    "AND r.kind = 'resume' AND (r.status = 'pending' OR (r.status = 'claimed' ",
+    "AND EXISTS (SELECT 1 FROM workers w WHERE w.id = r.claimed_by ",
+    "AND w.status = 'alive'))))"
+);
+
+/// Whether a resume may be recorded for an agent in `status` (`None`: the agent is gone);
+/// `resuming` says another resume of it is pending or in a live worker's hands. Both
+/// adapters decide under a lock, so two resumes sent together cannot both be recorded.
+fn resume_allowed(status: Option<&str>, resuming: bool) -> Result<(), StoreError> {
+    let refused = |why: String| Err(StoreError::ResumeRefused(why));
+    match status {
+        None => refused("is gone".into()),
+        Some(_) if resuming => refused("is already resuming (another resume is pending)".into()),
+        Some("waiting_for_input") => Ok(()),
+        Some(other) => refused(format!("is not waiting for input (it is {other})")),
+    }
+}
+
 /// Generates one `Store` method per operation, each forwarding to the adapter in hand (and
 /// counting database errors in the metrics).
 macro_rules! store_operations {
@@ -129,9 +160,10 @@ store_operations! {
     fn list_projects(&self) -> Vec<Project>;
 
     // ---- requests and agents
-    fn name_taken(&self, name: &str) -> bool;
     /// Records a spawn: the agent row (status `pending`) and its request, atomically. An
-    /// idempotency key seen before returns the earlier agent unchanged.
+    /// idempotency key seen before returns the earlier agent unchanged when the request
+    /// hash matches, and is `IdempotencyKeyReused` (nothing written) when it does not;
+    /// concurrent spawns with one key are decided one after the other.
     fn record_spawn(&self, spawn: SpawnRecord<'_>) -> RecordedSpawn;
     /// Request ids still waiting for a worker, oldest first.
     fn pending_requests(&self, limit: i64) -> Vec<Uuid>;
@@ -154,7 +186,7 @@ store_operations! {
         worker_id: &str,
     ) -> ();
     fn job_failures(&self) -> Vec<(String, String)>;
-    /// Looks an agent up by id or by name.
+    /// Looks an agent up by id when the reference parses as one, else by name.
     fn agent(&self, id_or_name: &str) -> Agent;
     /// Agents, oldest first; dismissed ones only when asked for.
     fn list_agents(&self, include_dismissed: bool) -> Vec<Agent>;
@@ -198,7 +230,8 @@ store_operations! {
 
     // ---- control requests and re-dispatch
     /// Records a request about an agent for the worker that owns it (None: any worker on
-    /// the agent's node).
+    /// the agent's node). A resume is recorded only while the agent waits for input and no
+    /// other resume of it is pending or in a live worker's hands (`ResumeRefused`).
     fn record_control(
         &self,
         agent_id: Uuid,
@@ -282,6 +315,14 @@ store_operations! {
 pub enum StoreError {
     #[error("an agent named '{0}' already exists")]
     NameTaken(String),
+    #[error(
+        "idempotency_key '{0}' was already used for a different request; send the same \
+         request to get its agent, or use a new key"
+    )]
+    IdempotencyKeyReused(String),
+    /// A resume the agent cannot take now; says why.
+    #[error("{0}")]
+    ResumeRefused(String),
     #[error("a project named '{0}' already exists")]
     ProjectExists(String),
     #[error("unknown project '{0}'")]
@@ -367,6 +408,8 @@ pub struct SpawnRecord<'a> {
     pub project: &'a str,
     pub task_id: Option<&'a str>,
     pub idempotency_key: Option<&'a str>,
+    /// Fingerprint of the request without its key, kept with the key.
+    pub request_hash: &'a str,
     pub payload: serde_json::Value,
 }
 

@@ -18,6 +18,10 @@ use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, Worke
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The first key of the advisory locks that serialise spawns sharing an idempotency key
+/// (the second is the key's hash), apart from any other advisory lock.
+const IDEMPOTENCY_LOCK_CLASS: i32 = 0x1d3e;
+
 /// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
 macro_rules! select_agents {
     ($rest:literal) => {
@@ -132,23 +136,36 @@ impl PgStore {
 
     // ---- requests and agents -------------------------------------------------------
 
-    pub async fn name_taken(&self, name: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM agents WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
-    }
-
     /// Records a spawn: the agent row (status `pending`) and its request, in one
-    /// transaction. An idempotency key seen before returns the earlier agent unchanged.
+    /// transaction. An idempotency key seen before returns the earlier agent unchanged for
+    /// the same request and is refused for a different one, with nothing written.
     pub async fn record_spawn(&self, spawn: SpawnRecord<'_>) -> Result<RecordedSpawn, StoreError> {
-        if let Some(key) = spawn.idempotency_key
-            && let Some(found) = self.request_by_key(key).await?
-        {
-            return Ok(found);
-        }
         let mut tx = self.pool.begin().await?;
+        if let Some(key) = spawn.idempotency_key {
+            // Spawns with one key queue on this lock until the first commits, so each later
+            // one finds the first's row below (read committed: a fresh snapshot per query).
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(IDEMPOTENCY_LOCK_CLASS)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            let earlier = sqlx::query(
+                "SELECT id, agent_id, request_hash FROM requests WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = earlier {
+                tx.rollback().await?;
+                super::same_request(key, row.try_get("request_hash")?, spawn.request_hash)?;
+                let agent_id: Uuid = row.try_get("agent_id")?;
+                return Ok(RecordedSpawn {
+                    agent: self.agent(&agent_id.to_string()).await?,
+                    request_id: row.try_get("id")?,
+                    created: false,
+                });
+            }
+        }
         let project: Option<Uuid> = sqlx::query_scalar("SELECT id FROM projects WHERE name = $1")
             .bind(spawn.project)
             .fetch_optional(&mut *tx)
@@ -173,25 +190,17 @@ impl PgStore {
             return Err(StoreError::NameTaken(spawn.name.to_string()));
         }
         let request_id = Uuid::now_v7();
-        let inserted = sqlx::query(
-            "INSERT INTO requests (id, kind, agent_id, idempotency_key, payload, dispatched_at) \
-             VALUES ($1, 'spawn', $2, $3, $4, now()) ON CONFLICT (idempotency_key) DO NOTHING",
+        sqlx::query(
+            "INSERT INTO requests (id, kind, agent_id, idempotency_key, request_hash, payload, \
+             dispatched_at) VALUES ($1, 'spawn', $2, $3, $4, $5, now())",
         )
         .bind(request_id)
         .bind(agent_id)
         .bind(spawn.idempotency_key)
+        .bind(spawn.request_hash)
         .bind(&spawn.payload)
         .execute(&mut *tx)
         .await?;
-        if inserted.rows_affected() == 0 {
-            // Another caller recorded the same key between our check and our insert.
-            tx.rollback().await?;
-            let key = spawn.idempotency_key.unwrap_or_default();
-            return self
-                .request_by_key(key)
-                .await?
-                .ok_or_else(|| StoreError::UnknownAgent(key.to_string()));
-        }
         tx.commit().await?;
         let agent = self.agent(&agent_id.to_string()).await?;
         Ok(RecordedSpawn {
@@ -201,19 +210,6 @@ impl PgStore {
         })
     }
 
-    async fn request_by_key(&self, key: &str) -> Result<Option<RecordedSpawn>, StoreError> {
-        let row = sqlx::query("SELECT id, agent_id FROM requests WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let agent_id: Uuid = row.try_get("agent_id")?;
-        Ok(Some(RecordedSpawn {
-            agent: self.agent(&agent_id.to_string()).await?,
-            request_id: row.try_get("id")?,
-            created: false,
-        }))
-    }
     /// The spawn backlog and the count of requests and agents by status.
     pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         let row = sqlx::query(
@@ -373,12 +369,14 @@ impl PgStore {
             .collect()
     }
 
-    /// Looks an agent up by id or by name.
+    /// Looks an agent up by id when the reference parses as one, else by name (names never
+    /// parse as ids, so one agent cannot be reached through another's id).
     pub async fn agent(&self, id_or_name: &str) -> Result<Agent, StoreError> {
-        let by_id = Uuid::parse_str(id_or_name).ok();
-        sqlx::query(select_agents!("WHERE a.id = $1 OR a.name = $2"))
-            .bind(by_id)
-            .bind(id_or_name)
+        let query = match Uuid::parse_str(id_or_name) {
+            Ok(id) => sqlx::query(select_agents!("WHERE a.id = $1")).bind(id),
+            Err(_) => sqlx::query(select_agents!("WHERE a.name = $1")).bind(id_or_name),
+        };
+        query
             .fetch_optional(&self.pool)
             .await?
             .map(|r| agent_from_row(&r))

@@ -286,6 +286,20 @@ impl PgStore {
         payload: serde_json::Value,
     ) -> Result<Uuid, StoreError> {
         let id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
+        if kind == ControlKind::Resume {
+            // The agent's row lock orders resumes of one agent: the second sees the first.
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM agents WHERE id = $1 FOR UPDATE")
+                    .bind(agent_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let resuming: bool = sqlx::query_scalar(super::RESUME_IN_HAND)
+                .bind(agent_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            super::resume_allowed(status.as_deref(), resuming)?;
+        }
         sqlx::query(
             "INSERT INTO requests (id, kind, agent_id, payload, target_worker, dispatched_at) \
              VALUES ($1, $2, $3, $4, $5, now())",
@@ -295,8 +309,9 @@ impl PgStore {
         .bind(agent_id)
         .bind(payload)
         .bind(target_worker)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(id)
     }
 

@@ -183,36 +183,29 @@ impl SqliteStore {
 
     // ---- requests and agents -------------------------------------------------------
 
-    pub async fn name_taken(&self, name: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM agents WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
-    }
-
     /// Records a spawn: the agent row (status `pending`) and its request, in one
-    /// transaction. An idempotency key seen before returns the earlier agent unchanged.
+    /// transaction. An idempotency key seen before returns the earlier agent unchanged for
+    /// the same request and is refused for a different one, with nothing written.
     pub async fn record_spawn(&self, spawn: SpawnRecord<'_>) -> Result<RecordedSpawn, StoreError> {
-        if let Some(key) = spawn.idempotency_key
-            && let Some(found) = self.request_by_key(key).await?
-        {
-            return Ok(found);
-        }
+        // The write lock, taken first, orders spawns with one key: each later one finds the
+        // first's row.
         let mut tx = self.begin_write().await?;
-        // Checked again under the write lock: another process may have recorded the key.
         if let Some(key) = spawn.idempotency_key {
-            let earlier: Option<Uuid> =
-                sqlx::query_scalar("SELECT id FROM requests WHERE idempotency_key = ?1")
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if earlier.is_some() {
+            let earlier = sqlx::query(
+                "SELECT id, agent_id, request_hash FROM requests WHERE idempotency_key = ?1",
+            )
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = earlier {
                 tx.rollback().await?;
-                return self
-                    .request_by_key(key)
-                    .await?
-                    .ok_or_else(|| StoreError::UnknownAgent(key.to_string()));
+                super::same_request(key, row.try_get("request_hash")?, spawn.request_hash)?;
+                let agent_id: Uuid = row.try_get("agent_id")?;
+                return Ok(RecordedSpawn {
+                    agent: self.agent(&agent_id.to_string()).await?,
+                    request_id: row.try_get("id")?,
+                    created: false,
+                });
             }
         }
         let project: Option<Uuid> = sqlx::query_scalar("SELECT id FROM projects WHERE name = ?1")
@@ -240,14 +233,15 @@ impl SqliteStore {
         }
         let request_id = Uuid::now_v7();
         sqlx::query(concat!(
-            "INSERT INTO requests (id, kind, agent_id, idempotency_key, payload, dispatched_at) \
-             VALUES (?1, 'spawn', ?2, ?3, ?4, ",
+            "INSERT INTO requests (id, kind, agent_id, idempotency_key, request_hash, payload, \
+             dispatched_at) VALUES (?1, 'spawn', ?2, ?3, ?4, ?5, ",
             now!(),
             ")"
         ))
         .bind(request_id)
         .bind(agent_id)
         .bind(spawn.idempotency_key)
+        .bind(spawn.request_hash)
         .bind(&spawn.payload)
         .execute(&mut *tx)
         .await?;
@@ -260,19 +254,6 @@ impl SqliteStore {
         })
     }
 
-    async fn request_by_key(&self, key: &str) -> Result<Option<RecordedSpawn>, StoreError> {
-        let row = sqlx::query("SELECT id, agent_id FROM requests WHERE idempotency_key = ?1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let agent_id: Uuid = row.try_get("agent_id")?;
-        Ok(Some(RecordedSpawn {
-            agent: self.agent(&agent_id.to_string()).await?,
-            request_id: row.try_get("id")?,
-            created: false,
-        }))
-    }
     /// The spawn backlog and the count of requests and agents by status.
     pub async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
         let row = sqlx::query(concat!(
@@ -444,12 +425,14 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Looks an agent up by id or by name.
+    /// Looks an agent up by id when the reference parses as one, else by name (names never
+    /// parse as ids, so one agent cannot be reached through another's id).
     pub async fn agent(&self, id_or_name: &str) -> Result<Agent, StoreError> {
-        let by_id = Uuid::parse_str(id_or_name).ok();
-        sqlx::query(select_agents!("WHERE a.id = ?1 OR a.name = ?2"))
-            .bind(by_id)
-            .bind(id_or_name)
+        let query = match Uuid::parse_str(id_or_name) {
+            Ok(id) => sqlx::query(select_agents!("WHERE a.id = ?1")).bind(id),
+            Err(_) => sqlx::query(select_agents!("WHERE a.name = ?1")).bind(id_or_name),
+        };
+        query
             .fetch_optional(&self.pool)
             .await?
             .map(|r| agent_from_row(&r))

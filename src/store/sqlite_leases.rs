@@ -273,6 +273,20 @@ impl SqliteStore {
         payload: serde_json::Value,
     ) -> Result<Uuid, StoreError> {
         let id = Uuid::now_v7();
+        // The write lock orders resumes of one agent: the second sees the first.
+        let mut tx = self.begin_write().await?;
+        if kind == ControlKind::Resume {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM agents WHERE id = ?1")
+                    .bind(agent_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let resuming: bool = sqlx::query_scalar(super::super::RESUME_IN_HAND)
+                .bind(agent_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            super::super::resume_allowed(status.as_deref(), resuming)?;
+        }
         sqlx::query(concat!(
             "INSERT INTO requests (id, kind, agent_id, payload, target_worker, dispatched_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ",
@@ -284,8 +298,9 @@ impl SqliteStore {
         .bind(agent_id)
         .bind(payload)
         .bind(target_worker)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(id)
     }
 

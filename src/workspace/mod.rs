@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 pub use commit::LARGEST_FILE;
 pub use error::WorkspaceError;
+pub(crate) use error::redact_url;
 pub use publish::Published;
 pub use remove::delete_remote_branch;
 
