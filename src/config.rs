@@ -176,6 +176,11 @@ pub struct WorkerSettings {
     pub handoff_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// Below this much free space in the workspace the worker takes no spawns.
+    pub min_free_disk_mb: u64,
+    /// How often the worker checks that it can write its workspace.
+    #[serde(with = "humantime_serde")]
+    pub disk_check_interval: Duration,
     /// Where the worker serves /metrics, /healthz and /readyz; empty: not served.
     #[serde(default)]
     pub metrics_bind: String,
@@ -382,6 +387,10 @@ impl Settings {
         for (key, value) in [
             ("worker.sweep_interval", self.worker.sweep_interval),
             ("worker.cleanup_interval", self.worker.cleanup_interval),
+            (
+                "worker.disk_check_interval",
+                self.worker.disk_check_interval,
+            ),
             ("queue.redispatch_after", self.queue.redispatch_after),
             ("agent.idle_timeout", self.agent.idle_timeout),
             ("agent.max_runtime", self.agent.max_runtime),
