@@ -1,7 +1,8 @@
 //! A worker whose workspace disk is full: it takes no spawns (slots closed, `/readyz` 503
 //! naming the disk) while a spawn waits pending rather than failing, hands back a spawn it
-//! claimed just as the disk filled, and takes work again once space returns. The workspace
-//! root is a small tmpfs, filled for real (the test needs root to mount it).
+//! claimed just as the disk filled, and takes work again once space returns; an agent whose
+//! disk fills while it runs still has its real exit code recorded. The workspace root is a
+//! small tmpfs, filled for real (the tests need root to mount it).
 
 mod common;
 
@@ -147,5 +148,38 @@ async fn a_worker_with_a_full_disk_takes_no_spawns_and_hands_back_what_it_claime
         let done = env.wait_final(id, Duration::from_secs(90)).await;
         assert_status(&done, AgentStatus::Completed);
     }
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_exit_code_of_an_agent_is_recorded_when_the_disk_filled_while_it_ran() {
+    let mut env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("ws")) else {
+        println!("cannot mount a tmpfs (not root?): test skipped");
+        return;
+    };
+    let root = tmpfs.0.display().to_string();
+    env.start_worker(&[
+        ("AGENTFLEET__WORKER__WORKSPACE_ROOT", &root),
+        ("AGENTFLEET__WORKER__MIN_FREE_DISK_MB", "1"),
+        ("AGENTFLEET__WORKER__DISK_CHECK_INTERVAL", "1h"),
+    ]);
+    let agent = env.spawn(&[], "fill\n#hold 4\n#exit 3");
+    env.wait_agent(agent.id, Duration::from_secs(60), "ran", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await;
+    // The agent has written its file and holds: the disk fills before it exits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _filler = tmpfs.fill();
+    let done = env.wait_final(agent.id, Duration::from_secs(60)).await;
+    assert_status(&done, AgentStatus::Crashed);
+    assert_eq!(done.exit_code, Some(3), "{:?}", done.error);
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error.contains("code 3") && !error.contains("unwatched"),
+        "{error}"
+    );
     env.stop_workers();
 }
