@@ -80,27 +80,45 @@ async fn wait_readyz(port: u16, want: u16) -> serde_json::Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_with_a_full_disk_takes_no_spawns_and_hands_back_what_it_claimed() {
-    let mut env = TestEnv::new().await;
+/// Starts a worker whose workspace is a fresh 8 MiB tmpfs (None: no tmpfs can be mounted
+/// here, the test is skipped). A long disk-check interval: after the start-up probe only a
+/// spawn that failed on the disk notices it is full.
+fn worker_on_tmpfs(
+    env: &mut TestEnv,
+    extra: &[(&str, &str)],
+) -> Option<(tempfile::TempDir, Tmpfs)> {
     let dir = tempfile::tempdir().unwrap();
     let Some(tmpfs) = Tmpfs::mount(&dir.path().join("ws")) else {
         println!("cannot mount a tmpfs (not root?): test skipped");
+        return None;
+    };
+    let root = tmpfs.0.display().to_string();
+    let mut vars = vec![
+        ("AGENTFLEET__WORKER__WORKSPACE_ROOT", root.as_str()),
+        ("AGENTFLEET__WORKER__MIN_FREE_DISK_MB", "1"),
+        ("AGENTFLEET__WORKER__DISK_CHECK_INTERVAL", "1h"),
+    ];
+    vars.extend_from_slice(extra);
+    env.start_worker(&vars);
+    Some((dir, tmpfs))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_with_a_full_disk_takes_no_spawns_and_hands_back_what_it_claimed() {
+    let mut env = TestEnv::new().await;
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    env.set_env("AGENTFLEET__QUEUE__REDISPATCH_AFTER", "2s");
+    let Some((_dir, tmpfs)) = worker_on_tmpfs(
+        &mut env,
+        &[
+            ("AGENTFLEET__WORKER__METRICS_BIND", &bind),
+            ("AGENTFLEET__WORKER__SWEEP_INTERVAL", "500ms"),
+        ],
+    ) else {
         return;
     };
     let root = tmpfs.0.display().to_string();
-    let port = free_port().to_string();
-    let bind = format!("127.0.0.1:{port}");
-    let port: u16 = port.parse().unwrap();
-    // A long interval: after the start-up probe only a failed spawn notices the disk.
-    env.set_env("AGENTFLEET__QUEUE__REDISPATCH_AFTER", "2s");
-    env.start_worker(&[
-        ("AGENTFLEET__WORKER__WORKSPACE_ROOT", &root),
-        ("AGENTFLEET__WORKER__METRICS_BIND", &bind),
-        ("AGENTFLEET__WORKER__MIN_FREE_DISK_MB", "1"),
-        ("AGENTFLEET__WORKER__DISK_CHECK_INTERVAL", "1h"),
-        ("AGENTFLEET__WORKER__SWEEP_INTERVAL", "500ms"),
-    ]);
     wait_readyz(port, 200).await;
 
     // The disk fills after the worker looked: the spawn it takes fails on the disk, and is
@@ -154,17 +172,9 @@ async fn a_worker_with_a_full_disk_takes_no_spawns_and_hands_back_what_it_claime
 #[tokio::test(flavor = "multi_thread")]
 async fn the_exit_code_of_an_agent_is_recorded_when_the_disk_filled_while_it_ran() {
     let mut env = TestEnv::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("ws")) else {
-        println!("cannot mount a tmpfs (not root?): test skipped");
+    let Some((_dir, tmpfs)) = worker_on_tmpfs(&mut env, &[]) else {
         return;
     };
-    let root = tmpfs.0.display().to_string();
-    env.start_worker(&[
-        ("AGENTFLEET__WORKER__WORKSPACE_ROOT", &root),
-        ("AGENTFLEET__WORKER__MIN_FREE_DISK_MB", "1"),
-        ("AGENTFLEET__WORKER__DISK_CHECK_INTERVAL", "1h"),
-    ]);
     let agent = env.spawn(&[], "fill\n#hold 4\n#exit 3");
     env.wait_agent(agent.id, Duration::from_secs(60), "ran", |a| {
         a.status == AgentStatus::Running

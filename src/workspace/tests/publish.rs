@@ -217,14 +217,18 @@ fn publish_branch_never_overwrites_a_remote_branch_moved_during_the_push() {
                 .reference("refs/heads/agent/x", theirs, true, "newer run")
                 .unwrap();
         };
-        let err = ws
-            .publish_branch_fenced(KEY, "x", "agent/x", &url, &newer_run)
-            .unwrap_err();
-        assert!(
-            matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
-            "{url}: {err}"
-        );
-        assert_eq!(tip(&upstream.remote, "refs/heads/agent/x"), theirs, "{url}");
+        // The push loses the race: refused, the newer run's tip stays.
+        let loses = |ws: &Workspace| {
+            let err = ws
+                .publish_branch_fenced(KEY, "x", "agent/x", &url, &newer_run)
+                .unwrap_err();
+            assert!(
+                matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
+                "{url}: {err}"
+            );
+            assert_eq!(tip(&upstream.remote, "refs/heads/agent/x"), theirs, "{url}");
+        };
+        loses(&ws);
         // Nothing of the attempt is left on the remote but its objects.
         let remote = Repository::open_bare(&upstream.remote).unwrap();
         let refs: Vec<String> = remote
@@ -246,13 +250,6 @@ fn publish_branch_never_overwrites_a_remote_branch_moved_during_the_push() {
             .unwrap()
             .delete()
             .unwrap();
-        let err = ws2
-            .publish_branch_fenced(KEY, "x", "agent/x", &url, &newer_run)
-            .unwrap_err();
-        assert!(
-            matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
-            "{url}: {err}"
-        );
-        assert_eq!(tip(&upstream.remote, "refs/heads/agent/x"), theirs, "{url}");
+        loses(&ws2);
     }
 }
