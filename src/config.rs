@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::store::StoreKind;
 
+mod known_keys;
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,8 @@ pub enum ConfigError {
     Load(#[from] ::config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("configuration: {0}")]
+    UnknownKey(known_keys::UnknownKey),
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -172,6 +176,11 @@ pub struct WorkerSettings {
     pub handoff_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// Below this much free space in the workspace the worker takes no spawns.
+    pub min_free_disk_mb: u64,
+    /// How often the worker checks that it can write its workspace.
+    #[serde(with = "humantime_serde")]
+    pub disk_check_interval: Duration,
     /// Where the worker serves /metrics, /healthz and /readyz; empty: not served.
     #[serde(default)]
     pub metrics_bind: String,
@@ -252,6 +261,25 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let env_file = std::env::var_os("AGENTFLEET_CONFIG").map(PathBuf::from);
         let file = file.map(Path::to_path_buf).or(env_file);
+        Self::load_layers(file, environment())
+    }
+
+    /// As [`load`](Self::load), with `vars` in place of the process's environment (which
+    /// is not read at all): how a deployment's environment would configure a process.
+    pub fn load_with_environment(
+        file: Option<&Path>,
+        vars: ::config::Map<String, String>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_layers(
+            file.map(Path::to_path_buf),
+            environment().source(Some(vars)),
+        )
+    }
+
+    fn load_layers(
+        file: Option<PathBuf>,
+        environment: ::config::Environment,
+    ) -> Result<Self, ConfigError> {
         let mut builder = ::config::Config::builder().add_source(::config::File::from_str(
             DEFAULTS,
             ::config::FileFormat::Toml,
@@ -259,18 +287,16 @@ impl Settings {
         if let Some(path) = &file {
             builder = builder.add_source(::config::File::from(path.clone()).required(true));
         }
-        let builder = builder.add_source(
-            ::config::Environment::with_prefix("AGENTFLEET")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("api.tokens")
-                .with_list_parse_key("sandbox.env_passthrough")
-                .with_list_parse_key("sandbox.read_paths")
-                .with_list_parse_key("sandbox.write_paths")
-                .with_list_parse_key("sandbox.network.allow"),
-        );
+        // serde would ignore a key it has no field for, leaving a misspelt setting at its
+        // default without a word: unknown keys stop start-up instead.
+        let known = known_keys::KnownKeys::new();
+        if let Some(path) = &file {
+            known.check_file(path).map_err(ConfigError::UnknownKey)?;
+        }
+        known
+            .check_environment(&environment)
+            .map_err(ConfigError::UnknownKey)?;
+        let builder = builder.add_source(environment);
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.config_file = file;
         settings.resolve_data_dir();
@@ -361,6 +387,10 @@ impl Settings {
         for (key, value) in [
             ("worker.sweep_interval", self.worker.sweep_interval),
             ("worker.cleanup_interval", self.worker.cleanup_interval),
+            (
+                "worker.disk_check_interval",
+                self.worker.disk_check_interval,
+            ),
             ("queue.redispatch_after", self.queue.redispatch_after),
             ("agent.idle_timeout", self.agent.idle_timeout),
             ("agent.max_runtime", self.agent.max_runtime),
@@ -524,6 +554,21 @@ impl Settings {
     }
 }
 
+/// The `AGENTFLEET__SECTION__KEY` variables (`AGENTFLEET_CONFIG` and other single-underscore
+/// names are not settings).
+fn environment() -> ::config::Environment {
+    ::config::Environment::with_prefix("AGENTFLEET")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",")
+        .with_list_parse_key("api.tokens")
+        .with_list_parse_key("sandbox.env_passthrough")
+        .with_list_parse_key("sandbox.read_paths")
+        .with_list_parse_key("sandbox.write_paths")
+        .with_list_parse_key("sandbox.network.allow")
+}
+
 /// The port of a `host:port` entry of `sandbox.network.allow`.
 fn allowed_port(entry: &str) -> Result<u16, String> {
     let (host, port) = entry
@@ -623,5 +668,56 @@ mod tests {
         }
         let err = with("mysql://h/db", "").unwrap_err().to_string();
         assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_refused_naming_the_nearest() {
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        let text = b"[worker]\ncapacty = 2\n[providers.mine]\ncommand = \"x\"\n";
+        std::io::Write::write_all(&mut file, text).unwrap();
+        let err = Settings::load(Some(file.path())).unwrap_err().to_string();
+        assert!(
+            err.contains("`worker.capacty`") && err.contains("`worker.capacity`"),
+            "{err}"
+        );
+
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        let text = b"[providers.mine]\ncommand = \"x\"\ncomand = \"y\"\n\
+                     [providers.mine.env]\nANY_NAME = \"1\"\n";
+        std::io::Write::write_all(&mut file, text).unwrap();
+        let err = Settings::load(Some(file.path())).unwrap_err().to_string();
+        assert!(err.contains("`providers.mine.command`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_refused_naming_the_variable() {
+        let known = known_keys::KnownKeys::new();
+        let env = |vars: &[(&str, &str)]| {
+            environment().source(Some(
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ))
+        };
+        let err = known
+            .check_environment(&env(&[("AGENTFLEET__WORKER__CAPACTY", "2")]))
+            .unwrap_err();
+        assert_eq!(err.key, "worker.capacty");
+        assert_eq!(err.nearest, "worker.capacity");
+        assert!(
+            err.to_string().contains("AGENTFLEET__WORKER__CAPACTY"),
+            "{err}"
+        );
+        // Single-underscore names are not settings; provider env maps are free-form.
+        known
+            .check_environment(&env(&[
+                ("AGENTFLEET_CONFIG", "/etc/agentfleet.toml"),
+                ("AGENTFLEET_API_URL", "http://h"),
+                ("AGENTFLEET_REDIS_ADDRESS", "redis:6379"),
+                ("AGENTFLEET__WORKER__CAPACITY", "2"),
+                ("AGENTFLEET__SANDBOX__NETWORK__ALLOW", "h:1,h:2"),
+                ("AGENTFLEET__PROVIDERS__MINE__ENV__ANY", "1"),
+            ]))
+            .unwrap();
     }
 }

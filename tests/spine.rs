@@ -359,3 +359,78 @@ async fn input_files_reach_the_worktree() {
     );
     env.stop_workers();
 }
+
+/// Only work reaches the remote: an agent that crashed, or finished, without a commit or a
+/// change of its own pushes no branch, while one that left a change pushes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_that_changed_nothing_push_no_branch() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    // The fake writes its file under `.agentfleet/`, which is never committed.
+    let crashed = env.spawn(
+        &["--name", "crashed-otter"],
+        "nothing\n#file .agentfleet/scratch.txt\n#exit 3",
+    );
+    let empty = env.spawn(
+        &["--name", "empty-otter"],
+        "nothing\n#file .agentfleet/scratch.txt",
+    );
+    let crashed_with_work = env.spawn(&["--name", "working-otter"], "work\n#exit 3");
+    for (agent, status) in [
+        (&crashed, AgentStatus::Crashed),
+        (&empty, AgentStatus::Completed),
+        (&crashed_with_work, AgentStatus::Crashed),
+    ] {
+        let done = env.wait_final(agent.id, Duration::from_secs(60)).await;
+        assert_status(&done, status);
+    }
+    let remote = git2::Repository::open_bare(&env.remote).unwrap();
+    for branch in ["agent/crashed-otter", "agent/empty-otter"] {
+        assert!(
+            remote
+                .find_reference(&format!("refs/heads/{branch}"))
+                .is_err(),
+            "{branch} was pushed"
+        );
+    }
+    assert!(
+        env.remote_file("agent/working-otter", "FAKE_RESULT.txt")
+            .is_some(),
+        "a crashed agent's change is pushed"
+    );
+    env.stop_workers();
+}
+
+/// An agent deleted with its remote branch kept, and a new agent given its name: the new
+/// agent never overwrites the branch it did not create, and says why its own was not pushed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_name_never_overwrites_the_earlier_agents_branch() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let first = env.spawn(&["--name", "reused-otter"], "first\n#file FIRST.txt");
+    let done = env.wait_final(first.id, Duration::from_secs(60)).await;
+    assert_status(&done, AgentStatus::Completed);
+    let pushed = || {
+        git2::Repository::open_bare(&env.remote)
+            .unwrap()
+            .refname_to_id("refs/heads/agent/reused-otter")
+            .unwrap()
+    };
+    let first_tip = pushed();
+    env.cli_ok(&["delete", "reused-otter"]);
+
+    let second = env.spawn(&["--name", "reused-otter"], "second\n#file SECOND.txt");
+    let done = env.wait_final(second.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        pushed(),
+        first_tip,
+        "the earlier agent's branch was overwritten"
+    );
+    assert!(env.remote_file("agent/reused-otter", "FIRST.txt").is_some());
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error.contains("not pushed") && error.contains("agent/reused-otter"),
+        "{error}"
+    );
+    env.stop_workers();
+}

@@ -201,6 +201,59 @@ async fn record_spawn_refuses_a_taken_name_and_an_unknown_project(store: &Store)
     ));
 }
 
+/// A worker that cannot start what it claimed (its disk is full) hands it back: pending
+/// again with the attempt not counted, claimable by another worker; only its claimer can.
+async fn a_claimed_request_is_handed_back_by_its_claimer_only(store: &Store) {
+    with_project(store).await;
+    let recorded = store
+        .record_spawn(spawn_of("full-disk", None))
+        .await
+        .unwrap();
+    let full = worker(store, "w-full", LEASE).await;
+    let other = worker(store, "w-other", LEASE).await;
+    let claimed = store
+        .claim_request(recorded.request_id, &full, "node-a")
+        .await
+        .unwrap()
+        .expect("claim");
+    assert!(
+        !store
+            .release_request(recorded.request_id, &other)
+            .await
+            .unwrap(),
+        "another worker's claim"
+    );
+    assert!(
+        store
+            .release_request(recorded.request_id, &full)
+            .await
+            .unwrap()
+    );
+    let agent = store.agent(&claimed.agent.id.to_string()).await.unwrap();
+    assert_eq!(agent.status, AgentStatus::Pending);
+    assert_eq!(agent.worker_id, None);
+    assert_eq!(
+        store.pending_requests(10).await.unwrap(),
+        [recorded.request_id]
+    );
+    let again = store
+        .claim_request(recorded.request_id, &other, "node-a")
+        .await
+        .unwrap()
+        .expect("claimed by another worker");
+    assert_eq!(
+        again.attempts, claimed.attempts,
+        "the hand-back is no attempt"
+    );
+    assert!(
+        !store
+            .release_request(recorded.request_id, &full)
+            .await
+            .unwrap(),
+        "no longer its claim"
+    );
+}
+
 async fn pending_requests_come_oldest_first(store: &Store) {
     with_project(store).await;
     let mut ids = Vec::new();
@@ -1038,6 +1091,7 @@ conformance!(
     a_reference_that_parses_as_an_id_finds_only_that_id,
     record_spawn_refuses_a_taken_name_and_an_unknown_project,
     pending_requests_come_oldest_first,
+    a_claimed_request_is_handed_back_by_its_claimer_only,
     two_concurrent_claimers_claim_a_request_once,
     claims_need_a_live_lease_of_the_current_epoch,
     fenced_writes_are_refused_for_a_wrong_epoch,

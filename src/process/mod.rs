@@ -252,11 +252,9 @@ impl Running {
 
     /// Waits for the end. Cancel-safe.
     pub async fn wait(&mut self) -> Exit {
-        let signal = match &mut self.child {
-            Some(child) => child.wait().await.ok().and_then(|s| {
-                use std::os::unix::process::ExitStatusExt;
-                s.signal()
-            }),
+        use std::os::unix::process::ExitStatusExt;
+        let status = match &mut self.child {
+            Some(child) => child.wait().await.ok(),
             None => {
                 while is_same_process_alive(self.pid, self.start_time) {
                     tokio::time::sleep(ADOPTED_POLL).await;
@@ -264,11 +262,18 @@ impl Running {
                 None
             }
         };
-        match (read_exit_file(&self.exit_file), signal) {
-            (Some((code, Some(reason))), _) => Exit::Sandbox { code, reason },
-            (Some((code, None)), _) => Exit::Code(code),
-            (None, Some(signal)) => Exit::Signal(signal),
-            (None, None) => Exit::Unknown,
+        let (signal, code) = (
+            status.and_then(|s| s.signal()),
+            status.and_then(|s| s.code()),
+        );
+        match (read_exit_file(&self.exit_file), signal, code) {
+            (Some((code, Some(reason))), ..) => Exit::Sandbox { code, reason },
+            (Some((code, None)), ..) => Exit::Code(code),
+            (None, Some(signal), _) => Exit::Signal(signal),
+            // The helper exits with the run's code; the file saying so is missing when it
+            // could not be written (a full disk).
+            (None, None, Some(code)) => Exit::Code(code),
+            (None, None, None) => Exit::Unknown,
         }
     }
 

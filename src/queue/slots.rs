@@ -9,13 +9,16 @@
 //! The gate also remembers the consumer task's waker (`Wakeup`): an idle apalis-redis
 //! worker otherwise only looks for jobs at its next heartbeat, so a push notification
 //! wakes it to fetch at once.
+//!
+//! Slots can be closed with a reason (the worker cannot write its workspace): then no slot
+//! is handed out, so the worker takes no spawn another worker could run, until they open.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::PollSemaphore;
 use tower::{Layer, Service};
 
@@ -44,6 +47,10 @@ pub async fn with_handed_slot<F: std::future::Future>(
 pub struct Slots {
     semaphore: Arc<Semaphore>,
     capacity: usize,
+    /// Why no slot is handed out now (`None`: open).
+    closed: Arc<watch::Sender<Option<String>>>,
+    /// The gate's task waiting for the slots to open.
+    reopened: Arc<AtomicWaker>,
 }
 
 impl Slots {
@@ -51,7 +58,25 @@ impl Slots {
         Self {
             semaphore: Arc::new(Semaphore::new(capacity)),
             capacity,
+            closed: Arc::new(watch::Sender::new(None)),
+            reopened: Arc::default(),
         }
+    }
+
+    /// Hands out no slot until [`open`](Self::open); agents holding one keep it.
+    pub fn close(&self, reason: &str) {
+        self.closed.send_replace(Some(reason.to_owned()));
+    }
+
+    pub fn open(&self) {
+        if self.closed.send_replace(None).is_some() {
+            self.reopened.wake();
+        }
+    }
+
+    /// Why the slots are closed, if they are.
+    pub fn closed_reason(&self) -> Option<String> {
+        self.closed.borrow().clone()
     }
 
     pub fn capacity(&self) -> usize {
@@ -71,8 +96,11 @@ impl Slots {
         self.semaphore.clone().try_acquire_owned().ok()
     }
 
-    /// Waits for a free slot; it is held until the permit is dropped.
+    /// Waits for the slots to be open and one to be free; it is held until the permit is
+    /// dropped.
     pub async fn acquire(&self) -> OwnedSemaphorePermit {
+        let mut closed = self.closed.subscribe();
+        let _ = closed.wait_for(Option::is_none).await;
         self.semaphore
             .clone()
             .acquire_owned()
@@ -119,6 +147,7 @@ impl<S> Layer<S> for SlotGateLayer {
     fn layer(&self, inner: S) -> Self::Service {
         SlotGate {
             inner,
+            slots: self.slots.clone(),
             semaphore: PollSemaphore::new(self.slots.semaphore.clone()),
             permit: None,
             wakeup: self.wakeup.clone(),
@@ -129,6 +158,7 @@ impl<S> Layer<S> for SlotGateLayer {
 #[derive(Debug)]
 pub struct SlotGate<S> {
     inner: S,
+    slots: Slots,
     semaphore: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
     wakeup: Wakeup,
@@ -138,6 +168,7 @@ impl<S: Clone> Clone for SlotGate<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            slots: self.slots.clone(),
             semaphore: self.semaphore.clone(),
             permit: None,
             wakeup: self.wakeup.clone(),
@@ -158,6 +189,14 @@ where
         // The consumer polls the gate, then the queue, in the same task: waking it makes it
         // fetch again.
         self.wakeup.0.register(cx.waker());
+        if self.slots.closed.borrow().is_some() {
+            self.slots.reopened.register(cx.waker());
+            // Opened between the look and the registration, its wake-up went elsewhere:
+            // look again.
+            if self.slots.closed.borrow().is_some() {
+                return Poll::Pending;
+            }
+        }
         if self.permit.is_none() {
             match self.semaphore.poll_acquire(cx) {
                 Poll::Ready(Some(permit)) => self.permit = Some(permit),

@@ -174,6 +174,9 @@ store_operations! {
     /// Claims a pending request for a worker that holds its lease, in one statement: a job
     /// delivered twice (or to two workers) is claimed once.
     fn claim_request(&self, request_id: Uuid, owner: &Owner, node_id: &str) -> Option<ClaimedRequest>;
+    /// Hands a claimed request back (pending again, its agent too, the attempt not
+    /// counted), fenced on the claiming owner: for a worker that cannot start it now.
+    fn release_request(&self, request_id: Uuid, owner: &Owner) -> bool;
     /// Fails a request (and its agent if not yet final), unfenced: for requests that can
     /// never run.
     fn fail_request(&self, request_id: Uuid, reason: &str) -> ();

@@ -312,6 +312,44 @@ impl PgStore {
         }))
     }
 
+    /// Hands a request this worker claimed back: pending again, the attempt not counted,
+    /// its agent `pending` with no owner. Fenced: only while the agent is still `starting`
+    /// under this owner. Whether it was handed back.
+    pub async fn release_request(
+        &self,
+        request_id: Uuid,
+        owner: &Owner,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let agent: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE requests SET status = 'pending', claimed_by = NULL, claimed_at = NULL, \
+             attempts = attempts - 1, updated_at = now() \
+             WHERE id = $1 AND status = 'claimed' AND claimed_by = $2 RETURNING agent_id",
+        )
+        .bind(request_id)
+        .bind(&owner.worker_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(agent) = agent else {
+            return Ok(false);
+        };
+        let updated = sqlx::query(
+            "UPDATE agents SET status = 'pending', worker_id = NULL, owner_epoch = NULL, \
+             node_id = NULL, updated_at = now() \
+             WHERE id = $1 AND status = 'starting' AND worker_id = $2 AND owner_epoch = $3",
+        )
+        .bind(agent)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Fails a request (and its agent if not yet final) with a reason, unfenced: used
     /// when a request can never run (bad payload, unknown project at claim time).
     pub async fn fail_request(&self, request_id: Uuid, reason: &str) -> Result<(), StoreError> {

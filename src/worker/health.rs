@@ -56,13 +56,16 @@ async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
     let store = rt.fleet.store.ping().await.map_err(|e| e.to_string());
     let redis = rt.fleet.events.ping().await.map_err(|e| e.to_string());
     let lease_held = !rt.lease_lost.is_cancelled();
-    let ok = store.is_ok() && redis.is_ok() && lease_held;
+    // Slots closed: the workspace cannot be written (see `disk.rs`).
+    let disk = rt.slots.closed_reason();
+    let ok = store.is_ok() && redis.is_ok() && lease_held && disk.is_none();
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "unavailable" },
         "worker_id": rt.owner.worker_id,
         "store": store.err().unwrap_or_else(|| "ok".into()),
         "redis": redis.err().unwrap_or_else(|| "ok".into()),
         "lease": if lease_held { "held" } else { "lost" },
+        "disk": disk.unwrap_or_else(|| "ok".into()),
         "sandbox": {
             "mode": if rt.sandbox.enabled { "on" } else { "off" },
             "layers": rt.sandbox.report.layers,

@@ -11,6 +11,7 @@
 mod agent_task;
 mod cleanup;
 mod control;
+mod disk;
 mod event_log;
 mod event_writer;
 mod failover;
@@ -292,6 +293,8 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let stop_services = CancellationToken::new();
     // Adopt what this node's dead workers left before taking new work.
     sweeper::sweep_once(&rt).await;
+    rt.check_disk().await;
+    services.spawn(disk::run(rt.clone(), stop_services.clone()));
     services.spawn(lease::run(rt.clone(), stop_services.clone()));
     services.spawn(sweeper::run(rt.clone(), stop_services.clone()));
     services.spawn(sweeper::run_redispatch(rt.clone(), stop_services.clone()));

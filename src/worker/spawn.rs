@@ -87,6 +87,11 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
     let delivered = Instant::now();
     let delivered_at = chrono::Utc::now();
     let mut timings = DispatchTimings::default();
+    if let Some(reason) = rt.slots.closed_reason() {
+        // Delivered as the slots closed: left pending for a worker that can run it.
+        tracing::warn!(%reason, "taking no spawns; request left for another worker");
+        return;
+    }
     let claimed = match store
         .claim_request(request_id, &rt.owner, &rt.node_id)
         .instrument(tracing::info_span!("claim"))
@@ -149,7 +154,30 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
             tracing::warn!(agent_id = %agent.id, "lost ownership of the agent before it started");
         }
         Err(StartError::Failed(reason)) => {
+            if hand_back_on_full_disk(&rt, request_id, &reason).await {
+                return;
+            }
             agent_task::finish(&rt, &agent, agent_task::failed(reason), &mut log).await;
+        }
+    }
+}
+
+/// A start that failed because this worker cannot write its workspace is no fault of the
+/// request: the slots close and the request goes back to the queue for a worker that can
+/// (the re-dispatch sweep sends it again). Whether it was handed back.
+async fn hand_back_on_full_disk(rt: &Arc<Runtime>, request_id: Uuid, reason: &str) -> bool {
+    if rt.check_disk().await {
+        return false;
+    }
+    match rt.fleet.store.release_request(request_id, &rt.owner).await {
+        Ok(true) => {
+            tracing::warn!(%reason, "the workspace cannot be written; request handed back");
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand the request back");
+            false
         }
     }
 }

@@ -2,6 +2,13 @@
 //! each agent starts. It is written only by fetching from the remote: agents borrow its
 //! objects read-only (through their repositories' alternates) and their branches are
 //! pushed from elsewhere (`publish.rs`), so no agent object or ref ever lands here.
+//!
+//! Workers on one node may share the workspace root, and a worker can be killed midway
+//! through a fetch, leaving git's `*.lock` files behind; libgit2 then refuses every later
+//! update of those refs, so every spawn of the project on the node would fail. A sync
+//! therefore holds an exclusive `flock` on `mirrors/.<project_key>.lock` (released by the
+//! kernel when its holder dies), and while holding it removes any git lock file left in the
+//! mirror: no living writer can own one.
 
 use std::fs;
 use std::io::Write;
@@ -9,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use git2::{AutotagOption, FetchOptions, FetchPrune, Repository};
+use nix::fcntl::{Flock, FlockArg};
 
 use super::error::{redact_url, scrub};
 use super::layout::EXCLUDE_LINE;
@@ -52,6 +60,8 @@ impl Workspace {
         check_project_key(project_key)?;
         let path = self.mirror_path(project_key);
         let remote = absolute_if_local(remote);
+        let _held = self.lock_mirror(project_key)?;
+        remove_stale_locks(&path)?;
 
         if !path.exists() {
             self.create_mirror(project_key, &remote, &path)?;
@@ -123,6 +133,48 @@ impl Workspace {
         }
         result
     }
+}
+
+impl Workspace {
+    /// Waits for and takes the node-wide lock on `project_key`'s mirror.
+    fn lock_mirror(&self, project_key: &str) -> Result<Flock<fs::File>, WorkspaceError> {
+        let dir = self.root.join("mirrors");
+        fs::create_dir_all(&dir).map_err(io_error("create directory", &dir))?;
+        let path = dir.join(format!(".{project_key}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_error("lock", &path)(std::io::Error::from(errno)))
+    }
+}
+
+/// Removes git lock files (`*.lock`) from the mirror's top level and `refs/`: the leftovers
+/// of a writer that died (the caller holds the mirror's lock, so none is alive).
+fn remove_stale_locks(mirror: &Path) -> Result<(), WorkspaceError> {
+    fn walk(dir: &Path, recurse: bool) -> Result<(), WorkspaceError> {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() && recurse {
+                walk(&path, true)?;
+            } else if !kind.is_dir() && path.extension().is_some_and(|e| e == "lock") {
+                fs::remove_file(&path).map_err(io_error("remove stale lock", &path))?;
+                tracing::warn!(lock = %path.display(), "removed a lock left by an interrupted git update");
+            }
+        }
+        Ok(())
+    }
+    walk(mirror, false)?;
+    walk(&mirror.join("refs"), true)
 }
 
 pub(super) fn open_mirror(project_key: &str, path: &Path) -> Result<Repository, WorkspaceError> {

@@ -10,10 +10,18 @@
 //! The push is fenced: an existing remote branch is only moved forward, from a tip that is
 //! already in this agent's own history beyond its base. A stale run cannot overwrite what a
 //! newer run pushed, nor a new agent the branch an earlier agent of the same name left.
-//! libgit2 pushes without `+` refuse anything but a fast-forward of the remote tip it was
-//! advertised, and git's receive-pack updates the ref only if it still holds that tip.
+//! The update is a compare-and-swap on the tip the remote advertised when the push
+//! connected (checked against this run's history first):
+//! - over git's protocols (ssh, https, git) libgit2 sends that tip as the ref's old value,
+//!   and the remote's receive-pack updates the ref only if it still holds it;
+//! - a local remote (a path or `file://`) gets no such check from libgit2, whose local
+//!   transport overwrites an existing ref whatever it holds by then. There the objects are
+//!   pushed to a ref of their own (`refs/agentfleet/incoming/<id>`, removed after), and the
+//!   branch is then moved by a compare-and-swap under git's ref lock on the remote
+//!   repository, from the advertised tip (or from nothing, for a new branch).
 
 use std::cell::RefCell;
+use std::path::{Path, PathBuf};
 
 use git2::{Direction, ObjectType, Oid, PushOptions, RemoteCallbacks, Repository};
 
@@ -42,6 +50,20 @@ impl Workspace {
         name: &str,
         branch: &str,
         remote_url: &str,
+    ) -> Result<Option<Published>, WorkspaceError> {
+        self.publish_branch_fenced(project_key, name, branch, remote_url, &|| {})
+    }
+
+    /// [`publish_branch`](Self::publish_branch), calling `before_update` once the remote's
+    /// tip was read and judged ours, just before the remote is asked to move it: where
+    /// another run's push can race this one.
+    pub(super) fn publish_branch_fenced(
+        &self,
+        project_key: &str,
+        name: &str,
+        branch: &str,
+        remote_url: &str,
+        before_update: &dyn Fn(),
     ) -> Result<Option<Published>, WorkspaceError> {
         check_project_key(project_key)?;
         check_agent_name(name)?;
@@ -118,7 +140,14 @@ impl Workspace {
         publish
             .reference(&refname, tip, true, "publish")
             .map_err(git_error)?;
-        push(&publish, branch, remote_url, tip, record.base)?;
+        push(
+            &publish,
+            branch,
+            remote_url,
+            tip,
+            record.base,
+            before_update,
+        )?;
         tracing::info!(branch, commit = %tip, "pushed agent branch");
         Ok(Some(Published {
             commit: tip.to_string(),
@@ -134,13 +163,10 @@ fn push(
     url: &str,
     tip: Oid,
     base: Oid,
+    before_update: &dyn Fn(),
 ) -> Result<(), WorkspaceError> {
     let refname = format!("refs/heads/{branch}");
-    let push_error = |e: git2::Error| WorkspaceError::Push {
-        branch: branch.to_owned(),
-        remote: redact_url(url),
-        detail: scrub(e.message(), url),
-    };
+    let push_error = push_error(branch, url);
     let mut remote = publish.remote_anonymous(url).map_err(push_error)?;
     remote.connect(Direction::Push).map_err(push_error)?;
     let current = remote
@@ -166,6 +192,23 @@ fn push(
         }
     }
 
+    before_update();
+    match local_path(url) {
+        Some(path) => push_local(&mut remote, &path, branch, url, tip, current),
+        None => push_refspec(&mut remote, &refname, &refname, branch, url),
+    }
+}
+
+/// Pushes `src` of the publish repository as `dst` on the connected `remote`: no `+`, so
+/// over git's protocols only from the tip the remote advertised on this connection.
+fn push_refspec(
+    remote: &mut git2::Remote<'_>,
+    src: &str,
+    dst: &str,
+    branch: &str,
+    url: &str,
+) -> Result<(), WorkspaceError> {
+    let push_error = push_error(branch, url);
     // libgit2 reports a refused ref through this callback, not through push()'s result.
     let rejection = RefCell::new(None::<String>);
     let mut callbacks = RemoteCallbacks::new();
@@ -177,8 +220,7 @@ fn push(
     });
     let mut options = PushOptions::new();
     options.remote_callbacks(callbacks);
-    // No `+`: only a fast-forward of the tip the remote advertised on this connection.
-    let pushed = remote.push(&[format!("{refname}:{refname}")], Some(&mut options));
+    let pushed = remote.push(&[format!("{src}:{dst}")], Some(&mut options));
     drop(options);
     match pushed {
         Err(e) if e.code() == git2::ErrorCode::NotFastForward => {
@@ -199,4 +241,73 @@ fn push(
         });
     }
     Ok(())
+}
+
+/// The repository path of a local remote (a path, or a `file://` URL), which libgit2
+/// pushes to by writing into it directly rather than through git's protocol.
+fn local_path(url: &str) -> Option<PathBuf> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(path));
+    }
+    let path = Path::new(url);
+    (!url.contains("://") && path.is_dir()).then(|| path.to_path_buf())
+}
+
+/// The local-remote push of the module documentation: objects first, under a ref of their
+/// own, then the branch moved from `expected` (`None`: it must not exist) to `tip` in one
+/// locked compare-and-swap.
+fn push_local(
+    remote: &mut git2::Remote<'_>,
+    path: &Path,
+    branch: &str,
+    url: &str,
+    tip: Oid,
+    expected: Option<Oid>,
+) -> Result<(), WorkspaceError> {
+    let refname = format!("refs/heads/{branch}");
+    let incoming = format!("refs/agentfleet/incoming/{}", uuid::Uuid::new_v4());
+    push_refspec(remote, &refname, &incoming, branch, url)?;
+    let push_error = push_error(branch, url);
+    let target = Repository::open(path).map_err(push_error)?;
+    let message = "agentfleet: publish";
+    let updated = match expected {
+        Some(old) => target.reference_matching(&refname, tip, true, old, message),
+        None => target.reference(&refname, tip, false, message),
+    };
+    // The objects are reachable from the branch now, or not wanted: the ref goes either way.
+    if let Ok(mut reference) = target.find_reference(&incoming) {
+        let _ = reference.delete();
+    }
+    match updated {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.code(),
+                git2::ErrorCode::Modified | git2::ErrorCode::Exists
+            ) =>
+        {
+            Err(WorkspaceError::RemoteBranchNotOurs {
+                branch: branch.to_owned(),
+                remote: redact_url(url),
+                found: "a commit pushed meanwhile".into(),
+            })
+        }
+        // As a remote's receive-pack would: the pack is in, this one ref is refused.
+        Err(e) => Err(WorkspaceError::PushRejected {
+            branch: branch.to_owned(),
+            remote: redact_url(url),
+            reason: scrub(e.message().trim_end_matches([':', ' ']), url),
+        }),
+    }
+}
+
+fn push_error<'a>(
+    branch: &'a str,
+    url: &'a str,
+) -> impl Fn(git2::Error) -> WorkspaceError + Copy + 'a {
+    move |e| WorkspaceError::Push {
+        branch: branch.to_owned(),
+        remote: redact_url(url),
+        detail: scrub(e.message(), url),
+    }
 }

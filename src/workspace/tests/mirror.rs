@@ -104,3 +104,26 @@ fn sync_mirror_error_hides_credentials_and_leaves_no_mirror() {
     assert!(message.contains("example.invalid"), "{message}");
     assert!(!root.path().join("mirrors/demo.git").exists());
 }
+
+/// A worker killed in the middle of a fetch leaves git's lock files in the mirror; the next
+/// sync on the node (another worker, or the restarted one) must not fail on them.
+#[test]
+fn sync_mirror_removes_the_locks_a_killed_fetch_left() {
+    let upstream = Upstream::new();
+    let root = TempDir::new().unwrap();
+    let ws = Workspace::new(root.path());
+    let url = upstream.remote.to_str().unwrap();
+    let mirror = ws.sync_mirror(KEY, url).unwrap();
+    for lock in [
+        "refs/remotes/origin/main.lock",
+        "packed-refs.lock",
+        "config.lock",
+    ] {
+        fs::write(mirror.join(lock), "").unwrap();
+    }
+    let newer = upstream.commit("newer.txt", "newer\n");
+    ws.sync_mirror_branch(KEY, url, "main").unwrap();
+    assert_eq!(tip(&mirror, "refs/remotes/origin/main"), newer);
+    let workdir = ws.create_worktree(KEY, "x", "agent/x", "main").unwrap();
+    assert!(workdir.join("newer.txt").is_file());
+}

@@ -191,3 +191,65 @@ fn publish_branch_of_another_project_or_branch_is_refused() {
     let remote = Repository::open_bare(&upstream.remote).unwrap();
     assert!(remote.find_reference("refs/heads/agent/x").is_err());
 }
+
+/// The fence holds at the moment of the update, not only when the remote was read: a newer
+/// run that moves the remote branch after this push judged it (the race of two runs of one
+/// agent) keeps its commit, on a local remote as on git's protocols.
+#[test]
+fn publish_branch_never_overwrites_a_remote_branch_moved_during_the_push() {
+    for remote_spec in [
+        |u: &Upstream| u.remote.to_str().unwrap().to_owned(),
+        Upstream::file_url,
+    ] {
+        let upstream = Upstream::new();
+        let url = remote_spec(&upstream);
+        let (_root, ws, workdir) = workspace_with_agent(&upstream);
+        fs::write(workdir.join("result.txt"), "first\n").unwrap();
+        ws.commit_all("x", "first").unwrap().unwrap();
+        publish(&ws, &upstream, "x").unwrap();
+        fs::write(workdir.join("result.txt"), "stale run\n").unwrap();
+        ws.commit_all("x", "stale").unwrap().unwrap();
+
+        let theirs = upstream.commit("theirs.txt", "newer run\n");
+        let newer_run = || {
+            let remote = Repository::open_bare(&upstream.remote).unwrap();
+            remote
+                .reference("refs/heads/agent/x", theirs, true, "newer run")
+                .unwrap();
+        };
+        // The push loses the race: refused, the newer run's tip stays.
+        let loses = |ws: &Workspace| {
+            let err = ws
+                .publish_branch_fenced(KEY, "x", "agent/x", &url, &newer_run)
+                .unwrap_err();
+            assert!(
+                matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
+                "{url}: {err}"
+            );
+            assert_eq!(tip(&upstream.remote, "refs/heads/agent/x"), theirs, "{url}");
+        };
+        loses(&ws);
+        // Nothing of the attempt is left on the remote but its objects.
+        let remote = Repository::open_bare(&upstream.remote).unwrap();
+        let refs: Vec<String> = remote
+            .references()
+            .unwrap()
+            .map(|r| r.unwrap().name().unwrap().to_owned())
+            .collect();
+        assert!(
+            refs.iter().all(|r| !r.starts_with("refs/agentfleet/")),
+            "{refs:?}"
+        );
+
+        // A branch created meanwhile by another run is not overwritten either.
+        let (_root2, ws2, workdir2) = workspace_with_agent(&upstream);
+        fs::write(workdir2.join("result.txt"), "ours\n").unwrap();
+        ws2.commit_all("x", "ours").unwrap().unwrap();
+        remote
+            .find_reference("refs/heads/agent/x")
+            .unwrap()
+            .delete()
+            .unwrap();
+        loses(&ws2);
+    }
+}
