@@ -170,11 +170,27 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub handoff_grace: Duration,
+    /// How long an agent's process runs on once no worker supervises it (its heartbeat is
+    /// stale) before it stops itself; a worker restarted on the node within it re-attaches.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
+    /// How long a worker that cannot reach the store keeps its agents before it stops them;
+    /// unset: `lease_ttl + orphan_grace`, the longest the fleet waits (see `partition_timeout()`).
+    #[serde(default, with = "humantime_serde")]
+    pub partition_timeout: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
     /// Where the worker serves /metrics, /healthz and /readyz; empty: not served.
     #[serde(default)]
     pub metrics_bind: String,
+}
+
+impl WorkerSettings {
+    /// How long a worker cut off from the store keeps its agents (see the field).
+    pub fn partition_timeout(&self) -> Duration {
+        self.partition_timeout
+            .unwrap_or(self.lease_ttl + self.orphan_grace)
+    }
 }
 
 /// What a draining worker does with its running agents.
@@ -353,6 +369,22 @@ impl Settings {
             return Err(invalid(
                 "worker.lease_ttl",
                 "must be longer than worker.heartbeat_interval",
+            ));
+        }
+        if self.worker.orphan_grace <= self.worker.heartbeat_interval * 2 {
+            return Err(invalid(
+                "worker.orphan_grace",
+                "must be longer than two worker.heartbeat_interval",
+            ));
+        }
+        if let Some(timeout) = self.worker.partition_timeout
+            && (timeout < self.worker.lease_ttl
+                || timeout > self.worker.lease_ttl + self.worker.orphan_grace)
+        {
+            return Err(invalid(
+                "worker.partition_timeout",
+                "must lie between worker.lease_ttl and worker.lease_ttl + worker.orphan_grace \
+                 (after that the fleet may run the worker's agents elsewhere)",
             ));
         }
         if self.worker.poll_interval.is_zero() {

@@ -845,7 +845,15 @@ async fn dead_workers_release_their_accounts(store: &Store) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let me = worker(store, "w-alive", LEASE).await;
     let done = store
-        .reconcile_one(&me, "node-a", &[], &ReconcilePolicy { max_attempts: 3 })
+        .reconcile_one(
+            &me,
+            "node-a",
+            &[],
+            &ReconcilePolicy {
+                max_attempts: 3,
+                orphan_grace: Duration::ZERO,
+            },
+        )
         .await
         .unwrap()
         .expect("the dead worker is reconciled");
