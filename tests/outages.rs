@@ -183,6 +183,7 @@ fn fast(env: &mut TestEnv) {
     for (k, v) in [
         ("AGENTFLEET__WORKER__HEARTBEAT_INTERVAL", "200ms"),
         ("AGENTFLEET__WORKER__LEASE_TTL", "3s"),
+        ("AGENTFLEET__WORKER__ORPHAN_GRACE", "12s"),
         ("AGENTFLEET__WORKER__SWEEP_INTERVAL", "500ms"),
         ("AGENTFLEET__QUEUE__REDISPATCH_AFTER", "1s"),
     ] {
@@ -263,5 +264,58 @@ async fn worker_survives_a_postgres_restart_and_finishes_its_agent() {
         &env.wait_final(next.id, Duration::from_secs(30)).await,
         AgentStatus::Completed,
     );
+    env.stop_workers();
+}
+
+/// Stands for a managed Postgres failing over: the store is away for three leases while 20
+/// agents run on two nodes, then restarts once more. Nobody is declared dead, no agent is
+/// stopped, every agent completes exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgres_outage_of_three_leases_costs_no_agent() {
+    let port = free_port();
+    let pg = PrivatePostgres::init(port);
+    let mut env = TestEnv::with_services(&format!("127.0.0.1:{port}"), common::REDIS_URL).await;
+    fast(&mut env);
+    let lease = Duration::from_secs(3);
+    for node in ["node-a", "node-b"] {
+        env.start_worker(&[
+            ("AGENTFLEET__WORKER__NODE_ID", node),
+            ("AGENTFLEET__WORKER__CAPACITY", "10"),
+        ]);
+    }
+    let agents: Vec<_> = (0..20)
+        .map(|i| env.spawn(&[], &format!("agent {i}\n#sleep 0.25\n#ticks 100")))
+        .collect();
+    for a in &agents {
+        env.wait_agent(a.id, Duration::from_secs(90), "ran", |a| {
+            a.status == AgentStatus::Running
+        })
+        .await;
+    }
+    pg.stop();
+    let outage = Instant::now();
+    tokio::time::sleep(lease * 3).await;
+    pg.start();
+    println!("store away for {:?}", outage.elapsed());
+    // A plain restart a little later, while the agents still run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.stop();
+    pg.start();
+    for a in &agents {
+        let done = env.wait_final(a.id, Duration::from_secs(120)).await;
+        assert_status(&done, AgentStatus::Completed);
+    }
+    assert_eq!(env.runs(), 20, "every agent ran exactly once");
+    for n in 0..2 {
+        let log = env.worker_log(n);
+        assert!(
+            !log.contains("lease lost"),
+            "worker {n} lost its lease:\n{log}"
+        );
+        assert!(
+            !log.contains("reconciled dead worker"),
+            "worker {n} judged a peer:\n{log}"
+        );
+    }
     env.stop_workers();
 }

@@ -22,10 +22,10 @@ pub const ORPHANED: &str = "orphaned";
 /// How often the helper looks at the heartbeat.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// SIGTERM to the process group, then SIGKILL after this long.
-const TERM_GRACE: Duration = Duration::from_secs(2);
+const TERM_GRACE: Duration = Duration::from_secs(1);
 /// From the moment the heartbeat is stale for the grace to a dead process tree: one check
 /// interval, the SIGTERM grace, and slack for a loaded node.
-pub const DEADMAN_KILL_MARGIN: Duration = Duration::from_secs(4);
+pub const DEADMAN_KILL_MARGIN: Duration = Duration::from_secs(3);
 
 /// What the helper watches, from the spec.
 #[derive(Debug, Clone, Serialize, Deserialize)]
