@@ -555,7 +555,7 @@ async fn a_worker_killed_before_recording_its_process_never_leaves_two_runs() {
     let mut env = fast_env().await;
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
     let mut lock = hold_process_records(&env).await;
-    let agent = env.spawn(&[], "unrecorded\n#hold 4");
+    let agent = env.spawn(&[], "unrecorded\n#hold 8");
     let roots = vec![env.worker_root(0), env.dir.path().join("worker1")];
     wait_for("the process never started", Duration::from_secs(30), || {
         !live_runs(&roots, &agent.name).is_empty()
@@ -602,4 +602,47 @@ async fn a_connection_dropped_while_recording_the_process_costs_no_agent() {
     let done = env.wait_final(agent.id, Duration::from_secs(30)).await;
     assert_status(&done, AgentStatus::Completed);
     assert_eq!(env.runs(), 1, "the agent ran once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_starting_on_a_node_stops_processes_owned_elsewhere() {
+    let mut env = fast_env().await;
+    // A long grace: what stops the process here is the new worker, not its dead-man switch.
+    env.set_env("AGENTFLEET__WORKER__ORPHAN_GRACE", "60s");
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    let agent = env.spawn(&[], "judged elsewhere\n#hold 120");
+    let running = env
+        .wait_agent(agent.id, Duration::from_secs(30), "ran", |a| {
+            a.status == AgentStatus::Running
+        })
+        .await;
+    env.signal_worker(0, Signal::SIGKILL);
+    env.wait_worker(0, Duration::from_secs(5));
+    // Meanwhile the fleet decided the agent is over (as a reconciler on another node does).
+    env.store()
+        .await
+        .finish_unowned(agent.id, "crashed", "worker_lost")
+        .await
+        .unwrap();
+    assert!(alive(&running));
+    let restarted = Instant::now();
+    env.start_worker_on_root(0, &[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    while alive(&running) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the new worker left a process whose agent is over running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "stale process stopped {:?} after the new worker started",
+        restarted.elapsed()
+    );
+    let after = env
+        .store()
+        .await
+        .agent(&agent.id.to_string())
+        .await
+        .unwrap();
+    assert_status(&after, AgentStatus::Crashed);
 }
