@@ -27,6 +27,15 @@ async fn fast_env() -> TestEnv {
     env
 }
 
+/// Spawns an agent and waits until its process runs.
+async fn spawn_running(env: &TestEnv, prompt: &str) -> agentfleet::domain::Agent {
+    let agent = env.spawn(&[], prompt);
+    env.wait_agent(agent.id, Duration::from_secs(30), "ran", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await
+}
+
 fn alive(agent: &agentfleet::domain::Agent) -> bool {
     match (agent.pid, agent.pid_start_time) {
         (Some(pid), Some(start)) => process::is_same_process_alive(pid, start),
@@ -44,12 +53,8 @@ fn event_seqs_are_contiguous(events: &[agentfleet::domain::StoredEvent]) {
 async fn stale_worker_cannot_write_after_takeover() {
     let mut env = fast_env().await;
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
-    let agent = env.spawn(&[], "long\n#sleep 0.2\n#ticks 100");
-    let running = env
-        .wait_agent(agent.id, Duration::from_secs(20), "ran", |a| {
-            a.status == AgentStatus::Running
-        })
-        .await;
+    let running = spawn_running(&env, "long\n#sleep 0.2\n#ticks 100").await;
+    let agent = running.clone();
     env.signal_worker(0, Signal::SIGSTOP);
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-b")]);
     let crashed = env.wait_final(agent.id, Duration::from_secs(20)).await;
@@ -455,12 +460,8 @@ fn live_runs(roots: &[std::path::PathBuf], name: &str) -> Vec<i32> {
 async fn an_agent_whose_worker_died_stops_itself_within_the_grace() {
     let mut env = fast_env().await;
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
-    let agent = env.spawn(&[], "orphan\n#hold 60");
-    let running = env
-        .wait_agent(agent.id, Duration::from_secs(30), "ran", |a| {
-            a.status == AgentStatus::Running
-        })
-        .await;
+    let running = spawn_running(&env, "orphan\n#hold 60").await;
+    let agent = running.clone();
     env.signal_worker(0, Signal::SIGKILL);
     let killed_at = Instant::now();
     // No worker replaces it: the process stops by itself, without the store.
@@ -610,12 +611,8 @@ async fn a_worker_starting_on_a_node_stops_processes_owned_elsewhere() {
     // A long grace: what stops the process here is the new worker, not its dead-man switch.
     env.set_env("AGENTFLEET__WORKER__ORPHAN_GRACE", "60s");
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
-    let agent = env.spawn(&[], "judged elsewhere\n#hold 120");
-    let running = env
-        .wait_agent(agent.id, Duration::from_secs(30), "ran", |a| {
-            a.status == AgentStatus::Running
-        })
-        .await;
+    let running = spawn_running(&env, "judged elsewhere\n#hold 120").await;
+    let agent = running.clone();
     env.signal_worker(0, Signal::SIGKILL);
     env.wait_worker(0, Duration::from_secs(5));
     // Meanwhile the fleet decided the agent is over (as a reconciler on another node does).
