@@ -625,6 +625,26 @@ mod tests {
         assert!(err.contains("capacity"), "{err}");
     }
 
+    #[test]
+    fn a_partition_timeout_past_the_fleets_patience_is_refused() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+            std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+            Settings::load(Some(file.path()))
+        };
+        let s = load("[worker]\nlease_ttl = \"10s\"\norphan_grace = \"30s\"\n").unwrap();
+        assert_eq!(s.worker.partition_timeout(), Duration::from_secs(40));
+        // Past lease + grace the fleet may already run the agents elsewhere.
+        let err = load("[worker]\norphan_grace = \"30s\"\npartition_timeout = \"41s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker.partition_timeout"), "{err}");
+        let err = load("[worker]\norphan_grace = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker.orphan_grace"), "{err}");
+    }
+
     fn with(database: &str, redis: &str) -> Result<Settings, ConfigError> {
         let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
         let text = format!("[database]\nurl = {database:?}\n[redis]\nurl = {redis:?}\n");
