@@ -551,8 +551,10 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_killed_before_recording_its_process_never_leaves_two_runs() {
+/// A worker on node-a dies between starting an agent's process and recording it; a worker
+/// on `next_node` (a restart on node-a's workspace, or a fresh node-b) takes over. At no
+/// moment do two runs of the agent live, and it completes on `next_node`.
+async fn killed_before_recording(next_node: &str) {
     let mut env = fast_env().await;
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
     let mut lock = hold_process_records(&env).await;
@@ -562,33 +564,43 @@ async fn a_worker_killed_before_recording_its_process_never_leaves_two_runs() {
         !live_runs(&roots, &agent.name).is_empty()
     })
     .await;
-    // Started, not recorded: the worker dies now, and its statement with it.
+    // Started, not recorded: the worker dies now, and its statement, if it was sent
+    // already, with it.
     env.signal_worker(0, Signal::SIGKILL);
-    // Its statement, if it was sent already, dies with it.
     cut_blocked_connections(&mut lock, Duration::from_secs(1)).await;
     let_records_through(lock).await;
-    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-b")]);
+    if next_node == "node-a" {
+        env.start_worker_on_root(0, &[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    } else {
+        env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", next_node)]);
+    }
+    let store = env.store().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut most = 0;
     loop {
         let runs = live_runs(&roots, &agent.name);
         most = most.max(runs.len());
         assert!(runs.len() <= 1, "two live runs of one agent: {runs:?}");
-        let a = env
-            .store()
-            .await
-            .agent(&agent.id.to_string())
-            .await
-            .unwrap();
+        let a = store.agent(&agent.id.to_string()).await.unwrap();
         if a.status.is_final() {
             assert_status(&a, AgentStatus::Completed);
-            assert_eq!(a.node_id.as_deref(), Some("node-b"));
+            assert_eq!(a.node_id.as_deref(), Some(next_node));
             break;
         }
         assert!(Instant::now() < deadline, "never finished: {a:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(most, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_before_recording_its_process_never_leaves_two_runs() {
+    killed_before_recording("node-b").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_stops_the_unrecorded_run_before_running_it_again() {
+    killed_before_recording("node-a").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
