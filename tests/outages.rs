@@ -319,3 +319,46 @@ async fn a_postgres_outage_of_three_leases_costs_no_agent() {
     }
     env.stop_workers();
 }
+
+/// A store outage longer than `lease_ttl + orphan_grace`: the worker keeps its agent past
+/// the lease, stops it at `worker.partition_timeout`, and the fleet reconciles it once the
+/// store is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_past_its_partition_timeout_stops_its_agent() {
+    let port = free_port();
+    let pg = PrivatePostgres::init(port);
+    let mut env = TestEnv::with_services(&format!("127.0.0.1:{port}"), common::REDIS_URL).await;
+    fast(&mut env);
+    // Lease 3 s + grace 3 s: the worker holds on for 6 s without the store.
+    env.set_env("AGENTFLEET__WORKER__ORPHAN_GRACE", "3s");
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    let agent = env.spawn(&[], "cut off\n#hold 120");
+    let running = env
+        .wait_agent(agent.id, Duration::from_secs(30), "ran", |a| {
+            a.status == AgentStatus::Running
+        })
+        .await;
+    let (pid, start) = (running.pid.unwrap(), running.pid_start_time.unwrap());
+    pg.stop();
+    let cut_off = Instant::now();
+    while agentfleet::process::is_same_process_alive(pid, start) {
+        assert!(
+            cut_off.elapsed() < Duration::from_secs(30),
+            "the agent ran on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = cut_off.elapsed();
+    println!("store away: the agent was stopped after {stopped:?}");
+    assert!(
+        stopped > Duration::from_secs(4),
+        "stopped at the lease already: {stopped:?}"
+    );
+    assert!(stopped < Duration::from_secs(10), "took {stopped:?}");
+    pg.start();
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-b")]);
+    let done = env.wait_final(agent.id, Duration::from_secs(60)).await;
+    assert_status(&done, AgentStatus::Crashed);
+    // The worker that let go exits with an error once its shutdown is through.
+    assert_ne!(env.wait_worker(0, Duration::from_secs(90)), Some(0));
+}
