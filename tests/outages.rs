@@ -183,7 +183,7 @@ fn fast(env: &mut TestEnv) {
     for (k, v) in [
         ("AGENTFLEET__WORKER__HEARTBEAT_INTERVAL", "200ms"),
         ("AGENTFLEET__WORKER__LEASE_TTL", "3s"),
-        ("AGENTFLEET__WORKER__ORPHAN_GRACE", "12s"),
+        ("AGENTFLEET__WORKER__ORPHAN_GRACE", "20s"),
         ("AGENTFLEET__WORKER__SWEEP_INTERVAL", "500ms"),
         ("AGENTFLEET__QUEUE__REDISPATCH_AFTER", "1s"),
     ] {

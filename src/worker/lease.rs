@@ -99,7 +99,7 @@ async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
             tracing::error!(
                 worker_id = %rt.owner.worker_id,
                 partition_timeout = ?settings.partition_timeout(),
-                "no lease renewal for worker.partition_timeout; letting go of every agent"
+                "lease lost: no renewal for worker.partition_timeout; letting go of every agent"
             );
             rt.lease_lost.cancel();
             return;
