@@ -174,6 +174,14 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub handoff_grace: Duration,
+    /// How long an agent's process runs on once no worker supervises it (its heartbeat is
+    /// stale) before it stops itself; a worker restarted on the node within it re-attaches.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace: Duration,
+    /// How long a worker that cannot reach the store keeps its agents before it stops them;
+    /// unset: `lease_ttl + orphan_grace`, the longest the fleet waits (see `partition_timeout()`).
+    #[serde(default, with = "humantime_serde")]
+    pub partition_timeout: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
     /// Below this much free space in the workspace the worker takes no spawns.
@@ -184,6 +192,14 @@ pub struct WorkerSettings {
     /// Where the worker serves /metrics, /healthz and /readyz; empty: not served.
     #[serde(default)]
     pub metrics_bind: String,
+}
+
+impl WorkerSettings {
+    /// How long a worker cut off from the store keeps its agents (see the field).
+    pub fn partition_timeout(&self) -> Duration {
+        self.partition_timeout
+            .unwrap_or(self.lease_ttl + self.orphan_grace)
+    }
 }
 
 /// What a draining worker does with its running agents.
@@ -379,6 +395,22 @@ impl Settings {
             return Err(invalid(
                 "worker.lease_ttl",
                 "must be longer than worker.heartbeat_interval",
+            ));
+        }
+        if self.worker.orphan_grace <= self.worker.heartbeat_interval * 2 {
+            return Err(invalid(
+                "worker.orphan_grace",
+                "must be longer than two worker.heartbeat_interval",
+            ));
+        }
+        if let Some(timeout) = self.worker.partition_timeout
+            && (timeout < self.worker.lease_ttl
+                || timeout > self.worker.lease_ttl + self.worker.orphan_grace)
+        {
+            return Err(invalid(
+                "worker.partition_timeout",
+                "must lie between worker.lease_ttl and worker.lease_ttl + worker.orphan_grace \
+                 (after that the fleet may run the worker's agents elsewhere)",
             ));
         }
         if self.worker.poll_interval.is_zero() {
@@ -636,6 +668,26 @@ mod tests {
         std::io::Write::write_all(&mut file, b"[worker]\ncapacity = \"many\"\n").unwrap();
         let err = Settings::load(Some(file.path())).unwrap_err().to_string();
         assert!(err.contains("capacity"), "{err}");
+    }
+
+    #[test]
+    fn a_partition_timeout_past_the_fleets_patience_is_refused() {
+        let load = |text: &str| {
+            let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+            std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+            Settings::load(Some(file.path()))
+        };
+        let s = load("[worker]\nlease_ttl = \"10s\"\norphan_grace = \"30s\"\n").unwrap();
+        assert_eq!(s.worker.partition_timeout(), Duration::from_secs(40));
+        // Past lease + grace the fleet may already run the agents elsewhere.
+        let err = load("[worker]\norphan_grace = \"30s\"\npartition_timeout = \"41s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker.partition_timeout"), "{err}");
+        let err = load("[worker]\norphan_grace = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker.orphan_grace"), "{err}");
     }
 
     fn with(database: &str, redis: &str) -> Result<Settings, ConfigError> {

@@ -40,6 +40,7 @@ fn launch(dir: &Path, script: &str, sandboxed: bool) -> Launch {
             ],
             cwd: work,
             isolation,
+            deadman: None,
         },
         spec_file: dir.join("spec.json"),
         stdin: dir.join("in"),
@@ -269,5 +270,90 @@ async fn runs_get_cgroups_where_the_helper_may_make_them() {
         eventually("the run's cgroup is removed", || {
             !std::path::Path::new(&path).exists()
         });
+    }
+}
+
+/// A run under a dead-man switch of `grace` whose heartbeat file is fresh now.
+fn watched(dir: &Path, script: &str, sandboxed: bool, grace: Duration) -> (Running, PathBuf) {
+    let heartbeat = dir.join("heartbeat");
+    std::fs::write(&heartbeat, "").unwrap();
+    let mut l = launch(dir, script, sandboxed);
+    l.spec.deadman = Some(sandbox::DeadMan {
+        heartbeat: heartbeat.clone(),
+        grace_ms: grace.as_millis() as u64,
+    });
+    (
+        Running::own(process::start(&l).unwrap(), l.exit_file),
+        heartbeat,
+    )
+}
+
+fn freshen(heartbeat: &Path) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(heartbeat)
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now()).unwrap();
+}
+
+#[tokio::test]
+async fn an_unsupervised_run_stops_itself_after_the_grace() {
+    let grace = Duration::from_secs(1);
+    for sandboxed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        // One that ignores SIGTERM, with a child that does too: both must go.
+        let (mut running, _heartbeat) = watched(
+            dir.path(),
+            "trap '' TERM; sleep 60 & sleep 60",
+            sandboxed,
+            grace,
+        );
+        let began = Instant::now();
+        let exit = tokio::time::timeout(Duration::from_secs(15), running.wait())
+            .await
+            .expect("the orphaned run did not stop itself");
+        let took = began.elapsed();
+        println!(
+            "sandboxed {sandboxed}: an orphaned run stopped {took:?} after its start (grace {grace:?})"
+        );
+        match &exit {
+            Exit::Sandbox { reason, .. } => assert!(reason.starts_with("orphaned"), "{reason}"),
+            other => panic!("sandboxed {sandboxed}: {other:?}"),
+        }
+        assert!(took >= grace, "stopped before the grace: {took:?}");
+        assert!(
+            took <= grace + sandbox::DEADMAN_KILL_MARGIN,
+            "took {took:?}"
+        );
+        eventually("a member of the orphaned run's group is left", || {
+            !process::signal_group(running.pid, Signal::SIGCONT)
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_heartbeat_keeps_a_run_going() {
+    for sandboxed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut running, heartbeat) =
+            watched(dir.path(), "sleep 60", sandboxed, Duration::from_secs(1));
+        // Three graces long, the worker keeps it fresh: the run goes on.
+        for _ in 0..15 {
+            freshen(&heartbeat);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            process::is_same_process_alive(running.pid, running.start_time),
+            "sandboxed {sandboxed}: a supervised run was stopped"
+        );
+        // A heartbeat that disappears (or was never written) counts as stale.
+        std::fs::remove_file(&heartbeat).unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(10), running.wait())
+            .await
+            .expect("a run without a heartbeat went on");
+        assert!(
+            matches!(&exit, Exit::Sandbox { reason, .. } if reason.starts_with("orphaned")),
+            "{exit:?}"
+        );
     }
 }

@@ -9,6 +9,7 @@ use agentfleet::domain::AgentStatus;
 use agentfleet::process;
 use common::{TestEnv, assert_status};
 use nix::sys::signal::Signal;
+use sqlx::Connection;
 
 /// Fast leases so faults show within seconds.
 async fn fast_env() -> TestEnv {
@@ -16,6 +17,7 @@ async fn fast_env() -> TestEnv {
     for (k, v) in [
         ("AGENTFLEET__WORKER__HEARTBEAT_INTERVAL", "200ms"),
         ("AGENTFLEET__WORKER__LEASE_TTL", "2s"),
+        ("AGENTFLEET__WORKER__ORPHAN_GRACE", "3s"),
         ("AGENTFLEET__WORKER__SWEEP_INTERVAL", "500ms"),
         ("AGENTFLEET__WORKER__STOP_GRACE", "1s"),
         ("AGENTFLEET__QUEUE__REDISPATCH_AFTER", "1s"),
@@ -23,6 +25,15 @@ async fn fast_env() -> TestEnv {
         env.set_env(k, v);
     }
     env
+}
+
+/// Spawns an agent and waits until its process runs.
+async fn spawn_running(env: &TestEnv, prompt: &str) -> agentfleet::domain::Agent {
+    let agent = env.spawn(&[], prompt);
+    env.wait_agent(agent.id, Duration::from_secs(30), "ran", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await
 }
 
 fn alive(agent: &agentfleet::domain::Agent) -> bool {
@@ -42,12 +53,8 @@ fn event_seqs_are_contiguous(events: &[agentfleet::domain::StoredEvent]) {
 async fn stale_worker_cannot_write_after_takeover() {
     let mut env = fast_env().await;
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
-    let agent = env.spawn(&[], "long\n#sleep 0.2\n#ticks 100");
-    let running = env
-        .wait_agent(agent.id, Duration::from_secs(20), "ran", |a| {
-            a.status == AgentStatus::Running
-        })
-        .await;
+    let running = spawn_running(&env, "long\n#sleep 0.2\n#ticks 100").await;
+    let agent = running.clone();
     env.signal_worker(0, Signal::SIGSTOP);
     env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-b")]);
     let crashed = env.wait_final(agent.id, Duration::from_secs(20)).await;
@@ -85,7 +92,7 @@ async fn stale_worker_cannot_write_after_takeover() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn killed_workers_agents_are_reconciled_within_ttl_plus_sweep() {
+async fn killed_workers_agents_are_reconciled_within_ttl_plus_grace() {
     let mut env = fast_env().await;
     // node-b (one slot) takes a long blocker first, so the victims land on node-a.
     env.start_worker(&[
@@ -122,8 +129,10 @@ async fn killed_workers_agents_are_reconciled_within_ttl_plus_sweep() {
         "reconciled {} agents {delay:?} after SIGKILL",
         victims.len()
     );
-    // lease_ttl 2 s + sweep 0.5 s, with room for a loaded machine.
-    assert!(delay < Duration::from_secs(5), "took {delay:?}");
+    // Not before lease_ttl 2 s + orphan_grace 3 s + the switch's margin 3 s (the processes
+    // are certain to be dead only then); + sweep 0.5 s, with room for a loaded machine.
+    assert!(delay > Duration::from_millis(7500), "too early: {delay:?}");
+    assert!(delay < Duration::from_secs(11), "took {delay:?}");
     let workers = env.store().await.list_workers().await.unwrap();
     assert!(
         workers
@@ -418,4 +427,231 @@ async fn cleanup_removes_what_belongs_to_no_agent() {
     assert!(real.contains("removed gone-otter"), "{real}");
     assert!(!root.join("agents/gone-otter").exists());
     assert!(root.join("agents/keep-otter").exists());
+}
+
+/// The helper processes (the session leaders) of agent `name` under any of `roots`: its live
+/// runs on every node of this machine.
+fn live_runs(roots: &[std::path::PathBuf], name: &str) -> Vec<i32> {
+    let marks: Vec<String> = roots
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/agents/{name}/",
+                r.canonicalize().unwrap_or(r.clone()).display()
+            )
+        })
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.starts_with(agentfleet::sandbox::HELPER_NAME)
+                && marks.iter().any(|m| cmdline.contains(m.as_str()))
+                && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*pid)))
+                    .is_ok_and(|g| g.as_raw() == *pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_worker_died_stops_itself_within_the_grace() {
+    let mut env = fast_env().await;
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    let running = spawn_running(&env, "orphan\n#hold 60").await;
+    let agent = running.clone();
+    env.signal_worker(0, Signal::SIGKILL);
+    let killed_at = Instant::now();
+    // No worker replaces it: the process stops by itself, without the store.
+    while alive(&running) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(20),
+            "the orphaned process still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = killed_at.elapsed();
+    // Not at once (a worker restarted within the grace would re-attach), and within
+    // orphan_grace 3 s + the switch's margin 3 s after the last heartbeat.
+    assert!(
+        stopped > Duration::from_secs(2),
+        "stopped too soon: {stopped:?}"
+    );
+    assert!(stopped < Duration::from_secs(6), "took {stopped:?}");
+    // Another node judges the agent once the process is certain to be dead.
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-b")]);
+    let crashed = env.wait_final(agent.id, Duration::from_secs(30)).await;
+    let reconciled = killed_at.elapsed();
+    assert_status(&crashed, AgentStatus::Crashed);
+    println!(
+        "orphaned process stopped {stopped:?} after SIGKILL; agent reconciled after {reconciled:?}"
+    );
+}
+
+/// Makes every worker's statement that records a started process wait until the returned
+/// connection lets go (`let_records_through`): a trigger takes a lock the test holds.
+async fn hold_process_records(env: &TestEnv) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(&env.db_url).await.unwrap();
+    for sql in [
+        "CREATE FUNCTION test_hold_record() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$",
+        "CREATE TRIGGER test_hold_record BEFORE UPDATE ON agents FOR EACH ROW \
+         WHEN (OLD.status = 'starting' AND NEW.status = 'running') \
+         EXECUTE FUNCTION test_hold_record()",
+        "SELECT pg_advisory_lock(4242)",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+    conn
+}
+
+async fn let_records_through(mut lock: sqlx::PgConnection) {
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+}
+
+/// Terminates the connections that wait on a lock `lock` holds (as a Postgres restart or a
+/// failover would), once there are some (within `within`).
+async fn cut_blocked_connections(lock: &mut sqlx::PgConnection, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let blocked: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut *lock)
+        .await
+        .unwrap();
+        if !blocked.is_empty() {
+            for pid in blocked {
+                sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(&mut *lock)
+                    .await
+                    .unwrap();
+            }
+            return;
+        }
+        if Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker on node-a dies between starting an agent's process and recording it; a worker
+/// on `next_node` (a restart on node-a's workspace, or a fresh node-b) takes over. At no
+/// moment do two runs of the agent live, and it completes on `next_node`.
+async fn killed_before_recording(next_node: &str) {
+    let mut env = fast_env().await;
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    let mut lock = hold_process_records(&env).await;
+    let agent = env.spawn(&[], "unrecorded\n#hold 8");
+    let roots = vec![env.worker_root(0), env.dir.path().join("worker1")];
+    wait_for("the process never started", Duration::from_secs(30), || {
+        !live_runs(&roots, &agent.name).is_empty()
+    })
+    .await;
+    // Started, not recorded: the worker dies now, and its statement, if it was sent
+    // already, with it.
+    env.signal_worker(0, Signal::SIGKILL);
+    cut_blocked_connections(&mut lock, Duration::from_secs(1)).await;
+    let_records_through(lock).await;
+    if next_node == "node-a" {
+        env.start_worker_on_root(0, &[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    } else {
+        env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", next_node)]);
+    }
+    let store = env.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut most = 0;
+    loop {
+        let runs = live_runs(&roots, &agent.name);
+        most = most.max(runs.len());
+        assert!(runs.len() <= 1, "two live runs of one agent: {runs:?}");
+        let a = store.agent(&agent.id.to_string()).await.unwrap();
+        if a.status.is_final() {
+            assert_status(&a, AgentStatus::Completed);
+            assert_eq!(a.node_id.as_deref(), Some(next_node));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never finished: {a:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_before_recording_its_process_never_leaves_two_runs() {
+    killed_before_recording("node-b").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_stops_the_unrecorded_run_before_running_it_again() {
+    killed_before_recording("node-a").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_dropped_while_recording_the_process_costs_no_agent() {
+    let mut env = fast_env().await;
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    let mut lock = hold_process_records(&env).await;
+    let agent = env.spawn(&[], "through a dropped connection\n#hold 1");
+    // The worker's statement that records the process waits: cut its connection.
+    cut_blocked_connections(&mut lock, Duration::from_secs(30)).await;
+    let_records_through(lock).await;
+    let done = env.wait_final(agent.id, Duration::from_secs(30)).await;
+    assert_status(&done, AgentStatus::Completed);
+    assert_eq!(env.runs(), 1, "the agent ran once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_starting_on_a_node_stops_processes_owned_elsewhere() {
+    let mut env = fast_env().await;
+    // A long grace: what stops the process here is the new worker, not its dead-man switch.
+    env.set_env("AGENTFLEET__WORKER__ORPHAN_GRACE", "60s");
+    env.start_worker(&[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    let running = spawn_running(&env, "judged elsewhere\n#hold 120").await;
+    let agent = running.clone();
+    env.signal_worker(0, Signal::SIGKILL);
+    env.wait_worker(0, Duration::from_secs(5));
+    // Meanwhile the fleet decided the agent is over (as a reconciler on another node does).
+    env.store()
+        .await
+        .finish_unowned(agent.id, "crashed", "worker_lost")
+        .await
+        .unwrap();
+    assert!(alive(&running));
+    let restarted = Instant::now();
+    env.start_worker_on_root(0, &[("AGENTFLEET__WORKER__NODE_ID", "node-a")]);
+    while alive(&running) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the new worker left a process whose agent is over running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "stale process stopped {:?} after the new worker started",
+        restarted.elapsed()
+    );
+    let after = env
+        .store()
+        .await
+        .agent(&agent.id.to_string())
+        .await
+        .unwrap();
+    assert_status(&after, AgentStatus::Crashed);
 }

@@ -939,8 +939,28 @@ async fn dead_workers_release_their_accounts(store: &Store) {
     assert_eq!(store.account_by_id(a.id).await.unwrap().in_use, 2);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let me = worker(store, "w-alive", LEASE).await;
+    // Its processes may still run until the orphan grace after its lease is over.
+    let patient = ReconcilePolicy {
+        max_attempts: 3,
+        orphan_grace: Duration::from_secs(30),
+    };
+    assert!(
+        store
+            .reconcile_one(&me, "node-a", &[], &patient)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let done = store
-        .reconcile_one(&me, "node-a", &[], &ReconcilePolicy { max_attempts: 3 })
+        .reconcile_one(
+            &me,
+            "node-a",
+            &[],
+            &ReconcilePolicy {
+                max_attempts: 3,
+                orphan_grace: Duration::ZERO,
+            },
+        )
         .await
         .unwrap()
         .expect("the dead worker is reconciled");

@@ -152,6 +152,7 @@ fn version_inside(
         env,
         cwd: paths.workdir.clone(),
         isolation: sandboxed.then(|| sandbox::isolation(settings, &paths, command, path_var)),
+        deadman: None,
     };
     let spec_file = root.join("spec.json");
     std::fs::write(

@@ -46,6 +46,7 @@ pub fn helper_main() -> ! {
         }
     };
     write_exit_file(&exit_file, code, reason.as_deref());
+    super::deadman::finish_orphan(reason.as_deref());
     std::process::exit(code)
 }
 
@@ -68,7 +69,7 @@ fn outside(exit_file: &Path, spec_file: &Path) -> Result<(i32, Option<String>), 
         let Some(child) = fork_child()? else {
             provider(&spec, None)
         };
-        return Ok((wait_code(child)?, None));
+        return wait_child(child, &spec);
     };
     // Hard caps where this host gives cgroups; joined before anything is forked.
     let run_id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
@@ -85,7 +86,10 @@ fn outside(exit_file: &Path, spec_file: &Path) -> Result<(i32, Option<String>), 
         init(&spec, isolation, &cgroups, reason_tx)
     };
     drop(reason_tx);
-    let code = wait_code(init_pid)?;
+    let (code, orphaned) = wait_child(init_pid, &spec)?;
+    if orphaned.is_some() {
+        return Ok((code, orphaned));
+    }
     let mut reason = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(reason_rx), &mut reason);
     let reason = reason
@@ -132,6 +136,15 @@ fn fork_child() -> Result<Option<Pid>, String> {
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Parent { child } => Ok(Some(child)),
         ForkResult::Child => Ok(None),
+    }
+}
+
+/// Waits for the provider (or the sandbox's init), under the dead-man switch if the spec
+/// asks for one.
+fn wait_child(child: Pid, spec: &Spec) -> Result<(i32, Option<String>), String> {
+    match &spec.deadman {
+        Some(deadman) => super::deadman::wait_watched(child, deadman),
+        None => Ok((wait_code(child)?, None)),
     }
 }
 

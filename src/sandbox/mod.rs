@@ -30,6 +30,7 @@
 //! and it keeps the host's requirements to the kernel (no setuid binary, no package).
 
 mod cgroups;
+mod deadman;
 mod env;
 mod helper;
 mod limits;
@@ -41,6 +42,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use deadman::{DEADMAN_KILL_MARGIN, DeadMan, ORPHANED};
 pub use env::{EnvParts, build_env};
 pub use helper::helper_main;
 pub use policy::{AgentPaths, PolicyError, basic_isolation, isolation, resolve_command};
@@ -66,6 +68,9 @@ pub struct Spec {
     pub cwd: PathBuf,
     /// None: `sandbox.mode = "off"`.
     pub isolation: Option<Isolation>,
+    /// The worker's heartbeat the helper watches; None: the process runs until it ends.
+    #[serde(default)]
+    pub deadman: Option<DeadMan>,
 }
 
 /// What the provider may reach.

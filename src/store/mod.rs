@@ -352,6 +352,36 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// True when the same operation may well succeed if tried again soon: the connection
+    /// broke or could not be had, the server is restarting, or a lock or serialization
+    /// conflict. A retry is safe for every fenced or idempotent operation.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    // Postgres: connection exceptions, shutdown / starting up, too many
+                    // connections, serialization failure, deadlock, lock timeout;
+                    // SQLite: busy and locked.
+                    code.starts_with("08")
+                        || code.starts_with("57P")
+                        || matches!(&*code, "53300" | "40001" | "40P01" | "55P03")
+                        || matches!(&*code, "5" | "6" | "517" | "262")
+                }),
+                _ => false,
+            },
+            Self::Shared(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A worker's claim on the agents it runs: its id and the epoch of its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -440,6 +470,10 @@ pub struct PeerWorker {
 pub struct ReconcilePolicy {
     /// A request that has been claimed this many times is not run again (poison).
     pub max_attempts: u32,
+    /// How long after its lease ended a worker's processes may still run (their dead-man
+    /// switch's grace plus its margin): until then only a same-node worker known gone is
+    /// reconciled, so no agent runs twice.
+    pub orphan_grace: Duration,
 }
 
 /// What reconciling one dead worker did.

@@ -66,11 +66,15 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         let live = format!("a.status IN {LIVE}");
+        // A lease that ended less than the orphan grace ago may still have live processes
+        // (the worker may only be cut off from the store): only a same-node worker whose
+        // process is known gone is judged sooner.
+        let ended = "w.lease_expires_at < now() - $4 * interval '1 millisecond'";
         let pick = format!(
             "SELECT w.id, w.node_id FROM workers w \
              WHERE w.id <> $1 AND ( \
-                 (w.status = 'alive' AND (w.lease_expires_at < now() OR (w.node_id = $2 AND w.id = ANY($3)))) \
-              OR (w.status = 'stopped' AND (w.node_id = $2 OR w.lease_expires_at < now()) \
+                 (w.status = 'alive' AND ({ended} OR (w.node_id = $2 AND w.id = ANY($3)))) \
+              OR (w.status = 'stopped' AND (w.node_id = $2 OR {ended}) \
                   AND EXISTS (SELECT 1 FROM agents a WHERE a.worker_id = w.id AND {live})) \
              ) AND (w.node_id = $2 OR NOT EXISTS (SELECT 1 FROM workers o WHERE o.node_id = w.node_id \
                   AND o.id <> w.id AND o.status = 'alive' AND o.lease_expires_at > now())) \
@@ -80,6 +84,7 @@ impl PgStore {
             .bind(&me.worker_id)
             .bind(node)
             .bind(known_dead)
+            .bind(policy.orphan_grace.as_millis() as f64)
             .fetch_optional(&mut *tx)
             .await?
         else {

@@ -25,6 +25,14 @@ macro_rules! ago {
     };
 }
 
+/// Now minus the orphan grace bound at `?4`: a lease that ended before this also outlived
+/// its processes' dead-man switch.
+macro_rules! grace_ago {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ?4 || ' seconds')"
+    };
+}
+
 impl SqliteStore {
     pub async fn peers_on_node(&self, node: &str, me: &str) -> Result<Vec<PeerWorker>, StoreError> {
         let rows = sqlx::query(
@@ -59,10 +67,10 @@ impl SqliteStore {
         let Some(row) = sqlx::query(concat!(
             "SELECT w.id, w.node_id FROM workers w WHERE w.id <> ?1 AND ( \
                  (w.status = 'alive' AND (w.lease_expires_at < ",
-            now!(),
+            grace_ago!(),
             " OR (w.node_id = ?2 AND w.id IN (SELECT value FROM json_each(?3))))) \
               OR (w.status = 'stopped' AND (w.node_id = ?2 OR w.lease_expires_at < ",
-            now!(),
+            grace_ago!(),
             ") AND EXISTS (SELECT 1 FROM agents a WHERE a.worker_id = w.id \
                   AND a.status IN ('starting', 'running'))) \
              ) AND (w.node_id = ?2 OR NOT EXISTS (SELECT 1 FROM workers o WHERE o.node_id = w.node_id \
@@ -73,6 +81,7 @@ impl SqliteStore {
         .bind(&me.worker_id)
         .bind(node)
         .bind(dead_json)
+        .bind(policy.orphan_grace.as_secs_f64())
         .fetch_optional(&mut *tx)
         .await?
         else {

@@ -272,13 +272,23 @@ pub async fn adopt(rt: &Arc<Runtime>, agent: Agent) {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let files = RunFiles::in_dir(&run_dir);
-    let mut log = match rt.open_event_log(agent.id).await {
-        Ok(log) => log,
-        Err(e) => {
-            tracing::error!(agent_id = %agent.id, error = %e, "cannot open the event log");
-            return;
-        }
-    };
+    // Its dead-man switch learns at once that a worker supervises it again.
+    if let Err(e) = rt
+        .liveness
+        .watch(agent.id, run_dir.join(super::liveness::HEARTBEAT_FILE))
+    {
+        tracing::warn!(agent_id = %agent.id, error = %e, "cannot freshen the adopted agent's heartbeat");
+    }
+    let mut log =
+        match super::retry::store(rt, "open the event log", || rt.open_event_log(agent.id)).await {
+            Ok(log) => log,
+            Err(e) => {
+                // Unsupervised, the process stops itself after the orphan grace.
+                tracing::error!(agent_id = %agent.id, error = %e, "cannot open the event log");
+                rt.liveness.unwatch(agent.id);
+                return;
+            }
+        };
     let alive = process::is_same_process_alive(pid, start_time);
     tracing::info!(agent_id = %agent.id, pid, alive, "adopted agent");
     log.push(
@@ -287,6 +297,7 @@ pub async fn adopt(rt: &Arc<Runtime>, agent: Agent) {
     );
     if let Err(e) = log.flush_events().await {
         tracing::warn!(agent_id = %agent.id, error = %e, "cannot record the adoption");
+        rt.liveness.unwatch(agent.id);
         return;
     }
     let ran_for = agent

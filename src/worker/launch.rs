@@ -11,6 +11,7 @@ use tracing::Instrument;
 use super::Runtime;
 use super::agent_task::{RunFiles, Started};
 use super::event_log::{EventLog, LogError};
+use super::liveness::HEARTBEAT_FILE;
 use crate::credentials::{self, run::RunContext};
 use crate::domain::{Agent, AgentStatus, Project};
 use crate::events::STATUS_EVENT;
@@ -65,19 +66,7 @@ pub async fn start(
         .map_err(|e| StartError::Failed(e.to_string()))?;
     // The account: its config dir and API key reach the process through its environment
     // only (never its command line), after the configured env so they win.
-    let account = credentials::run::prepare(
-        &RunContext {
-            settings: &rt.fleet.settings,
-            store,
-            owner: &rt.owner,
-            agent_dir: &rt.agent_dir(&agent.name),
-        },
-        agent,
-        provider,
-    )
-    .instrument(tracing::info_span!("credentials", agentfleet.agent.id = %agent.id))
-    .await
-    .map_err(|e| StartError::Failed(e.to_string()))?;
+    let account = prepare_account(rt, agent, provider).await?;
     if let Some(a) = &account.account {
         tracing::info!(agent_id = %agent.id, account = %a.label, fingerprint = %a.fingerprint, "account selected");
         log.push(
@@ -114,6 +103,15 @@ pub async fn start(
         None
     };
     let files = RunFiles::in_dir(run_dir);
+    // Written before the process starts: its dead-man switch watches it from the start.
+    let heartbeat = run_dir.join(HEARTBEAT_FILE);
+    rt.liveness
+        .watch(agent.id, heartbeat.clone())
+        .map_err(|e| StartError::Failed(format!("cannot write the heartbeat file: {e}")))?;
+    let deadman = sandbox::DeadMan {
+        heartbeat,
+        grace_ms: rt.fleet.settings.worker.orphan_grace.as_millis() as u64,
+    };
     let launch = Launch {
         helper: rt.sandbox.helper.clone(),
         spec: sandbox::Spec {
@@ -122,6 +120,7 @@ pub async fn start(
             env,
             cwd: workdir.clone(),
             isolation,
+            deadman: Some(deadman),
         },
         spec_file: run_dir.join("sandbox.json"),
         stdin: run_dir.join("prompt.txt"),
@@ -131,7 +130,10 @@ pub async fn start(
     };
     let started = tracing::info_span!("process start")
         .in_scope(|| process::start(&launch))
-        .map_err(|e| StartError::Failed(e.to_string()))?;
+        .map_err(|e| {
+            rt.liveness.unwatch(agent.id);
+            StartError::Failed(e.to_string())
+        })?;
     let record = ProcessRecord {
         pid: started.pid,
         pid_start_time: started.start_time,
@@ -139,16 +141,18 @@ pub async fn start(
         workdir: workdir.display().to_string(),
     };
     let mut running = Running::own(started, files.exit.clone());
-    match store.mark_running(agent.id, &rt.owner, &record).await {
-        Ok(true) => {}
-        Ok(false) => {
-            running.terminate(Duration::from_secs(1)).await;
-            return Err(StartError::Fenced);
-        }
-        Err(e) => {
-            running.terminate(Duration::from_secs(1)).await;
-            return Err(StartError::Failed(e.to_string()));
-        }
+    // The process runs: a store that is briefly away must not cost it.
+    let marked = super::retry::store(rt, "record the started process", || {
+        store.mark_running(agent.id, &rt.owner, &record)
+    })
+    .await;
+    if !matches!(marked, Ok(true)) {
+        running.terminate(Duration::from_secs(1)).await;
+        rt.liveness.unwatch(agent.id);
+        return Err(match marked {
+            Err(e) => StartError::Failed(e.to_string()),
+            _ => StartError::Fenced,
+        });
     }
     tracing::info!(agent_id = %agent.id, pid = record.pid, "provider process started");
     crate::metrics::spawn_latency(&agent.provider, chrono::Utc::now() - agent.created_at);
@@ -162,6 +166,7 @@ pub async fn start(
         Ok(()) => {}
         Err(LogError::Fenced(_)) => {
             running.terminate(Duration::from_secs(1)).await;
+            rt.liveness.unwatch(agent.id);
             return Err(StartError::Fenced);
         }
         Err(LogError::Store(e)) => {
@@ -174,6 +179,28 @@ pub async fn start(
         workdir,
         files,
     })
+}
+
+/// Picks and prepares the agent's account, through a brief store outage (acquiring is
+/// idempotent per agent).
+async fn prepare_account(
+    rt: &Arc<Runtime>,
+    agent: &Agent,
+    provider: &dyn Provider,
+) -> Result<credentials::run::AccountRun, StartError> {
+    let agent_dir = rt.agent_dir(&agent.name);
+    let ctx = RunContext {
+        settings: &rt.fleet.settings,
+        store: &rt.fleet.store,
+        owner: &rt.owner,
+        agent_dir: &agent_dir,
+    };
+    super::retry::store(rt, "prepare the account", || {
+        credentials::run::prepare(&ctx, agent, provider)
+            .instrument(tracing::info_span!("credentials", agentfleet.agent.id = %agent.id))
+    })
+    .await
+    .map_err(|e| StartError::Failed(e.to_string()))
 }
 
 /// The prompt file, in the run folder (out of the agent's reach), never through a link.

@@ -1,20 +1,77 @@
-//! The lease heartbeat: renews this worker's lease every `worker.heartbeat_interval`.
-//! When the store refuses a renewal (the lease expired and was taken over) or no renewal
-//! has succeeded for a whole `worker.lease_ttl`, the worker must assume the fleet has
-//! written it off: it cancels `lease_lost` and lets go of every agent.
+//! The lease heartbeat: renews this worker's lease every `worker.heartbeat_interval` and
+//! keeps its agents' heartbeat files fresh (`liveness`). It runs on an OS thread of its own
+//! with a current-thread runtime and, on Postgres, its own connection, so no amount of
+//! output work on the worker's runtime delays a renewal.
+//!
+//! A worker that cannot reach the store keeps its agents running and renews when it can.
+//! It lets go of them (cancels `lease_lost`) only when the store refuses a renewal (the
+//! lease was taken over: the worker is fenced) or after `worker.partition_timeout` without
+//! one — which is no later than the fleet may run its agents elsewhere.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
+use crate::store::{Store, StoreKind};
 
-pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
+/// Starts the heartbeat on its own thread; the future ends when the heartbeat does.
+pub fn start(rt: Arc<Runtime>, stop: CancellationToken) -> impl Future<Output = ()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread_rt = rt.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lease".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(run(thread_rt, stop)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the lease heartbeat's runtime");
+                    thread_rt.lease_lost.cancel();
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    async move {
+        match spawned {
+            Ok(_) => {
+                let _ = done_rx.await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the lease heartbeat's thread");
+                rt.lease_lost.cancel();
+            }
+        }
+    }
+}
+
+/// The heartbeat's own store: a connection of its own on Postgres (the worker's pool may be
+/// busy with output); SQLite's single writer is shared.
+async fn own_store(rt: &Runtime) -> Store {
+    let url = &rt.fleet.settings.database.url;
+    if StoreKind::of_url(url) == Some(StoreKind::Postgres) {
+        match Store::connect(url, 1, false).await {
+            Ok(store) => return store,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease heartbeat shares the worker's store connections")
+            }
+        }
+    }
+    rt.fleet.store.clone()
+}
+
+async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     let settings = &rt.fleet.settings.worker;
+    let store = own_store(&rt).await;
+    // A renewal that hangs (a partition, not a refused connection) must not hold up the
+    // heartbeat files or the partition timeout.
+    let answer_within = (settings.lease_ttl / 3).max(settings.heartbeat_interval);
     let mut tick = tokio::time::interval(settings.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_renewal = Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -22,26 +79,42 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
         }
         let running = rt.running_agents() as i32;
         crate::metrics::worker_slots(&rt.owner.worker_id, running as usize, rt.slots.free());
-        match rt
-            .fleet
-            .store
-            .renew_lease(&rt.owner, settings.lease_ttl, running)
-            .await
-        {
-            Ok(true) => last_renewal = Instant::now(),
-            Ok(false) => {
+        let (sent_at, sent) = (SystemTime::now(), Instant::now());
+        let renewal = tokio::time::timeout(
+            answer_within,
+            store.renew_lease(&rt.owner, settings.lease_ttl, running),
+        )
+        .await;
+        match renewal {
+            Ok(Ok(true)) => rt.liveness.renewed(sent_at, sent),
+            Ok(Ok(false)) => {
                 tracing::error!(worker_id = %rt.owner.worker_id, "lease lost: taken over or ended");
                 rt.lease_lost.cancel();
                 return;
             }
-            Err(e) => {
-                tracing::warn!(worker_id = %rt.owner.worker_id, error = %e, "lease renewal failed");
-                if last_renewal.elapsed() >= settings.lease_ttl {
-                    tracing::error!(worker_id = %rt.owner.worker_id, "lease expired without renewal");
-                    rt.lease_lost.cancel();
-                    return;
-                }
-            }
+            Ok(Err(e)) => renewal_failed(&rt, &e.to_string()),
+            Err(_) => renewal_failed(&rt, "no answer in time"),
         }
+        if rt.liveness.without_renewal() >= settings.partition_timeout() {
+            tracing::error!(
+                worker_id = %rt.owner.worker_id,
+                partition_timeout = ?settings.partition_timeout(),
+                "lease lost: no renewal for worker.partition_timeout; letting go of every agent"
+            );
+            rt.lease_lost.cancel();
+            return;
+        }
+        rt.liveness.touch_all();
     }
+}
+
+fn renewal_failed(rt: &Runtime, error: &str) {
+    rt.liveness.store_failed();
+    let without = rt.liveness.without_renewal();
+    tracing::warn!(
+        worker_id = %rt.owner.worker_id,
+        error,
+        without_renewal_ms = without.as_millis() as u64,
+        "lease renewal failed; agents keep running"
+    );
 }

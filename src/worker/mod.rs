@@ -19,8 +19,11 @@ mod git;
 mod health;
 mod launch;
 mod lease;
+mod liveness;
+mod node_scan;
 mod output_watch;
 mod resume;
+mod retry;
 mod spawn;
 mod supervisor;
 mod sweeper;
@@ -72,6 +75,8 @@ pub struct Runtime {
     output_watch: Option<Arc<output_watch::OutputWatch>>,
     /// How provider processes are isolated on this worker.
     pub sandbox: SandboxRuntime,
+    /// The lease as this worker knows it, and its agents' heartbeat files.
+    liveness: liveness::Liveness,
 }
 
 /// The sandbox as this worker runs it: the helper binary and what the host enforces.
@@ -208,10 +213,13 @@ impl Runtime {
         token
     }
 
+    /// Ends supervision of an agent: its heartbeat goes stale, so a process nobody else
+    /// takes over stops itself after `worker.orphan_grace`.
     fn untrack_agent(&self, agent_id: Uuid) {
         if let Ok(mut agents) = self.agents.lock() {
             agents.remove(&agent_id);
         }
+        self.liveness.unwatch(agent_id);
     }
 
     /// Asks the supervisor of `agent_id` to stop it; false if this worker does not run it.
@@ -245,6 +253,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let node_id = settings.node_id();
     let capacity = settings.worker.capacity as usize;
     let pid = std::process::id() as i32;
+    let (registered_at, registered) = (std::time::SystemTime::now(), std::time::Instant::now());
     let epoch = fleet
         .store
         .register_worker(
@@ -282,6 +291,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         event_writer: event_writer::EventWriter::start(fleet.store.clone()),
         output_watch: output_watch::OutputWatch::start(),
         sandbox,
+        liveness: liveness::Liveness::new(settings.worker.lease_ttl, registered_at, registered),
     });
     if rt.sandbox.enabled {
         tracing::info!(helper = %rt.sandbox.helper.display(), "agents run in the sandbox");
@@ -291,11 +301,12 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
 
     let services = TaskTracker::new();
     let stop_services = CancellationToken::new();
-    // Adopt what this node's dead workers left before taking new work.
-    sweeper::sweep_once(&rt).await;
+    // Before taking new work: stop this node's processes whose agents are no longer owned
+    // here, then adopt what this node's dead workers left.
+    sweeper::sweep_once(&rt, true).await;
     rt.check_disk().await;
     services.spawn(disk::run(rt.clone(), stop_services.clone()));
-    services.spawn(lease::run(rt.clone(), stop_services.clone()));
+    services.spawn(lease::start(rt.clone(), stop_services.clone()));
     services.spawn(sweeper::run(rt.clone(), stop_services.clone()));
     services.spawn(sweeper::run_redispatch(rt.clone(), stop_services.clone()));
     services.spawn(control::run(rt.clone(), stop_services.clone()));

@@ -13,6 +13,7 @@ use super::Runtime;
 use super::agent_task::{self, Started};
 use super::event_log::EventLog;
 use super::launch::{self, StartError};
+use super::retry;
 use super::supervisor::SIGNAL_FILE;
 use crate::agent_files;
 use crate::domain::{Agent, SpawnRequest};
@@ -92,10 +93,11 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
         tracing::warn!(%reason, "taking no spawns; request left for another worker");
         return;
     }
-    let claimed = match store
-        .claim_request(request_id, &rt.owner, &rt.node_id)
-        .instrument(tracing::info_span!("claim"))
-        .await
+    let claimed = match retry::store(&rt, "claim the request", || {
+        store.claim_request(request_id, &rt.owner, &rt.node_id)
+    })
+    .instrument(tracing::info_span!("claim"))
+    .await
     {
         Ok(Some(claimed)) => claimed,
         Ok(None) => {
@@ -121,14 +123,15 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
             return;
         }
     };
-    let mut log = match rt.open_event_log(agent.id).await {
-        Ok(log) => log,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the event log");
-            let _ = store.fail_request(request_id, &e.to_string()).await;
-            return;
-        }
-    };
+    let mut log =
+        match retry::store(&rt, "open the event log", || rt.open_event_log(agent.id)).await {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the event log");
+                let _ = store.fail_request(request_id, &e.to_string()).await;
+                return;
+            }
+        };
     tracing::info!(agent_id = %agent.id, agent = %agent.name, provider = %agent.provider, attempt = claimed.attempts, "agent claimed");
     match start_agent(&rt, &agent, &request, &mut log, delivered, &mut timings).await {
         Ok(started) => {
@@ -193,12 +196,11 @@ async fn start_agent(
 ) -> Result<Started, StartError> {
     let provider =
         providers::provider(&agent.provider).map_err(|e| StartError::Failed(e.to_string()))?;
-    let project = rt
-        .fleet
-        .store
-        .project(&agent.project)
-        .await
-        .map_err(|e| StartError::Failed(e.to_string()))?;
+    let project = retry::store(rt, "load the project", || {
+        rt.fleet.store.project(&agent.project)
+    })
+    .await
+    .map_err(|e| StartError::Failed(e.to_string()))?;
     let prepared = rt
         .prepare_worktree(&project, &agent.name, &agent.branch, delivered)
         .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Runtime, agent_task};
+use super::{Runtime, agent_task, node_scan};
 use crate::events::STATUS_EVENT;
 use crate::process;
 use crate::queue::SpawnJob;
@@ -23,13 +23,20 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
         if rt.lease_lost.is_cancelled() {
             return;
         }
-        sweep_once(&rt).await;
+        sweep_once(&rt, false).await;
     }
 }
 
-/// Reconciles every dead worker there is right now.
-pub async fn sweep_once(rt: &Arc<Runtime>) {
+/// Reconciles every dead worker there is right now. At start-up (and whenever a worker of
+/// this node is found gone) it first stops this node's processes whose agents are no longer
+/// owned here, so nothing it re-queues can run twice.
+pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) {
     let store = &rt.fleet.store;
+    // Leases that ran out while the store was away prove nothing about their workers.
+    if !rt.liveness.may_judge_peers() {
+        tracing::debug!("sweep: the store was away less than a lease ago; judging nobody yet");
+        return;
+    }
     // Same-node workers whose process is gone are dead now, whatever their lease says.
     let known_dead: Vec<String> = match store.peers_on_node(&rt.node_id, &rt.owner.worker_id).await
     {
@@ -42,12 +49,17 @@ pub async fn sweep_once(rt: &Arc<Runtime>) {
             .map(|p| p.id)
             .collect(),
         Err(e) => {
+            rt.liveness.store_failed();
             tracing::warn!(error = %e, "sweep: cannot list peers");
             return;
         }
     };
+    if starting_up || !known_dead.is_empty() {
+        node_scan::kill_unowned(rt, &known_dead).await;
+    }
     let policy = ReconcilePolicy {
         max_attempts: rt.fleet.settings.queue.max_attempts,
+        orphan_grace: rt.fleet.settings.worker.orphan_grace + crate::sandbox::DEADMAN_KILL_MARGIN,
     };
     loop {
         match store
@@ -57,6 +69,7 @@ pub async fn sweep_once(rt: &Arc<Runtime>) {
             Ok(Some(done)) => apply(rt, done).await,
             Ok(None) => break,
             Err(e) => {
+                rt.liveness.store_failed();
                 tracing::warn!(error = %e, "sweep failed");
                 break;
             }

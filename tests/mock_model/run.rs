@@ -74,6 +74,7 @@ fn sandboxed(
         env: full_env,
         cwd: cwd.to_path_buf(),
         isolation: Some(isolation),
+        deadman: None,
     };
     let n = rand_suffix();
     let spec_file = root.join(format!("spec-{n}.json"));
