@@ -3,95 +3,13 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::TestEnv;
+use common::api::{TOKEN, error_of, serve};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-const TOKEN: &str = "test-token-7f3a";
-
-struct Server {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn serve(env: &TestEnv) -> Server {
-    let port = free_port();
-    let child = env
-        .command(&["serve"])
-        .env("AGENTFLEET__API__BIND", format!("127.0.0.1:{port}"))
-        .env("AGENTFLEET__API__TOKENS", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        client: reqwest::Client::new(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server
-        .client
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "API did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    server
-}
-
-impl Server {
-    fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-    }
-
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-    }
-}
-
-async fn error_of(resp: reqwest::Response) -> (StatusCode, String, String) {
-    let status = resp.status();
-    let body: Value = resp.json().await.expect("JSON error body");
-    (
-        status,
-        body["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_need_a_valid_bearer_token() {

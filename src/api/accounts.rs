@@ -4,12 +4,13 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::extract::Path;
 use crate::credentials::{self, AccountInput, CredentialError};
 use crate::fleet::{Fleet, FleetError};
 

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::extract::{Path, Query};
 use crate::domain::SpawnRequest;
 use crate::events;
 use crate::fleet::Fleet;
@@ -34,7 +35,7 @@ pub async fn spawn_agent(State(fleet): State<Fleet>, body: Bytes) -> Result<Resp
 
 pub async fn list_agents(
     State(fleet): State<Fleet>,
-    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     Ok(Json(fleet.store.list_agents(q.all).await?).into_response())
 }
@@ -80,7 +81,7 @@ pub struct DeleteQuery {
 pub async fn delete_agent(
     State(fleet): State<Fleet>,
     Path(agent): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<DeleteQuery>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let name = fleet.delete(&agent, q.remote_branch).await?;
     Ok(Json(serde_json::json!({"deleted": name})).into_response())
@@ -173,9 +174,9 @@ pub async fn metrics(State(fleet): State<Fleet>) -> Response {
 }
 
 pub async fn readyz(State(fleet): State<Fleet>) -> Response {
-    let store = fleet.store.ping().await.map_err(|e| e.to_string());
-    let events = fleet.events.ping().await.map_err(|e| e.to_string());
-    let ok = store.is_ok() && events.is_ok();
+    let deps = super::readiness::probe(&fleet).await;
+    let ok = deps.ready();
+    let (store, events) = (deps.store, deps.events);
     let mode = match fleet.settings.backend() {
         crate::config::Backend::Embedded => "embedded",
         crate::config::Backend::Fleet => "fleet",
