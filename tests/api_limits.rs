@@ -119,15 +119,7 @@ async fn every_error_has_the_json_shape() {
     assert_json_error(unknown, StatusCode::NOT_FOUND, "unknown route").await;
 
     // Nothing was written by any of them.
-    let agents: Value = api
-        .get("/v1/agents?all=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(agents, json!([]));
+    assert_eq!(api.get_json("/v1/agents?all=true").await, json!([]));
 }
 
 /// A spawn with an input of the largest allowed size, whose JSON escaping doubles it, is
@@ -210,17 +202,21 @@ fn read_until_closed(conn: &mut TcpStream) -> (String, Duration) {
     )
 }
 
+async fn serve_with_timeouts(env: &TestEnv, header: &str, idle: &str) -> Server {
+    serve_with(
+        env,
+        &[
+            ("AGENTFLEET__API__HEADER_TIMEOUT", header),
+            ("AGENTFLEET__API__IDLE_TIMEOUT", idle),
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_that_sends_no_header_in_time_is_closed() {
     let env = TestEnv::new().await;
-    let api = serve_with(
-        &env,
-        &[
-            ("AGENTFLEET__API__HEADER_TIMEOUT", "1s"),
-            ("AGENTFLEET__API__IDLE_TIMEOUT", "60s"),
-        ],
-    )
-    .await;
+    let api = serve_with_timeouts(&env, "1s", "60s").await;
     // Nothing at all, and half a header (a slow client).
     let opened = Instant::now();
     let mut silent = connect(&api);
@@ -241,14 +237,7 @@ async fn a_connection_that_sends_no_header_in_time_is_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_keep_alive_connection_is_closed() {
     let env = TestEnv::new().await;
-    let api = serve_with(
-        &env,
-        &[
-            ("AGENTFLEET__API__HEADER_TIMEOUT", "60s"),
-            ("AGENTFLEET__API__IDLE_TIMEOUT", "1s"),
-        ],
-    )
-    .await;
+    let api = serve_with_timeouts(&env, "60s", "1s").await;
     let mut conn = connect(&api);
     conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         .unwrap();
