@@ -229,6 +229,29 @@ pub struct AgentSettings {
 pub struct ApiSettings {
     pub bind: String,
     pub tokens: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// A connection that has not sent a whole request header this long after it opened (or
+    /// after its previous response) is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection on which no byte moved this long while none of its requests was being
+    /// handled (a client that stopped reading its response) is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections at most; further ones are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl ApiSettings {
+    /// The body a spawn needs at most: a prompt and one input file of the largest sizes,
+    /// each JSON-escaped at the worst (six bytes per byte, `\u0001`), and the rest of the
+    /// request's fields.
+    pub fn body_needed(limits: &LimitSettings) -> usize {
+        const ESCAPED: usize = 6;
+        const FIELDS: usize = 64 * 1024;
+        ESCAPED * (limits.max_prompt_bytes + limits.max_input_file_bytes) + FIELDS
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,10 +473,39 @@ impl Settings {
         if self.limits.max_prompt_bytes == 0 {
             return Err(invalid("limits.max_prompt_bytes", "must be above zero"));
         }
+        self.validate_api()?;
         if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(invalid("api.tokens", "tokens must not be empty strings"));
         }
         self.validate_sandbox()
+    }
+
+    /// The API's connection limits are set, and its body limit lets the largest valid
+    /// spawn through (the limits on a spawn's parts are `limits.*`).
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        let needed = ApiSettings::body_needed(&self.limits);
+        if self.api.max_body_bytes < needed {
+            return Err(invalid(
+                "api.max_body_bytes",
+                format!(
+                    "{} bytes cannot carry a spawn of limits.max_prompt_bytes + \
+                     limits.max_input_file_bytes JSON-escaped: at least {needed} bytes",
+                    self.api.max_body_bytes
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("api.header_timeout", self.api.header_timeout),
+            ("api.idle_timeout", self.api.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be above zero"));
+            }
+        }
+        if self.api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1"));
+        }
+        Ok(())
     }
 
     /// Sandbox settings that would hand agents what the sandbox exists to keep from them
@@ -695,6 +747,25 @@ mod tests {
         let text = format!("[database]\nurl = {database:?}\n[redis]\nurl = {redis:?}\n");
         std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
         Settings::load(Some(file.path()))
+    }
+
+    #[test]
+    fn body_limit_must_carry_the_largest_spawn() {
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        std::io::Write::write_all(&mut file, b"[api]\nmax_body_bytes = 2097152\n").unwrap();
+        let err = Settings::load(Some(file.path())).unwrap_err().to_string();
+        assert!(
+            err.contains("api.max_body_bytes") && err.contains("limits.max_input_file_bytes"),
+            "{err}"
+        );
+        // Smaller inputs make the smaller body enough.
+        let mut file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            b"[api]\nmax_body_bytes = 2097152\n[limits]\nmax_input_file_bytes = 65536\n",
+        )
+        .unwrap();
+        Settings::load(Some(file.path())).unwrap();
     }
 
     #[test]

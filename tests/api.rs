@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestEnv;
-use common::http::{TOKEN, error_of, serve};
+use common::api::{TOKEN, error_of, serve};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

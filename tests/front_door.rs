@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::TestEnv;
-use common::http::{Server, error_of, json_of, serve};
+use common::api::{Server, error_of, json_of, serve};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::ApiError;
-use super::routes::{PathParam, refuse_nul};
+use super::extract::PathParam;
+use super::routes::refuse_nul;
 use crate::credentials::{self, AccountInput, CredentialError};
 use crate::fleet::{Fleet, FleetError};
 

@@ -4,14 +4,17 @@
 
 mod accounts;
 mod error;
+mod extract;
+pub mod readiness;
 mod routes;
+mod server;
 
 pub use error::ApiError;
 
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -50,13 +53,20 @@ pub fn router(fleet: Fleet) -> Router {
         )
         .route("/v1/accounts/{label}/reset", post(accounts::reset_account))
         .layer(middleware::from_fn_with_state(fleet.clone(), require_token));
+    let max_body_bytes = fleet.settings.api.max_body_bytes;
     Router::new()
         .merge(v1)
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
         .route_layer(middleware::from_fn(trace_request))
+        // After every route: it is given to the routes there are.
+        .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::map_response(move |response: Response| {
+            error::into_json_error(response, max_body_bytes)
+        }))
         .with_state(fleet)
 }
 
@@ -102,7 +112,7 @@ async fn require_token(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match given {
         Some(token)
             if tokens
@@ -116,6 +126,14 @@ async fn require_token(
             "missing bearer token (Authorization: Bearer <token>)",
         )),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched without
+/// regard to case (RFC 7235 §2.1), so `bearer t` is as good as `Bearer t`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -146,9 +164,8 @@ pub async fn serve(
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }
-    axum::serve(listener, router(fleet))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    let limits = server::ConnectionLimits::from_settings(&fleet.settings.api);
+    server::serve(listener, router(fleet), limits, stop).await;
     Ok(())
 }
 
@@ -163,6 +180,16 @@ mod tests {
         assert!(check_bind(public, &[]).is_err());
         assert!(check_bind(public, &["t".into()]).is_ok());
         assert!(check_bind(local, &[]).is_ok());
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer t", "bearer t", "BEARER t", "bEaReR  t"] {
+            assert_eq!(bearer_token(value), Some("t"), "{value}");
+        }
+        for value in ["Basic t", "Bearer", "Bearer ", "Bearert", "t"] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
     }
 
     #[test]

@@ -4,8 +4,7 @@ use std::convert::Infallible;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +12,7 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::extract::{PathParam, Query};
 use crate::domain::SpawnRequest;
 use crate::events;
 use crate::fleet::{Fleet, no_nul, no_nul_in_json};
@@ -33,25 +33,6 @@ pub(super) fn refuse_nul(body: &Bytes) -> Result<(), ApiError> {
     Ok(no_nul_in_json(&value)?)
 }
 
-/// The one parameter of a route's path (an agent's id or name, an account's label),
-/// percent-decoded and refused with a 422 naming it when it holds a NUL.
-pub struct PathParam(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for PathParam {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let Some((name, value)) = params.into_iter().next() else {
-            return Err(ApiError::bad_request("the path names nothing"));
-        };
-        no_nul(&format!("path segment '{name}'"), &value)?;
-        Ok(Self(value))
-    }
-}
-
 pub async fn spawn_agent(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
     let req: SpawnRequest = parse_json(&body)?;
     let recorded = fleet.spawn(req).await?;
@@ -65,7 +46,7 @@ pub async fn spawn_agent(State(fleet): State<Fleet>, body: Bytes) -> Result<Resp
 
 pub async fn list_agents(
     State(fleet): State<Fleet>,
-    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     Ok(Json(fleet.store.list_agents(q.all).await?).into_response())
 }
@@ -111,7 +92,7 @@ pub struct DeleteQuery {
 pub async fn delete_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
-    axum::extract::Query(q): axum::extract::Query<DeleteQuery>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let name = fleet.delete(&agent, q.remote_branch).await?;
     Ok(Json(serde_json::json!({"deleted": name})).into_response())
@@ -204,9 +185,9 @@ pub async fn metrics(State(fleet): State<Fleet>) -> Response {
 }
 
 pub async fn readyz(State(fleet): State<Fleet>) -> Response {
-    let store = fleet.store.ping().await.map_err(|e| e.to_string());
-    let events = fleet.events.ping().await.map_err(|e| e.to_string());
-    let ok = store.is_ok() && events.is_ok();
+    let deps = super::readiness::probe(&fleet).await;
+    let ok = deps.ready();
+    let (store, events) = (deps.store, deps.events);
     let mode = match fleet.settings.backend() {
         crate::config::Backend::Embedded => "embedded",
         crate::config::Backend::Fleet => "fleet",

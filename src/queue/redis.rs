@@ -79,12 +79,21 @@ impl RedisQueue {
     }
 
     /// Pushes any JSON value as a job (operators' tools and tests of malformed jobs).
+    ///
+    /// A push that fails is tried once more: the first command on a connection that Redis
+    /// closed (a restart) fails with a broken pipe, and the connection manager answers the
+    /// second on a fresh connection. Without it the request would wait for the re-dispatch
+    /// (`queue.redispatch_after`). A push that did reach Redis before failing may be
+    /// delivered twice; the claim in the store makes the second delivery a no-op.
     pub async fn enqueue_raw(&self, value: serde_json::Value) -> Result<(), QueueError> {
         let mut storage = self.storage.clone();
-        storage
-            .push(value)
-            .await
-            .map_err(|e| QueueError::Redis(e.to_string()))?;
+        if let Err(first) = storage.push(value.clone()).await {
+            tracing::debug!(error = %first, "push failed; trying again on a fresh connection");
+            storage
+                .push(value)
+                .await
+                .map_err(|e| QueueError::Redis(e.to_string()))?;
+        }
         // The job is safe in Redis; a lost wake-up only delays it to the next poll. Awaited,
         // so a short-lived caller (the CLI) does not exit before it is sent.
         let mut conn = self.conn.clone();

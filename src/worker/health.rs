@@ -1,6 +1,6 @@
 //! The worker's own small HTTP endpoint (`worker.metrics_bind`): `GET /metrics`
 //! (Prometheus text), `/healthz` (the process answers) and `/readyz` (the store and Redis
-//! answer and the lease is held) — what orchestrators probe and Prometheus scrapes. Workers
+//! answer in time and the lease is held) — what orchestrators probe and Prometheus scrapes. Workers
 //! serve no API, so this is all they listen for.
 
 use std::net::SocketAddr;
@@ -53,12 +53,12 @@ async fn healthz(State(rt): State<Arc<Runtime>>) -> Response {
 }
 
 async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
-    let store = rt.fleet.store.ping().await.map_err(|e| e.to_string());
-    let redis = rt.fleet.events.ping().await.map_err(|e| e.to_string());
+    let deps = crate::api::readiness::probe(&rt.fleet).await;
     let lease_held = !rt.lease_lost.is_cancelled();
     // Slots closed: the workspace cannot be written (see `disk.rs`).
     let disk = rt.slots.closed_reason();
-    let ok = store.is_ok() && redis.is_ok() && lease_held && disk.is_none();
+    let ok = deps.ready() && lease_held && disk.is_none();
+    let (store, redis) = (deps.store, deps.events);
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "unavailable" },
         "worker_id": rt.owner.worker_id,

@@ -3,7 +3,8 @@
 //! started as real processes, and the scripted claude stand-in as the provider.
 #![allow(dead_code)]
 
-pub mod http;
+pub mod api;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,5 +1,5 @@
-//! The HTTP API as a test reaches it: `agentfleet serve` started as a real process on a
-//! free port with a bearer token, a client for it, and the API's JSON errors taken apart.
+//! `agentfleet serve` started as a real process on a free port, with a client that
+//! speaks its bearer auth and reads its JSON errors.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -8,11 +8,13 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::TestEnv;
+use super::services::free_port;
 
 pub const TOKEN: &str = "test-token-7f3a";
 
 pub struct Server {
-    child: Child,
+    pub child: Child,
+    pub port: u16,
     pub base: String,
     pub client: reqwest::Client,
 }
@@ -24,26 +26,25 @@ impl Drop for Server {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+pub async fn serve(env: &TestEnv) -> Server {
+    serve_with(env, &[]).await
 }
 
-pub async fn serve(env: &TestEnv) -> Server {
+/// `agentfleet serve` with `extra` environment, once it answers `/healthz`.
+pub async fn serve_with(env: &TestEnv, extra: &[(&str, &str)]) -> Server {
     let port = free_port();
     let child = env
         .command(&["serve"])
         .env("AGENTFLEET__API__BIND", format!("127.0.0.1:{port}"))
         .env("AGENTFLEET__API__TOKENS", TOKEN)
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let server = Server {
         child,
+        port,
         base: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::new(),
     };
@@ -66,6 +67,12 @@ impl Server {
         self.client
             .get(format!("{}{path}", self.base))
             .bearer_auth(TOKEN)
+    }
+
+    /// `GET path`'s JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let resp = self.get(path).send().await.expect("GET");
+        resp.json().await.expect("JSON body")
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
