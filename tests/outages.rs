@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentfleet::domain::AgentStatus;
 use common::services::{PrivatePostgres, PrivateRedis, free_port};

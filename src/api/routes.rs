@@ -15,7 +15,7 @@ use super::ApiError;
 use super::extract::{PathParam, Query};
 use crate::domain::SpawnRequest;
 use crate::events;
-use crate::fleet::{Fleet, no_nul, no_nul_in_json};
+use crate::fleet::{Fleet, no_nul_in_json};
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     refuse_nul(body)?;
