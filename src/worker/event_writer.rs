@@ -18,6 +18,9 @@ const MAX_BATCH: usize = 512;
 /// wait for their commit.
 const IN_FLIGHT: usize = 2;
 
+/// The event that stands for one the store refused to hold.
+pub const REFUSED_EVENT: &str = "event.refused";
+
 /// What a caller gets back: its events (to keep on failure) and whether the write was
 /// taken (false: fenced off).
 type Reply = (Vec<NewEvent>, Result<bool, StoreError>);
@@ -104,14 +107,81 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Member>) {
 }
 
 async fn write(store: &Store, owner: &Owner, members: Vec<Member>) {
-    let (replies, appends): (Vec<_>, Vec<_>) =
+    let (replies, mut appends): (Vec<_>, Vec<_>) =
         members.into_iter().map(|m| (m.reply, m.append)).unzip();
-    let result = store.append_events_many(owner, &appends).await;
+    let mut result = store.append_events_many(owner, &appends).await;
+    if result.as_ref().is_err_and(StoreError::rejects_content) {
+        result = isolate(store, owner, &mut appends).await;
+    }
     for (reply, append) in replies.into_iter().zip(appends) {
         let outcome = match &result {
             Ok(taken) => Ok(taken.contains(&append.agent_id)),
             Err(e) => Err(StoreError::Shared(e.to_string())),
         };
         let _ = reply.send((append.events, outcome));
+    }
+}
+
+/// After the store refused a batch for its content: each agent's write alone, so one
+/// agent's event cannot fail the others', and in an agent's write that still fails, each
+/// event alone, the ones refused replaced by a note (see [`refused`]). Retrying the batch as
+/// it was would fail forever.
+async fn isolate(
+    store: &Store,
+    owner: &Owner,
+    appends: &mut [EventAppend],
+) -> Result<HashSet<Uuid>, StoreError> {
+    let mut taken = HashSet::new();
+    for append in appends.iter_mut() {
+        let alone = match store
+            .append_events_many(owner, std::slice::from_ref(append))
+            .await
+        {
+            Err(e) if e.rejects_content() => replace_refused(store, owner, append).await?,
+            other => other?,
+        };
+        taken.extend(alone);
+    }
+    Ok(taken)
+}
+
+/// Stores `append`'s events one at a time (without moving its offset: an event stored
+/// twice is ignored by the store), replaces those refused, then stores the whole.
+async fn replace_refused(
+    store: &Store,
+    owner: &Owner,
+    append: &mut EventAppend,
+) -> Result<HashSet<Uuid>, StoreError> {
+    for event in append.events.iter_mut() {
+        let one = EventAppend {
+            agent_id: append.agent_id,
+            events: vec![event.clone()],
+            output_offset: 0,
+        };
+        match store.append_events_many(owner, &[one]).await {
+            Ok(taken) if taken.is_empty() => return Ok(taken),
+            Ok(_) => {}
+            Err(e) if e.rejects_content() => {
+                tracing::warn!(agent_id = %append.agent_id, seq = event.seq, kind = %event.kind, error = %e, "the store refused an event; stored a note instead");
+                *event = refused(event.seq);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    store
+        .append_events_many(owner, std::slice::from_ref(append))
+        .await
+}
+
+/// What stands in the log for an event the store refused: its place (the sequence stays
+/// gapless) and that it was refused, not its content.
+fn refused(seq: i64) -> NewEvent {
+    NewEvent {
+        seq,
+        kind: REFUSED_EVENT.into(),
+        data: serde_json::json!({
+            "kind": REFUSED_EVENT,
+            "reason": "the store refused this event's content",
+        }),
     }
 }

@@ -18,11 +18,13 @@ mod git;
 mod health;
 mod launch;
 mod lease;
+mod output_reader;
 mod output_watch;
 mod resume;
 mod spawn;
 mod supervisor;
 mod sweeper;
+mod verdict;
 
 pub use cleanup::{CleanupReport, cleanup_workspace};
 
