@@ -185,3 +185,127 @@ fn refused(seq: i64) -> NewEvent {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::AgentMode;
+    use crate::store::{NewWorker, SpawnRecord, StoreKind};
+
+    /// A fresh store of `kind` with one spawned agent claimed by a live worker.
+    async fn store_with_agent(
+        kind: StoreKind,
+        dir: &std::path::Path,
+        pg_name: &str,
+    ) -> (Store, Uuid, Owner) {
+        let url = match kind {
+            StoreKind::Postgres => format!("postgres://postgres@127.0.0.1:5432/{pg_name}"),
+            StoreKind::Sqlite => format!("sqlite://{}", dir.join("store.db").display()),
+        };
+        let store = Store::connect(&url, 4, true).await.expect("store");
+        store.migrate().await.expect("migrate");
+        store
+            .add_project("demo", "/tmp/demo.git", "main")
+            .await
+            .unwrap();
+        let recorded = store
+            .record_spawn(SpawnRecord {
+                name: "nul-agent",
+                provider: "claude",
+                mode: AgentMode::Execute,
+                project: "demo",
+                task_id: None,
+                idempotency_key: None,
+                payload: json!({"prompt": "p"}),
+            })
+            .await
+            .unwrap();
+        let worker = NewWorker {
+            id: "w-1",
+            node_id: "node-a",
+            host: "host-a",
+            pid: 1,
+            pid_start_time: None,
+            capacity: 2,
+        };
+        let epoch = store
+            .register_worker(&worker, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let owner = Owner {
+            worker_id: "w-1".into(),
+            epoch,
+        };
+        let claimed = store
+            .claim_request(recorded.request_id, &owner, "node-a")
+            .await
+            .unwrap()
+            .expect("claimed");
+        (store, claimed.agent.id, owner)
+    }
+
+    fn event(seq: i64, data: serde_json::Value) -> NewEvent {
+        NewEvent {
+            seq,
+            kind: "raw".into(),
+            data,
+        }
+    }
+
+    /// An event the store cannot hold (Postgres refuses a NUL in jsonb) is replaced by a
+    /// note and the batch's other events are stored, once: the write is not failed (and
+    /// retried) forever. SQLite holds it as it is.
+    async fn a_refused_event_is_isolated(kind: StoreKind) {
+        let dir = tempfile::tempdir().unwrap();
+        let pg_name = format!("af_unit_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let (store, agent, owner) = store_with_agent(kind, dir.path(), &pg_name).await;
+        let writer = EventWriter::start(store.clone());
+        let events = vec![
+            event(1, json!({"line": "before"})),
+            event(2, json!({"line": "nul \u{0} inside"})),
+            event(3, json!({"line": "after"})),
+        ];
+        let (returned, taken) = writer.append(&owner, agent, events, 42).await;
+        assert!(taken.expect("stored, not failed"));
+        let stored = store.events_after(agent, 0).await.unwrap();
+        let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();
+        let expected = match kind {
+            StoreKind::Postgres => ["raw", REFUSED_EVENT, "raw"],
+            StoreKind::Sqlite => ["raw", "raw", "raw"],
+        };
+        assert_eq!(kinds, expected);
+        assert_eq!(returned.len(), 3, "the events as stored, to publish");
+        assert_eq!(returned[1].kind, expected[1]);
+        assert_eq!(stored[2].data["line"], "after");
+        let agent_row = store.agent(&agent.to_string()).await.unwrap();
+        assert_eq!(
+            agent_row.output_offset, 42,
+            "the offset moved with the events"
+        );
+        drop((writer, store));
+        if kind == StoreKind::Postgres {
+            // Best effort: leave no test database behind.
+            let admin = "postgres://postgres@127.0.0.1:5432/postgres";
+            if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+                let drop_it = format!("DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop_it))
+                    .execute(&pool)
+                    .await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_is_isolated_in_postgres() {
+        a_refused_event_is_isolated(StoreKind::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_is_isolated_in_sqlite() {
+        a_refused_event_is_isolated(StoreKind::Sqlite).await;
+    }
+}

@@ -18,7 +18,7 @@ mod git;
 mod health;
 mod launch;
 mod lease;
-mod output_reader;
+pub mod output_reader;
 mod output_watch;
 mod resume;
 mod spawn;
