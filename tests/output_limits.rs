@@ -191,8 +191,9 @@ async fn exit_zero_without_a_result_is_failed_but_plain_lines_complete() {
 #[tokio::test(flavor = "multi_thread")]
 async fn floods_beside_an_innocent_agent_neither_delay_it_nor_cost_the_lease() {
     let mut env = TestEnv::new().await;
-    env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "4")]);
+    let pid = env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "4")]);
     env.wait_workers(1).await;
+    let rss_before = peak_rss_kib(pid);
     let innocent = env.spawn(&[], "innocent\n#ticks 40\n#sleep 0.2");
     // Two floods of 40 MB: 4 KB assistant lines as fast as they can be written.
     let flood = "flood\n#run yes \"{\\\"type\\\":\\\"assistant\\\",\\\"message\\\":{\\\"content\\\":[{\\\"type\\\":\\\"text\\\",\\\"text\\\":\\\"$(head -c 4000 /dev/zero | tr '\\000' a)\\\"}]}}\" | head -c 40000000";
@@ -225,6 +226,9 @@ async fn floods_beside_an_innocent_agent_neither_delay_it_nor_cost_the_lease() {
         .unwrap();
     eprintln!("largest gap between the innocent agent's stored ticks: {gap:?}");
     assert!(gap < Duration::from_secs(2), "innocent delayed by {gap:?}");
+    let grown = peak_rss_kib(pid).saturating_sub(rss_before);
+    eprintln!("worker peak RSS grew by {grown} KiB for two 40 MB floods");
+    assert!(grown < 64 * 1024, "peak RSS grew by {grown} KiB");
     let log = env.worker_log(0);
     assert!(!log.contains("lease lost"), "{log}");
     for f in &floods {

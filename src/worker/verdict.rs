@@ -25,7 +25,6 @@ pub(super) struct StreamFacts {
 
 /// The agent's outcome. Precedence: an interrupt, a limit the sandbox enforced, the signal
 /// file, then the exit code with the parsed stream.
-
 pub(super) fn decide(
     exit: Exit,
     interrupted: Option<Interrupt>,
