@@ -184,7 +184,7 @@ mod tests {
         reader.read(&path, CHUNK, &mut lines).unwrap();
         assert_eq!(texts(&lines), ["a", long.as_str()]);
         assert_eq!(reader.consumed(), 2 + long.len() as u64 + 1);
-        write!(file, "c\n").unwrap();
+        writeln!(file, "c").unwrap();
         reader.read(&path, CHUNK, &mut lines).unwrap();
         assert_eq!(texts(&lines), ["a", long.as_str(), "bc"]);
         assert!(reader.finish().is_none());
