@@ -52,6 +52,14 @@ fn main() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let shapes = transcript_lines();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {model}, {cores} cores");
     println!("output: read + split + storable + parse (claude) + events, one core");
     println!(
         "{:>8} {:>10} {:>10} {:>12} {:>14}",
