@@ -50,6 +50,11 @@ impl EventLog {
         })
     }
 
+    /// The sequence number of the last event pushed.
+    pub fn last_seq(&self) -> i64 {
+        self.next_seq - 1
+    }
+
     /// Adds an event to the next flush, made storable first (output is arbitrary bytes).
     pub fn push(&mut self, kind: &str, mut data: serde_json::Value) {
         make_storable(&mut data);

@@ -47,6 +47,11 @@ const FLUSH_BYTES: usize = 1024 * 1024;
 /// Reading pauses while the store has not taken this much of what was read (it is away):
 /// what waits in memory for it stays bounded.
 const MAX_UNFLUSHED: usize = FLUSH_BYTES + 2 * STEP_BYTES;
+/// The kind of the event a stream's result is stored as.
+const RESULT_EVENT: &str = "result";
+/// How many of an adopted agent's last stored events are searched for its result (only
+/// usage and status events follow one).
+const RESULT_LOOKBACK: i64 = 16;
 /// How much of each recent line is kept in memory.
 const RECENT_LINE_BYTES: usize = 1024;
 
@@ -166,6 +171,10 @@ impl Supervisor<'_> {
         let mut facts = StreamFacts {
             session_id: self.session_id.clone(),
             result_expected: self.parser.reports_result(),
+            result: match self.offset {
+                0 => None,
+                _ => stored_result(self.store, self.agent_id, self.log.last_seq()).await,
+            },
             ..Default::default()
         };
         let deadline = Instant::now() + self.limits.max_runtime.saturating_sub(self.ran_for);
@@ -462,6 +471,20 @@ impl Supervisor<'_> {
         }
         Ok(())
     }
+}
+
+/// An adopted agent's result, if the worker before read it already: adoption reads on
+/// after the stored events, and the result is among the last of them.
+async fn stored_result(
+    store: &Store,
+    agent_id: Uuid,
+    last_seq: i64,
+) -> Option<(bool, Option<String>)> {
+    let after = (last_seq - RESULT_LOOKBACK).max(0);
+    let events = store.events_after(agent_id, after).await.ok()?;
+    let result = events.iter().rev().find(|e| e.kind == RESULT_EVENT)?;
+    let success = result.data["success"].as_bool().unwrap_or(false);
+    Some((success, result.data["text"].as_str().map(String::from)))
 }
 
 /// The end of the process's stderr: only that much is read, however much it wrote.
