@@ -17,7 +17,7 @@ use super::output_watch::{OutputWatch, Watched};
 use super::verdict::{StreamFacts, decide};
 use crate::agent_files;
 use crate::domain::AgentOutcome;
-use crate::events::{make_storable_text, storable_line};
+use crate::events::{STATUS_EVENT, make_storable_text, storable_line};
 use crate::process::Running;
 use crate::providers::{self, AgentEvent, StreamParser};
 use crate::store::{Owner, Store};
@@ -482,7 +482,13 @@ async fn stored_result(
 ) -> Option<(bool, Option<String>)> {
     let after = (last_seq - RESULT_LOOKBACK).max(0);
     let events = store.events_after(agent_id, after).await.ok()?;
-    let result = events.iter().rev().find(|e| e.kind == RESULT_EVENT)?;
+    // This run's only: an earlier run's result (before a resume) lies before the status
+    // event that says this run started.
+    let mut this_run = events
+        .iter()
+        .rev()
+        .take_while(|e| !(e.kind == STATUS_EVENT && e.data["status"] == "running"));
+    let result = this_run.find(|e| e.kind == RESULT_EVENT)?;
     let success = result.data["success"].as_bool().unwrap_or(false);
     Some((success, result.data["text"].as_str().map(String::from)))
 }
