@@ -14,6 +14,8 @@ use crate::store::StoreKind;
 mod known_keys;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
+/// Below this an event cannot even hold a short line with its truncation marker.
+const MIN_EVENT_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -223,6 +225,10 @@ pub struct AgentSettings {
     pub idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub max_runtime: Duration,
+    /// Largest event stored from one output line; a longer line is cut with a marker.
+    pub max_event_bytes: usize,
+    /// Most output read from one agent; past it the agent is stopped (output_limit).
+    pub max_output_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +467,15 @@ impl Settings {
             if value.is_zero() {
                 return Err(invalid(key, "must be above zero"));
             }
+        }
+        if self.agent.max_event_bytes < MIN_EVENT_BYTES {
+            return Err(invalid(
+                "agent.max_event_bytes",
+                format!("must be at least {MIN_EVENT_BYTES}"),
+            ));
+        }
+        if self.agent.max_output_bytes == 0 {
+            return Err(invalid("agent.max_output_bytes", "must be above zero"));
         }
         if self.queue.max_attempts == 0 {
             return Err(invalid("queue.max_attempts", "must be at least 1"));

@@ -8,10 +8,12 @@
 mod embedded;
 mod follow;
 mod redis;
+mod storable;
 
 pub use embedded::EmbeddedBus;
 pub use follow::follow;
 pub use redis::RedisBus;
+pub use storable::{make_storable, make_storable_text, storable_line, storable_text};
 
 use futures::Stream;
 use futures::StreamExt;

@@ -252,6 +252,11 @@ impl StreamParser for LinesParser {
             text: line.to_string(),
         }]
     }
+
+    /// Plain text has no result line: the process's exit code is the run's outcome.
+    fn reports_result(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,11 @@ pub enum AgentEvent {
 /// returns zero or more events. Must never panic, whatever bytes.
 pub trait StreamParser: Send {
     fn parse_line(&mut self, line: &str) -> Vec<AgentEvent>;
+    /// Whether the format ends a run with a result (`AgentEvent::Result`): a stream that
+    /// ends without one was cut short. Formats without results say so.
+    fn reports_result(&self) -> bool {
+        true
+    }
 }
 
 /// How the prompt reaches the CLI.

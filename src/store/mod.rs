@@ -380,6 +380,18 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// The store refused the data itself (a value it cannot hold, or one too large), not
+    /// the connection or the state: writing the same again fails the same way.
+    pub fn rejects_content(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(e)) = self else {
+            return false;
+        };
+        // Postgres: class 22 (data exception) and 54 (program limit exceeded); SQLite:
+        // SQLITE_TOOBIG.
+        e.code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("54") || code == "18")
+    }
 }
 
 /// A worker's claim on the agents it runs: its id and the epoch of its lease.

@@ -113,6 +113,8 @@ async fn supervise(
                 max_runtime: settings.agent.max_runtime,
                 flush_every: settings.worker.event_flush_interval,
                 buffer_lines: settings.worker.output_buffer_lines,
+                max_event_bytes: settings.agent.max_event_bytes,
+                max_output_bytes: settings.agent.max_output_bytes,
             },
             ran_for,
         };

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::event_writer::EventWriter;
 use crate::domain::StoredEvent;
-use crate::events::EventBus;
+use crate::events::{EventBus, make_storable, storable_text};
 use crate::store::{NewEvent, Owner, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,15 +50,17 @@ impl EventLog {
         })
     }
 
-    /// Events waiting for the next flush.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+    /// The sequence number of the last event pushed.
+    pub fn last_seq(&self) -> i64 {
+        self.next_seq - 1
     }
 
-    pub fn push(&mut self, kind: &str, data: serde_json::Value) {
+    /// Adds an event to the next flush, made storable first (output is arbitrary bytes).
+    pub fn push(&mut self, kind: &str, mut data: serde_json::Value) {
+        make_storable(&mut data);
         self.pending.push(NewEvent {
             seq: self.next_seq,
-            kind: kind.to_string(),
+            kind: storable_text(kind).into_owned(),
             data,
         });
         self.next_seq += 1;

@@ -18,6 +18,9 @@ const MAX_BATCH: usize = 512;
 /// wait for their commit.
 const IN_FLIGHT: usize = 2;
 
+/// The event that stands for one the store refused to hold.
+pub const REFUSED_EVENT: &str = "event.refused";
+
 /// What a caller gets back: its events (to keep on failure) and whether the write was
 /// taken (false: fenced off).
 type Reply = (Vec<NewEvent>, Result<bool, StoreError>);
@@ -104,14 +107,205 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Member>) {
 }
 
 async fn write(store: &Store, owner: &Owner, members: Vec<Member>) {
-    let (replies, appends): (Vec<_>, Vec<_>) =
+    let (replies, mut appends): (Vec<_>, Vec<_>) =
         members.into_iter().map(|m| (m.reply, m.append)).unzip();
-    let result = store.append_events_many(owner, &appends).await;
+    let mut result = store.append_events_many(owner, &appends).await;
+    if result.as_ref().is_err_and(StoreError::rejects_content) {
+        result = isolate(store, owner, &mut appends).await;
+    }
     for (reply, append) in replies.into_iter().zip(appends) {
         let outcome = match &result {
             Ok(taken) => Ok(taken.contains(&append.agent_id)),
             Err(e) => Err(StoreError::Shared(e.to_string())),
         };
         let _ = reply.send((append.events, outcome));
+    }
+}
+
+/// After the store refused a batch for its content: each agent's write alone, so one
+/// agent's event cannot fail the others', and in an agent's write that still fails, each
+/// event alone, the ones refused replaced by a note (see [`refused`]). Retrying the batch as
+/// it was would fail forever.
+async fn isolate(
+    store: &Store,
+    owner: &Owner,
+    appends: &mut [EventAppend],
+) -> Result<HashSet<Uuid>, StoreError> {
+    let mut taken = HashSet::new();
+    for append in appends.iter_mut() {
+        let alone = match store
+            .append_events_many(owner, std::slice::from_ref(append))
+            .await
+        {
+            Err(e) if e.rejects_content() => replace_refused(store, owner, append).await?,
+            other => other?,
+        };
+        taken.extend(alone);
+    }
+    Ok(taken)
+}
+
+/// Stores `append`'s events one at a time (without moving its offset: an event stored
+/// twice is ignored by the store), replaces those refused, then stores the whole.
+async fn replace_refused(
+    store: &Store,
+    owner: &Owner,
+    append: &mut EventAppend,
+) -> Result<HashSet<Uuid>, StoreError> {
+    for event in append.events.iter_mut() {
+        let one = EventAppend {
+            agent_id: append.agent_id,
+            events: vec![event.clone()],
+            output_offset: 0,
+        };
+        match store.append_events_many(owner, &[one]).await {
+            Ok(taken) if taken.is_empty() => return Ok(taken),
+            Ok(_) => {}
+            Err(e) if e.rejects_content() => {
+                tracing::warn!(agent_id = %append.agent_id, seq = event.seq, kind = %event.kind, error = %e, "the store refused an event; stored a note instead");
+                *event = refused(event.seq);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    store
+        .append_events_many(owner, std::slice::from_ref(append))
+        .await
+}
+
+/// What stands in the log for an event the store refused: its place (the sequence stays
+/// gapless) and that it was refused, not its content.
+fn refused(seq: i64) -> NewEvent {
+    NewEvent {
+        seq,
+        kind: REFUSED_EVENT.into(),
+        data: serde_json::json!({
+            "kind": REFUSED_EVENT,
+            "reason": "the store refused this event's content",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::AgentMode;
+    use crate::store::{NewWorker, SpawnRecord, StoreKind};
+
+    /// A fresh store of `kind` with one spawned agent claimed by a live worker.
+    async fn store_with_agent(
+        kind: StoreKind,
+        dir: &std::path::Path,
+        pg_name: &str,
+    ) -> (Store, Uuid, Owner) {
+        let url = match kind {
+            StoreKind::Postgres => format!("postgres://postgres@127.0.0.1:5432/{pg_name}"),
+            StoreKind::Sqlite => format!("sqlite://{}", dir.join("store.db").display()),
+        };
+        let store = Store::connect(&url, 4, true).await.expect("store");
+        store.migrate().await.expect("migrate");
+        store
+            .add_project("demo", "/tmp/demo.git", "main")
+            .await
+            .unwrap();
+        let recorded = store
+            .record_spawn(SpawnRecord {
+                name: "nul-agent",
+                provider: "claude",
+                mode: AgentMode::Execute,
+                project: "demo",
+                task_id: None,
+                idempotency_key: None,
+                payload: json!({"prompt": "p"}),
+            })
+            .await
+            .unwrap();
+        let worker = NewWorker {
+            id: "w-1",
+            node_id: "node-a",
+            host: "host-a",
+            pid: 1,
+            pid_start_time: None,
+            capacity: 2,
+        };
+        let epoch = store
+            .register_worker(&worker, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let owner = Owner {
+            worker_id: "w-1".into(),
+            epoch,
+        };
+        let claimed = store
+            .claim_request(recorded.request_id, &owner, "node-a")
+            .await
+            .unwrap()
+            .expect("claimed");
+        (store, claimed.agent.id, owner)
+    }
+
+    fn event(seq: i64, data: serde_json::Value) -> NewEvent {
+        NewEvent {
+            seq,
+            kind: "raw".into(),
+            data,
+        }
+    }
+
+    /// An event the store cannot hold (Postgres refuses a NUL in jsonb) is replaced by a
+    /// note and the batch's other events are stored, once: the write is not failed (and
+    /// retried) forever. SQLite holds it as it is.
+    async fn a_refused_event_is_isolated(kind: StoreKind) {
+        let dir = tempfile::tempdir().unwrap();
+        let pg_name = format!("af_unit_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let (store, agent, owner) = store_with_agent(kind, dir.path(), &pg_name).await;
+        let writer = EventWriter::start(store.clone());
+        let events = vec![
+            event(1, json!({"line": "before"})),
+            event(2, json!({"line": "nul \u{0} inside"})),
+            event(3, json!({"line": "after"})),
+        ];
+        let (returned, taken) = writer.append(&owner, agent, events, 42).await;
+        assert!(taken.expect("stored, not failed"));
+        let stored = store.events_after(agent, 0).await.unwrap();
+        let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();
+        let expected = match kind {
+            StoreKind::Postgres => ["raw", REFUSED_EVENT, "raw"],
+            StoreKind::Sqlite => ["raw", "raw", "raw"],
+        };
+        assert_eq!(kinds, expected);
+        assert_eq!(returned.len(), 3, "the events as stored, to publish");
+        assert_eq!(returned[1].kind, expected[1]);
+        assert_eq!(stored[2].data["line"], "after");
+        let agent_row = store.agent(&agent.to_string()).await.unwrap();
+        assert_eq!(
+            agent_row.output_offset, 42,
+            "the offset moved with the events"
+        );
+        drop((writer, store));
+        if kind == StoreKind::Postgres {
+            // Best effort: leave no test database behind.
+            let admin = "postgres://postgres@127.0.0.1:5432/postgres";
+            if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+                let drop_it = format!("DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop_it))
+                    .execute(&pool)
+                    .await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_is_isolated_in_postgres() {
+        a_refused_event_is_isolated(StoreKind::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_is_isolated_in_sqlite() {
+        a_refused_event_is_isolated(StoreKind::Sqlite).await;
     }
 }

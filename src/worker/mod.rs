@@ -21,12 +21,14 @@ mod launch;
 mod lease;
 mod liveness;
 mod node_scan;
+pub mod output_reader;
 mod output_watch;
 mod resume;
 mod retry;
 mod spawn;
 mod supervisor;
 mod sweeper;
+mod verdict;
 
 pub use cleanup::{CleanupReport, cleanup_workspace};
 

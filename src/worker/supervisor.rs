@@ -4,7 +4,6 @@
 //! over the parsed stream).
 
 use std::collections::VecDeque;
-use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::event_log::{EventLog, LogError};
+use super::output_reader::{Line, OutputReader};
 use super::output_watch::{OutputWatch, Watched};
+use super::verdict::{StreamFacts, decide};
 use crate::agent_files;
-use crate::domain::{AgentOutcome, AgentStatus, PendingQuestion};
-use crate::process::{Exit, Running};
-use crate::providers::{self, AgentEvent, SignalStatus, StreamParser};
+use crate::domain::AgentOutcome;
+use crate::events::{STATUS_EVENT, make_storable_text, storable_line};
+use crate::process::Running;
+use crate::providers::{self, AgentEvent, StreamParser};
 use crate::store::{Owner, Store};
 
 /// How often the output is read when writes to it cannot be watched.
@@ -35,6 +37,23 @@ const MAX_SIGNAL_BYTES: u64 = 1024 * 1024;
 const SIGNAL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The event that says why a signal file the agent left was not used.
 const SIGNAL_IGNORED_EVENT: &str = "signal.ignored";
+/// The event that says the agent's output reached `agent.max_output_bytes`.
+const OUTPUT_LIMIT_EVENT: &str = "output.limit";
+/// Most output read in one step; a flood is read step by step, yielding in between, so
+/// it never holds a runtime thread for long (other agents' events, the lease).
+const STEP_BYTES: usize = 256 * 1024;
+/// Under a flood, the events are stored at least every this much output.
+const FLUSH_BYTES: usize = 1024 * 1024;
+/// Reading pauses while the store has not taken this much of what was read (it is away):
+/// what waits in memory for it stays bounded.
+const MAX_UNFLUSHED: usize = FLUSH_BYTES + 2 * STEP_BYTES;
+/// The kind of the event a stream's result is stored as.
+const RESULT_EVENT: &str = "result";
+/// How many of an adopted agent's last stored events are searched for its result (only
+/// usage and status events follow one).
+const RESULT_LOOKBACK: i64 = 16;
+/// How much of each recent line is kept in memory.
+const RECENT_LINE_BYTES: usize = 1024;
 
 /// Why supervision ended other than by the process's own exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +66,8 @@ pub enum Interrupt {
     IdleTimeout,
     /// Ran past `max_runtime`.
     MaxRuntime,
+    /// Printed more than `max_output_bytes`.
+    OutputLimit,
     /// The stream reported a usage/rate limit or refused credentials; the CLI would only
     /// keep retrying, so it is stopped at once.
     AccountTrouble,
@@ -97,6 +118,10 @@ pub struct Limits {
     pub max_runtime: Duration,
     pub flush_every: Duration,
     pub buffer_lines: usize,
+    /// Longest line stored whole (longer ones are cut).
+    pub max_event_bytes: usize,
+    /// Most output read from one run.
+    pub max_output_bytes: u64,
 }
 
 pub struct Supervisor<'a> {
@@ -120,39 +145,36 @@ pub struct Supervisor<'a> {
     pub watch: Option<std::sync::Arc<OutputWatch>>,
 }
 
-/// What the stream told us, kept as it goes.
-#[derive(Default)]
-struct StreamFacts {
-    session_id: Option<String>,
-    /// The session id is known but not yet in the store.
-    session_unsaved: bool,
-    result: Option<(bool, Option<String>)>,
-    last_text: Option<String>,
-    last_error: Option<String>,
-    account_trouble: Option<AccountTrouble>,
-}
-
 /// The tail of the output file as it grows.
 struct Tail {
-    file: Option<std::fs::File>,
-    offset: u64,
-    partial: Vec<u8>,
+    reader: OutputReader,
+    /// The last lines (their starts), for a look at what the agent said last.
     recent: VecDeque<String>,
     last_growth: Instant,
+    /// Output read since its events were last stored.
+    unflushed: usize,
 }
 
 impl Supervisor<'_> {
     /// Runs until the process ends, the agent is interrupted, or the worker lets go.
     pub async fn run(mut self, mut process: Running) -> Result<Supervised, LogError> {
         let mut tail = Tail {
-            file: None,
-            offset: self.offset,
-            partial: Vec::new(),
+            reader: OutputReader::new(
+                self.offset,
+                self.limits.max_event_bytes,
+                self.limits.max_output_bytes,
+            ),
             recent: VecDeque::with_capacity(self.limits.buffer_lines.min(4096)),
             last_growth: Instant::now(),
+            unflushed: 0,
         };
         let mut facts = StreamFacts {
             session_id: self.session_id.clone(),
+            result_expected: self.parser.reports_result(),
+            result: match self.offset {
+                0 => None,
+                _ => stored_result(self.store, self.agent_id, self.log.last_seq()).await,
+            },
             ..Default::default()
         };
         let deadline = Instant::now() + self.limits.max_runtime.saturating_sub(self.ran_for);
@@ -167,13 +189,13 @@ impl Supervisor<'_> {
                 exit = process.wait() => break exit,
                 _ = written(&watched) => read_now = true,
                 _ = tokio::time::sleep_until(next_read) => read_now = true,
-                _ = flush_tick.tick() => self.flush_or_keep(tail.offset).await?,
+                _ = flush_tick.tick() => self.flush_or_keep(&mut tail).await?,
                 _ = tokio::time::sleep_until(deadline) => interrupted = Some(Interrupt::MaxRuntime),
                 _ = controls.stop.cancelled() => interrupted = Some(Interrupt::StopRequested),
                 _ = controls.shutdown.cancelled() => interrupted = Some(Interrupt::Shutdown),
                 _ = controls.detach.cancelled() => {
-                    self.read_new(&mut tail, &mut facts).await?;
-                    self.log.flush(tail.offset).await?;
+                    // The next worker reads on from the offset stored with these events.
+                    self.log.flush(tail.reader.consumed()).await?;
                     return Ok(Supervised::Detached);
                 }
                 _ = controls.lease_lost.cancelled() => return Ok(Supervised::Fenced),
@@ -183,22 +205,32 @@ impl Supervisor<'_> {
                 if watched.is_none() {
                     watched = self.watch.as_ref().and_then(|w| w.watch(&self.output));
                 }
-                self.read_new(&mut tail, &mut facts).await?;
+                let more = self.read_step(&mut tail, &mut facts).await?;
                 self.save_session(&mut facts).await?;
-                // New events go out at once: the worker's writer batches them with every
-                // other agent's, so this costs no commit of its own.
-                if self.log.has_pending() {
-                    self.flush_or_keep(tail.offset).await?;
+                // New events go out at once (the worker's writer batches them with every
+                // other agent's, so this costs no commit of its own); under a flood, every
+                // FLUSH_BYTES.
+                if tail.unflushed > 0 && (!more || tail.unflushed >= FLUSH_BYTES) {
+                    self.flush_or_keep(&mut tail).await?;
                 }
                 if tail.last_growth.elapsed() >= self.limits.idle_timeout {
                     interrupted = Some(Interrupt::IdleTimeout);
+                }
+                if tail.reader.at_limit() {
+                    interrupted = Some(Interrupt::OutputLimit);
                 }
                 let every = if watched.is_some() {
                     WATCHED_READ_EVERY
                 } else {
                     READ_EVERY
                 };
-                next_read = Instant::now() + every;
+                next_read = if more {
+                    // More is waiting: read on after the other tasks had their turn.
+                    tokio::task::yield_now().await;
+                    Instant::now()
+                } else {
+                    Instant::now() + every
+                };
             }
             if interrupted.is_none() && facts.account_trouble.is_some() {
                 interrupted = Some(Interrupt::AccountTrouble);
@@ -207,13 +239,9 @@ impl Supervisor<'_> {
                 break process.terminate(self.limits.stop_grace).await;
             }
         };
-        self.read_new(&mut tail, &mut facts).await?;
-        if !tail.partial.is_empty() {
-            let line = String::from_utf8_lossy(&tail.partial).into_owned();
-            tail.offset += tail.partial.len() as u64;
-            tail.partial.clear();
-            self.handle_line(&line, &mut tail.recent, &mut facts)
-                .await?;
+        match self.read_rest(&mut tail, &mut facts, interrupted).await {
+            Err(LogError::Fenced(_)) => return Ok(Supervised::Fenced),
+            other => other?,
         }
         // An interrupt decides the outcome by itself: the signal file is not even looked
         // at then. Otherwise one the agent left that is refused or malformed says why in
@@ -229,29 +257,78 @@ impl Supervisor<'_> {
                 serde_json::json!({"kind": SIGNAL_IGNORED_EVENT, "reason": reason}),
             );
         }
-        // The store may be briefly away (a restart): the last events wait for it.
-        loop {
-            match self.log.flush(tail.offset).await {
-                Ok(()) => break,
-                Err(LogError::Fenced(_)) => return Ok(Supervised::Fenced),
-                Err(LogError::Store(e)) => {
-                    tracing::warn!(agent_id = %self.agent_id, error = %e, "final flush failed; retrying");
-                    tokio::select! {
-                        _ = controls.lease_lost.cancelled() => return Ok(Supervised::Fenced),
-                        _ = tokio::time::sleep(STORE_RETRY) => {}
-                    }
-                }
-            }
+        if self.store_all(&mut tail).await.is_err() {
+            return Ok(Supervised::Fenced);
         }
         let stderr_tail = tail_of(&self.stderr).await;
         let trouble = facts.account_trouble.clone();
-        let outcome = decide(exit, interrupted, facts, signal, &stderr_tail);
+        let mut outcome = decide(exit, interrupted, facts, signal, &stderr_tail);
+        // The stderr tail and the texts are the agent's bytes: storable like its events.
+        for text in [
+            &mut outcome.result,
+            &mut outcome.error,
+            &mut outcome.session_id,
+        ] {
+            text.iter_mut().for_each(make_storable_text);
+        }
         Ok(match (interrupted, trouble) {
             (Some(Interrupt::AccountTrouble), Some(trouble)) => {
                 Supervised::AccountTrouble { trouble, outcome }
             }
             _ => Supervised::Ended(outcome),
         })
+    }
+
+    /// After the process ended: the output not read yet (to the limit), step by step, and
+    /// its last line if that has no newline.
+    async fn read_rest(
+        &mut self,
+        tail: &mut Tail,
+        facts: &mut StreamFacts,
+        interrupted: Option<Interrupt>,
+    ) -> Result<(), LogError> {
+        loop {
+            if tail.unflushed >= FLUSH_BYTES {
+                self.store_all(tail).await?;
+            }
+            if !self.read_step(tail, facts).await? {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if let Some(line) = tail.reader.finish() {
+            self.handle_line(line, &mut tail.recent, facts).await?;
+        }
+        if tail.reader.at_limit() {
+            let limit = self.limits.max_output_bytes;
+            tracing::warn!(agent_id = %self.agent_id, limit, ?interrupted, "output limit reached; the rest stays in the output file");
+            self.log.push(
+                OUTPUT_LIMIT_EVENT,
+                serde_json::json!({"kind": OUTPUT_LIMIT_EVENT, "limit": limit}),
+            );
+        }
+        Ok(())
+    }
+
+    /// Stores the pending events and the offset they reach, waiting for a store that is
+    /// away (a restart); fails only when the agent is fenced off or the lease is lost.
+    async fn store_all(&mut self, tail: &mut Tail) -> Result<(), LogError> {
+        loop {
+            match self.log.flush(tail.reader.consumed()).await {
+                Ok(()) => {
+                    tail.unflushed = 0;
+                    return Ok(());
+                }
+                Err(LogError::Fenced(id)) => return Err(LogError::Fenced(id)),
+                Err(LogError::Store(e)) => {
+                    tracing::warn!(agent_id = %self.agent_id, error = %e, "flush failed; retrying");
+                    tokio::select! {
+                        _ = self.controls.lease_lost.cancelled() => return Err(LogError::Fenced(self.agent_id)),
+                        _ = tokio::time::sleep(STORE_RETRY) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Records the session id as soon as it is known (resume and failover need it); a
@@ -277,8 +354,12 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn flush_or_keep(&mut self, offset: u64) -> Result<(), LogError> {
-        match self.log.flush(offset).await {
+    async fn flush_or_keep(&mut self, tail: &mut Tail) -> Result<(), LogError> {
+        match self.log.flush(tail.reader.consumed()).await {
+            Ok(()) => {
+                tail.unflushed = 0;
+                Ok(())
+            }
             Err(LogError::Store(e)) => {
                 tracing::warn!(agent_id = %self.agent_id, error = %e, "event flush failed; will retry");
                 Ok(())
@@ -287,45 +368,52 @@ impl Supervisor<'_> {
         }
     }
 
-    async fn read_new(&mut self, tail: &mut Tail, facts: &mut StreamFacts) -> Result<(), LogError> {
+    /// Reads one step of new output and handles its lines; true when more may be waiting.
+    /// Reads nothing while the store is behind (MAX_UNFLUSHED).
+    async fn read_step(
+        &mut self,
+        tail: &mut Tail,
+        facts: &mut StreamFacts,
+    ) -> Result<bool, LogError> {
+        if tail.unflushed >= MAX_UNFLUSHED {
+            return Ok(false);
+        }
         // A plain read: the output file is local and what is new sits in the page cache,
-        // so a blocking-pool round trip per read would cost more than the read itself.
-        if tail.file.is_none() {
-            tail.file = std::fs::File::open(&self.output).ok();
-        }
-        let Some(f) = tail.file.as_mut() else {
-            return Ok(());
+        // so a blocking-pool round trip per step would cost more than the read itself.
+        let mut lines = Vec::new();
+        let read = match tail.reader.read(&self.output, STEP_BYTES, &mut lines) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(agent_id = %self.agent_id, error = %e, "output not read");
+                0
+            }
         };
-        let read_from = tail.offset + tail.partial.len() as u64;
-        let mut chunk = Vec::new();
-        if f.seek(std::io::SeekFrom::Start(read_from)).is_err()
-            || f.read_to_end(&mut chunk).is_err()
-        {
-            return Ok(());
-        }
-        if !chunk.is_empty() {
+        if read > 0 {
             tail.last_growth = Instant::now();
         }
-        tail.partial.extend_from_slice(&chunk);
-        while let Some(pos) = tail.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = tail.partial.drain(..=pos).collect();
-            tail.offset += line.len() as u64;
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            self.handle_line(&line, &mut tail.recent, facts).await?;
+        tail.unflushed += read;
+        for line in lines {
+            self.handle_line(line, &mut tail.recent, facts).await?;
         }
-        Ok(())
+        Ok(read == STEP_BYTES)
     }
+
     async fn handle_line(
         &mut self,
-        line: &str,
+        line: Line,
         recent: &mut VecDeque<String>,
         facts: &mut StreamFacts,
     ) -> Result<(), LogError> {
+        let text = storable_line(line.text);
         if recent.len() == self.limits.buffer_lines.max(1) {
             recent.pop_front();
         }
-        recent.push_back(line.to_string());
-        for event in self.parser.parse_line(line) {
+        let mut end = text.len().min(RECENT_LINE_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        recent.push_back(text[..end].to_string());
+        for event in self.parser.parse_line(&text) {
             match &event {
                 AgentEvent::SessionStarted { session_id, .. }
                     if facts.session_id.as_deref() != Some(session_id.as_str()) =>
@@ -368,7 +456,12 @@ impl Supervisor<'_> {
                 }
                 _ => {}
             }
-            let data = serde_json::to_value(&event).unwrap_or_default();
+            let mut data = serde_json::to_value(&event).unwrap_or_default();
+            if let (Some(full), Some(fields)) = (line.cut_from, data.as_object_mut()) {
+                // Cut to agent.max_event_bytes: the event says so, and how long the line was.
+                fields.insert("truncated".into(), true.into());
+                fields.insert("line_bytes".into(), full.into());
+            }
             let kind = data
                 .get("kind")
                 .and_then(|k| k.as_str())
@@ -378,6 +471,26 @@ impl Supervisor<'_> {
         }
         Ok(())
     }
+}
+
+/// An adopted agent's result, if the worker before read it already: adoption reads on
+/// after the stored events, and the result is among the last of them.
+async fn stored_result(
+    store: &Store,
+    agent_id: Uuid,
+    last_seq: i64,
+) -> Option<(bool, Option<String>)> {
+    let after = (last_seq - RESULT_LOOKBACK).max(0);
+    let events = store.events_after(agent_id, after).await.ok()?;
+    // This run's only: an earlier run's result (before a resume) lies before the status
+    // event that says this run started.
+    let mut this_run = events
+        .iter()
+        .rev()
+        .take_while(|e| !(e.kind == STATUS_EVENT && e.data["status"] == "running"));
+    let result = this_run.find(|e| e.kind == RESULT_EVENT)?;
+    let success = result.data["success"].as_bool().unwrap_or(false);
+    Some((success, result.data["text"].as_str().map(String::from)))
 }
 
 /// The end of the process's stderr: only that much is read, however much it wrote.
@@ -415,159 +528,6 @@ async fn read_signal(workdir: &Path) -> Option<Result<providers::Signal, String>
     Some(providers::parse_signal(&bytes))
 }
 
-fn decide(
-    exit: Exit,
-    interrupted: Option<Interrupt>,
-    facts: StreamFacts,
-    signal: Option<Result<providers::Signal, String>>,
-    stderr_tail: &str,
-) -> AgentOutcome {
-    let code = match exit {
-        Exit::Code(c) | Exit::Sandbox { code: c, .. } => Some(c),
-        _ => None,
-    };
-    let mut outcome = AgentOutcome {
-        status: AgentStatus::Crashed,
-        result: None,
-        questions: Vec::new(),
-        error: None,
-        exit_code: code,
-        session_id: facts.session_id.clone(),
-    };
-    match interrupted {
-        Some(Interrupt::StopRequested) => {
-            outcome.status = AgentStatus::Stopped;
-            outcome.error = Some("stopped by request".into());
-            return outcome;
-        }
-        Some(Interrupt::Shutdown) => {
-            outcome.status = AgentStatus::Stopped;
-            outcome.error = Some("stopped: the worker shut down".into());
-            return outcome;
-        }
-        Some(Interrupt::IdleTimeout) => {
-            outcome.error = Some("idle_timeout: no output for agent.idle_timeout".into());
-            return outcome;
-        }
-        Some(Interrupt::MaxRuntime) => {
-            outcome.error = Some("max_runtime: ran past agent.max_runtime".into());
-            return outcome;
-        }
-        Some(Interrupt::AccountTrouble) => {
-            outcome.status = AgentStatus::Failed;
-            outcome.error = Some(match &facts.account_trouble {
-                Some(AccountTrouble::Refused { message }) => format!("auth_failed: {message}"),
-                Some(AccountTrouble::Exhausted { message, .. }) => {
-                    format!("rate_limited: {message}")
-                }
-                None => "rate_limited".into(),
-            });
-            return outcome;
-        }
-        None => {}
-    }
-    if let Exit::Sandbox { reason, .. } = &exit {
-        // A limit the sandbox enforced, or a sandbox that could not be set up: whatever
-        // the agent reported, it did not end by itself.
-        outcome.error = Some(match reason.strip_prefix("resource_limit:") {
-            Some(which) => format!("{reason}: the agent went past sandbox.limits ({which})"),
-            None => reason.clone(),
-        });
-        return outcome;
-    }
-    match signal {
-        Some(Ok(signal)) => {
-            let result = signal.result.map(|r| match r {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            });
-            match signal.status {
-                SignalStatus::Done => {
-                    outcome.status = AgentStatus::Completed;
-                    outcome.result = result.or_else(|| facts.result.and_then(|r| r.1));
-                }
-                SignalStatus::Questions => {
-                    outcome.status = AgentStatus::WaitingForInput;
-                    outcome.result = result;
-                    outcome.questions = signal
-                        .questions
-                        .into_iter()
-                        .map(|q| PendingQuestion {
-                            id: q.id,
-                            question: q.question,
-                        })
-                        .collect();
-                }
-                SignalStatus::Error => {
-                    outcome.status = AgentStatus::Failed;
-                    outcome.result = result;
-                    outcome.error = Some(
-                        signal
-                            .error
-                            .unwrap_or_else(|| "the agent reported an error".into()),
-                    );
-                }
-            }
-            return outcome;
-        }
-        Some(Err(reason)) => {
-            let mut outcome = from_stream(exit, facts, stderr_tail, outcome);
-            let note = format!("signal file ignored: {reason}");
-            outcome.error = Some(match outcome.error.take() {
-                Some(error) => format!("{error}; {note}"),
-                None => note,
-            });
-            return outcome;
-        }
-        None => {}
-    }
-    from_stream(exit, facts, stderr_tail, outcome)
-}
-
-/// The outcome the process's exit and its parsed stream give, without a signal file.
-fn from_stream(
-    exit: Exit,
-    facts: StreamFacts,
-    stderr_tail: &str,
-    mut outcome: AgentOutcome,
-) -> AgentOutcome {
-    let code = outcome.exit_code;
-    if code == Some(0) {
-        match facts.result {
-            Some((false, text)) => {
-                outcome.status = AgentStatus::Failed;
-                outcome.error = Some(
-                    text.or(facts.last_error)
-                        .unwrap_or_else(|| "the provider reported an error".into()),
-                );
-            }
-            Some((true, text)) => {
-                outcome.status = AgentStatus::Completed;
-                outcome.result = text.or(facts.last_text);
-            }
-            None => {
-                outcome.status = AgentStatus::Completed;
-                outcome.result = facts.last_text;
-            }
-        }
-        return outcome;
-    }
-    let how = match exit {
-        Exit::Code(c) => format!("exited with code {c}"),
-        Exit::Signal(s) => format!("killed by signal {s}"),
-        Exit::Sandbox { code, .. } => format!("exited with code {code}"),
-        Exit::Unknown => "ended while unwatched, exit status unknown".to_string(),
-    };
-    let detail = facts
-        .last_error
-        .or_else(|| (!stderr_tail.is_empty()).then(|| stderr_tail.to_string()));
-    outcome.error = Some(match detail {
-        Some(d) => format!("provider process {how}: {d}"),
-        None => format!("provider process {how}"),
-    });
-    outcome
-}
-
 /// Resolves when the watched output was written; never without a watch.
 async fn written(watched: &Option<Watched>) {
     match watched {
@@ -579,82 +539,6 @@ async fn written(watched: &Option<Watched>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn exit(code: i32) -> Exit {
-        Exit::Code(code)
-    }
-
-    #[test]
-    fn non_zero_exit_is_a_crash_with_stderr() {
-        let o = decide(
-            exit(2),
-            None,
-            StreamFacts::default(),
-            None,
-            "boom: bad thing",
-        );
-        assert_eq!(o.status, AgentStatus::Crashed);
-        assert_eq!(o.exit_code, Some(2));
-        let error = o.error.unwrap();
-        assert!(
-            error.contains("code 2") && error.contains("boom"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn success_result_completes() {
-        let facts = StreamFacts {
-            result: Some((true, Some("All done.".into()))),
-            ..Default::default()
-        };
-        let o = decide(exit(0), None, facts, None, "");
-        assert_eq!(o.status, AgentStatus::Completed);
-        assert_eq!(o.result.as_deref(), Some("All done."));
-    }
-
-    #[test]
-    fn signal_file_wins_over_the_stream() {
-        let signal = providers::parse_signal(
-            br#"{"status":"questions","questions":[{"id":"q1","question":"Which DB?"}]}"#,
-        );
-        let facts = StreamFacts {
-            result: Some((true, Some("ignored".into()))),
-            ..Default::default()
-        };
-        let o = decide(exit(0), None, facts, Some(signal), "");
-        assert_eq!(o.status, AgentStatus::WaitingForInput);
-        assert_eq!(o.questions[0].question, "Which DB?");
-    }
-
-    #[test]
-    fn an_ignored_signal_file_falls_back_to_the_stream_and_says_why() {
-        let facts = StreamFacts {
-            result: Some((true, Some("from the stream".into()))),
-            ..Default::default()
-        };
-        let refused = Some(Err("signal file refused: it is a FIFO".to_string()));
-        let o = decide(exit(0), None, facts, refused, "");
-        assert_eq!(o.status, AgentStatus::Completed);
-        assert_eq!(o.result.as_deref(), Some("from the stream"));
-        assert_eq!(
-            o.error.as_deref(),
-            Some("signal file ignored: signal file refused: it is a FIFO")
-        );
-        let crashed = decide(
-            exit(3),
-            None,
-            StreamFacts::default(),
-            Some(Err("bad".into())),
-            "",
-        );
-        assert_eq!(crashed.status, AgentStatus::Crashed);
-        let error = crashed.error.unwrap();
-        assert!(
-            error.contains("code 3") && error.ends_with("signal file ignored: bad"),
-            "{error}"
-        );
-    }
 
     #[tokio::test]
     async fn a_planted_signal_file_is_refused_promptly() {
@@ -680,42 +564,5 @@ mod tests {
         std::fs::write(&signal, r#"{"status":"done","result":"mine"}"#).unwrap();
         let ok = read_signal(&workdir).await.unwrap().unwrap();
         assert_eq!(ok.result, Some(serde_json::json!("mine")));
-    }
-
-    #[test]
-    fn interrupts_decide_the_outcome() {
-        let stop = |i| decide(Exit::Signal(15), Some(i), StreamFacts::default(), None, "");
-        assert_eq!(stop(Interrupt::Shutdown).status, AgentStatus::Stopped);
-        assert_eq!(stop(Interrupt::StopRequested).status, AgentStatus::Stopped);
-        let idle = stop(Interrupt::IdleTimeout);
-        assert_eq!(idle.status, AgentStatus::Crashed);
-        assert!(idle.error.unwrap().starts_with("idle_timeout"));
-        let long = stop(Interrupt::MaxRuntime);
-        assert!(long.error.unwrap().starts_with("max_runtime"));
-    }
-
-    #[test]
-    fn a_limit_the_sandbox_enforced_crashes_the_agent_with_its_name() {
-        let exit = Exit::Sandbox {
-            code: 137,
-            reason: "resource_limit:memory".into(),
-        };
-        let facts = StreamFacts {
-            result: Some((true, Some("claims success".into()))),
-            ..Default::default()
-        };
-        let o = decide(exit, None, facts, None, "");
-        assert_eq!(o.status, AgentStatus::Crashed);
-        assert!(
-            o.error.unwrap().starts_with("resource_limit:memory"),
-            "the reason names the limit"
-        );
-    }
-
-    #[test]
-    fn unwatched_end_without_exit_code_is_a_crash() {
-        let o = decide(Exit::Unknown, None, StreamFacts::default(), None, "");
-        assert_eq!(o.status, AgentStatus::Crashed);
-        assert!(o.error.unwrap().contains("exit status unknown"));
     }
 }
