@@ -220,6 +220,7 @@ mod tests {
                 project: "demo",
                 task_id: None,
                 idempotency_key: None,
+                request_hash: "",
                 payload: json!({"prompt": "p"}),
             })
             .await
