@@ -402,35 +402,103 @@ async fn agents_that_changed_nothing_push_no_branch() {
 }
 
 /// An agent deleted with its remote branch kept, and a new agent given its name: the new
-/// agent never overwrites the branch it did not create, and says why its own was not pushed.
+/// agent never overwrites the branch it did not create, and pushes its work to a branch of
+/// its own, recorded on it and announced by an event.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_reused_name_never_overwrites_the_earlier_agents_branch() {
+async fn a_reused_name_pushes_to_a_branch_of_its_own_leaving_the_earlier_agents() {
     let mut env = TestEnv::new().await;
     env.start_worker(&[]);
     let first = env.spawn(&["--name", "reused-otter"], "first\n#file FIRST.txt");
     let done = env.wait_final(first.id, Duration::from_secs(60)).await;
     assert_status(&done, AgentStatus::Completed);
-    let pushed = || {
+    let tip = |branch: &str| {
         git2::Repository::open_bare(&env.remote)
             .unwrap()
-            .refname_to_id("refs/heads/agent/reused-otter")
-            .unwrap()
+            .refname_to_id(&format!("refs/heads/{branch}"))
+            .ok()
     };
-    let first_tip = pushed();
+    let first_tip = tip("agent/reused-otter").expect("the first agent's branch");
     env.cli_ok(&["delete", "reused-otter"]);
 
     let second = env.spawn(&["--name", "reused-otter"], "second\n#file SECOND.txt");
     let done = env.wait_final(second.id, Duration::from_secs(60)).await;
+    assert_status(&done, AgentStatus::Completed);
+    assert_eq!(done.error, None);
     assert_eq!(
-        pushed(),
-        first_tip,
+        tip("agent/reused-otter"),
+        Some(first_tip),
         "the earlier agent's branch was overwritten"
     );
     assert!(env.remote_file("agent/reused-otter", "FIRST.txt").is_some());
-    let error = done.error.unwrap_or_default();
     assert!(
-        error.contains("not pushed") && error.contains("agent/reused-otter"),
-        "{error}"
+        env.remote_file("agent/reused-otter", "SECOND.txt")
+            .is_none()
     );
+    // Its own work is on a branch of its own, which `get` shows.
+    let own = format!(
+        "agent/reused-otter-{}",
+        &second.id.simple().to_string()[..8]
+    );
+    assert_eq!(done.branch, own);
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["get", "reused-otter", "--json"])).unwrap();
+    assert_eq!(shown["branch"], own.as_str());
+    assert!(env.remote_file(&own, "SECOND.txt").is_some());
+    assert!(env.remote_file(&own, "FIRST.txt").is_none());
+    let events = env.store().await.events_after(second.id, 0).await.unwrap();
+    let renamed = events
+        .iter()
+        .find(|e| e.kind == "branch.renamed")
+        .expect("a branch.renamed event");
+    assert_eq!(renamed.data["from"], "agent/reused-otter");
+    assert_eq!(renamed.data["to"], own.as_str());
+    env.stop_workers();
+}
+
+/// A resumed agent whose work went to a branch of its own goes on there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_agent_goes_on_to_the_branch_of_its_own() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let first = env.spawn(&["--name", "asking-otter"], "first\n#file FIRST.txt");
+    env.wait_final(first.id, Duration::from_secs(60)).await;
+    env.cli_ok(&["delete", "asking-otter"]);
+    let ask = "ask\n#file SECOND.txt\n#signal {\"status\":\"questions\",\
+               \"questions\":[{\"id\":\"db\",\"question\":\"Which database?\"}]}";
+    let second = env.spawn(&["--name", "asking-otter"], ask);
+    let waiting = env.wait_final(second.id, Duration::from_secs(60)).await;
+    assert_status(&waiting, AgentStatus::WaitingForInput);
+    let own = format!(
+        "agent/asking-otter-{}",
+        &second.id.simple().to_string()[..8]
+    );
+    assert_eq!(waiting.branch, own);
+    let first_tip = env.remote_file("agent/asking-otter", "FIRST.txt");
+    assert!(first_tip.is_some());
+
+    env.cli_ok(&[
+        "resume",
+        "asking-otter",
+        "--answer",
+        "db=Postgres",
+        "--wait",
+    ]);
+    let done = env.store().await.agent("asking-otter").await.unwrap();
+    assert_status(&done, AgentStatus::Completed);
+    assert_eq!(done.error, None);
+    assert_eq!(done.branch, own);
+    assert!(env.remote_file(&own, "SECOND.txt").is_some());
+    assert!(env.remote_file(&own, "RESUMED.txt").is_some());
+    assert!(
+        env.remote_file("agent/asking-otter", "RESUMED.txt")
+            .is_none()
+    );
+    assert!(
+        env.remote_file("agent/asking-otter", "SECOND.txt")
+            .is_none()
+    );
+    let events = env.store().await.events_after(second.id, 0).await.unwrap();
+    let renames = events.iter().filter(|e| e.kind == "branch.renamed").count();
+    assert_eq!(renames, 1, "renamed once, by the first run");
     env.stop_workers();
 }

@@ -71,6 +71,16 @@ async fn claimed_agent(store: &Store, name: &str) -> (Uuid, Owner) {
     (claimed.agent.id, owner)
 }
 
+/// Owners whose writes about `owner`'s agents are refused: its worker under a stale epoch,
+/// and another worker.
+async fn wrong_owners(store: &Store, owner: &Owner) -> [Owner; 2] {
+    let stale = Owner {
+        worker_id: owner.worker_id.clone(),
+        epoch: owner.epoch + 100,
+    };
+    [stale, worker(store, "stranger", LEASE).await]
+}
+
 fn event(seq: i64, kind: &str, data: serde_json::Value) -> NewEvent {
     NewEvent {
         seq,
@@ -357,11 +367,7 @@ async fn claims_need_a_live_lease_of_the_current_epoch(store: &Store) {
 async fn fenced_writes_are_refused_for_a_wrong_epoch(store: &Store) {
     with_project(store).await;
     let (agent, owner) = claimed_agent(store, "fenced").await;
-    let stale = Owner {
-        worker_id: owner.worker_id.clone(),
-        epoch: owner.epoch + 100,
-    };
-    let stranger = worker(store, "stranger", LEASE).await;
+    let [stale, stranger] = wrong_owners(store, &owner).await;
     let process = ProcessRecord {
         pid: 77,
         pid_start_time: 12345,
@@ -394,6 +400,41 @@ async fn fenced_writes_are_refused_for_a_wrong_epoch(store: &Store) {
     assert_eq!(running.output_path.as_deref(), Some("/tmp/out.jsonl"));
     assert_eq!(running.session_id.as_deref(), Some("sid-1"));
     assert!(running.started_at.is_some());
+}
+
+async fn an_agents_branch_is_renamed_by_its_owner_only(store: &Store) {
+    with_project(store).await;
+    let (agent, owner) = claimed_agent(store, "renamed").await;
+    let [stale, stranger] = wrong_owners(store, &owner).await;
+    let branch = |agent: Uuid| async move { store.agent(&agent.to_string()).await.unwrap().branch };
+    assert_eq!(branch(agent).await, "agent/renamed");
+    for wrong in [&stale, &stranger] {
+        let renamed = store
+            .rename_branch(agent, wrong, "agent/renamed", "agent/renamed-1")
+            .await
+            .unwrap();
+        assert!(!renamed, "a write of {wrong:?} was taken");
+    }
+    assert_eq!(branch(agent).await, "agent/renamed");
+    assert!(
+        !store
+            .rename_branch(agent, &owner, "agent/other", "agent/renamed-1")
+            .await
+            .unwrap(),
+        "renamed from a branch it does not have"
+    );
+    assert!(
+        store
+            .rename_branch(agent, &owner, "agent/renamed", "agent/renamed-1")
+            .await
+            .unwrap()
+    );
+    let renamed = store.agent(&agent.to_string()).await.unwrap();
+    assert_eq!(renamed.branch, "agent/renamed-1");
+    assert_eq!(
+        store.agent("renamed").await.unwrap().branch,
+        "agent/renamed-1"
+    );
 }
 
 async fn events_are_appended_once_and_read_in_order(store: &Store) {
@@ -1115,6 +1156,7 @@ conformance!(
     two_concurrent_claimers_claim_a_request_once,
     claims_need_a_live_lease_of_the_current_epoch,
     fenced_writes_are_refused_for_a_wrong_epoch,
+    an_agents_branch_is_renamed_by_its_owner_only,
     events_are_appended_once_and_read_in_order,
     batched_appends_store_owned_agents_and_fence_the_rest,
     finish_agent_records_the_outcome_and_closes_the_request,

@@ -199,6 +199,10 @@ store_operations! {
     /// Records the started process; fenced by the owner.
     fn mark_running(&self, agent_id: Uuid, owner: &Owner, process: &ProcessRecord) -> bool;
     fn set_session_id(&self, agent_id: Uuid, owner: &Owner, session_id: &str) -> bool;
+    /// Moves the agent's remote branch from `from` to `to` (its own, when the branch of its
+    /// name was taken on the remote); fenced by the owner, and false also when the agent's
+    /// branch is no longer `from`.
+    fn rename_branch(&self, agent_id: Uuid, owner: &Owner, from: &str, to: &str) -> bool;
     /// Appends a batch of events and records how far into the output file they reach,
     /// atomically, only while `owner` owns the agent; false when the write was fenced off.
     fn append_events(

@@ -482,6 +482,27 @@ impl PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    pub async fn rename_branch(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE agents SET branch = $5, updated_at = now() \
+             WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3 AND branch = $4",
+        )
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Appends a batch of events and records how far into the output file they reach,
     /// only while `owner` owns the agent. Returns false when the write was fenced off.
     pub async fn append_events(

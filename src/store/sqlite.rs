@@ -557,6 +557,30 @@ impl SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    pub async fn rename_branch(
+        &self,
+        agent_id: Uuid,
+        owner: &Owner,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE agents SET branch = ?5, updated_at = ",
+            now!(),
+            " WHERE ",
+            owned_by!(),
+            " AND branch = ?4"
+        ))
+        .bind(agent_id)
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Appends a batch of events (it travels as one JSON array) and records how far into
     /// the output file they reach, only while `owner` owns the agent. Returns false when the
     /// write was fenced off.

@@ -160,17 +160,21 @@ async fn supervise(
             }
         }
     };
-    match rt
-        .publish_branch(&started.project, &agent.name, &agent.branch)
-        .await
-    {
-        Ok(Some(published)) => {
-            tracing::info!(agent_id = %agent.id, commit = %published.commit, "branch pushed");
+    let publication = rt.publish_branch(&started.project, &agent).await;
+    if let Some(from) = &publication.renamed_from {
+        log.push(
+            "branch.renamed",
+            serde_json::json!({"kind": "branch.renamed", "from": from, "to": publication.branch}),
+        );
+    }
+    match publication.pushed {
+        Ok(Some(commit)) => {
+            tracing::info!(agent_id = %agent.id, %commit, branch = %publication.branch, "branch pushed");
         }
         Ok(None) => tracing::info!(agent_id = %agent.id, "no commits to push"),
         Err(e) => {
             tracing::warn!(agent_id = %agent.id, error = %e, "branch not pushed");
-            let note = format!("branch {} not pushed: {e}", agent.branch);
+            let note = format!("branch {} not pushed: {e}", publication.branch);
             outcome.error = Some(match outcome.error.take() {
                 Some(err) => format!("{err}; {note}"),
                 None => note,

@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::Runtime;
-use crate::domain::Project;
-use crate::workspace::Published;
+use crate::domain::{Agent, Project};
+use crate::workspace::{Published, WorkspaceError};
 
 /// What a worker knows of a project's mirror, kept under the project's git lock.
 #[derive(Debug, Default)]
@@ -108,30 +108,121 @@ impl Runtime {
     }
 
     /// Commits what the agent left uncommitted and pushes its branch to the project's
-    /// remote; `None` when the branch had nothing beyond its base, so nothing was pushed.
-    pub(super) async fn publish_branch(
+    /// remote.
+    ///
+    /// Where the remote's branch of that name was not made by this agent (an earlier agent
+    /// of the same name left it), the work goes to a branch of its own instead,
+    /// `<branch>-<first 8 hex digits of its id>`, recorded on the agent before the push
+    /// (fenced: a worker that no longer owns it pushes nothing), so that a later run
+    /// publishes there too.
+    pub(super) async fn publish_branch(&self, project: &Project, agent: &Agent) -> Publication {
+        let lock = self.project_lock(project.id).await;
+        let _held = lock.lock().await;
+        let branch = agent.branch.clone();
+        let message = format!("agentfleet: work of agent {}", agent.name);
+        let first = self
+            .push_as(project, &agent.name, &branch, Some(message))
+            .await;
+        let own = own_branch(&branch, agent.id);
+        let taken = match first {
+            Err(Some(e @ WorkspaceError::RemoteBranchTaken { .. })) if branch != own => e,
+            first => return Publication::new(branch, None, first),
+        };
+        tracing::info!(agent_id = %agent.id, from = %branch, to = %own, reason = %taken,
+            "the agent's branch is taken on the remote; pushing to a branch of its own");
+        let recorded = self
+            .fleet
+            .store
+            .rename_branch(agent.id, &self.owner, &branch, &own)
+            .await;
+        let refused = match recorded {
+            Ok(true) => None,
+            Ok(false) => Some("the agent is no longer this worker's".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = refused {
+            let pushed = Err(format!("{taken}; cannot move it to branch '{own}': {why}"));
+            return Publication {
+                branch,
+                renamed_from: None,
+                pushed,
+            };
+        }
+        let pushed = self.push_as(project, &agent.name, &own, None).await;
+        Publication::new(own, Some(branch), pushed)
+    }
+
+    /// Commits what the agent left uncommitted (when given a `commit` message) and pushes
+    /// its branch as `remote_branch` (blocking git work off the async threads; the caller
+    /// holds the project's git lock). `Err(None)`: the task itself failed.
+    async fn push_as(
         &self,
         project: &Project,
         name: &str,
-        branch: &str,
-    ) -> Result<Option<Published>, String> {
-        let lock = self.project_lock(project.id).await;
-        let _held = lock.lock().await;
+        remote_branch: &str,
+        commit: Option<String>,
+    ) -> Result<Option<Published>, Option<WorkspaceError>> {
         let ws = self.workspace.clone();
-        let (key, name, branch, remote) = (
+        let (key, name, remote_branch, url) = (
             project.id.to_string(),
-            name.to_string(),
-            branch.to_string(),
+            name.to_owned(),
+            remote_branch.to_owned(),
             project.remote_url.clone(),
         );
-        let message = format!("agentfleet: work of agent {name}");
-        tokio::task::spawn_blocking(move || {
-            ws.commit_all(&name, &message)?;
-            ws.publish_branch(&key, &name, &branch, &remote)
+        let pushed = tokio::task::spawn_blocking(move || {
+            if let Some(message) = commit {
+                ws.commit_all(&name, &message)?;
+            }
+            ws.publish_branch_as(&key, &name, &remote_branch, &url)
         })
-        .await
-        .map_err(|e| format!("push task failed: {e}"))?
-        .map_err(|e| e.to_string())
+        .await;
+        match pushed {
+            Ok(pushed) => pushed.map_err(Some),
+            Err(e) => {
+                tracing::error!(error = %e, "push task failed");
+                Err(None)
+            }
+        }
+    }
+}
+
+/// The branch an agent's work goes to when the one of its name is taken on the remote.
+fn own_branch(branch: &str, agent_id: Uuid) -> String {
+    let id = agent_id.simple().to_string();
+    let suffix = format!("-{}", &id[..8]);
+    if branch.ends_with(&suffix) {
+        branch.to_owned()
+    } else {
+        format!("{branch}{suffix}")
+    }
+}
+
+/// What [`Runtime::publish_branch`] did.
+#[derive(Debug)]
+pub(crate) struct Publication {
+    /// The remote branch the work went to (or was to go to).
+    pub branch: String,
+    /// The agent's branch before this run moved its work to a branch of its own.
+    pub renamed_from: Option<String>,
+    /// The commit the remote branch now points at; `None` when the agent had nothing
+    /// beyond its base, so nothing was pushed; why not pushed otherwise.
+    pub pushed: Result<Option<String>, String>,
+}
+
+impl Publication {
+    fn new(
+        branch: String,
+        renamed_from: Option<String>,
+        pushed: Result<Option<Published>, Option<WorkspaceError>>,
+    ) -> Self {
+        let pushed = pushed
+            .map(|published| published.map(|p| p.commit))
+            .map_err(|e| e.map_or_else(|| "the push task failed".to_owned(), |e| e.to_string()));
+        Self {
+            branch,
+            renamed_from,
+            pushed,
+        }
     }
 }
 
@@ -139,7 +230,17 @@ impl Runtime {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::ProjectGit;
+    use uuid::Uuid;
+
+    use super::{ProjectGit, own_branch};
+
+    #[test]
+    fn an_agents_own_branch_is_named_once() {
+        let id: Uuid = "1a2b3c4d-0000-4000-8000-000000000000".parse().unwrap();
+        let own = own_branch("agent/otter", id);
+        assert_eq!(own, "agent/otter-1a2b3c4d");
+        assert_eq!(own_branch(&own, id), own, "a renamed branch stays as it is");
+    }
 
     #[test]
     fn a_spawn_reuses_only_a_fetch_begun_after_its_delivery() {

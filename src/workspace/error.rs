@@ -107,14 +107,26 @@ pub enum WorkspaceError {
         detail: String,
     },
 
-    /// The remote's branch holds commits that are not in the history being pushed: a newer
-    /// run of this agent, or an earlier agent of the same name, pushed it. It is left as is.
+    /// The remote's branch holds commits of this agent that are not in the history being
+    /// pushed: a newer run of it pushed them. It is left as is.
     #[error(
         "branch '{branch}' on remote {remote} is at {found}, which is not in the history this \
-         run is pushing (pushed by another run or an earlier agent of the same name); not \
-         overwriting it"
+         run is pushing (pushed by another run of this agent); not overwriting it"
     )]
     RemoteBranchNotOurs {
+        branch: String,
+        remote: String,
+        found: String,
+    },
+
+    /// The remote's branch exists and was not made by this agent (an earlier agent of the
+    /// same name, or someone else, left it there). It is left as is; this agent's work
+    /// belongs on a branch of its own.
+    #[error(
+        "branch '{branch}' on remote {remote} is at {found}, which this agent did not push; \
+         not overwriting it"
+    )]
+    RemoteBranchTaken {
         branch: String,
         remote: String,
         found: String,

@@ -9,7 +9,8 @@
 //!
 //! The push is fenced: an existing remote branch is only moved forward, from a tip that is
 //! already in this agent's own history beyond its base. A stale run cannot overwrite what a
-//! newer run pushed, nor a new agent the branch an earlier agent of the same name left.
+//! newer run pushed (`RemoteBranchNotOurs`), nor a new agent the branch an earlier agent of
+//! the same name left (`RemoteBranchTaken`: the caller pushes to a branch of its own).
 //! The update is a compare-and-swap on the tip the remote advertised when the push
 //! connected (checked against this run's history first):
 //! - over git's protocols (ssh, https, git) libgit2 sends that tip as the ref's old value,
@@ -51,7 +52,31 @@ impl Workspace {
         branch: &str,
         remote_url: &str,
     ) -> Result<Option<Published>, WorkspaceError> {
-        self.publish_branch_fenced(project_key, name, branch, remote_url, &|| {})
+        self.publish_branch_fenced(project_key, name, branch, branch, remote_url, &|| {})
+    }
+
+    /// [`publish_branch`](Self::publish_branch) of the agent's own branch (the one it was
+    /// created with) to the remote as `refs/heads/<remote_branch>`: where the branch of its
+    /// name was taken ([`WorkspaceError::RemoteBranchTaken`]), its work goes to a branch of
+    /// its own.
+    #[tracing::instrument(skip(self, remote_url), fields(remote = %redact_url(remote_url)))]
+    pub fn publish_branch_as(
+        &self,
+        project_key: &str,
+        name: &str,
+        remote_branch: &str,
+        remote_url: &str,
+    ) -> Result<Option<Published>, WorkspaceError> {
+        check_agent_name(name)?;
+        let record = read_record(name, &self.agent_paths(name))?;
+        self.publish_branch_fenced(
+            project_key,
+            name,
+            &record.branch,
+            remote_branch,
+            remote_url,
+            &|| {},
+        )
     }
 
     /// [`publish_branch`](Self::publish_branch), calling `before_update` once the remote's
@@ -62,12 +87,14 @@ impl Workspace {
         project_key: &str,
         name: &str,
         branch: &str,
+        remote_branch: &str,
         remote_url: &str,
         before_update: &dyn Fn(),
     ) -> Result<Option<Published>, WorkspaceError> {
         check_project_key(project_key)?;
         check_agent_name(name)?;
         check_branch("branch", branch)?;
+        check_branch("remote_branch", remote_branch)?;
         let paths = self.agent_paths(name);
         let record = read_record(name, &paths)?;
         let broken = |detail: String| WorkspaceError::AgentRepo {
@@ -143,49 +170,60 @@ impl Workspace {
         push(
             &publish,
             branch,
+            remote_branch,
             remote_url,
             tip,
             record.base,
             before_update,
         )?;
-        tracing::info!(branch, commit = %tip, "pushed agent branch");
+        tracing::info!(branch = remote_branch, commit = %tip, "pushed agent branch");
         Ok(Some(Published {
             commit: tip.to_string(),
         }))
     }
 }
 
-/// Pushes `refs/heads/<branch>` of `publish` (at `tip`) to `url`, fenced as the module
-/// documentation says.
+/// Pushes `refs/heads/<branch>` of `publish` (at `tip`) to `url` as
+/// `refs/heads/<remote_branch>`, fenced as the module documentation says.
 fn push(
     publish: &Repository,
     branch: &str,
+    remote_branch: &str,
     url: &str,
     tip: Oid,
     base: Oid,
     before_update: &dyn Fn(),
 ) -> Result<(), WorkspaceError> {
     let refname = format!("refs/heads/{branch}");
-    let push_error = push_error(branch, url);
+    let dst = format!("refs/heads/{remote_branch}");
+    let push_error = push_error(remote_branch, url);
     let mut remote = publish.remote_anonymous(url).map_err(push_error)?;
     remote.connect(Direction::Push).map_err(push_error)?;
     let current = remote
         .list()
         .map_err(push_error)?
         .iter()
-        .find(|head| head.name() == refname)
+        .find(|head| head.name() == dst)
         .map(|head| head.oid());
     if let Some(current) = current {
         if current == tip {
             return Ok(());
         }
-        let ours = publish.odb().is_ok_and(|odb| odb.exists(current))
+        // This agent's history beyond its base: what any of its runs may have pushed.
+        let this_agents = publish.odb().is_ok_and(|odb| odb.exists(current))
             && current != base
             && !publish.graph_descendant_of(base, current).unwrap_or(true)
-            && publish.graph_descendant_of(tip, current).unwrap_or(false);
-        if !ours {
+            && publish.graph_descendant_of(current, base).unwrap_or(false);
+        if !this_agents {
+            return Err(WorkspaceError::RemoteBranchTaken {
+                branch: remote_branch.to_owned(),
+                remote: redact_url(url),
+                found: current.to_string(),
+            });
+        }
+        if !publish.graph_descendant_of(tip, current).unwrap_or(false) {
             return Err(WorkspaceError::RemoteBranchNotOurs {
-                branch: branch.to_owned(),
+                branch: remote_branch.to_owned(),
                 remote: redact_url(url),
                 found: current.to_string(),
             });
@@ -194,8 +232,16 @@ fn push(
 
     before_update();
     match local_path(url) {
-        Some(path) => push_local(&mut remote, &path, branch, url, tip, current),
-        None => push_refspec(&mut remote, &refname, &refname, branch, url),
+        Some(path) => push_local(
+            &mut remote,
+            &path,
+            &refname,
+            remote_branch,
+            url,
+            tip,
+            current,
+        ),
+        None => push_refspec(&mut remote, &refname, &dst, remote_branch, url),
     }
 }
 
@@ -253,12 +299,13 @@ fn local_path(url: &str) -> Option<PathBuf> {
     (!url.contains("://") && path.is_dir()).then(|| path.to_path_buf())
 }
 
-/// The local-remote push of the module documentation: objects first, under a ref of their
-/// own, then the branch moved from `expected` (`None`: it must not exist) to `tip` in one
-/// locked compare-and-swap.
+/// The local-remote push of the module documentation: objects of `src` first, under a ref
+/// of their own, then `branch` moved from `expected` (`None`: it must not exist) to `tip`
+/// in one locked compare-and-swap.
 fn push_local(
     remote: &mut git2::Remote<'_>,
     path: &Path,
+    src: &str,
     branch: &str,
     url: &str,
     tip: Oid,
@@ -266,7 +313,7 @@ fn push_local(
 ) -> Result<(), WorkspaceError> {
     let refname = format!("refs/heads/{branch}");
     let incoming = format!("refs/agentfleet/incoming/{}", uuid::Uuid::new_v4());
-    push_refspec(remote, &refname, &incoming, branch, url)?;
+    push_refspec(remote, src, &incoming, branch, url)?;
     let push_error = push_error(branch, url);
     let target = Repository::open(path).map_err(push_error)?;
     let message = "agentfleet: publish";

@@ -103,8 +103,8 @@ fn publish_branch_without_commits_beyond_the_base_pushes_nothing() {
     assert!(remote.find_reference("refs/heads/agent/x").is_err());
 }
 
-/// A stale run must not overwrite what a newer run pushed: a remote branch that moved to a
-/// commit not in the history being pushed is left alone, with an error naming it.
+/// A remote branch that moved to a commit not in the history being pushed (nor anywhere in
+/// this agent's) is left alone, with an error naming it.
 #[test]
 fn publish_branch_never_overwrites_a_remote_branch_that_moved_elsewhere() {
     let upstream = Upstream::new();
@@ -122,7 +122,7 @@ fn publish_branch_never_overwrites_a_remote_branch_that_moved_elsewhere() {
         .publish_branch(KEY, "x", "agent/x", upstream.remote.to_str().unwrap())
         .unwrap_err();
     assert!(
-        matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
+        matches!(err, WorkspaceError::RemoteBranchTaken { .. }),
         "{err}"
     );
     assert!(err.to_string().contains("'agent/x'"), "{err}");
@@ -130,7 +130,7 @@ fn publish_branch_never_overwrites_a_remote_branch_that_moved_elsewhere() {
 }
 
 /// An agent deleted and created again under the same name starts from the base: the branch
-/// its predecessor pushed is not its own, and stays.
+/// its predecessor pushed is not its own, and stays; its own work goes to another branch.
 #[test]
 fn publish_branch_leaves_the_branch_of_an_earlier_agent_of_the_same_name() {
     let upstream = Upstream::new();
@@ -147,13 +147,21 @@ fn publish_branch_leaves_the_branch_of_an_earlier_agent_of_the_same_name() {
         .publish_branch(KEY, "x", "agent/x", upstream.remote.to_str().unwrap())
         .unwrap_err();
     assert!(
-        matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
+        matches!(err, WorkspaceError::RemoteBranchTaken { .. }),
         "{err}"
     );
-    assert_eq!(
-        tip(&upstream.remote, "refs/heads/agent/x").to_string(),
-        first.commit
-    );
+    // Its work goes to a branch of its own; a later run moves that one forward, still
+    // leaving the earlier agent's alone.
+    let url = upstream.remote.to_str().unwrap();
+    for run in ["second agent", "second agent, resumed"] {
+        fs::write(workdir.join("result.txt"), format!("{run}\n")).unwrap();
+        ws.commit_all("x", run).unwrap();
+        let pushed = ws.publish_branch_as(KEY, "x", "agent/x-2", url).unwrap();
+        let own = tip(&upstream.remote, "refs/heads/agent/x-2").to_string();
+        assert_eq!(Some(own), pushed.map(|p| p.commit), "{run}");
+        let earlier = tip(&upstream.remote, "refs/heads/agent/x").to_string();
+        assert_eq!(earlier, first.commit, "{run}");
+    }
 }
 
 #[test]
@@ -220,7 +228,7 @@ fn publish_branch_never_overwrites_a_remote_branch_moved_during_the_push() {
         // The push loses the race: refused, the newer run's tip stays.
         let loses = |ws: &Workspace| {
             let err = ws
-                .publish_branch_fenced(KEY, "x", "agent/x", &url, &newer_run)
+                .publish_branch_fenced(KEY, "x", "agent/x", "agent/x", &url, &newer_run)
                 .unwrap_err();
             assert!(
                 matches!(err, WorkspaceError::RemoteBranchNotOurs { .. }),
