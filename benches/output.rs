@@ -6,6 +6,9 @@
 //! (bounded whatever the size). The store's writes are not in it: the flood test of
 //! tests/output_limits.rs measures them end to end.
 
+#[path = "machine/mod.rs"]
+mod machine;
+
 use std::io::{BufWriter, Write};
 
 use agentfleet::events::{make_storable, storable_line};
@@ -45,6 +48,10 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() {
+    // `cargo test` / nextest run bench targets as tests (and list them): there are none here.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let sizes: Vec<u64> = std::env::var("BENCH_OUTPUT_MB")
         .unwrap_or_else(|_| "10,40,200".into())
         .split(',')
@@ -52,14 +59,7 @@ fn main() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let shapes = transcript_lines();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
-        .unwrap_or("unknown CPU")
-        .trim();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {model}, {cores} cores");
+    println!("{}", machine::describe());
     println!("output: read + split + storable + parse (claude) + events, one core");
     println!(
         "{:>8} {:>10} {:>10} {:>12} {:>14}",
