@@ -172,6 +172,13 @@ pub struct WorkerSettings {
     pub handoff_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// How often a worker re-sends control requests (and spawns) the queue seems to have
+    /// lost, and looks at its control queues without a push.
+    #[serde(with = "humantime_serde")]
+    pub control_poll_interval: Duration,
+    /// How long a resume waits for a worker on the agent's node before it fails.
+    #[serde(with = "humantime_serde")]
+    pub resume_timeout: Duration,
     /// Where the worker serves /metrics, /healthz and /readyz; empty: not served.
     #[serde(default)]
     pub metrics_bind: String,
@@ -361,6 +368,11 @@ impl Settings {
         for (key, value) in [
             ("worker.sweep_interval", self.worker.sweep_interval),
             ("worker.cleanup_interval", self.worker.cleanup_interval),
+            (
+                "worker.control_poll_interval",
+                self.worker.control_poll_interval,
+            ),
+            ("worker.resume_timeout", self.worker.resume_timeout),
             ("queue.redispatch_after", self.queue.redispatch_after),
             ("agent.idle_timeout", self.agent.idle_timeout),
             ("agent.max_runtime", self.agent.max_runtime),

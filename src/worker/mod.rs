@@ -294,7 +294,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     sweeper::sweep_once(&rt).await;
     services.spawn(lease::run(rt.clone(), stop_services.clone()));
     services.spawn(sweeper::run(rt.clone(), stop_services.clone()));
-    services.spawn(sweeper::run_redispatch(rt.clone(), stop_services.clone()));
+    services.spawn(control::run_redispatch(rt.clone(), stop_services.clone()));
     services.spawn(control::run(rt.clone(), stop_services.clone()));
     services.spawn(cleanup::run(rt.clone(), stop_services.clone()));
     services.spawn(health::run(
