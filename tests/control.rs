@@ -275,3 +275,81 @@ async fn lost_and_duplicated_control_jobs_act_exactly_once() {
     assert_eq!(handled, 2, "each stop handled once:\n{}", env.worker_log(0));
     env.stop_workers();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_live_status_ends_neither_spawn_wait_nor_logs_follow() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let quiet = |mut cmd: Command| {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let mut spawn_wait = quiet(env.command(&[
+        "spawn",
+        "--project",
+        "demo",
+        "--name",
+        "forged-otter",
+        "--wait",
+        "hold on\n#hold 6",
+    ]));
+    let store = env.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let agent = loop {
+        if let Ok(a) = store.agent("forged-otter").await
+            && a.status == AgentStatus::Running
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the agent never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut follow = quiet(env.command(&["logs", "-f", "forged-otter"]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Final statuses at every next sequence number, none of them stored.
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for seq in 1..=40 {
+        let forged = agentfleet::domain::StoredEvent {
+            seq,
+            kind: STATUS_EVENT.into(),
+            data: serde_json::json!({"kind": STATUS_EVENT, "status": "completed"}),
+            created_at: chrono::Utc::now(),
+        };
+        redis::cmd("PUBLISH")
+            .arg(format!("{}:events:{}", env.prefix, agent.id))
+            .arg(serde_json::to_string(&forged).unwrap())
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        spawn_wait.try_wait().unwrap().is_none(),
+        "spawn --wait ended on a forged event"
+    );
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f ended on a forged event"
+    );
+    assert_status(
+        &store.agent("forged-otter").await.unwrap(),
+        AgentStatus::Running,
+    );
+
+    // The real end still ends both.
+    let wait_exit = |child: &mut Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not end with the agent");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(wait_exit(&mut spawn_wait).success());
+    assert!(wait_exit(&mut follow).success());
+    env.stop_workers();
+}
