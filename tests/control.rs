@@ -157,12 +157,17 @@ async fn a_stop_pending_at_a_killed_owner_is_carried_out_by_its_adopter() {
         &env.store().await.agent("orphan-otter").await.unwrap(),
         AgentStatus::Running,
     );
+    let pid = nix::unistd::Pid::from_raw(running.pid.expect("pid"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        nix::sys::signal::kill(pid, None).is_ok(),
+        "the provider process outlives its worker"
+    );
 
     // The next worker on the node adopts the agent, and the stop with it.
     env.start_worker_on_root(0, &[SLOW_POLL]);
     let stopped = env.wait_final(agent.id, Duration::from_secs(60)).await;
     assert_status(&stopped, AgentStatus::Stopped);
-    let pid = nix::unistd::Pid::from_raw(running.pid.expect("pid"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while nix::sys::signal::kill(pid, None).is_ok() {
         assert!(Instant::now() < deadline, "the provider process still runs");
