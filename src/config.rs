@@ -587,7 +587,7 @@ mod tests {
             s.database.url
         );
         assert_eq!(s.worker.capacity, 4);
-        assert_eq!(s.worker.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(s.worker.heartbeat_interval, Duration::from_secs(3));
         assert_eq!(s.limits.max_prompt_bytes, 256 * 1024);
         assert_eq!(s.provider("claude").command.as_deref(), Some("claude"));
     }

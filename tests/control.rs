@@ -126,6 +126,14 @@ async fn a_resume_waits_for_a_worker_on_its_node() {
         events.iter().any(|e| e.kind == "resume.waiting"),
         "{events:?}"
     );
+    let queue: serde_json::Value = serde_json::from_str(&env.cli_ok(&["queue", "--json"])).unwrap();
+    let node = waiting.node_id.clone().expect("node");
+    assert_eq!(
+        queue["control_queues"],
+        serde_json::json!([{"node_id": node, "depth": 1,
+            "oldest_age_seconds": queue["control_queues"][0]["oldest_age_seconds"]}]),
+        "the waiting resume shows in its node's control queue"
+    );
 
     // A worker starts on the node (same workspace) and takes it.
     env.start_worker_on_root(0, &[SLOW_POLL]);

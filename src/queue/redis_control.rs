@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use apalis::prelude::{TaskSink, WorkerBuilder};
 use apalis_redis::{Config, RedisStorage};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::super::control::{ControlConsumer, ControlJob, ControlTarget};
@@ -95,7 +96,12 @@ impl RedisQueue {
                     Ok::<(), std::io::Error>(())
                 })
             });
-        let consumed = futures::future::join_all(workers);
+        // Each apalis worker fetches whenever it is polled while ready, so each needs its
+        // own waker: in one `join_all` every fetch that completes would make the other
+        // fetch again, for ever.
+        let consumed = workers
+            .collect::<futures::stream::FuturesUnordered<_>>()
+            .collect::<Vec<_>>();
         let woken = wake_on(&self.client, &channels, &wakeups, notifications.clone());
         let (results, ()) = tokio::join!(
             async {
