@@ -33,8 +33,9 @@ if [[ "$prompt" == ask* ]]; then
   printf '{"type":"result","subtype":"success","is_error":false,"result":"asking","session_id":"s-%s"}\n' $$
   exit 0
 fi
-trap 'echo "$PWD term $EPOCHREALTIME" >> "$BENCH_STAMPS"; exit 143' TERM
+trap 'echo "$PWD term $EPOCHREALTIME" >> "$BENCH_STAMPS"; kill $! 2>/dev/null; exit 143' TERM
 sleep 600 &
+echo "$PWD ready $EPOCHREALTIME" >> "$BENCH_STAMPS"
 wait
 "#;
 
@@ -56,7 +57,9 @@ pub async fn run(opts: Opts) {
     let mut stop_ms = Vec::new();
     for i in 0..stops + 2 {
         let id = spawn_until(&fleet, "hold", |s| s == AgentStatus::Running).await;
-        let dir = workdir(&fleet, id).await;
+        let dir = name(&fleet, id).await;
+        // The script traps SIGTERM from here on.
+        stamp(&stamps, &dir, "ready").await;
         let asked = setup::now_epoch();
         fleet.stop(&id.to_string(), false).await.expect("stop");
         let term = stamp(&stamps, &dir, "term").await;
@@ -70,7 +73,7 @@ pub async fn run(opts: Opts) {
     let mut resume_ms = Vec::new();
     for i in 0..resumes + 2 {
         let id = spawn_until(&fleet, "ask", |s| s == AgentStatus::WaitingForInput).await;
-        let dir = workdir(&fleet, id).await;
+        let dir = name(&fleet, id).await;
         let answers = BTreeMap::from([("q".to_string(), "this one".to_string())]);
         let asked = setup::now_epoch();
         fleet
@@ -121,9 +124,13 @@ async fn spawn_until(fleet: &Fleet, prompt: &str, check: impl Fn(AgentStatus) ->
     id
 }
 
-async fn workdir(fleet: &Fleet, id: Uuid) -> String {
-    let agent = fleet.store.agent(&id.to_string()).await.expect("agent");
-    agent.workdir.expect("a worktree")
+async fn name(fleet: &Fleet, id: Uuid) -> String {
+    fleet
+        .store
+        .agent(&id.to_string())
+        .await
+        .expect("agent")
+        .name
 }
 
 /// Polls (every 2 ms) until the agent's status satisfies `check`.
@@ -143,22 +150,20 @@ async fn wait_status(fleet: &Fleet, id: Uuid, check: impl Fn(AgentStatus) -> boo
     }
 }
 
-/// The time the provider running in `dir` wrote `what`.
-async fn stamp(stamps: &Path, dir: &str, what: &str) -> f64 {
+/// The time the provider of agent `name` wrote `what`.
+async fn stamp(stamps: &Path, name: &str, what: &str) -> f64 {
+    let needle = format!("/agents/{name}/workdir {what} ");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = std::fs::read_to_string(stamps).unwrap_or_default();
         let found = text.lines().rev().find_map(|l| {
-            let mut parts = l.rsplitn(3, ' ');
-            let (t, w, d) = (parts.next()?, parts.next()?, parts.next()?);
-            (w == what && Path::new(d).ends_with(Path::new(dir).file_name()?))
-                .then(|| t.parse::<f64>().ok())
-                .flatten()
+            l.split_once(&needle)
+                .and_then(|(_, t)| t.trim().parse().ok())
         });
         if let Some(t) = found {
             return t;
         }
-        assert!(Instant::now() < deadline, "no '{what}' stamp from {dir}");
+        assert!(Instant::now() < deadline, "no '{what}' stamp from {name}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

@@ -207,8 +207,6 @@ store_operations! {
         target_worker: Option<&str>,
         payload: serde_json::Value,
     ) -> Uuid;
-    /// Claims the pending control requests for `worker` (and ownerless ones on `node`).
-    fn take_controls(&self, worker: &str, node: &str) -> Vec<ControlRequest>;
     fn complete_request(&self, request_id: Uuid, error: Option<&str>) -> ();
     /// Claims one pending control request for `worker` (targeted at it, or at any worker on
     /// `node`) in one statement; None when it is not pending for this worker (a duplicate
