@@ -47,6 +47,10 @@ pub async fn run(opts: Opts) {
     );
     for (workers, agents) in cells {
         let (xacts, commands) = measure(workers, agents, window).await;
+        // Printed as measured too: a later step that fails leaves these figures.
+        println!(
+            "idle: {workers} workers, {agents} agents: {xacts:.2} xact/s, {commands:.1} cmd/s"
+        );
         table.row(vec![
             workers.to_string(),
             agents.to_string(),
@@ -83,7 +87,12 @@ async fn measure(workers: usize, agents: usize, window: Duration) -> (f64, f64) 
     env.set_env("RUST_LOG", "warn");
     let capacity = agents.div_ceil(workers).max(4).to_string();
     for _ in 0..workers {
-        env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", capacity.as_str())]);
+        // An idle worker needs few connections; 50 of them with the default pool would
+        // crowd a default Postgres (max_connections 100).
+        env.start_worker(&[
+            ("AGENTFLEET__WORKER__CAPACITY", capacity.as_str()),
+            ("AGENTFLEET__DATABASE__MAX_CONNECTIONS", "2"),
+        ]);
     }
     wait_workers(&env, workers).await;
     if agents > 0 {
