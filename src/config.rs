@@ -191,6 +191,13 @@ pub struct WorkerSettings {
     /// How often the worker checks that it can write its workspace.
     #[serde(with = "humantime_serde")]
     pub disk_check_interval: Duration,
+    /// How often a worker re-sends control requests (and spawns) the queue seems to have
+    /// lost, and looks at its control queues without a push.
+    #[serde(with = "humantime_serde")]
+    pub control_poll_interval: Duration,
+    /// How long a resume waits for a worker on the agent's node before it fails.
+    #[serde(with = "humantime_serde")]
+    pub resume_timeout: Duration,
     /// Where the worker serves /metrics, /healthz and /readyz; empty: not served.
     #[serde(default)]
     pub metrics_bind: String,
@@ -452,6 +459,11 @@ impl Settings {
                 "worker.disk_check_interval",
                 self.worker.disk_check_interval,
             ),
+            (
+                "worker.control_poll_interval",
+                self.worker.control_poll_interval,
+            ),
+            ("worker.resume_timeout", self.worker.resume_timeout),
             ("queue.redispatch_after", self.queue.redispatch_after),
             ("agent.idle_timeout", self.agent.idle_timeout),
             ("agent.max_runtime", self.agent.max_runtime),
@@ -719,7 +731,7 @@ mod tests {
             s.database.url
         );
         assert_eq!(s.worker.capacity, 4);
-        assert_eq!(s.worker.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(s.worker.heartbeat_interval, Duration::from_secs(3));
         assert_eq!(s.limits.max_prompt_bytes, 256 * 1024);
         assert_eq!(s.provider("claude").command.as_deref(), Some("claude"));
     }

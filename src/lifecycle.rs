@@ -5,16 +5,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::domain::{Agent, AgentStatus, StoredEvent};
 use crate::events::STATUS_EVENT;
-use crate::fleet::{Fleet, FleetError, no_nul};
+use crate::fleet::{Fleet, FleetError, STORED_TRACE_CONTEXT, no_nul};
 use crate::providers;
+use crate::queue::{ControlJob, ControlTarget};
 use crate::store::{ControlKind, StoreError};
+use crate::telemetry;
 use crate::workspace;
 
 const POLL: Duration = Duration::from_millis(100);
+
+/// The event of a resume that waits for a worker on its agent's node.
+pub const RESUME_WAITING_EVENT: &str = "resume.waiting";
 
 impl Fleet {
     /// Stops an agent; with `wait`, returns once it has stopped.
@@ -45,14 +51,13 @@ impl Fleet {
         }
         // Claimed in the meantime, or running: route the stop to its owner.
         let agent = store.agent(&agent.id.to_string()).await?;
-        store
-            .record_control(
-                agent.id,
-                ControlKind::Stop,
-                agent.worker_id.as_deref(),
-                serde_json::json!({}),
-            )
-            .await?;
+        self.send_control(
+            &agent,
+            ControlKind::Stop,
+            agent.worker_id.as_deref(),
+            serde_json::json!({}),
+        )
+        .await?;
         if !wait {
             return Ok(agent);
         }
@@ -110,8 +115,7 @@ impl Fleet {
             } else {
                 None
             };
-            store
-                .record_control(agent.id, ControlKind::Delete, target, payload)
+            self.send_control(&agent, ControlKind::Delete, target, payload)
                 .await?;
             let deadline = tokio::time::Instant::now()
                 + self.settings.worker.stop_grace
@@ -144,7 +148,8 @@ impl Fleet {
     /// Resumes an agent that waits for input with `answers` (question id → text): the worker
     /// on its node runs the provider's resume command with the stored session id in the
     /// same worktree. Refused, with nothing changed, when the agent is not waiting, has no
-    /// session, its provider cannot resume, or no worker on its node is alive.
+    /// session or its provider cannot resume. With no live worker on its node the request
+    /// waits for one (a `resume.waiting` event) until `worker.resume_timeout`.
     pub async fn resume(
         &self,
         agent_ref: &str,
@@ -210,30 +215,77 @@ impl Fleet {
         }
         let workers = store.list_workers().await?;
         let alive = |id: &str| workers.iter().any(|w| w.id == id && w.status == "alive");
+        // The owner if it lives; else any worker on the agent's node, now or when one
+        // starts there (until worker.resume_timeout).
         let target = match (&agent.worker_id, &agent.node_id) {
             (Some(owner), _) if alive(owner) => Some(owner.clone()),
-            (_, Some(node))
-                if workers
+            (_, Some(node)) => {
+                if !workers
                     .iter()
-                    .any(|w| &w.node_id == node && w.status == "alive") =>
-            {
+                    .any(|w| &w.node_id == node && w.status == "alive")
+                {
+                    let data = serde_json::json!({
+                        "kind": RESUME_WAITING_EVENT, "node": node,
+                        "reason": "no live worker on the agent's node; the resume waits for one",
+                    });
+                    self.record_unowned_event(agent.id, &data).await;
+                }
                 None
             }
-            (_, node) => {
+            (_, None) => {
                 return Err(FleetError::Unavailable(format!(
-                    "no live worker on node '{}' to resume agent '{}'",
-                    node.as_deref().unwrap_or("-"),
+                    "agent '{}' was never placed on a node; nothing can resume it",
                     agent.name
                 )));
             }
         };
-        store
-            .record_control(
-                agent.id,
-                ControlKind::Resume,
-                target.as_deref(),
-                serde_json::json!({ "answers": answers }),
-            )
+        self.send_control(
+            &agent,
+            ControlKind::Resume,
+            target.as_deref(),
+            serde_json::json!({ "answers": answers }),
+        )
+        .await?;
+        Ok(agent)
+    }
+
+    /// Records a control request about `agent` (the durable record), then pushes its job
+    /// to `target_worker`'s control queue, or to the queue of the agent's node. The
+    /// PRODUCER span's trace context goes with the job and into the stored payload, so one
+    /// trace runs from the request to the worker's act, re-sent or not. A failed push
+    /// leaves the request to the re-dispatcher.
+    async fn send_control(
+        &self,
+        agent: &Agent,
+        kind: ControlKind,
+        target_worker: Option<&str>,
+        mut payload: serde_json::Value,
+    ) -> Result<Uuid, FleetError> {
+        let target = ControlTarget::of(target_worker, agent.node_id.as_deref());
+        let destination = target
+            .as_ref()
+            .map(|t| self.queue.control_queue_name(t))
+            .unwrap_or_else(|| "control".into());
+        let span = telemetry::producer_span(
+            self.queue.messaging_system(),
+            &destination,
+            &agent.name,
+            &agent.provider,
+        );
+        span.record("agentfleet.agent.id", tracing::field::display(agent.id));
+        let trace_context = telemetry::inject(&span);
+        if let Some(fields) = payload.as_object_mut()
+            && !trace_context.is_empty()
+        {
+            fields.insert(
+                STORED_TRACE_CONTEXT.into(),
+                serde_json::json!(trace_context),
+            );
+        }
+        let request_id = self
+            .store
+            .record_control(agent.id, kind, target_worker, payload)
+            .instrument(span.clone())
             .await
             .map_err(|e| match e {
                 StoreError::ResumeRefused(why) => {
@@ -241,7 +293,22 @@ impl Fleet {
                 }
                 other => other.into(),
             })?;
-        Ok(agent)
+        span.record("messaging.message.id", tracing::field::display(request_id));
+        if let Some(target) = target {
+            let job = ControlJob {
+                request_id,
+                trace_context,
+            };
+            if let Err(e) = self
+                .queue
+                .push_control(&target, &job)
+                .instrument(span.clone())
+                .await
+            {
+                tracing::warn!(%request_id, error = %e, "control push failed; left for re-dispatch");
+            }
+        }
+        Ok(request_id)
     }
 
     /// Stores an event on an agent no worker supervises, then publishes it.

@@ -1094,10 +1094,10 @@ async fn a_second_resume_is_refused_while_one_is_pending(store: &Store) {
     );
     // Taken by a live worker that has not moved the agent on yet: still refused.
     let taken = store
-        .take_controls(&owner.worker_id, "node-a")
+        .claim_control(first, &owner.worker_id, "node-a")
         .await
         .unwrap();
-    assert_eq!(taken.iter().map(|c| c.id).collect::<Vec<_>>(), vec![first]);
+    assert_eq!(taken.map(|c| c.id), Some(first));
     assert!(matches!(
         resume(None).await,
         Err(StoreError::ResumeRefused(_))
@@ -1113,6 +1113,99 @@ async fn a_second_resume_is_refused_while_one_is_pending(store: &Store) {
         store.record_control(running, ControlKind::Resume, None, answers()).await,
         Err(StoreError::ResumeRefused(why)) if why.contains("not waiting for input")
     ));
+}
+
+async fn control_requests_are_claimed_once_and_resent_to_their_owner(store: &Store) {
+    use agentfleet::store::{ControlKind, DueControl, DueParams};
+    with_project(store).await;
+    let (agent, owner) = claimed_agent(store, "ctl-otter").await;
+    let stop = store
+        .record_control(
+            agent,
+            ControlKind::Stop,
+            Some(&owner.worker_id),
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .pending_controls(&owner.worker_id, "node-a")
+            .await
+            .unwrap(),
+        vec![stop]
+    );
+    assert!(
+        store
+            .claim_control(stop, "w-other", "node-b")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let stats = store.control_queue_stats().await.unwrap();
+    assert_eq!((stats.len(), stats[0].depth), (1, 1));
+
+    // Lost by the queue: due again, pointed at the agent's owner.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let hour = Duration::from_secs(3600);
+    let due = DueParams {
+        spawn_after: hour,
+        control_after: Duration::ZERO,
+        resume_timeout: hour,
+        limit: 10,
+    };
+    let found = store.take_due_requests(&due).await.unwrap();
+    assert!(found.spawns.is_empty());
+    assert_eq!(
+        found.controls,
+        vec![DueControl {
+            id: stop,
+            target_worker: Some(owner.worker_id.clone()),
+            node_id: Some("node-a".into()),
+        }]
+    );
+
+    // Delivered twice: claimed once.
+    let claimed = store
+        .claim_control(stop, &owner.worker_id, "node-a")
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert_eq!((claimed.id, claimed.kind), (stop, ControlKind::Stop));
+    assert!(
+        store
+            .claim_control(stop, &owner.worker_id, "node-a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A resume nobody took within resume_timeout fails instead of being sent again.
+    let resume = store
+        .record_control(agent, ControlKind::Resume, None, serde_json::json!({}))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let expire = DueParams {
+        resume_timeout: Duration::from_millis(1),
+        ..due
+    };
+    assert!(
+        store
+            .take_due_requests(&expire)
+            .await
+            .unwrap()
+            .controls
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_control(resume, "w-any", "node-a")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.control_queue_stats().await.unwrap().is_empty());
 }
 
 /// One test per operation group, for each adapter.
@@ -1147,6 +1240,7 @@ macro_rules! conformance {
 
 conformance!(
     projects_are_added_once_found_and_listed,
+    control_requests_are_claimed_once_and_resent_to_their_owner,
     record_spawn_is_idempotent_per_key,
     concurrent_retries_of_a_keyed_spawn_get_one_agent,
     a_reference_that_parses_as_an_id_finds_only_that_id,

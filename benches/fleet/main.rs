@@ -1,5 +1,6 @@
 //! Fleet benchmarks against the real services: dispatch latency, queue throughput (with
-//! BullMQ on the same Redis), agents per worker, and reconcile delay. Each prints a table and
+//! BullMQ on the same Redis), agents per worker, reconcile delay, control latency (stop and
+//! resume through the API and Redis) and the idle cost of workers. Each prints a table and
 //! the machine it ran on.
 //!
 //!   cargo bench --bench fleet                  # all of them
@@ -15,15 +16,25 @@ mod common;
 mod machine;
 
 mod agents;
+mod control;
 mod dispatch;
+mod idle;
 mod queue;
 mod reconcile;
 mod report;
+mod services;
 mod setup;
 
 use std::time::Instant;
 
-const ALL: [&str; 4] = ["dispatch", "queue", "agents", "reconcile"];
+const ALL: [&str; 6] = [
+    "dispatch",
+    "queue",
+    "agents",
+    "reconcile",
+    "control",
+    "idle",
+];
 
 /// Options shared by every benchmark.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +82,8 @@ fn main() {
                 "queue" => queue::run(opts).await,
                 "agents" => agents::run(opts).await,
                 "reconcile" => reconcile::run(opts).await,
+                "control" => control::run(opts).await,
+                "idle" => idle::run(opts).await,
                 _ => unreachable!("checked above"),
             }
         });

@@ -118,7 +118,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the queue: pending depth, oldest pending request, requests per kind and status.
+    /// Show the queue: pending depth, oldest pending request, requests per kind and status,
+    /// and the control queues per node (pending stop, delete and resume requests).
     Queue {
         #[arg(long)]
         json: bool,
@@ -349,7 +350,11 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             }
         }
         Command::Workers { json } => output::workers(&fleet.store.list_workers().await?, json),
-        Command::Queue { json } => output::queue(&fleet.store.queue_stats().await?, json),
+        Command::Queue { json } => output::queue(
+            &fleet.store.queue_stats().await?,
+            &fleet.store.control_queue_stats().await?,
+            json,
+        ),
     }
     Ok(0)
 }

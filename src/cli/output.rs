@@ -117,9 +117,22 @@ pub fn event(e: &StoredEvent, as_json: bool) {
     println!("[{:>4}] {:<16} {}", e.seq, e.kind, text);
 }
 
-pub fn queue(stats: &crate::domain::QueueStats, as_json: bool) {
+pub fn queue(
+    stats: &crate::domain::QueueStats,
+    controls: &[crate::store::ControlQueueStats],
+    as_json: bool,
+) {
     if as_json {
-        return json(stats);
+        #[derive(serde::Serialize)]
+        struct WithControls<'a> {
+            #[serde(flatten)]
+            stats: &'a crate::domain::QueueStats,
+            control_queues: &'a [crate::store::ControlQueueStats],
+        }
+        return json(&WithControls {
+            stats,
+            control_queues: controls,
+        });
     }
     println!("pending spawns:  {}", stats.depth);
     match (&stats.oldest_pending_at, stats.oldest_pending_age_seconds) {
@@ -138,6 +151,27 @@ pub fn queue(stats: &crate::domain::QueueStats, as_json: bool) {
         .map(|(s, n)| format!("{s} {n}"))
         .collect();
     println!("agents:          {}", agents.join(", "));
+    // Pending stop, delete and resume requests per node: a resume waiting for a worker on
+    // its node shows here.
+    println!(
+        "{:<24}  {:>13}  {:>10}",
+        "CONTROL QUEUE (NODE)", "PENDING", "OLDEST"
+    );
+    if controls.is_empty() {
+        println!("{:<24}  {:>13}  {:>10}", "-", 0, "-");
+    }
+    for c in controls {
+        let oldest = c
+            .oldest_age_seconds
+            .map(|a| format!("{a:.1}s ago"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24}  {:>13}  {:>10}",
+            c.node_id.as_deref().unwrap_or("-"),
+            c.depth,
+            oldest
+        );
+    }
 }
 
 pub fn accounts(accounts: &[crate::domain::Account], as_json: bool) {

@@ -1,8 +1,9 @@
-//! Following an agent: the stored backlog after a sequence number, then live events, with
-//! no gaps and no duplicates. Subscribes before reading the backlog so nothing published in
-//! between is missed; any gap in the live sequence (a dropped message, a reconnect) is filled
-//! from the store; a periodic store check ends the stream even if the final event's
-//! message never arrives.
+//! Following an agent: the stored backlog after a sequence number, then what is stored
+//! next, with no gaps and no duplicates. Events come only from the store's sequence: a live
+//! message wakes the follower to read the store, it is never yielded itself, so a forged or
+//! reordered pub/sub message can neither end a `--wait` early nor show an event the store
+//! does not hold. Subscribes before reading the backlog so nothing published in between is
+//! missed; a periodic store check carries on when messages are lost.
 
 use std::time::Duration;
 
@@ -58,26 +59,22 @@ pub fn follow(
                 Ok(_) => {}
                 Err(e) => { yield Err(e.to_string()); return; }
             }
-            // Then live, until a gap or a store check.
-            let mut resync = false;
-            while !resync {
+            // Then wait for news. A live message only says that something may have been
+            // stored: what is yielded, and when the stream ends, comes from the store's
+            // sequence, so a forged, reordered or unknown message cannot end a follower
+            // early or put an event in its log that the store does not hold.
+            loop {
                 tokio::select! {
                     msg = live.next() => match msg {
-                        Some(event) if event.seq <= last => {}
-                        Some(event) if event.seq == last + 1 => {
-                            last = event.seq;
-                            let end = status_of(&event).is_some_and(|s| s.is_final());
-                            yield Ok(event);
-                            if end { return; }
-                        }
-                        Some(_) => resync = true,
+                        Some(event) if event.seq <= last => continue,
+                        Some(_) => break,
                         None => {
                             // Subscription lost: fall back to polling the store.
                             tokio::time::sleep(STORE_CHECK).await;
-                            resync = true;
+                            break;
                         }
                     },
-                    _ = ticker.tick() => resync = true,
+                    _ = ticker.tick() => break,
                 }
             }
         }

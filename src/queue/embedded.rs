@@ -23,6 +23,9 @@ use super::slots::with_handed_slot;
 use super::{JobHandler, Slots, SpawnJob};
 use crate::store::Store;
 
+#[path = "embedded_control.rs"]
+mod control;
+
 const QUEUE_NAME: &str = "embedded:spawn";
 const REDISPATCH_AFTER: Duration = Duration::from_secs(5);
 
@@ -30,6 +33,8 @@ const REDISPATCH_AFTER: Duration = Duration::from_secs(5);
 pub struct EmbeddedQueue {
     store: Store,
     wake: Arc<Notify>,
+    /// Wakes the control consumers of this process.
+    control_wake: Arc<Notify>,
     poll_interval: Duration,
 }
 
@@ -46,6 +51,7 @@ impl EmbeddedQueue {
         Self {
             store,
             wake: Arc::new(Notify::new()),
+            control_wake: Arc::new(Notify::new()),
             poll_interval,
         }
     }

@@ -5,11 +5,16 @@
 //! Two adapters: apalis-redis for the fleet (`RedisQueue`), and the store's own pending
 //! requests for the embedded default (`EmbeddedQueue`). Either way a consumer only takes a
 //! job while its worker has a free slot, and hands it to the same handler.
+//!
+//! Requests about an existing agent (stop, delete, resume) travel the same way on control
+//! queues, one per worker and one per node (`control.rs`).
 
+mod control;
 mod embedded;
 mod redis;
 mod slots;
 
+pub use control::{ControlConsumer, ControlJob, ControlTarget};
 pub use embedded::EmbeddedQueue;
 pub use redis::{RedisQueue, SPAWN_QUEUE};
 pub use slots::{SlotGateLayer, Slots, Wakeup, take_handed_slot};

@@ -20,12 +20,18 @@ use super::{JobHandler, QueueError, SlotGateLayer, Slots, SpawnJob, Wakeup};
 
 pub const SPAWN_QUEUE: &str = "spawn";
 
+#[path = "redis_control.rs"]
+mod control;
+
 #[derive(Clone)]
 pub struct RedisQueue {
     storage: RedisStorage<serde_json::Value>,
     client: redis::Client,
     conn: ConnectionManager,
     queue_name: String,
+    /// `redis.prefix`, which the control queues share.
+    prefix: String,
+    poll_interval: Duration,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -62,6 +68,8 @@ impl RedisQueue {
             client,
             conn,
             queue_name,
+            prefix: prefix.to_string(),
+            poll_interval,
         })
     }
 
@@ -108,39 +116,9 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Wakes `wakeup` on every push announced on the queue's channel, until `stop`;
-    /// re-subscribes after a lost connection.
+    /// Wakes `wakeup` on every push announced on the queue's channel, until `stop`.
     async fn wake_on_push(&self, wakeup: Wakeup, stop: CancellationToken) {
-        let channel = self.pushed_channel();
-        while !stop.is_cancelled() {
-            let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            match subscribed.await {
-                Ok(pubsub) => {
-                    // Jobs pushed before the subscription took are fetched now.
-                    wakeup.wake();
-                    let mut messages = pubsub.into_on_message();
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            msg = messages.next() => match msg {
-                                Some(_) => wakeup.wake(),
-                                None => break,
-                            },
-                        }
-                    }
-                    tracing::debug!("push notifications lost; subscribing again");
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot subscribe to push notifications"),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        wake_on(&self.client, &[self.pushed_channel()], &[wakeup], stop).await
     }
 
     /// A backend for one apalis worker.
@@ -178,6 +156,48 @@ impl RedisQueue {
             woken
         );
         result.map_err(|e| QueueError::Redis(e.to_string()))
+    }
+}
+
+/// Wakes `wakeup` on every message on `channels`, until `stop`; re-subscribes after a lost
+/// connection.
+pub(super) async fn wake_on(
+    client: &redis::Client,
+    channels: &[String],
+    wakeups: &[Wakeup],
+    stop: CancellationToken,
+) {
+    let wake = || wakeups.iter().for_each(Wakeup::wake);
+    while !stop.is_cancelled() {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            for channel in channels {
+                pubsub.subscribe(channel).await?;
+            }
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match subscribed.await {
+            Ok(pubsub) => {
+                // Jobs pushed before the subscription took are fetched now.
+                wake();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        msg = messages.next() => match msg {
+                            Some(_) => wake(),
+                            None => break,
+                        },
+                    }
+                }
+                tracing::debug!("push notifications lost; subscribing again");
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot subscribe to push notifications"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

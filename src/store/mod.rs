@@ -14,6 +14,7 @@
 
 mod postgres;
 mod postgres_accounts;
+mod postgres_control;
 mod postgres_leases;
 mod rows;
 mod sqlite;
@@ -246,9 +247,24 @@ store_operations! {
         target_worker: Option<&str>,
         payload: serde_json::Value,
     ) -> Uuid;
-    /// Claims the pending control requests for `worker` (and ownerless ones on `node`).
-    fn take_controls(&self, worker: &str, node: &str) -> Vec<ControlRequest>;
     fn complete_request(&self, request_id: Uuid, error: Option<&str>) -> ();
+    /// Claims one pending control request for `worker` (targeted at it, or at any worker on
+    /// `node`) in one statement; None when it is not pending for this worker (a duplicate
+    /// delivery, or already handled).
+    fn claim_control(&self, request_id: Uuid, worker: &str, node: &str) -> Option<ControlRequest>;
+    /// Ids of the pending control requests `claim_control` would give `worker` on `node`.
+    fn pending_controls(&self, worker: &str, node: &str) -> Vec<Uuid>;
+    /// Points the pending control requests of `agents` (just adopted) at `worker`; returns
+    /// their ids.
+    fn retarget_controls(&self, agents: &[Uuid], worker: &str) -> Vec<Uuid>;
+    /// In one statement: spawn requests dispatched longer than `due.spawn_after` ago and
+    /// control requests dispatched longer than `due.control_after` ago, still pending, marked
+    /// as dispatched now (only one caller gets each), a control pointed at the agent's
+    /// current owner (or any worker on its node); resume requests older than
+    /// `due.resume_timeout` are failed instead.
+    fn take_due_requests(&self, due: &DueParams) -> DueRequests;
+    /// Pending control requests per node: how many, and since when the oldest waits.
+    fn control_queue_stats(&self) -> Vec<ControlQueueStats>;
     /// Spawn requests dispatched longer than `after` ago and still unclaimed, marked as
     /// dispatched now (only one caller gets each).
     fn take_redispatch(&self, after: Duration, limit: i64) -> Vec<Uuid>;
@@ -553,6 +569,39 @@ impl ControlKind {
             _ => None,
         }
     }
+}
+
+/// What `take_due_requests` looks for.
+#[derive(Debug, Clone, Copy)]
+pub struct DueParams {
+    pub spawn_after: Duration,
+    pub control_after: Duration,
+    pub resume_timeout: Duration,
+    pub limit: i64,
+}
+
+/// Requests to send again, as `take_due_requests` found them.
+#[derive(Debug, Clone, Default)]
+pub struct DueRequests {
+    pub spawns: Vec<Uuid>,
+    pub controls: Vec<DueControl>,
+}
+
+/// A control request to send again: to `target_worker`'s queue, or (None) to the queue
+/// of the agent's node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueControl {
+    pub id: Uuid,
+    pub target_worker: Option<String>,
+    pub node_id: Option<String>,
+}
+
+/// The pending control requests of one node (`None`: agents never placed on a node).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ControlQueueStats {
+    pub node_id: Option<String>,
+    pub depth: i64,
+    pub oldest_age_seconds: Option<f64>,
 }
 
 /// A request about an existing agent, routed to the worker that owns it.

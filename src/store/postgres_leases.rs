@@ -11,9 +11,7 @@ use uuid::Uuid;
 
 use super::postgres::PgStore;
 use super::rows::agent_from_row;
-use super::{
-    ControlKind, ControlRequest, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError,
-};
+use super::{ControlKind, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError};
 use crate::domain::Agent;
 
 const LIVE: &str = "('starting', 'running')";
@@ -318,39 +316,6 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(id)
-    }
-
-    /// Pending control requests for `worker`, and those for agents on `node` that have no
-    /// live owner (their worker ended); claimed by this call.
-    pub async fn take_controls(
-        &self,
-        worker: &str,
-        node: &str,
-    ) -> Result<Vec<ControlRequest>, StoreError> {
-        let rows = sqlx::query(
-            "UPDATE requests r SET status = 'claimed', claimed_by = $1, claimed_at = now(), \
-               attempts = attempts + 1, updated_at = now() \
-             WHERE r.id IN (SELECT q.id FROM requests q JOIN agents a ON a.id = q.agent_id \
-               WHERE q.status = 'pending' AND q.kind IN ('stop', 'delete', 'resume') \
-               AND (q.target_worker = $1 OR (q.target_worker IS NULL AND a.node_id = $2)) \
-               ORDER BY q.created_at FOR UPDATE OF q SKIP LOCKED) \
-             RETURNING r.id, r.agent_id, r.kind, r.payload",
-        )
-        .bind(worker)
-        .bind(node)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(ControlRequest {
-                    id: r.try_get("id")?,
-                    agent_id: r.try_get("agent_id")?,
-                    kind: ControlKind::parse(&kind).unwrap_or(ControlKind::Stop),
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect()
     }
 
     pub async fn complete_request(

@@ -72,6 +72,8 @@ macro_rules! owned_by {
 // The fleet's self-repair, in its own file; declared here so it sees this file's macros.
 #[path = "sqlite_accounts.rs"]
 mod accounts;
+#[path = "sqlite_control.rs"]
+mod control;
 #[path = "sqlite_leases.rs"]
 mod leases;
 

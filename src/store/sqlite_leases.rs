@@ -9,9 +9,7 @@ use std::time::Duration;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::super::{
-    ControlKind, ControlRequest, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError,
-};
+use super::super::{ControlKind, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError};
 use super::SqliteStore;
 
 /// Now minus the seconds bound at `$param`, in the schema's timestamp format.
@@ -311,40 +309,6 @@ impl SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(id)
-    }
-
-    pub async fn take_controls(
-        &self,
-        worker: &str,
-        node: &str,
-    ) -> Result<Vec<ControlRequest>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let rows = sqlx::query(concat!(
-            "UPDATE requests SET status = 'claimed', claimed_by = ?1, claimed_at = ",
-            now!(),
-            ", attempts = attempts + 1, updated_at = ",
-            now!(),
-            " WHERE id IN (SELECT q.id FROM requests q JOIN agents a ON a.id = q.agent_id \
-               WHERE q.status = 'pending' AND q.kind IN ('stop', 'delete', 'resume') \
-               AND (q.target_worker = ?1 OR (q.target_worker IS NULL AND a.node_id = ?2))) \
-             RETURNING id, agent_id, kind, payload"
-        ))
-        .bind(worker)
-        .bind(node)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(ControlRequest {
-                    id: r.try_get("id")?,
-                    agent_id: r.try_get("agent_id")?,
-                    kind: ControlKind::parse(&kind).unwrap_or(ControlKind::Stop),
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect()
     }
 
     pub async fn complete_request(

@@ -1,43 +1,180 @@
-//! Control requests routed to this worker: stop, delete and resume for the agents it owns,
-//! and delete and resume for agents on its node that no live worker owns. The request rows in the store
-//! are the durable record; the worker polls for its own.
+//! Control requests routed to this worker: stop, delete and resume for the agents it owns
+//! (its own control queue), and delete and resume for agents on its node that no live
+//! worker owns (the node's queue). The request rows in the store are the durable record;
+//! the queue pushes each request here, and this worker claims the row before it acts, so a
+//! duplicate delivery does nothing. A fallback loop at `worker.control_poll_interval`
+//! sends again what the queue lost (control requests and spawns, in one store statement).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::Runtime;
-use crate::store::{ControlKind, ControlRequest};
+use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
+use crate::store::{ControlKind, ControlRequest, DueParams};
+use crate::telemetry;
 use crate::workspace;
 
-const POLL: Duration = Duration::from_millis(300);
+/// Requests re-sent per look.
+const REDISPATCH_LIMIT: i64 = 100;
 
+/// Consumes this worker's control queues until `stop`; a consumer that fails (Redis gone)
+/// is started again under a new name.
 pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(POLL);
+    let handler = {
+        let rt = rt.clone();
+        JobHandler::new(move |job| handle_job(rt.clone(), job))
+    };
+    let mut generation = 0u32;
+    while !stop.is_cancelled() {
+        generation += 1;
+        let consumer = format!("{}-control-{generation}", rt.owner.worker_id);
+        let targets = ControlConsumer {
+            worker_id: &rt.owner.worker_id,
+            node_id: &rt.node_id,
+            fallback_poll: rt.fleet.settings.worker.control_poll_interval,
+        };
+        if let Err(e) = rt
+            .fleet
+            .queue
+            .consume_controls(&consumer, targets, stop.clone(), handler.clone())
+            .await
+        {
+            tracing::warn!(consumer = %consumer, error = %e, "control consumer failed; restarting");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A delivered control job: claim its request, then act, in a CONSUMER span that
+/// continues the caller's trace.
+async fn handle_job(rt: Arc<Runtime>, job: serde_json::Value) {
+    let job: ControlJob = match serde_json::from_value(job) {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed control job ignored");
+            return;
+        }
+    };
+    let span = telemetry::consumer_span(
+        rt.fleet.queue.messaging_system(),
+        "control",
+        job.request_id,
+        &job.trace_context,
+        &rt.owner.worker_id,
+    );
+    let claimed = rt
+        .fleet
+        .store
+        .claim_control(job.request_id, &rt.owner.worker_id, &rt.node_id)
+        .await;
+    let control = match claimed {
+        Ok(Some(control)) => control,
+        // A duplicate delivery, or handled already: nothing to do.
+        Ok(None) => return,
+        Err(e) => {
+            // Still pending: the fallback sends it again.
+            tracing::warn!(request_id = %job.request_id, error = %e, "cannot claim control request");
+            return;
+        }
+    };
+    if job.trace_context.is_empty() {
+        // Sent again from the store: the trace continues from the recorded context.
+        let stored = stored_trace_context(&control.payload);
+        telemetry::set_parent(&span, stored.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    tracing::Instrument::instrument(handle(&rt, control), span).await;
+}
+
+fn stored_trace_context(payload: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    payload
+        .get(crate::fleet::STORED_TRACE_CONTEXT)
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// Every `worker.control_poll_interval`: sends again the spawn and control requests the
+/// queue seems to have lost (one store statement), and fails resumes that waited longer
+/// than `worker.resume_timeout`.
+pub async fn run_redispatch(rt: Arc<Runtime>, stop: CancellationToken) {
+    let settings = &rt.fleet.settings;
+    let mut tick = tokio::time::interval(settings.worker.control_poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let due = DueParams {
+        spawn_after: settings.queue.redispatch_after,
+        control_after: settings.worker.control_poll_interval,
+        resume_timeout: settings.worker.resume_timeout,
+        limit: REDISPATCH_LIMIT,
+    };
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let controls = match rt
-            .fleet
-            .store
-            .take_controls(&rt.owner.worker_id, &rt.node_id)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read control requests");
-                continue;
-            }
+        redispatch_once(&rt, &due).await;
+    }
+}
+
+async fn redispatch_once(rt: &Runtime, due: &DueParams) {
+    let found = match rt.fleet.store.take_due_requests(due).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "re-dispatch: cannot read pending requests");
+            return;
+        }
+    };
+    super::sweeper::send_spawns(rt, found.spawns).await;
+    for control in found.controls {
+        let Some(target) =
+            ControlTarget::of(control.target_worker.as_deref(), control.node_id.as_deref())
+        else {
+            continue;
         };
-        for control in controls {
+        let job = ControlJob {
+            request_id: control.id,
+            trace_context: Default::default(),
+        };
+        match rt.fleet.queue.push_control(&target, &job).await {
+            Ok(()) => tracing::info!(request_id = %control.id, "control request dispatched again"),
+            Err(e) => {
+                tracing::warn!(request_id = %control.id, error = %e, "control re-dispatch failed")
+            }
+        }
+    }
+}
+
+/// After this worker adopted `agents` (their worker died), the requests still pending
+/// about them are this worker's now: it acts on them at once.
+pub async fn after_adoption(rt: &Arc<Runtime>, agents: &[Uuid]) {
+    if agents.is_empty() {
+        return;
+    }
+    let ids = match rt
+        .fleet
+        .store
+        .retarget_controls(agents, &rt.owner.worker_id)
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take over the adopted agents' control requests");
+            return;
+        }
+    };
+    for request_id in ids {
+        let job = ControlJob {
+            request_id,
+            trace_context: Default::default(),
+        };
+        if let Ok(job) = serde_json::to_value(job) {
             let rt = rt.clone();
-            // Each control runs on its own so a slow stop does not hold up the others.
-            rt.agent_tasks
-                .clone()
-                .spawn(async move { handle(&rt, control).await });
+            rt.agent_tasks.clone().spawn(handle_job(rt, job));
         }
     }
 }

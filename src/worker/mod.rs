@@ -310,7 +310,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     services.spawn(disk::run(rt.clone(), stop_services.clone()));
     services.spawn(lease::start(rt.clone(), stop_services.clone()));
     services.spawn(sweeper::run(rt.clone(), stop_services.clone()));
-    services.spawn(sweeper::run_redispatch(rt.clone(), stop_services.clone()));
+    services.spawn(control::run_redispatch(rt.clone(), stop_services.clone()));
     services.spawn(control::run(rt.clone(), stop_services.clone()));
     services.spawn(cleanup::run(rt.clone(), stop_services.clone()));
     services.spawn(health::run(

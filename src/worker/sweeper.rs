@@ -1,7 +1,8 @@
 //! Two maintenance services. The sweeper reconciles dead workers: every worker runs it,
 //! the store lets exactly one act on a given dead worker; a dead worker on this node has
 //! its agents adopted here, one on another node has them re-queued or marked crashed. The
-//! re-dispatcher sends again the spawn requests the queue seems to have lost.
+//! re-dispatcher (`control::run_redispatch`) sends again the requests the queue seems to have
+//! lost.
 
 use std::sync::Arc;
 
@@ -94,6 +95,7 @@ async fn apply(rt: &Arc<Runtime>, done: Reconciled) {
                 for agent in agents {
                     agent_task::adopt(rt, agent).await;
                 }
+                super::control::after_adoption(rt, &done.adopted).await;
             }
             Err(e) => tracing::error!(error = %e, "cannot load adopted agents"),
         }
@@ -122,17 +124,6 @@ async fn apply(rt: &Arc<Runtime>, done: Reconciled) {
     }
 }
 
-pub async fn run_redispatch(rt: Arc<Runtime>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(rt.fleet.settings.worker.sweep_interval);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        redispatch(&rt).await;
-    }
-}
-
 async fn redispatch(rt: &Runtime) {
     let due = match rt
         .fleet
@@ -146,6 +137,11 @@ async fn redispatch(rt: &Runtime) {
             return;
         }
     };
+    send_spawns(rt, due).await;
+}
+
+/// Sends the jobs of these recorded spawn requests again.
+pub(super) async fn send_spawns(rt: &Runtime, due: Vec<uuid::Uuid>) {
     for request_id in due {
         // The caller's trace continues from the stored context, not from this sweep.
         let trace_context = rt

@@ -1,0 +1,120 @@
+//! The control queues on Redis: one apalis queue per worker and one per node, under
+//! `redis.prefix` beside the spawn queue. A push is followed by a PUBLISH on the queue's
+//! `:pushed` channel, which wakes its consumers at once; their apalis heartbeat (when an
+//! idle consumer also looks for jobs) runs only at `worker.control_poll_interval`, so an
+//! idle worker costs Redis next to nothing.
+
+use std::time::Duration;
+
+use apalis::prelude::{TaskSink, WorkerBuilder};
+use apalis_redis::{Config, RedisStorage};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::super::control::{ControlConsumer, ControlJob, ControlTarget};
+use super::super::{JobHandler, QueueError, SlotGateLayer, Slots, Wakeup};
+use super::{RedisQueue, run_job, wake_on};
+
+/// Control jobs one worker handles at once (a stop waits for its agent to end).
+const CONTROL_CONCURRENCY: usize = 32;
+
+fn redis_error(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Redis(e.to_string())
+}
+
+impl RedisQueue {
+    pub fn control_queue_name(&self, target: &ControlTarget) -> String {
+        format!("{}:{}", self.prefix, target.queue_suffix())
+    }
+
+    /// `poll`: the apalis heartbeat, when an idle consumer looks for jobs without a push.
+    fn control_storage(&self, queue: &str, poll: Duration) -> RedisStorage<serde_json::Value> {
+        let poll = poll.max(self.poll_interval);
+        let config = Config::default()
+            .queue(queue)
+            .batch_size(8)
+            .heartbeat_interval(poll)
+            .missed_heartbeats(3);
+        RedisStorage::new(self.conn.clone()).with_config(config)
+    }
+
+    pub async fn push_control(
+        &self,
+        target: &ControlTarget,
+        job: &ControlJob,
+    ) -> Result<(), QueueError> {
+        let queue = self.control_queue_name(target);
+        let value = serde_json::to_value(job).map_err(redis_error)?;
+        let mut storage = self.control_storage(&queue, self.poll_interval);
+        storage.push(value).await.map_err(redis_error)?;
+        // The job is safe in Redis; a lost wake-up only delays it to the consumer's poll.
+        let mut conn = self.conn.clone();
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(format!("{queue}:pushed"))
+            .arg("")
+            .query_async::<i64>(&mut conn)
+            .await
+        {
+            tracing::debug!(error = %e, "cannot announce the pushed control job");
+        }
+        Ok(())
+    }
+
+    /// One apalis worker per control queue of this worker, all woken by one subscription.
+    pub async fn consume_controls(
+        &self,
+        consumer: &str,
+        targets: &ControlConsumer<'_>,
+        stop: CancellationToken,
+        handler: JobHandler,
+    ) -> Result<(), QueueError> {
+        let names: Vec<String> = targets
+            .targets()
+            .iter()
+            .map(|t| self.control_queue_name(t))
+            .collect();
+        // One waker per apalis worker: each registers its own consumer task.
+        let wakeups: Vec<Wakeup> = names.iter().map(|_| Wakeup::default()).collect();
+        let channels: Vec<String> = names.iter().map(|n| format!("{n}:pushed")).collect();
+        let notifications = stop.child_token();
+        let workers = names
+            .iter()
+            .zip(&wakeups)
+            .enumerate()
+            .map(|(i, (name, wakeup))| {
+                let worker = WorkerBuilder::new(format!("{consumer}-{i}"))
+                    .backend(self.control_storage(name, targets.fallback_poll))
+                    .layer(
+                        SlotGateLayer::new(Slots::new(CONTROL_CONCURRENCY))
+                            .with_wakeup(wakeup.clone()),
+                    )
+                    .data(handler.clone())
+                    .build(run_job);
+                let stop = stop.clone();
+                worker.run_until(async move {
+                    stop.cancelled().await;
+                    Ok::<(), std::io::Error>(())
+                })
+            });
+        // Each apalis worker fetches whenever it is polled while ready, so each needs its
+        // own waker: in one `join_all` every fetch that completes would make the other
+        // fetch again, for ever.
+        let consumed = workers
+            .collect::<futures::stream::FuturesUnordered<_>>()
+            .collect::<Vec<_>>();
+        let woken = wake_on(&self.client, &channels, &wakeups, notifications.clone());
+        let (results, ()) = tokio::join!(
+            async {
+                let results = consumed.await;
+                notifications.cancel();
+                results
+            },
+            woken
+        );
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+            .map_err(redis_error)
+    }
+}

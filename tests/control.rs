@@ -1,0 +1,368 @@
+//! Control requests on Redis: stop, resume and delete are recorded in the store and pushed
+//! to the worker that can act on them (its own queue, or its node's), which acts at once —
+//! the fallback poll is set to a minute here, so only the push can be that fast. Lost and
+//! duplicated jobs act exactly once; a stop pending at a dead owner reaches its adopter.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentfleet::domain::AgentStatus;
+use agentfleet::events::STATUS_EVENT;
+use agentfleet::queue::{ControlJob, ControlTarget, Queue, RedisQueue};
+use common::{TestEnv, assert_status};
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use uuid::Uuid;
+
+const ASK: &str = "pick a database\n#signal {\"status\":\"questions\",\"questions\":[{\"id\":\"db\",\"question\":\"Which database?\"}]}";
+const SLOW_POLL: (&str, &str) = ("AGENTFLEET__WORKER__CONTROL_POLL_INTERVAL", "60s");
+
+/// Counts the push announcements on every control queue of the test's prefix.
+async fn watch_control_pushes(env: &TestEnv) -> tokio::sync::watch::Receiver<usize> {
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub
+        .psubscribe(format!("{}:control:*:pushed", env.prefix))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while messages.next().await.is_some() {
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    rx
+}
+
+/// Stopped-status events in the agent's log.
+async fn stopped_events(env: &TestEnv, id: Uuid) -> usize {
+    env.store()
+        .await
+        .events_after(id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == STATUS_EVENT && e.data["status"] == "stopped")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_resume_and_delete_are_pushed_to_the_worker_and_act_at_once() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[SLOW_POLL]);
+    let pushes = watch_control_pushes(&env).await;
+
+    let holding = env.spawn(&["--name", "holding-otter"], "hold on\n#hold 120");
+    env.wait_agent(holding.id, Duration::from_secs(60), "running", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await;
+    let asked = Instant::now();
+    env.cli_ok(&["stop", "holding-otter", "--no-wait"]);
+    let stopped = env.wait_final(holding.id, Duration::from_secs(30)).await;
+    assert_status(&stopped, AgentStatus::Stopped);
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "stopped after {:?} with a 60 s fallback poll",
+        asked.elapsed()
+    );
+    assert_eq!(
+        *pushes.borrow(),
+        1,
+        "the stop was pushed to a control queue"
+    );
+
+    let asking = env.spawn(&["--name", "asking-otter"], ASK);
+    let waiting = env.wait_final(asking.id, Duration::from_secs(60)).await;
+    assert_status(&waiting, AgentStatus::WaitingForInput);
+    let asked = Instant::now();
+    env.cli_ok(&["resume", "asking-otter", "--answer", "db=Postgres"]);
+    let done = env
+        .wait_agent(asking.id, Duration::from_secs(30), "resumed", |a| {
+            a.status == AgentStatus::Completed
+        })
+        .await;
+    assert_status(&done, AgentStatus::Completed);
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(*pushes.borrow(), 2, "the resume was pushed");
+
+    let asked = Instant::now();
+    env.cli_ok(&["delete", "asking-otter"]);
+    assert!(env.store().await.agent("asking-otter").await.is_err());
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(*pushes.borrow(), 3, "the delete was pushed");
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_waits_for_a_worker_on_its_node() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let asking = env.spawn(&["--name", "asking-otter"], ASK);
+    let waiting = env.wait_final(asking.id, Duration::from_secs(60)).await;
+    assert_status(&waiting, AgentStatus::WaitingForInput);
+    env.stop_workers();
+
+    // Nobody on the node: accepted, and visibly waiting.
+    env.cli_ok(&["resume", "asking-otter", "--answer", "db=Postgres"]);
+    let store = env.store().await;
+    assert_status(
+        &store.agent("asking-otter").await.unwrap(),
+        AgentStatus::WaitingForInput,
+    );
+    let events = store.events_after(asking.id, 0).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "resume.waiting"),
+        "{events:?}"
+    );
+    let queue: serde_json::Value = serde_json::from_str(&env.cli_ok(&["queue", "--json"])).unwrap();
+    let node = waiting.node_id.clone().expect("node");
+    assert_eq!(
+        queue["control_queues"],
+        serde_json::json!([{"node_id": node, "depth": 1,
+            "oldest_age_seconds": queue["control_queues"][0]["oldest_age_seconds"]}]),
+        "the waiting resume shows in its node's control queue"
+    );
+
+    // A worker starts on the node (same workspace) and takes it.
+    env.start_worker_on_root(0, &[SLOW_POLL]);
+    let done = env
+        .wait_agent(asking.id, Duration::from_secs(60), "resumed", |a| {
+            a.status == AgentStatus::Completed
+        })
+        .await;
+    assert_eq!(done.workdir, waiting.workdir, "same worktree");
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_pending_at_a_killed_owner_is_carried_out_by_its_adopter() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[SLOW_POLL]);
+    let agent = env.spawn(&["--name", "orphan-otter"], "hold on\n#hold 120");
+    let running = env
+        .wait_agent(agent.id, Duration::from_secs(60), "running", |a| {
+            a.status == AgentStatus::Running
+        })
+        .await;
+    // The owner takes no job any more, then dies with the stop in its queue.
+    env.signal_worker(0, Signal::SIGSTOP);
+    env.cli_ok(&["stop", "orphan-otter", "--no-wait"]);
+    env.signal_worker(0, Signal::SIGKILL);
+    env.wait_worker(0, Duration::from_secs(10));
+    assert_status(
+        &env.store().await.agent("orphan-otter").await.unwrap(),
+        AgentStatus::Running,
+    );
+    let pid = nix::unistd::Pid::from_raw(running.pid.expect("pid"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        nix::sys::signal::kill(pid, None).is_ok(),
+        "the provider process outlives its worker"
+    );
+
+    // The next worker on the node adopts the agent, and the stop with it.
+    env.start_worker_on_root(0, &[SLOW_POLL]);
+    let stopped = env.wait_final(agent.id, Duration::from_secs(60)).await;
+    assert_status(&stopped, AgentStatus::Stopped);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        assert!(Instant::now() < deadline, "the provider process still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.stop_workers();
+}
+
+/// A redis-server of the test's own, so that FLUSHALL touches no other test.
+struct PrivateRedis(Child);
+
+impl PrivateRedis {
+    fn start() -> (Self, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (Self(child), format!("redis://127.0.0.1:{port}"))
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_and_duplicated_control_jobs_act_exactly_once() {
+    let (_redis, redis_url) = PrivateRedis::start();
+    let mut env = TestEnv::with_services("127.0.0.1:5432", &redis_url).await;
+    env.start_worker(&[("AGENTFLEET__WORKER__CONTROL_POLL_INTERVAL", "1s")]);
+    let agents: Vec<_> = (0..2)
+        .map(|i| env.spawn(&[], &format!("hold on {i}\n#hold 120")))
+        .collect();
+    for a in &agents {
+        env.wait_agent(a.id, Duration::from_secs(60), "running", |a| {
+            a.status == AgentStatus::Running
+        })
+        .await;
+    }
+    let store = env.store().await;
+    let worker = store.list_workers().await.unwrap().remove(0);
+
+    // The stops are pushed while the worker takes nothing, then Redis loses them.
+    env.signal_worker(0, Signal::SIGSTOP);
+    for a in &agents {
+        env.cli_ok(&["stop", &a.id.to_string(), "--no-wait"]);
+    }
+    let pending = store
+        .pending_controls(&worker.id, &worker.node_id)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 2);
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    // And one of them arrives three times.
+    let queue = Queue::Redis(Box::new(
+        RedisQueue::connect(
+            &redis_url,
+            &env.prefix,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap(),
+    ));
+    let job = ControlJob {
+        request_id: pending[0],
+        trace_context: Default::default(),
+    };
+    for _ in 0..3 {
+        queue
+            .push_control(&ControlTarget::Worker(worker.id.clone()), &job)
+            .await
+            .unwrap();
+    }
+    env.signal_worker(0, Signal::SIGCONT);
+
+    for a in &agents {
+        let stopped = env.wait_final(a.id, Duration::from_secs(60)).await;
+        assert_status(&stopped, AgentStatus::Stopped);
+        assert_eq!(stopped_events(&env, a.id).await, 1, "one stop per agent");
+    }
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(
+        stats.by_kind.get("stop").and_then(|s| s.get("done")),
+        Some(&2),
+        "{stats:?}"
+    );
+    let handled = env.worker_log(0).matches("control request handled").count();
+    assert_eq!(handled, 2, "each stop handled once:\n{}", env.worker_log(0));
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_live_status_ends_neither_spawn_wait_nor_logs_follow() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    let quiet = |mut cmd: Command| {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let mut spawn_wait = quiet(env.command(&[
+        "spawn",
+        "--project",
+        "demo",
+        "--name",
+        "forged-otter",
+        "--wait",
+        "hold on\n#hold 6",
+    ]));
+    let store = env.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let agent = loop {
+        if let Ok(a) = store.agent("forged-otter").await
+            && a.status == AgentStatus::Running
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "the agent never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut follow = quiet(env.command(&["logs", "-f", "forged-otter"]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Final statuses at every next sequence number, none of them stored.
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for seq in 1..=40 {
+        let forged = agentfleet::domain::StoredEvent {
+            seq,
+            kind: STATUS_EVENT.into(),
+            data: serde_json::json!({"kind": STATUS_EVENT, "status": "completed"}),
+            created_at: chrono::Utc::now(),
+        };
+        redis::cmd("PUBLISH")
+            .arg(format!("{}:events:{}", env.prefix, agent.id))
+            .arg(serde_json::to_string(&forged).unwrap())
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        spawn_wait.try_wait().unwrap().is_none(),
+        "spawn --wait ended on a forged event"
+    );
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f ended on a forged event"
+    );
+    assert_status(
+        &store.agent("forged-otter").await.unwrap(),
+        AgentStatus::Running,
+    );
+
+    // The real end still ends both.
+    let wait_exit = |child: &mut Child| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not end with the agent");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(wait_exit(&mut spawn_wait).success());
+    assert!(wait_exit(&mut follow).success());
+    env.stop_workers();
+}
