@@ -292,12 +292,12 @@ async fn delete_removes_worktree_branch_files_and_rows() {
             .is_none()
     );
     let mirrors = env.dir.path().join("worker0/mirrors");
+    // The mirror itself, not the lock file that sits beside it (`.<key>.lock`).
     let mirror = std::fs::read_dir(&mirrors)
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|e| e.unwrap().path())
+        .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .expect("a mirror");
     let repo = git2::Repository::open_bare(mirror).unwrap();
     assert!(
         repo.find_branch("agent/done-otter", git2::BranchType::Local)

@@ -1180,7 +1180,11 @@ async fn control_requests_are_claimed_once_and_resent_to_their_owner(store: &Sto
             .is_none()
     );
 
-    // A resume nobody took within resume_timeout fails instead of being sent again.
+    // A resume nobody took within resume_timeout fails instead of being sent again (an
+    // agent is resumed only while it waits for input).
+    let mut waiting = outcome(AgentStatus::WaitingForInput);
+    waiting.session_id = Some("sid-1".into());
+    assert!(store.finish_agent(agent, &owner, &waiting).await.unwrap());
     let resume = store
         .record_control(agent, ControlKind::Resume, None, serde_json::json!({}))
         .await

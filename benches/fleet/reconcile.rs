@@ -75,7 +75,12 @@ pub async fn run(opts: Opts) {
         &format!(
             "Reconcile delay: SIGKILL → the dead worker's agents marked ({kills} kills, {AGENTS_PER_KILL} agents each; lease TTL {LEASE_TTL}, orphan grace {ORPHAN_GRACE}, heartbeat {HEARTBEAT}, sweep {SWEEP}), ms"
         ),
-        &["p50", "p90", "max", "bound (lease TTL + grace + 3 s margin + sweep)"],
+        &[
+            "p50",
+            "p90",
+            "max",
+            "bound (lease TTL + grace + 3 s margin + sweep)",
+        ],
     );
     table.row(vec![
         f(quantile(&delays, 0.5), 0),
