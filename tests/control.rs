@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use agentfleet::domain::AgentStatus;
 use agentfleet::events::STATUS_EVENT;
 use agentfleet::queue::{ControlJob, ControlTarget, Queue, RedisQueue};
+use common::services::{PrivateRedis, free_port};
 use common::{TestEnv, assert_status};
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -184,42 +185,11 @@ async fn a_stop_pending_at_a_killed_owner_is_carried_out_by_its_adopter() {
     env.stop_workers();
 }
 
-/// A redis-server of the test's own, so that FLUSHALL touches no other test.
-struct PrivateRedis(Child);
-
-impl PrivateRedis {
-    fn start() -> (Self, String) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (Self(child), format!("redis://127.0.0.1:{port}"))
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn lost_and_duplicated_control_jobs_act_exactly_once() {
-    let (_redis, redis_url) = PrivateRedis::start();
+    // A redis-server of the test's own, so that FLUSHALL touches no other test.
+    let redis = PrivateRedis::start(free_port());
+    let redis_url = format!("redis://127.0.0.1:{}", redis.port);
     let mut env = TestEnv::with_services("127.0.0.1:5432", &redis_url).await;
     env.start_worker(&[("AGENTFLEET__WORKER__CONTROL_POLL_INTERVAL", "1s")]);
     let agents: Vec<_> = (0..2)
@@ -278,12 +248,21 @@ async fn lost_and_duplicated_control_jobs_act_exactly_once() {
         assert_status(&stopped, AgentStatus::Stopped);
         assert_eq!(stopped_events(&env, a.id).await, 1, "one stop per agent");
     }
-    let stats = store.queue_stats().await.unwrap();
-    assert_eq!(
-        stats.by_kind.get("stop").and_then(|s| s.get("done")),
-        Some(&2),
-        "{stats:?}"
-    );
+    // The worker closes a request once its agent has stopped: wait for both.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = store.queue_stats().await.unwrap();
+        let done = stats
+            .by_kind
+            .get("stop")
+            .and_then(|s| s.get("done"))
+            .copied();
+        if done == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let handled = env.worker_log(0).matches("control request handled").count();
     assert_eq!(handled, 2, "each stop handled once:\n{}", env.worker_log(0));
     env.stop_workers();

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use agentfleet::domain::AgentStatus;
+use common::services::free_port;
 use common::{TestEnv, assert_status};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -45,14 +46,6 @@ impl Drop for Tmpfs {
         common::kill_agents_under(&self.0);
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `/readyz`'s status and body.
