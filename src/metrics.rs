@@ -28,6 +28,7 @@ struct Metrics {
     agents: IntGaugeVec,
     worker_running: IntGaugeVec,
     worker_free_slots: IntGaugeVec,
+    api_connections: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -114,9 +115,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Free agent slots of this worker (capacity minus agents and jobs in hand).",
             &["worker_id"],
         ),
+        api_connections: gauges(
+            "agentfleet_api_connections",
+            "Open API connections: active (hyper serving them) or parked (idle, holding no buffers).",
+            &["state"],
+        ),
     };
     let r = &m.registry;
-    let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+    let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
         Box::new(m.requests.clone()),
         Box::new(m.spawn_latency.clone()),
         Box::new(m.agent_run.clone()),
@@ -129,12 +135,21 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.agents.clone()),
         Box::new(m.worker_running.clone()),
         Box::new(m.worker_free_slots.clone()),
+        Box::new(m.api_connections.clone()),
     ];
     for c in collectors {
         r.register(c).expect("metric registered once");
     }
     m
 });
+
+/// An API connection entered `state` (active or parked); `delta` -1 when it left it.
+pub fn api_connection(state: &str, delta: i64) {
+    METRICS
+        .api_connections
+        .with_label_values(&[state])
+        .add(delta);
+}
 
 /// A request arrived: `kind` spawn / stop / delete / resume, `outcome` accepted, duplicate or the
 /// error class it was refused with.

@@ -277,3 +277,88 @@ async fn connections_over_the_limit_are_refused() {
     let (response, _) = read_until_closed(&mut next);
     assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
 }
+
+/// Reads one response of `Content-Length` framing from a kept-alive connection.
+fn read_response(conn: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("a content-length");
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = conn.read(&mut buf).expect("a response");
+        assert!(n > 0, "closed before a whole response: {text:?}");
+        received.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `agentfleet_api_connections{state=...}` as the server reports it.
+async fn connections(api: &Server, state: &str) -> i64 {
+    let text = api
+        .client
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("agentfleet_api_connections{{state=\"{state}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_is_parked_and_serves_again() {
+    let env = TestEnv::new().await;
+    let api = serve(&env).await;
+    let parked_before = connections(&api, "parked").await;
+    let mut conns: Vec<TcpStream> = (0..5).map(|_| connect(&api)).collect();
+    for conn in &mut conns {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        assert!(read_response(conn).starts_with("HTTP/1.1 200"));
+    }
+    // Idle for longer than the server waits before parking.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let parked = connections(&api, "parked").await;
+    assert!(
+        parked >= parked_before + 5,
+        "{parked} parked connections (before: {parked_before})"
+    );
+    // A parked connection serves its next request as if nothing happened.
+    for conn in &mut conns {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        assert!(read_response(conn).starts_with("HTTP/1.1 200"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_read_before_a_connection_is_parked_are_kept() {
+    let env = TestEnv::new().await;
+    let api = serve(&env).await;
+    let mut conn = connect(&api);
+    // A whole request and the start of the next in one write: the server reads both.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\nGET /heal")
+        .unwrap();
+    assert!(read_response(&mut conn).starts_with("HTTP/1.1 200"));
+    // Parked meanwhile, with the start of the second request kept.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    conn.write_all(b"thz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let second = read_response(&mut conn);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second:?}");
+}

@@ -5,19 +5,22 @@
 //!
 //! A connection holds only what it must: the router is shared (one `Arc` per connection;
 //! axum's own `serve` rebuilds every route, state included, per connection), and hyper's
-//! buffers. What closed connections freed goes back to the system (`ReturnFreed`): glibc
+//! connection, with its buffers, exists only while something is in flight: an idle
+//! connection is parked as its bare socket. What closed and parked connections freed goes
+//! back to the system (`ReturnFreed`): glibc
 //! keeps freed small blocks in its heaps, so a burst of connections would otherwise leave
 //! the process at its peak size for good.
 
+use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -104,8 +107,15 @@ pub async fn serve(
         };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                let connection = serve_connection(stream, router.clone(), limits, stop.clone());
                 let (freed, tracker) = (freed.clone(), connections.clone());
+                let connection = serve_connection(
+                    stream,
+                    router.clone(),
+                    limits,
+                    stop.clone(),
+                    freed.clone(),
+                    tracker.clone(),
+                );
                 connections.spawn(async move {
                     connection.await;
                     drop(permit);
@@ -135,54 +145,181 @@ fn refuse(stream: TcpStream) {
     tracing::debug!("connection refused: api.max_connections reached");
 }
 
+/// How long a connection with nothing in flight stays with hyper before it is parked.
+const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// Serves one connection. A connection with nothing in flight (no request being read,
+/// handled or answered, nothing left to write) is parked after `PARK_AFTER`: hyper's
+/// connection, with its read and write buffers, is taken apart and only the socket (and
+/// any bytes hyper read but did not use) is kept until it is readable again. A fresh
+/// connection starts parked. So an idle connection costs its socket and this task, not
+/// hyper's two 8 KB buffers.
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
     limits: ConnectionLimits,
     stop: CancellationToken,
+    freed: Arc<ReturnFreed>,
+    tracker: TaskTracker,
 ) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched {
-        inner: stream,
-        activity: activity.clone(),
-    });
-    let in_service = activity.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let busy = Busy::enter(in_service.clone());
-        let router = router.clone();
-        async move {
-            let response = router.oneshot(request.map(Body::new)).await;
-            drop(busy);
-            response
-        }
-    });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    let connection = builder.serve_connection(io, service).with_upgrades();
-    tokio::pin!(connection);
-    let mut draining = false;
+    // Idle connections go when the first of the two limits passes.
+    let idle_limit = limits.header_timeout.min(limits.idle_timeout);
+    let mut stream = stream;
+    let mut unread = Bytes::new();
     loop {
-        let idle_for = activity.idle_for();
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended");
-                }
-                return;
-            }
-            _ = stop.cancelled(), if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep(limits.idle_timeout.saturating_sub(idle_for)) => {
-                if activity.busy() == 0 && activity.idle_for() >= limits.idle_timeout {
-                    tracing::debug!("idle connection closed (api.idle_timeout)");
+        if unread.is_empty() {
+            let _parked = State::enter("parked");
+            tokio::select! {
+                ready = stream.readable() => if ready.is_err() { return },
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(idle_limit.saturating_sub(activity.idle_for())) => {
+                    tracing::debug!("idle connection closed");
                     return;
                 }
             }
         }
+        let _active = State::enter("active");
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            unread,
+            activity: activity.clone(),
+        });
+        let session = session(io, router.clone(), activity.clone(), limits);
+        match drive(session, &activity, limits, &stop).await {
+            Some((rest, bytes)) => (stream, unread) = (rest, bytes),
+            None => return,
+        }
+        if freed.connection_closed() {
+            tracker.spawn(freed.clone().return_soon());
+        }
+    }
+}
+
+type Session = hyper::server::conn::http1::Connection<TokioIo<Watched>, Handler>;
+
+/// hyper serving `io` until it ends or is parked.
+fn session(
+    io: TokioIo<Watched>,
+    router: Router,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+) -> Session {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder.serve_connection(io, Handler { router, activity })
+}
+
+/// The router as hyper's service for one connection.
+struct Handler {
+    router: Router,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Handler {
+    type Response = hyper::Response<Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let busy = Busy::enter(self.activity.clone());
+        let router = self.router.clone();
+        Box::pin(async move {
+            let response = router.oneshot(request.map(Body::new)).await?;
+            // Busy until the body is sent (an event stream is not an idle connection).
+            Ok(response.map(|body| Body::new(Sending { body, _busy: busy })))
+        })
+    }
+}
+
+/// Runs hyper until the connection ends (None) or has had nothing in flight for
+/// `PARK_AFTER` (the socket and the bytes hyper read but did not use).
+async fn drive(
+    mut session: Session,
+    activity: &Activity,
+    limits: ConnectionLimits,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, Bytes)> {
+    let mut draining = false;
+    loop {
+        let idle_for = activity.idle_for();
+        let wait = if activity.parkable() {
+            PARK_AFTER.saturating_sub(idle_for)
+        } else {
+            limits.idle_timeout.saturating_sub(idle_for)
+        };
+        tokio::select! {
+            result = &mut session => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+                return None;
+            }
+            _ = stop.cancelled(), if !draining => {
+                draining = true;
+                Pin::new(&mut session).graceful_shutdown();
+            }
+            _ = tokio::time::sleep(wait) => {
+                if draining {
+                    continue;
+                }
+                if activity.parkable() && activity.idle_for() >= PARK_AFTER {
+                    let parts = session.into_parts();
+                    let watched = parts.io.into_inner();
+                    let unread = [parts.read_buf, watched.unread].concat();
+                    return Some((watched.inner, Bytes::from(unread)));
+                }
+                if activity.busy() == 0 && activity.idle_for() >= limits.idle_timeout {
+                    tracing::debug!("idle connection closed (api.idle_timeout)");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// A connection counted in `agentfleet_api_connections` by state while this lives.
+struct State(&'static str);
+
+impl State {
+    fn enter(state: &'static str) -> Self {
+        crate::metrics::api_connection(state, 1);
+        Self(state)
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        crate::metrics::api_connection(self.0, -1);
+    }
+}
+
+/// A response body being sent, holding its connection busy until it is dropped.
+struct Sending {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Sending {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -192,6 +329,10 @@ struct Activity {
     /// Milliseconds from `opened` to the last byte read or written.
     last_io_ms: AtomicU64,
     busy: AtomicUsize,
+    /// Bytes were read since the last response was sent (a request is on its way).
+    reading: AtomicBool,
+    /// A write could not complete (the peer is not reading): hyper holds unsent bytes.
+    write_blocked: AtomicBool,
 }
 
 impl Activity {
@@ -200,6 +341,8 @@ impl Activity {
             opened: Instant::now(),
             last_io_ms: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            reading: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
         }
     }
 
@@ -216,10 +359,24 @@ impl Activity {
     fn busy(&self) -> usize {
         self.busy.load(Ordering::Relaxed)
     }
+
+    /// Nothing in flight: no request being read or handled, no response being sent.
+    fn parkable(&self) -> bool {
+        self.busy() == 0
+            && !self.reading.load(Ordering::Relaxed)
+            && !self.write_blocked.load(Ordering::Relaxed)
+    }
+
+    fn wrote(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+        if !blocked {
+            self.touch();
+        }
+    }
 }
 
-/// A request being handled: a handler that takes its time (a stop waits for the agent) is
-/// not an idle connection.
+/// A request being handled and its response sent: a handler that takes its time (a stop
+/// waits for the agent) or a long response (an event stream) is not an idle connection.
 struct Busy(Arc<Activity>);
 
 impl Busy {
@@ -232,13 +389,16 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
+        self.0.reading.store(false, Ordering::Relaxed);
         self.0.touch();
     }
 }
 
-/// The connection's socket, noting every byte that moves.
+/// The connection's socket, noting every byte that moves; `unread` (what an earlier hyper
+/// session read but did not use) comes first.
 struct Watched {
     inner: TcpStream,
+    unread: Bytes,
     activity: Arc<Activity>,
 }
 
@@ -248,9 +408,16 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread.split_to(n));
+            self.activity.reading.store(true, Ordering::Relaxed);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            self.activity.reading.store(true, Ordering::Relaxed);
             self.activity.touch();
         }
         polled
@@ -264,8 +431,10 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        match &polled {
+            Poll::Pending => self.activity.wrote(true),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(false),
+            _ => {}
         }
         polled
     }
@@ -276,8 +445,10 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        match &polled {
+            Poll::Pending => self.activity.wrote(true),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(false),
+            _ => {}
         }
         polled
     }
