@@ -1,4 +1,5 @@
-//! Requests about an existing agent — stop, delete and resume — from the API and the CLI. The
+//! Requests about an existing agent — stop, delete, resume, dismiss and cleanup — from the
+//! API and the CLI. The
 //! store records them; the worker that owns the agent's process and worktree carries them
 //! out (see `worker::control`); an agent nobody runs is handled here directly.
 
@@ -21,6 +22,24 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// The event of a resume that waits for a worker on its agent's node.
 pub const RESUME_WAITING_EVENT: &str = "resume.waiting";
+/// The event of a checkout freed by a dismiss or a cleanup.
+pub const CHECKOUT_REMOVED_EVENT: &str = "checkout.removed";
+
+/// A control request about an agent not acted on yet, as `get` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PendingRequest {
+    pub id: Uuid,
+    pub kind: String,
+    /// `worker` (sent to its owner) or `node` (any worker on the agent's node).
+    pub sent_to: &'static str,
+    pub target: Option<String>,
+    pub requested_at: chrono::DateTime<chrono::Utc>,
+    /// No live worker can take it now: it waits for one to start on the node.
+    pub waiting_for_worker: bool,
+    /// When a waiting resume fails (`worker.resume_timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
 
 impl Fleet {
     /// Stops an agent; with `wait`, returns once it has stopped.
@@ -143,6 +162,81 @@ impl Fleet {
         }
         store.delete_agent_rows(agent.id).await?;
         Ok(agent.name)
+    }
+
+    /// Hides an agent from lists at once; an ended agent's checkout is freed on its node
+    /// (its work is on its pushed branch). A running agent keeps running.
+    pub async fn dismiss(&self, agent_ref: &str) -> Result<Agent, FleetError> {
+        let store = &self.store;
+        let agent = store.agent(agent_ref).await?;
+        store.set_dismissed(agent.id).await?;
+        let agent = store.agent(&agent.id.to_string()).await?;
+        if agent.status.is_final() && agent.workdir.is_some() && agent.node_id.is_some() {
+            self.send_control(&agent, ControlKind::Dismiss, None, serde_json::json!({}))
+                .await?;
+        }
+        Ok(agent)
+    }
+
+    /// Frees an ended agent's checkout and run files on its node; its record, events and
+    /// pushed branch stay. Refused while the agent runs or waits for input (it needs them).
+    pub async fn cleanup(&self, agent_ref: &str) -> Result<Agent, FleetError> {
+        counted("cleanup", self.cleanup_agent(agent_ref).await)
+    }
+
+    async fn cleanup_agent(&self, agent_ref: &str) -> Result<Agent, FleetError> {
+        let agent = self.store.agent(agent_ref).await?;
+        if !agent.status.is_final() {
+            return Err(FleetError::Conflict(format!(
+                "agent '{}' is {}: its checkout is in use (stop it first)",
+                agent.name, agent.status
+            )));
+        }
+        if agent.workdir.is_some() && agent.node_id.is_some() {
+            self.send_control(&agent, ControlKind::Cleanup, None, serde_json::json!({}))
+                .await?;
+        }
+        Ok(agent)
+    }
+
+    /// The agent's control requests that no worker has acted on yet, and whether each
+    /// waits for a worker to start on the agent's node.
+    pub async fn pending_requests(&self, agent: &Agent) -> Result<Vec<PendingRequest>, FleetError> {
+        let pending = self.store.agent_controls(agent.id).await?;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let workers = self.store.list_workers().await?;
+        let timeout = chrono::TimeDelta::from_std(self.settings.worker.resume_timeout)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        Ok(pending
+            .into_iter()
+            .map(|p| {
+                let waiting = match &p.target_worker {
+                    Some(worker) => !workers
+                        .iter()
+                        .any(|w| &w.id == worker && w.status == "alive"),
+                    None => !workers
+                        .iter()
+                        .any(|w| Some(&w.node_id) == agent.node_id.as_ref() && w.status == "alive"),
+                };
+                PendingRequest {
+                    id: p.id,
+                    sent_to: if p.target_worker.is_some() {
+                        "worker"
+                    } else {
+                        "node"
+                    },
+                    target: p.target_worker.or_else(|| agent.node_id.clone()),
+                    expires_at: (p.kind == "resume")
+                        .then(|| p.requested_at.checked_add_signed(timeout))
+                        .flatten(),
+                    kind: p.kind,
+                    requested_at: p.requested_at,
+                    waiting_for_worker: waiting,
+                }
+            })
+            .collect())
     }
 
     /// Resumes an agent that waits for input with `answers` (question id → text): the worker
@@ -333,6 +427,19 @@ impl Fleet {
             Err(e) => tracing::warn!(%agent_id, error = %e, "cannot store event"),
         }
     }
+}
+
+/// The agent as `GET /v1/agents/{id}` shows it: its record and the control requests about
+/// it that no worker has acted on yet.
+pub fn with_pending(a: &Agent, pending: &[PendingRequest]) -> serde_json::Value {
+    let mut value = serde_json::to_value(a).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(
+            "pending_requests".into(),
+            serde_json::to_value(pending).unwrap_or_default(),
+        );
+    }
+    value
 }
 
 /// Counts a request by kind and outcome (`agentfleet_requests_total`).

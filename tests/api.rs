@@ -167,6 +167,43 @@ async fn spawn_over_http_then_follow_its_events() {
         .unwrap();
     assert_eq!(workers.len(), 1);
     assert_eq!(by_name["worker_id"], workers[0]["id"]);
+    assert_eq!(by_name["pending_requests"], json!([]));
+
+    // Its checkout freed on its node: 202, the record stays; an unknown agent is a 404.
+    let cleanup = api
+        .post("/v1/agents/http-heron/cleanup")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleanup.status(), StatusCode::ACCEPTED);
+    assert_eq!(cleanup.json::<Value>().await.unwrap()["id"], agent["id"]);
+    let missing = api
+        .post("/v1/agents/no-such-heron/cleanup")
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(missing).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = api
+            .get(&format!("/v1/agents/{id}/events"))
+            .header("Last-Event-ID", "4")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if events.contains("event: checkout.removed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     env.stop_workers();
 }
 

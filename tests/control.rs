@@ -1,7 +1,8 @@
-//! Control requests on Redis: stop, resume and delete are recorded in the store and pushed
-//! to the worker that can act on them (its own queue, or its node's), which acts at once —
-//! the fallback poll is set to a minute here, so only the push can be that fast. Lost and
-//! duplicated jobs act exactly once; a stop pending at a dead owner reaches its adopter.
+//! Control requests on Redis: stop, resume, delete, dismiss and cleanup are recorded in the
+//! store and pushed to the worker that can act on them (its own queue, or its node's),
+//! which acts at once — the fallback poll is set to a minute here, so only the push can be
+//! that fast. Lost and duplicated jobs act exactly once; a stop pending at a dead owner
+//! reaches its adopter; a resume with no worker on its node shows as waiting in `get`.
 
 mod common;
 
@@ -129,6 +130,20 @@ async fn a_resume_waits_for_a_worker_on_its_node() {
     );
     let queue: serde_json::Value = serde_json::from_str(&env.cli_ok(&["queue", "--json"])).unwrap();
     let node = waiting.node_id.clone().expect("node");
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["get", "asking-otter", "--json"])).unwrap();
+    let pending = &shown["pending_requests"];
+    assert_eq!(pending.as_array().map(Vec::len), Some(1), "{shown}");
+    assert_eq!(pending[0]["kind"], "resume");
+    assert_eq!(pending[0]["sent_to"], "node");
+    assert_eq!(pending[0]["target"], node.as_str());
+    assert_eq!(pending[0]["waiting_for_worker"], true);
+    assert!(pending[0]["expires_at"].is_string(), "{shown}");
+    let text = env.cli_ok(&["get", "asking-otter"]);
+    assert!(
+        text.contains("request:   resume to node") && text.contains("waiting for a worker"),
+        "{text}"
+    );
     assert_eq!(
         queue["control_queues"],
         serde_json::json!([{"node_id": node, "depth": 1,
@@ -144,6 +159,9 @@ async fn a_resume_waits_for_a_worker_on_its_node() {
         })
         .await;
     assert_eq!(done.workdir, waiting.workdir, "same worktree");
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["get", "asking-otter", "--json"])).unwrap();
+    assert_eq!(shown["pending_requests"], serde_json::json!([]));
     env.stop_workers();
 }
 
@@ -343,5 +361,98 @@ async fn a_forged_live_status_ends_neither_spawn_wait_nor_logs_follow() {
     };
     assert!(wait_exit(&mut spawn_wait).success());
     assert!(wait_exit(&mut follow).success());
+    env.stop_workers();
+}
+
+/// Whether the agent's folder (checkout and run files) is still on the node.
+fn has_folder(env: &TestEnv, name: &str) -> bool {
+    env.dir.path().join("worker0/agents").join(name).exists()
+}
+
+async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dismiss_and_cleanup_are_pushed_and_free_an_ended_agents_checkout() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[SLOW_POLL]);
+    let pushes = watch_control_pushes(&env).await;
+
+    let holding = env.spawn(&["--name", "holding-otter"], "hold on\n#hold 120");
+    env.wait_agent(holding.id, Duration::from_secs(60), "running", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await;
+    // A running agent: cleanup is refused and changes nothing; dismiss hides it, and it
+    // runs on with its checkout.
+    let refused = env.cli(&["cleanup", "holding-otter"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("stop it first"), "{stderr}");
+    env.cli_ok(&["dismiss", "holding-otter"]);
+    let listed = env.cli_ok(&["list"]);
+    assert!(!listed.contains("holding-otter"), "{listed}");
+    assert!(env.cli_ok(&["list", "--all"]).contains("holding-otter"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let store = env.store().await;
+    assert_status(
+        &store.agent("holding-otter").await.unwrap(),
+        AgentStatus::Running,
+    );
+    assert!(has_folder(&env, "holding-otter"));
+    assert_eq!(*pushes.borrow(), 0, "nothing to send for a running agent");
+
+    // An ended agent: cleanup frees its checkout on the node at once (pushed: the
+    // fallback poll is a minute), and keeps its record, events and branch.
+    let done = env.spawn(&["--name", "done-otter"], "all done");
+    assert_status(
+        &env.wait_final(done.id, Duration::from_secs(60)).await,
+        AgentStatus::Completed,
+    );
+    assert!(has_folder(&env, "done-otter"));
+    env.cli_ok(&["cleanup", "done-otter"]);
+    let took = wait_until("the cleanup", Duration::from_secs(10), || {
+        !has_folder(&env, "done-otter")
+    })
+    .await;
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(*pushes.borrow(), 1, "the cleanup was pushed");
+    let kept = store.agent("done-otter").await.unwrap();
+    assert_status(&kept, AgentStatus::Completed);
+    let events = store.events_after(done.id, 0).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "checkout.removed" && e.data["request"] == "cleanup"),
+        "{events:?}"
+    );
+    assert!(
+        has_folder(&env, "holding-otter"),
+        "only its own folder went"
+    );
+
+    // Dismissing an ended agent hides it and frees its checkout the same way.
+    let other = env.spawn(&["--name", "other-otter"], "all done");
+    env.wait_final(other.id, Duration::from_secs(60)).await;
+    env.cli_ok(&["dismiss", "other-otter"]);
+    wait_until("the dismiss", Duration::from_secs(8), || {
+        !has_folder(&env, "other-otter")
+    })
+    .await;
+    assert_eq!(*pushes.borrow(), 2, "the dismiss was pushed");
+    assert!(store.agent("other-otter").await.unwrap().dismissed);
+    // Both requests are done: nothing pending shows.
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["get", "other-otter", "--json"])).unwrap();
+    assert_eq!(shown["pending_requests"], serde_json::json!([]));
     env.stop_workers();
 }

@@ -1144,6 +1144,22 @@ async fn control_requests_are_claimed_once_and_resent_to_their_owner(store: &Sto
     );
     let stats = store.control_queue_stats().await.unwrap();
     assert_eq!((stats.len(), stats[0].depth), (1, 1));
+    let shown = store.agent_controls(agent).await.unwrap();
+    assert_eq!(shown.len(), 1);
+    assert_eq!(
+        (
+            shown[0].id,
+            shown[0].kind.as_str(),
+            shown[0].target_worker.as_deref()
+        ),
+        (stop, "stop", Some(owner.worker_id.as_str()))
+    );
+    assert!(
+        (chrono::Utc::now() - shown[0].requested_at)
+            .num_seconds()
+            .abs()
+            < 60
+    );
 
     // Lost by the queue: due again, pointed at the agent's owner.
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1179,6 +1195,7 @@ async fn control_requests_are_claimed_once_and_resent_to_their_owner(store: &Sto
             .unwrap()
             .is_none()
     );
+    assert!(store.agent_controls(agent).await.unwrap().is_empty());
 
     // A resume nobody took within resume_timeout fails instead of being sent again (an
     // agent is resumed only while it waits for input).
@@ -1210,6 +1227,27 @@ async fn control_requests_are_claimed_once_and_resent_to_their_owner(store: &Sto
             .is_none()
     );
     assert!(store.control_queue_stats().await.unwrap().is_empty());
+
+    // Dismiss and cleanup go to any worker on the agent's node.
+    let cleanup = store
+        .record_control(agent, ControlKind::Cleanup, None, serde_json::json!({}))
+        .await
+        .unwrap();
+    let shown = store.agent_controls(agent).await.unwrap();
+    assert_eq!(
+        (
+            shown.len(),
+            shown[0].kind.as_str(),
+            shown[0].target_worker.clone()
+        ),
+        (1, "cleanup", None)
+    );
+    let claimed = store
+        .claim_control(cleanup, "w-any", "node-a")
+        .await
+        .unwrap()
+        .expect("claimed by a worker of the node");
+    assert_eq!(claimed.kind, ControlKind::Cleanup);
 }
 
 /// One test per operation group, for each adapter.

@@ -37,6 +37,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/v1/agents/{agent}/stop", post(routes::stop_agent))
         .route("/v1/agents/{agent}/resume", post(routes::resume_agent))
         .route("/v1/agents/{agent}/dismiss", post(routes::dismiss_agent))
+        .route("/v1/agents/{agent}/cleanup", post(routes::cleanup_agent))
         .route("/v1/agents/{agent}/events", get(routes::agent_events))
         .route("/v1/workers", get(routes::list_workers))
         .route(

@@ -55,7 +55,9 @@ pub async fn get_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
 ) -> Result<Response, ApiError> {
-    Ok(Json(fleet.store.agent(&agent).await?).into_response())
+    let agent = fleet.store.agent(&agent).await?;
+    let pending = fleet.pending_requests(&agent).await?;
+    Ok(Json(crate::lifecycle::with_pending(&agent, &pending)).into_response())
 }
 
 /// Stops the agent and answers once it has stopped.
@@ -102,9 +104,16 @@ pub async fn dismiss_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
 ) -> Result<Response, ApiError> {
-    let found = fleet.store.agent(&agent).await?;
-    fleet.store.set_dismissed(found.id).await?;
-    Ok(Json(fleet.store.agent(&found.id.to_string()).await?).into_response())
+    Ok(Json(fleet.dismiss(&agent).await?).into_response())
+}
+
+/// Frees an ended agent's checkout on its node; 202 with the agent.
+pub async fn cleanup_agent(
+    State(fleet): State<Fleet>,
+    PathParam(agent): PathParam,
+) -> Result<Response, ApiError> {
+    let agent = fleet.cleanup(&agent).await?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(agent)).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -91,12 +91,15 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Hide an agent from `list` (it stays in the store).
+    /// Hide an agent from `list` (it stays in the store); an ended one's checkout is freed
+    /// on its node.
     Dismiss { agent: String },
-    /// Remove worktrees, branches and files under this node's workspace that belong to no
-    /// agent.
+    /// With AGENT: free that ended agent's checkout on its node (its record and pushed
+    /// branch stay). Without: remove worktrees, branches and files under this node's
+    /// workspace that belong to no agent.
     Cleanup {
-        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, conflicts_with = "agent")]
         dry_run: bool,
     },
     /// Show one agent by id or name.
@@ -304,15 +307,19 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             }
         }
         Command::Dismiss { agent } => {
-            let agent = fleet
-                .store
-                .agent(&agent)
-                .await
-                .map_err(|e| user(e.into()))?;
-            fleet.store.set_dismissed(agent.id).await?;
+            let agent = fleet.dismiss(&agent).await.map_err(user)?;
             println!("{} dismissed", agent.name);
         }
-        Command::Cleanup { dry_run } => {
+        Command::Cleanup {
+            agent: Some(agent), ..
+        } => {
+            let agent = fleet.cleanup(&agent).await.map_err(user)?;
+            println!("{} checkout being removed on its node", agent.name);
+        }
+        Command::Cleanup {
+            agent: None,
+            dry_run,
+        } => {
             let root = &fleet.settings.worker.workspace_root;
             let report = worker::cleanup_workspace(root, &fleet.store, dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
@@ -323,14 +330,15 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
                 println!("nothing to remove");
             }
         }
-        Command::Get { agent, json } => output::agent(
-            &fleet
+        Command::Get { agent, json } => {
+            let agent = fleet
                 .store
                 .agent(&agent)
                 .await
-                .map_err(|e| user(e.into()))?,
-            json,
-        ),
+                .map_err(|e| user(e.into()))?;
+            let pending = fleet.pending_requests(&agent).await.map_err(user)?;
+            output::agent(&agent, &pending, json);
+        }
         Command::Logs {
             agent,
             follow,

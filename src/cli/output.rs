@@ -1,6 +1,7 @@
 //! How the CLI prints things: JSON (the API's shapes) or short human-readable lines.
 
 use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
+use crate::lifecycle::PendingRequest;
 
 fn json<T: serde::Serialize>(value: &T) {
     println!(
@@ -29,9 +30,9 @@ pub fn agents(agents: &[Agent], as_json: bool) {
     }
 }
 
-pub fn agent(a: &Agent, as_json: bool) {
+pub fn agent(a: &Agent, pending: &[PendingRequest], as_json: bool) {
     if as_json {
-        return json(a);
+        return json(&crate::lifecycle::with_pending(a, pending));
     }
     println!("id:        {}", a.id);
     println!("name:      {}", a.name);
@@ -59,6 +60,24 @@ pub fn agent(a: &Agent, as_json: bool) {
     }
     if let Some(e) = &a.error {
         println!("error:     {e}");
+    }
+    for p in pending {
+        let to = format!("{} {}", p.sent_to, p.target.as_deref().unwrap_or("-"));
+        let state = if p.waiting_for_worker {
+            "waiting for a worker to start there"
+        } else {
+            "sent"
+        };
+        let until = p
+            .expires_at
+            .map(|t| {
+                format!(
+                    ", until {}",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+            .unwrap_or_default();
+        println!("request:   {} to {to}: {state}{until}", p.kind);
     }
 }
 

@@ -1,12 +1,13 @@
-//! Control jobs: stop, delete and resume requests about a running (or waiting) agent,
-//! sent to the worker that can act on them. The request row in the store is the durable
+//! Control jobs: stop, delete, resume, dismiss and cleanup requests about an agent, sent
+//! to the worker that can act on them. The request row in the store is the durable
 //! record; the job only names it, so a job lost, late or delivered twice does no harm —
 //! the worker claims the row first, and the re-dispatcher sends lost ones again.
 //!
 //! Each worker has its own control queue (requests about the agents it owns) and each node
-//! one more (requests any worker on the node can serve: a resume, the delete of an agent
-//! that no longer runs). On Redis these are apalis queues beside the spawn queue, woken on
-//! push like it; in the embedded mode the store's pending rows are the queue.
+//! one more (requests any worker on the node can serve: a resume, the delete, dismiss or
+//! cleanup of an agent that no longer runs). On Redis these are apalis queues beside the
+//! spawn queue, woken on push like it; in the embedded mode the store's pending rows are
+//! the queue.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

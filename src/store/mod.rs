@@ -265,6 +265,8 @@ store_operations! {
     fn take_due_requests(&self, due: &DueParams) -> DueRequests;
     /// Pending control requests per node: how many, and since when the oldest waits.
     fn control_queue_stats(&self) -> Vec<ControlQueueStats>;
+    /// The control requests about one agent that are still pending, oldest first.
+    fn agent_controls(&self, agent_id: Uuid) -> Vec<PendingControl>;
     /// Spawn requests dispatched longer than `after` ago and still unclaimed, marked as
     /// dispatched now (only one caller gets each).
     fn take_redispatch(&self, after: Duration, limit: i64) -> Vec<Uuid>;
@@ -550,6 +552,11 @@ pub enum ControlKind {
     Stop,
     Delete,
     Resume,
+    /// Hidden from lists (at once, by the front door); the node frees an ended agent's
+    /// checkout.
+    Dismiss,
+    /// The node frees an ended agent's checkout; the record stays.
+    Cleanup,
 }
 
 impl ControlKind {
@@ -558,6 +565,8 @@ impl ControlKind {
             Self::Stop => "stop",
             Self::Delete => "delete",
             Self::Resume => "resume",
+            Self::Dismiss => "dismiss",
+            Self::Cleanup => "cleanup",
         }
     }
 
@@ -566,6 +575,8 @@ impl ControlKind {
             "stop" => Some(Self::Stop),
             "delete" => Some(Self::Delete),
             "resume" => Some(Self::Resume),
+            "dismiss" => Some(Self::Dismiss),
+            "cleanup" => Some(Self::Cleanup),
             _ => None,
         }
     }
@@ -594,6 +605,16 @@ pub struct DueControl {
     pub id: Uuid,
     pub target_worker: Option<String>,
     pub node_id: Option<String>,
+}
+
+/// A control request about an agent that no worker has acted on yet.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PendingControl {
+    pub id: Uuid,
+    pub kind: String,
+    /// The worker it was sent to; None: any worker on the agent's node.
+    pub target_worker: Option<String>,
+    pub requested_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The pending control requests of one node (`None`: agents never placed on a node).

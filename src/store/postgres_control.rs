@@ -1,5 +1,5 @@
-//! Postgres adapter, continued: control requests (stop, delete, resume) as the queue
-//! delivers them. A delivered job names its request; the worker claims the row in one
+//! Postgres adapter, continued: control requests (stop, delete, resume, dismiss, cleanup)
+//! as the queue delivers them. A delivered job names its request; the worker claims the row in one
 //! statement, so a job delivered twice acts once. The re-dispatcher sends again, in one
 //! statement, whatever the queue seems to have lost — spawns and controls alike — so an
 //! idle worker's fallback costs the store one transaction per interval.
@@ -9,13 +9,14 @@ use uuid::Uuid;
 
 use super::postgres::PgStore;
 use super::{
-    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests, StoreError,
+    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
+    PendingControl, StoreError,
 };
 
 /// The control kinds a worker acts on.
 macro_rules! controls {
     () => {
-        "('stop', 'delete', 'resume')"
+        "('stop', 'delete', 'resume', 'dismiss', 'cleanup')"
     };
 }
 
@@ -154,6 +155,27 @@ impl PgStore {
                     node_id: r.try_get("node_id")?,
                     depth: r.try_get("depth")?,
                     oldest_age_seconds: r.try_get("age")?,
+                })
+            })
+            .collect()
+    }
+    pub async fn agent_controls(&self, agent_id: Uuid) -> Result<Vec<PendingControl>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT id, kind, target_worker, created_at FROM requests \
+             WHERE agent_id = $1 AND status = 'pending' AND kind IN ",
+            controls!(),
+            " ORDER BY created_at, id"
+        ))
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingControl {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    target_worker: r.try_get("target_worker")?,
+                    requested_at: r.try_get("created_at")?,
                 })
             })
             .collect()

@@ -6,14 +6,15 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::super::{
-    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests, StoreError,
+    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
+    PendingControl, StoreError,
 };
 use super::SqliteStore;
 
 /// The control kinds a worker acts on.
 macro_rules! controls {
     () => {
-        "('stop', 'delete', 'resume')"
+        "('stop', 'delete', 'resume', 'dismiss', 'cleanup')"
     };
 }
 
@@ -193,6 +194,27 @@ impl SqliteStore {
                     node_id: r.try_get("node_id")?,
                     depth: r.try_get("depth")?,
                     oldest_age_seconds: r.try_get("age")?,
+                })
+            })
+            .collect()
+    }
+    pub async fn agent_controls(&self, agent_id: Uuid) -> Result<Vec<PendingControl>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT id, kind, target_worker, created_at FROM requests \
+             WHERE agent_id = ?1 AND status = 'pending' AND kind IN ",
+            controls!(),
+            " ORDER BY created_at, id"
+        ))
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingControl {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    target_worker: r.try_get("target_worker")?,
+                    requested_at: r.try_get("created_at")?,
                 })
             })
             .collect()

@@ -1,6 +1,6 @@
 //! Control requests routed to this worker: stop, delete and resume for the agents it owns
-//! (its own control queue), and delete and resume for agents on its node that no live
-//! worker owns (the node's queue). The request rows in the store are the durable record;
+//! (its own control queue), and delete, resume, dismiss and cleanup for agents on its node
+//! that no live worker owns (the node's queue). The request rows in the store are the durable record;
 //! the queue pushes each request here, and this worker claims the row before it acts, so a
 //! duplicate delivery does nothing. A fallback loop at `worker.control_poll_interval`
 //! sends again what the queue lost (control requests and spawns, in one store statement).
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Runtime;
+use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
 use crate::store::{ControlKind, ControlRequest, DueParams};
 use crate::telemetry;
@@ -184,6 +185,7 @@ async fn handle(rt: &Arc<Runtime>, control: ControlRequest) {
     let result = match control.kind {
         ControlKind::Stop => stop(rt, &control).await,
         ControlKind::Delete => delete(rt, &control).await,
+        ControlKind::Dismiss | ControlKind::Cleanup => free_checkout(rt, &control).await,
         ControlKind::Resume => match super::resume::resume(rt, &control).await {
             // The resumed run closes its request when it ends.
             Ok(()) => return,
@@ -213,6 +215,41 @@ async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Dismiss and cleanup: an ended agent's checkout and run files go (its work is on its
+/// pushed branch; its record and events stay). An agent that runs or waits keeps them.
+async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+    let store = &rt.fleet.store;
+    let agent = store
+        .agent(&control.agent_id.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    if !agent.status.is_final() {
+        return Err(format!(
+            "agent '{}' is {}: its checkout is in use and stays",
+            agent.name, agent.status
+        ));
+    }
+    let project = store
+        .project(&agent.project)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ws = rt.workspace.clone();
+    let (name, branch) = (agent.name.clone(), agent.branch.clone());
+    let lock = rt.project_lock(project.id).await;
+    let held = lock.lock().await;
+    tokio::task::spawn_blocking(move || ws.remove_agent(&name, &branch))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    drop(held);
+    let data = serde_json::json!({
+        "kind": CHECKOUT_REMOVED_EVENT, "request": control.kind.as_str(),
+        "node": rt.node_id, "worker_id": rt.owner.worker_id,
+    });
+    rt.fleet.record_unowned_event(agent.id, &data).await;
+    Ok(())
 }
 
 async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
