@@ -10,6 +10,7 @@ use agentfleet::domain::AgentStatus;
 
 use crate::Opts;
 use crate::common::TestEnv;
+use crate::common::services::{PrivatePostgres, free_port};
 use crate::report::{Table, f};
 use crate::services::{PrivateRedis, transactions};
 use crate::setup;
@@ -70,7 +71,10 @@ pub async fn run(opts: Opts) {
 
 async fn measure(workers: usize, agents: usize, window: Duration) -> (f64, f64) {
     let redis = PrivateRedis::start();
-    let mut env = TestEnv::with_services("127.0.0.1:5432", &redis.url).await;
+    // A Postgres of its own, with room for 50 workers' connections (each: a pool of 2 and
+    // the lease heartbeat's own) beyond a default server's 100.
+    let pg = PrivatePostgres::init_with(free_port(), &[("max_connections", "400")]);
+    let mut env = TestEnv::with_services(&format!("127.0.0.1:{}", pg.port), &redis.url).await;
     let script = setup::script(&env, "hold", HOLD);
     setup::use_provider(&env, &script, &[]);
     // The harness's fast test intervals, back to the defaults.
@@ -119,9 +123,9 @@ async fn measure(workers: usize, agents: usize, window: Duration) -> (f64, f64) 
         }
     }
     tokio::time::sleep(SETTLE).await;
-    let (x0, c0) = (transactions(&env.db_name), redis.commands().await);
+    let (x0, c0) = (transactions(pg.port, &env.db_name), redis.commands().await);
     tokio::time::sleep(window).await;
-    let (x1, c1) = (transactions(&env.db_name), redis.commands().await);
+    let (x1, c1) = (transactions(pg.port, &env.db_name), redis.commands().await);
     env.stop_workers();
     let secs = window.as_secs_f64();
     // One INFO of the pair is ours.

@@ -61,13 +61,15 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// Committed plus rolled-back transactions of database `name` (`pg_stat_database`), read
-/// from another database so the reading does not count.
-pub fn transactions(name: &str) -> u64 {
+/// Committed plus rolled-back transactions of database `name` (`pg_stat_database`) of the
+/// Postgres on `port`, read from another database so the reading does not count.
+pub fn transactions(port: u16, name: &str) -> u64 {
     let out = Command::new("psql")
         .args([
             "-h",
             "127.0.0.1",
+            "-p",
+            &port.to_string(),
             "-U",
             "postgres",
             "-d",

@@ -73,6 +73,8 @@ pub struct PrivatePostgres {
     dir: PathBuf,
     pub port: u16,
     bin: PathBuf,
+    /// More `-c name=value` server settings.
+    settings: String,
 }
 
 fn pg_bin() -> PathBuf {
@@ -100,6 +102,11 @@ fn as_postgres(cmd: &Path, args: &[&str]) {
 
 impl PrivatePostgres {
     pub fn init(port: u16) -> Self {
+        Self::init_with(port, &[])
+    }
+
+    /// `init` with server settings (`("max_connections", "400")`).
+    pub fn init_with(port: u16, settings: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("af-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         Command::new("chown")
@@ -120,16 +127,26 @@ impl PrivatePostgres {
                 "UTF8",
             ],
         );
-        let pg = Self { dir, port, bin };
+        let settings = settings
+            .iter()
+            .map(|(k, v)| format!(" -c {k}={v}"))
+            .collect();
+        let pg = Self {
+            dir,
+            port,
+            bin,
+            settings,
+        };
         pg.start();
         pg
     }
 
     pub fn start(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         as_postgres(
             &self.bin.join("pg_ctl"),
