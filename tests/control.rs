@@ -191,6 +191,13 @@ async fn a_stop_pending_at_a_killed_owner_is_carried_out_by_its_adopter() {
         "the provider process outlives its worker"
     );
 
+    let dead = running.worker_id.clone().expect("owner");
+    let dead_queue = format!("{}:control:worker:{dead}:*", env.prefix);
+    assert!(
+        !control_keys(&env, &dead_queue).await.is_empty(),
+        "the stop waits in the dead worker's queue"
+    );
+
     // The next worker on the node adopts the agent, and the stop with it.
     env.start_worker_on_root(0, &[SLOW_POLL]);
     let stopped = env.wait_final(agent.id, Duration::from_secs(60)).await;
@@ -200,7 +207,59 @@ async fn a_stop_pending_at_a_killed_owner_is_carried_out_by_its_adopter() {
         assert!(Instant::now() < deadline, "the provider process still runs");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The dead worker's queue is gone from Redis; so is the next worker's once it stops.
+    assert_eq!(control_keys(&env, &dead_queue).await, Vec::<String>::new());
+    let adopter = env
+        .store()
+        .await
+        .list_workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.status == "alive")
+        .expect("the new worker")
+        .id;
+    let adopter_queue = format!("{}:control:worker:{adopter}:*", env.prefix);
+    // A job for a request that does not exist: handled as nothing, its keys stay.
+    let queue = Queue::Redis(Box::new(
+        RedisQueue::connect(
+            &env.redis_url,
+            &env.prefix,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap(),
+    ));
+    let job = ControlJob {
+        request_id: Uuid::now_v7(),
+        trace_context: Default::default(),
+    };
+    queue
+        .push_control(&ControlTarget::Worker(adopter.clone()), &job)
+        .await
+        .unwrap();
+    assert!(!control_keys(&env, &adopter_queue).await.is_empty());
     env.stop_workers();
+    let log = std::fs::read_to_string(env.dir.path().join("worker1.log")).unwrap_or_default();
+    assert_eq!(
+        control_keys(&env, &adopter_queue).await,
+        Vec::<String>::new(),
+        "{log}"
+    );
+}
+
+/// The Redis keys matching `pattern`.
+async fn control_keys(env: &TestEnv, pattern: &str) -> Vec<String> {
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -83,6 +83,20 @@ impl Queue {
         }
     }
 
+    /// Removes `worker_id`'s control queue from Redis once the worker is gone (its requests
+    /// stay in the store); the embedded queue has nothing to remove.
+    pub async fn forget_control_queue(&self, worker_id: &str) {
+        if let Self::Redis(q) = self {
+            match q.forget_control_queue(worker_id).await {
+                Ok(keys) => tracing::debug!(worker_id, keys, "control queue removed"),
+                Err(e) => {
+                    crate::metrics::backend_error("redis");
+                    tracing::warn!(worker_id, error = %e, "cannot remove a gone worker's control queue");
+                }
+            }
+        }
+    }
+
     /// Delivers the control jobs of `worker`'s and `node`'s queues to `handler` until
     /// `stop`, then waits for those in hand. Pushes wake the consumer at once;
     /// `fallback_poll` is how often it looks anyway. `consumer` must be unique per run.

@@ -60,6 +60,40 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Removes every key of `worker_id`'s control queue. Its requests live on in the store
+    /// (pointed at whoever owns their agents now), so nothing is lost; without this each
+    /// worker that ever ran would leave its queue's keys in Redis for good.
+    pub async fn forget_control_queue(&self, worker_id: &str) -> Result<usize, QueueError> {
+        let queue = self.control_queue_name(&ControlTarget::Worker(worker_id.to_string()));
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", glob_escape(&queue)))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            keys.extend(found);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for chunk in keys.chunks(500) {
+            redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(keys.len())
+    }
+
     /// One apalis worker per control queue of this worker, all woken by one subscription.
     pub async fn consume_controls(
         &self,
@@ -116,5 +150,29 @@ impl RedisQueue {
             .collect::<Result<Vec<()>, _>>()
             .map(|_| ())
             .map_err(redis_error)
+    }
+}
+
+/// `text` as a literal in a Redis MATCH pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_escape_keeps_names_literal() {
+        assert_eq!(
+            super::glob_escape("af:control:worker:h-1"),
+            "af:control:worker:h-1"
+        );
+        assert_eq!(super::glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 }

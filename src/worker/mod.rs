@@ -384,6 +384,8 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     if let Err(e) = fleet.store.deregister_worker(&owner, handoff).await {
         tracing::warn!(error = %e, "cannot deregister worker");
     }
+    // Whatever was still queued for this worker is in the store, for its agents' next owner.
+    fleet.queue.forget_control_queue(&worker_id).await;
     tracing::info!(worker_id = %worker_id, left_running = leave, "worker stopped");
     result
 }

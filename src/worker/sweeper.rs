@@ -88,6 +88,8 @@ async fn apply(rt: &Arc<Runtime>, done: Reconciled) {
         "reconciled dead worker"
     );
     crate::metrics::reconciled(done.adopted.len(), done.requeued.len(), done.crashed.len());
+    // Its requests are the adopter's or the reconciler's now (the store points them there).
+    rt.fleet.queue.forget_control_queue(&done.worker_id).await;
     let store = &rt.fleet.store;
     if !done.adopted.is_empty() {
         match store.agents_by_id(&done.adopted).await {
