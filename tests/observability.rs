@@ -269,6 +269,23 @@ async fn one_trace_from_the_callers_traceparent_to_agent_run_and_no_secret_leaks
     let cli_agent = env.spawn(&[], "traced from the CLI");
     env.wait_final(cli_agent.id, Duration::from_secs(60)).await;
 
+    // A stop through the API: one trace from the caller to the worker's act.
+    let stop_trace = hex(uuid::Uuid::new_v4().as_bytes());
+    let stop_caller = &hex(uuid::Uuid::new_v4().as_bytes())[..16];
+    let held = env.spawn(&["--name", "traced-otter"], "hold on\n#hold 120");
+    env.wait_agent(held.id, Duration::from_secs(60), "running", |a| {
+        a.status == agentfleet::domain::AgentStatus::Running
+    })
+    .await;
+    let resp = client
+        .post(format!("{api_base}/v1/agents/traced-otter/stop"))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{stop_trace}-{stop_caller}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+
     // SIGTERM both: each flushes its spans on the way out.
     env.stop_workers();
     sigterm_and_wait(&mut api);
@@ -277,7 +294,12 @@ async fn one_trace_from_the_callers_traceparent_to_agent_run_and_no_secret_leaks
     let spans = loop {
         let got = spans.lock().unwrap().clone();
         let has = |name: &str| got.iter().any(|s| s.trace_id == trace_id && s.name == name);
-        if has("agent.run") && has("POST /v1/agents") {
+        if has("agent.run")
+            && has("POST /v1/agents")
+            && got
+                .iter()
+                .any(|s| s.trace_id == stop_trace && s.name == "agent.stop")
+        {
             break got;
         }
         assert!(Instant::now() < deadline, "spans never arrived: {got:#?}");
@@ -360,6 +382,29 @@ async fn one_trace_from_the_callers_traceparent_to_agent_run_and_no_secret_leaks
         .expect("the worker continues the CLI's trace");
     assert_eq!(cli_consumer.trace_id, cli_producer.trace_id);
     find(&spans, &cli_producer.trace_id, "agent.run");
+
+    // The stop: the API's SERVER span, the PRODUCER span of the push to the owner's control
+    // queue, the worker's CONSUMER span, and the act (until the process ended) under it.
+    let in_stop = |kind: i32| {
+        spans
+            .iter()
+            .find(|s| s.trace_id == stop_trace && s.kind == kind)
+            .unwrap_or_else(|| panic!("no span of kind {kind} in the stop's trace: {spans:#?}"))
+    };
+    let (stop_server, stop_producer, stop_consumer) =
+        (in_stop(SERVER), in_stop(PRODUCER), in_stop(CONSUMER));
+    assert_eq!(stop_server.parent_span_id, stop_caller);
+    assert_eq!(stop_producer.parent_span_id, stop_server.span_id);
+    assert!(
+        stop_producer.attributes["messaging.destination.name"]
+            .starts_with(&format!("{}:control:worker:", env.prefix)),
+        "{stop_producer:?}"
+    );
+    assert_eq!(stop_consumer.parent_span_id, stop_producer.span_id);
+    assert_eq!(stop_consumer.service, "agentfleet-worker");
+    let act = find(&spans, &stop_trace, "agent.stop");
+    assert_eq!(act.parent_span_id, stop_consumer.span_id);
+    assert_eq!(act.attributes["agentfleet.agent.id"], held.id.to_string());
 
     // JSON log lines carry the trace id.
     let worker_log = env.worker_log(0);

@@ -8,6 +8,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::postgres::PgStore;
+use super::rows::pending_control_from_row;
 use super::{
     ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
     PendingControl, StoreError,
@@ -169,15 +170,6 @@ impl PgStore {
         .bind(agent_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PendingControl {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    target_worker: r.try_get("target_worker")?,
-                    requested_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(pending_control_from_row).collect()
     }
 }

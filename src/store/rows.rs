@@ -5,7 +5,7 @@
 
 use sqlx::{Decode, Postgres, Row, Sqlite, Type};
 
-use super::StoreError;
+use super::{PendingControl, StoreError};
 use crate::domain::{
     Account, AccountKind, Agent, AgentMode, AgentStatus, PendingQuestion, Project, StoredEvent,
     WorkerInfo,
@@ -137,5 +137,14 @@ pub(super) fn event_from_row(r: &impl StoreRow) -> Result<StoredEvent, StoreErro
         kind: r.col("kind")?,
         data: r.col("data")?,
         created_at: r.col("created_at")?,
+    })
+}
+
+pub(super) fn pending_control_from_row(r: &impl StoreRow) -> Result<PendingControl, StoreError> {
+    Ok(PendingControl {
+        id: r.col("id")?,
+        kind: r.col("kind")?,
+        target_worker: r.col("target_worker")?,
+        requested_at: r.col("created_at")?,
     })
 }

@@ -5,6 +5,7 @@
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::super::rows::pending_control_from_row;
 use super::super::{
     ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
     PendingControl, StoreError,
@@ -208,15 +209,6 @@ impl SqliteStore {
         .bind(agent_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PendingControl {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    target_worker: r.try_get("target_worker")?,
-                    requested_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(pending_control_from_row).collect()
     }
 }

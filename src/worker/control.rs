@@ -181,6 +181,18 @@ pub async fn after_adoption(rt: &Arc<Runtime>, agents: &[Uuid]) {
 }
 
 async fn handle(rt: &Arc<Runtime>, control: ControlRequest) {
+    // The act itself (a stop: until the process group took its SIGTERM and ended), under
+    // the CONSUMER span, so the caller's trace runs to it.
+    let act = tracing::info_span!(
+        "control",
+        otel.name = %format!("agent.{}", control.kind.as_str()),
+        agentfleet.agent.id = %control.agent_id,
+        request_id = %control.id,
+    );
+    tracing::Instrument::instrument(act_on(rt, control), act).await;
+}
+
+async fn act_on(rt: &Arc<Runtime>, control: ControlRequest) {
     let store = &rt.fleet.store;
     let result = match control.kind {
         ControlKind::Stop => stop(rt, &control).await,

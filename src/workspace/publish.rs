@@ -16,9 +16,9 @@
 //! - over git's protocols (ssh, https, git) libgit2 sends that tip as the ref's old value,
 //!   and the remote's receive-pack updates the ref only if it still holds it;
 //! - a local remote (a path or `file://`) gets no such check from libgit2, whose local
-//!   transport overwrites an existing ref whatever it holds by then. There the objects are
-//!   pushed to a ref of their own (`refs/agentfleet/incoming/<id>`, removed after), and the
-//!   branch is then moved by a compare-and-swap under git's ref lock on the remote
+//!   transport overwrites an existing ref whatever it holds by then. There the objects the
+//!   remote lacks are written into its object database as one pack, named by no ref, and
+//!   the branch is then moved by a compare-and-swap under git's ref lock on the remote
 //!   repository, from the advertised tip (or from nothing, for a new branch).
 
 use std::cell::RefCell;
@@ -232,15 +232,7 @@ fn push(
 
     before_update();
     match local_path(url) {
-        Some(path) => push_local(
-            &mut remote,
-            &path,
-            &refname,
-            remote_branch,
-            url,
-            tip,
-            current,
-        ),
+        Some(path) => push_local(publish, &path, remote_branch, url, tip, current, base),
         None => push_refspec(&mut remote, &refname, &dst, remote_branch, url),
     }
 }
@@ -299,32 +291,29 @@ fn local_path(url: &str) -> Option<PathBuf> {
     (!url.contains("://") && path.is_dir()).then(|| path.to_path_buf())
 }
 
-/// The local-remote push of the module documentation: objects of `src` first, under a ref
-/// of their own, then `branch` moved from `expected` (`None`: it must not exist) to `tip`
-/// in one locked compare-and-swap.
+/// The local-remote push of the module documentation: the objects of `tip` the remote
+/// lacks go into its object database as one pack (no ref names them: a temporary ref would
+/// break the fetches of other workers that list the remote's refs while it comes and goes),
+/// then `branch` is moved from `expected` (`None`: it must not exist) to `tip` in one
+/// locked compare-and-swap.
 fn push_local(
-    remote: &mut git2::Remote<'_>,
+    publish: &Repository,
     path: &Path,
-    src: &str,
     branch: &str,
     url: &str,
     tip: Oid,
     expected: Option<Oid>,
+    base: Oid,
 ) -> Result<(), WorkspaceError> {
     let refname = format!("refs/heads/{branch}");
-    let incoming = format!("refs/agentfleet/incoming/{}", uuid::Uuid::new_v4());
-    push_refspec(remote, src, &incoming, branch, url)?;
     let push_error = push_error(branch, url);
     let target = Repository::open(path).map_err(push_error)?;
+    copy_objects(publish, &target, tip, [expected, Some(base)]).map_err(push_error)?;
     let message = "agentfleet: publish";
     let updated = match expected {
         Some(old) => target.reference_matching(&refname, tip, true, old, message),
         None => target.reference(&refname, tip, false, message),
     };
-    // The objects are reachable from the branch now, or not wanted: the ref goes either way.
-    if let Ok(mut reference) = target.find_reference(&incoming) {
-        let _ = reference.delete();
-    }
     match updated {
         Ok(_) => Ok(()),
         Err(e)
@@ -346,6 +335,46 @@ fn push_local(
             reason: scrub(e.message().trim_end_matches([':', ' ']), url),
         }),
     }
+}
+
+/// Writes the objects reachable from `tip` and not from `have` (commits both sides hold)
+/// from `from` into `to`'s object database, as one pack.
+fn copy_objects(
+    from: &Repository,
+    to: &Repository,
+    tip: Oid,
+    have: [Option<Oid>; 2],
+) -> Result<(), git2::Error> {
+    use std::io::Write;
+    let (from_odb, to_odb) = (from.odb()?, to.odb()?);
+    let mut walk = from.revwalk()?;
+    walk.push(tip)?;
+    for commit in have.into_iter().flatten() {
+        if from_odb.exists(commit) && to_odb.exists(commit) {
+            walk.hide(commit)?;
+        }
+    }
+    let mut pack = from.packbuilder()?;
+    pack.insert_walk(&mut walk)?;
+    if pack.object_count() == 0 {
+        return Ok(());
+    }
+    let mut writer = to_odb.packwriter()?;
+    let mut failed = None;
+    pack.foreach(|chunk| match writer.write_all(chunk) {
+        Ok(()) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(git2::Error::from_str(&format!(
+            "cannot write the pack: {e}"
+        )));
+    }
+    writer.commit()?;
+    Ok(())
 }
 
 fn push_error<'a>(

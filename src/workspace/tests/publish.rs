@@ -261,3 +261,58 @@ fn publish_branch_never_overwrites_a_remote_branch_moved_during_the_push() {
         loses(&ws2);
     }
 }
+
+#[test]
+fn fetches_from_a_local_remote_never_trip_over_a_publish_in_progress() {
+    // One node publishes agents' branches while another fetches the same local remote: a
+    // fetch lists the remote's refs and reads each, so a ref that comes and goes during a
+    // publish made it fail ("reference ... not found").
+    let upstream = Upstream::new();
+    let url = upstream.remote.to_str().unwrap().to_owned();
+    let publisher_root = TempDir::new().unwrap();
+    let publisher = Workspace::new(publisher_root.path());
+    publisher.sync_mirror(KEY, &url).unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        let workdir = publisher
+            .create_worktree(KEY, name, &format!("agent/{name}"), "main")
+            .unwrap();
+        fs::write(workdir.join("work.txt"), format!("{name}\n")).unwrap();
+        publisher.commit_all(name, "work").unwrap().unwrap();
+    }
+    let fetcher_root = TempDir::new().unwrap();
+    let fetcher = Workspace::new(fetcher_root.path());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fetching = {
+        let (done, url) = (done.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut fetches = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                fetcher.sync_mirror(KEY, &url).unwrap();
+                fetches += 1;
+            }
+            fetches
+        })
+    };
+    for name in &names {
+        publish(&publisher, &upstream, name).expect("published");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(fetching.join().expect("no fetch failed") > 0);
+    // Nothing but the branches is left on the remote.
+    let remote = Repository::open_bare(&upstream.remote).unwrap();
+    let refs: Vec<String> = remote
+        .references()
+        .unwrap()
+        .flatten()
+        .filter_map(|r| r.name().ok().map(str::to_owned))
+        .filter(|r| !r.starts_with("refs/heads/"))
+        .collect();
+    assert!(refs.is_empty(), "{refs:?}");
+    for name in &names {
+        assert_eq!(
+            upstream.remote_file(&format!("agent/{name}"), "work.txt"),
+            Some(format!("{name}\n"))
+        );
+    }
+}
