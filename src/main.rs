@@ -19,6 +19,13 @@ fn main() {
         }
     };
     let cli = agentfleet::cli::Cli::parse();
+    if !cli.runs_a_service() {
+        // A command whose reader went away (`logs --json | head`) ends quietly, as other
+        // command-line tools do, instead of panicking in println!. Services keep Rust's
+        // ignored SIGPIPE: a write to a gone peer is an error they handle.
+        // SAFETY: no thread of ours writes yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match runtime.block_on(agentfleet::cli::run(cli)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

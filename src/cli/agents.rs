@@ -93,6 +93,21 @@ pub(super) async fn wait_for_end(
     if let Some(error) = &agent.error {
         eprintln!("error: {error}");
     }
+    if agent.status == crate::domain::AgentStatus::WaitingForInput {
+        for q in &agent.pending_questions {
+            eprintln!("question [{}]: {}", q.id, q.question);
+        }
+        let answers: Vec<String> = agent
+            .pending_questions
+            .iter()
+            .map(|q| format!("--answer {}=...", shell_word(&q.id)))
+            .collect();
+        eprintln!(
+            "answer with: agentfleet resume {} {} --wait",
+            agent.name,
+            answers.join(" ")
+        );
+    }
     Ok(if agent.status.is_success() { 0 } else { 1 })
 }
 
@@ -129,4 +144,18 @@ pub(super) async fn follow_events(
         }
     }
     Ok(())
+}
+
+/// `word` as one shell word: as it is when it holds nothing a shell would read, else in
+/// single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:/@%+".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }

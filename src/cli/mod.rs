@@ -33,6 +33,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// `worker`, `serve` and `up` run until stopped; every other command prints and exits.
+    pub fn runs_a_service(&self) -> bool {
+        matches!(self.command, Command::Worker | Command::Serve | Command::Up)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update the database schema.

@@ -19,12 +19,18 @@ pub fn agents(agents: &[Agent], as_json: bool) {
         "ID", "NAME", "PROVIDER", "STATUS"
     );
     for a in agents {
+        // `list --all` shows dismissed agents too, marked.
+        let status = if a.dismissed {
+            format!("{} (dismissed)", a.status)
+        } else {
+            a.status.to_string()
+        };
         println!(
             "{:<36}  {:<24}  {:<8}  {:<18}  {}",
             a.id,
             a.name,
             a.provider,
-            a.status,
+            status,
             a.worker_id.as_deref().unwrap_or("-")
         );
     }

@@ -1,0 +1,65 @@
+//! What a first run on the command line meets: `spawn --wait` on an agent that asks says
+//! what it asked and how to answer; a reader that goes away (`logs --json | head`) ends the
+//! command quietly; `list --all` marks dismissed agents.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use common::TestEnv;
+
+const ASK: &str = "pick a database\n#signal {\"status\":\"questions\",\"questions\":[{\"id\":\"db\",\"question\":\"Which database?\"}]}";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_agents_say_how_to_answer_closed_pipes_end_quietly_and_dismissed_show() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+
+    let out = env.cli(&[
+        "spawn",
+        "--project",
+        "demo",
+        "--name",
+        "asking-otter",
+        "--wait",
+        ASK,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("question [db]: Which database?"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("answer with: agentfleet resume asking-otter --answer db=... --wait"),
+        "{stderr}"
+    );
+
+    // The reader is gone before the first line: no panic, no error message.
+    let mut logs = env
+        .command(&["logs", "asking-otter", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(logs.stdout.take());
+    let status = logs.wait().unwrap();
+    let mut stderr = String::new();
+    logs.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.trim().is_empty(), "{status:?}: {stderr}");
+
+    env.cli_ok(&["dismiss", "asking-otter"]);
+    let all = env.cli_ok(&["list", "--all"]);
+    let line = all
+        .lines()
+        .find(|l| l.contains("asking-otter"))
+        .unwrap_or_else(|| panic!("{all}"));
+    assert!(line.contains("waiting_for_input (dismissed)"), "{line}");
+    env.stop_workers();
+}
