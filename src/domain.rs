@@ -163,6 +163,17 @@ pub struct WorkerInfo {
     pub lease_age_seconds: f64,
 }
 
+impl WorkerInfo {
+    /// How long a worker that is no longer alive stays in `workers` (`--all` shows it
+    /// after that too).
+    pub const SHOWN_AFTER_IT_ENDS: f64 = 600.0;
+
+    /// Alive, or ended within `SHOWN_AFTER_IT_ENDS`.
+    pub fn recently_seen(&self) -> bool {
+        self.status == "alive" || self.lease_age_seconds < Self::SHOWN_AFTER_IT_ENDS
+    }
+}
+
 /// An input file the caller hands the agent; written under `.agentfleet/input/`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputFile {

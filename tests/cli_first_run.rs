@@ -1,6 +1,7 @@
 //! What a first run on the command line meets: `spawn --wait` on an agent that asks says
 //! what it asked and how to answer; a reader that goes away (`logs --json | head`) ends the
-//! command quietly; `list --all` marks dismissed agents.
+//! command quietly; `list --all` marks dismissed agents; `workers` forgets workers that
+//! ended long ago.
 
 mod common;
 
@@ -61,5 +62,21 @@ async fn waiting_agents_say_how_to_answer_closed_pipes_end_quietly_and_dismissed
         .find(|l| l.contains("asking-otter"))
         .unwrap_or_else(|| panic!("{all}"));
     assert!(line.contains("waiting_for_input (dismissed)"), "{line}");
+
+    // A worker that stopped long ago drops out of `workers`; `--all` still shows it.
     env.stop_workers();
+    let gone = env.store().await.list_workers().await.unwrap()[0]
+        .id
+        .clone();
+    assert!(
+        env.cli_ok(&["workers"]).contains(&gone),
+        "just stopped: still listed"
+    );
+    let pool = sqlx::PgPool::connect(&env.db_url).await.unwrap();
+    sqlx::query("UPDATE workers SET last_heartbeat_at = now() - interval '1 hour'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(!env.cli_ok(&["workers"]).contains(&gone));
+    assert!(env.cli_ok(&["workers", "--all"]).contains(&gone));
 }

@@ -155,8 +155,16 @@ pub async fn agent_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-pub async fn list_workers(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
-    Ok(Json(fleet.store.list_workers().await?).into_response())
+/// Live workers and those that ended in the last ten minutes; `?all=true`: every one.
+pub async fn list_workers(
+    State(fleet): State<Fleet>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let mut workers = fleet.store.list_workers().await?;
+    if !q.all {
+        workers.retain(crate::domain::WorkerInfo::recently_seen);
+    }
+    Ok(Json(workers).into_response())
 }
 
 #[derive(Deserialize)]

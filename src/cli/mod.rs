@@ -125,6 +125,9 @@ pub enum Command {
     },
     /// List workers and their leases.
     Workers {
+        /// Also workers that ended more than ten minutes ago.
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -364,7 +367,13 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
                 }
             }
         }
-        Command::Workers { json } => output::workers(&fleet.store.list_workers().await?, json),
+        Command::Workers { all, json } => {
+            let mut workers = fleet.store.list_workers().await?;
+            if !all {
+                workers.retain(crate::domain::WorkerInfo::recently_seen);
+            }
+            output::workers(&workers, json)
+        }
         Command::Queue { json } => output::queue(
             &fleet.store.queue_stats().await?,
             &fleet.store.control_queue_stats().await?,
