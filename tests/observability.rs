@@ -416,6 +416,26 @@ async fn one_trace_from_the_callers_traceparent_to_agent_run_and_no_secret_leaks
     assert_eq!(claimed["trace_id"], trace_id.as_str(), "{claimed}");
     assert_eq!(claimed["span_id"], consumer.span_id.as_str(), "{claimed}");
 
+    // The start-up line says the mode, the store (without its password) and the workspace.
+    let registered = worker_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "worker registered")
+        .unwrap_or_else(|| panic!("no 'worker registered' line:\n{worker_log}"));
+    let fields = &registered["fields"];
+    assert_eq!(fields["mode"], "fleet", "{registered}");
+    let store = fields["store"].as_str().unwrap_or_default();
+    assert!(
+        store.starts_with("postgres://") && store.contains(&env.db_name),
+        "{registered}"
+    );
+    assert!(
+        fields["workspace"]
+            .as_str()
+            .is_some_and(|w| w.starts_with('/')),
+        "{registered}"
+    );
+
     // No secret in any log line or exported span.
     let api_log = std::fs::read_to_string(&api_log_path).unwrap();
     assert!(api_log.lines().count() > 3 && worker_log.lines().count() > 3);

@@ -85,8 +85,8 @@ impl Store {
     }
 }
 
-/// The URL without anything that looks like a password, for error messages.
-fn redact(url: &str) -> String {
+/// The URL without anything that looks like a password, for error messages and logs.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
         _ => url.to_string(),

@@ -274,9 +274,18 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         worker_id: worker_id.clone(),
         epoch,
     };
-    tracing::info!(worker_id = %worker_id, node_id = %node_id, epoch, capacity, "worker registered");
     std::fs::create_dir_all(&settings.worker.workspace_root)?;
     let workspace_root = std::fs::canonicalize(&settings.worker.workspace_root)?;
+    let mode = match fleet.store.kind() {
+        crate::store::StoreKind::Sqlite => "embedded",
+        crate::store::StoreKind::Postgres => "fleet",
+    };
+    tracing::info!(
+        worker_id = %worker_id, node_id = %node_id, epoch, capacity, mode,
+        store = %crate::store::redact(&settings.database.url),
+        workspace = %workspace_root.display(),
+        "worker registered"
+    );
     let rt = Arc::new(Runtime {
         fleet: fleet.clone(),
         owner: owner.clone(),
