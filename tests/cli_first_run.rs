@@ -80,3 +80,32 @@ async fn waiting_agents_say_how_to_answer_closed_pipes_end_quietly_and_dismissed
     assert!(!env.cli_ok(&["workers"]).contains(&gone));
     assert!(env.cli_ok(&["workers", "--all"]).contains(&gone));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_says_whether_it_created_the_schema() {
+    let env = TestEnv::new().await;
+    // A database of its own: the harness's is migrated already.
+    let db = env.dir.path().join("fresh.db");
+    let url = format!("sqlite://{}", db.display());
+    let migrate = || {
+        let out = env
+            .command(&["migrate"])
+            .env("AGENTFLEET__DATABASE__URL", &url)
+            .env("AGENTFLEET__REDIS__URL", "")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = migrate();
+    assert!(
+        first.starts_with("created the database schema ("),
+        "{first}"
+    );
+    assert_eq!(migrate().trim(), "the database schema is up to date");
+    // The harness's Postgres database, migrated when the test began.
+    assert_eq!(
+        env.cli_ok(&["migrate"]).trim(),
+        "the database schema is up to date"
+    );
+}

@@ -252,8 +252,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32> {
     if let Command::Migrate = command {
         let store = connect_store(&settings).await?;
-        store.migrate().await?;
-        println!("database schema is up to date");
+        let applied = store.migrate().await?;
+        let all = crate::store::migrations_in(store.kind());
+        match applied {
+            0 => println!("the database schema is up to date"),
+            n if n == all => println!("created the database schema ({n} migrations)"),
+            n => println!("updated the database schema ({n} of {all} migrations applied now)"),
+        }
         return Ok(0);
     }
     if let Command::Doctor { json } = command {

@@ -85,6 +85,25 @@ impl Store {
     }
 }
 
+/// How many of `migrator`'s migrations were not among `applied` (the versions recorded
+/// before it ran).
+fn migrations_applied(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> usize {
+    migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+        .count()
+}
+
+/// How many migrations a fresh database gets (`migrate` applied them all: it created the
+/// schema).
+pub fn migrations_in(kind: StoreKind) -> usize {
+    let migrator = match kind {
+        StoreKind::Postgres => &postgres::MIGRATOR,
+        StoreKind::Sqlite => &sqlite::MIGRATOR,
+    };
+    migrations_applied(migrator, &[])
+}
+
 /// The URL without anything that looks like a password, for error messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -150,8 +169,8 @@ macro_rules! store_operations {
 }
 
 store_operations! {
-    /// Creates or updates the schema.
-    fn migrate(&self) -> ();
+    /// Creates or updates the schema; returns how many migrations it applied.
+    fn migrate(&self) -> usize;
     fn ping(&self) -> ();
 
     // ---- projects

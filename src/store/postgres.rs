@@ -16,7 +16,7 @@ use super::{
 };
 use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The first key of the advisory locks that serialise spawns sharing an idempotency key
 /// (the second is the key's hash), apart from any other advisory lock.
@@ -68,9 +68,14 @@ impl PgStore {
         Ok(Self { pool })
     }
 
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        // None when the schema was never created (no bookkeeping table yet).
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default();
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        Ok(super::migrations_applied(&MIGRATOR, &applied))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

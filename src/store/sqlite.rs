@@ -24,7 +24,7 @@ use super::{
 };
 use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Writers wait this long for another process's write to end.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,9 +110,14 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        // None when the schema was never created (no bookkeeping table yet).
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default();
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        Ok(super::migrations_applied(&MIGRATOR, &applied))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
