@@ -429,17 +429,28 @@ impl Fleet {
     }
 }
 
-/// The agent as `GET /v1/agents/{id}` shows it: its record and the control requests about
-/// it that no worker has acted on yet.
-pub fn with_pending(a: &Agent, pending: &[PendingRequest]) -> serde_json::Value {
-    let mut value = serde_json::to_value(a).unwrap_or_default();
-    if let Some(fields) = value.as_object_mut() {
-        fields.insert(
-            "pending_requests".into(),
-            serde_json::to_value(pending).unwrap_or_default(),
-        );
+/// One agent as `get` and `GET /v1/agents/{id}` show it: its record, the prompt it was
+/// spawned with, and the control requests about it that no worker has acted on yet.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub agent: Agent,
+    pub prompt: Option<String>,
+    pub pending_requests: Vec<PendingRequest>,
+}
+
+impl Fleet {
+    /// The agent by id or name, with its prompt and pending requests.
+    pub async fn agent_detail(&self, agent_ref: &str) -> Result<AgentDetail, FleetError> {
+        let agent = self.store.agent(agent_ref).await?;
+        let prompt = self.store.spawn_prompt(agent.id).await?;
+        let pending_requests = self.pending_requests(&agent).await?;
+        Ok(AgentDetail {
+            agent,
+            prompt,
+            pending_requests,
+        })
     }
-    value
 }
 
 /// Counts a request by kind and outcome (`agentfleet_requests_total`).

@@ -1,5 +1,5 @@
 //! What a first run on the command line meets: `spawn --wait` on an agent that asks says
-//! what it asked and how to answer; a reader that goes away (`logs --json | head`) ends the
+//! what it asked and how to answer; `get` shows the prompt; a reader that goes away (`logs --json | head`) ends the
 //! command quietly; `list --all` marks dismissed agents; `workers` forgets workers that
 //! ended long ago.
 
@@ -36,6 +36,16 @@ async fn waiting_agents_say_how_to_answer_closed_pipes_end_quietly_and_dismissed
         stderr.contains("answer with: agentfleet resume asking-otter --answer db=... --wait"),
         "{stderr}"
     );
+
+    // `get` shows the prompt it was spawned with.
+    let shown = env.cli_ok(&["get", "asking-otter"]);
+    assert!(
+        shown.contains("prompt:    pick a database\n           #signal"),
+        "{shown}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&env.cli_ok(&["get", "asking-otter", "--json"])).unwrap();
+    assert_eq!(shown["prompt"], ASK);
 
     // The reader is gone before the first line: no panic, no error message.
     let mut logs = env

@@ -55,9 +55,7 @@ pub async fn get_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
 ) -> Result<Response, ApiError> {
-    let agent = fleet.store.agent(&agent).await?;
-    let pending = fleet.pending_requests(&agent).await?;
-    Ok(Json(crate::lifecycle::with_pending(&agent, &pending)).into_response())
+    Ok(Json(fleet.agent_detail(&agent).await?).into_response())
 }
 
 /// Stops the agent and answers once it has stopped.

@@ -346,13 +346,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             }
         }
         Command::Get { agent, json } => {
-            let agent = fleet
-                .store
-                .agent(&agent)
-                .await
-                .map_err(|e| user(e.into()))?;
-            let pending = fleet.pending_requests(&agent).await.map_err(user)?;
-            output::agent(&agent, &pending, json);
+            output::agent(&fleet.agent_detail(&agent).await.map_err(user)?, json);
         }
         Command::Logs {
             agent,

@@ -1,7 +1,7 @@
 //! How the CLI prints things: JSON (the API's shapes) or short human-readable lines.
 
 use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
-use crate::lifecycle::PendingRequest;
+use crate::lifecycle::AgentDetail;
 
 fn json<T: serde::Serialize>(value: &T) {
     println!(
@@ -36,10 +36,11 @@ pub fn agents(agents: &[Agent], as_json: bool) {
     }
 }
 
-pub fn agent(a: &Agent, pending: &[PendingRequest], as_json: bool) {
+pub fn agent(detail: &AgentDetail, as_json: bool) {
     if as_json {
-        return json(&crate::lifecycle::with_pending(a, pending));
+        return json(detail);
     }
+    let (a, pending) = (&detail.agent, &detail.pending_requests);
     println!("id:        {}", a.id);
     println!("name:      {}", a.name);
     println!("provider:  {}", a.provider);
@@ -66,6 +67,13 @@ pub fn agent(a: &Agent, pending: &[PendingRequest], as_json: bool) {
     }
     if let Some(e) = &a.error {
         println!("error:     {e}");
+    }
+    if let Some(prompt) = &detail.prompt {
+        // Every line of it, the later ones under the first.
+        println!(
+            "prompt:    {}",
+            prompt.trim_end().replace('\n', "\n           ")
+        );
     }
     for p in pending {
         let to = format!("{} {}", p.sent_to, p.target.as_deref().unwrap_or("-"));

@@ -189,6 +189,8 @@ store_operations! {
     fn pending_requests(&self, limit: i64) -> Vec<Uuid>;
     /// The spawn backlog (depth, oldest pending) and requests and agents by status.
     fn queue_stats(&self) -> QueueStats;
+    /// The prompt the agent was spawned with (None for rows without one).
+    fn spawn_prompt(&self, agent_id: Uuid) -> Option<String>;
     /// The W3C trace context recorded with a spawn request (empty when none).
     fn spawn_trace_context(&self, request_id: Uuid) -> BTreeMap<String, String>;
     /// Claims a pending request for a worker that holds its lease, in one statement: a job

@@ -261,6 +261,17 @@ impl PgStore {
             .unwrap_or_default())
     }
 
+    pub async fn spawn_prompt(&self, agent_id: Uuid) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT payload->>'prompt' FROM requests WHERE agent_id = $1 AND kind = 'spawn' \
+             ORDER BY created_at LIMIT 1",
+        )
+        .bind(agent_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
     /// Request ids still waiting for a worker, oldest first.
     pub async fn pending_requests(&self, limit: i64) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar(
