@@ -1,7 +1,7 @@
 //! What a first run on the command line meets: `spawn --wait` on an agent that asks says
-//! what it asked and how to answer; `get` shows the prompt; a reader that goes away (`logs --json | head`) ends the
-//! command quietly; `list --all` marks dismissed agents; `workers` forgets workers that
-//! ended long ago.
+//! what it asked and how to answer; `get` shows the prompt; a reader that goes away
+//! (`logs --json | head`) ends the command quietly; `list --all` marks dismissed agents;
+//! `workers` forgets workers that ended long ago; `migrate` says what it did.
 
 mod common;
 
