@@ -78,8 +78,9 @@ struct DispatchTimings {
     launch: Duration,
 }
 
+/// Milliseconds to a tenth, as the `agent.dispatch` event shows them.
 fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 async fn run(rt: Arc<Runtime>, request_id: Uuid) {
@@ -279,4 +280,15 @@ async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), Stri
     .await
     .map_err(|e| format!("the input task failed: {e}"))?
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dispatch_durations_are_milliseconds_to_a_tenth() {
+        use std::time::Duration;
+        assert_eq!(super::millis(Duration::from_nanos(1_837_462)), 1.8);
+        assert_eq!(super::millis(Duration::from_micros(25)), 0.0);
+        assert_eq!(super::millis(Duration::from_secs(2)), 2000.0);
+    }
 }
