@@ -362,3 +362,42 @@ async fn bytes_read_before_a_connection_is_parked_are_kept() {
     let second = read_response(&mut conn);
     assert!(second.starts_with("HTTP/1.1 200"), "{second:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workers_health_endpoint_has_the_same_limits() {
+    let mut env = TestEnv::new().await;
+    let port = common::services::free_port();
+    let bind = format!("127.0.0.1:{port}");
+    env.start_worker(&[
+        ("AGENTFLEET__WORKER__METRICS_BIND", bind.as_str()),
+        ("AGENTFLEET__API__HEADER_TIMEOUT", "1s"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut probe = loop {
+        if let Ok(conn) = TcpStream::connect(("127.0.0.1", port)) {
+            break conn;
+        }
+        assert!(Instant::now() < deadline, "no health endpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    probe
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut probe).starts_with("HTTP/1.1 200"));
+    // A connection that never says anything is let go after the header timeout.
+    let opened = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    read_until_closed(&mut silent);
+    let after = opened.elapsed();
+    assert!(
+        after >= Duration::from_millis(800) && after < Duration::from_secs(5),
+        "closed after {after:?}, expected about 1 s"
+    );
+    env.stop_workers();
+}

@@ -9,6 +9,8 @@ pub mod readiness;
 mod routes;
 mod server;
 
+pub(crate) use server::{ConnectionLimits, serve as serve_router};
+
 pub use error::ApiError;
 
 use std::net::SocketAddr;

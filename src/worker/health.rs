@@ -1,7 +1,8 @@
 //! The worker's own small HTTP endpoint (`worker.metrics_bind`): `GET /metrics`
 //! (Prometheus text), `/healthz` (the process answers) and `/readyz` (the store and Redis
-//! answer in time and the lease is held) — what orchestrators probe and Prometheus scrapes. Workers
-//! serve no API, so this is all they listen for.
+//! answer in time and the lease is held) — what orchestrators probe and Prometheus scrapes.
+//! Workers serve no API, so this is all they listen for; it runs on the API's server, with
+//! its connection limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,17 +32,15 @@ pub async fn run(rt: Arc<Runtime>, addr: Option<SocketAddr>, stop: CancellationT
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(addr = %local, "worker health endpoint listening");
+    let limits = crate::api::ConnectionLimits::from_settings(&rt.fleet.settings.api);
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(rt);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-    {
-        tracing::warn!(error = %e, "worker health endpoint ended");
-    }
+    // The API's server, with its limits (`api.header_timeout`, `api.idle_timeout`,
+    // `api.max_connections`): a probe that connects and says nothing is let go.
+    crate::api::serve_router(listener, app, limits, stop).await;
 }
 
 async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
