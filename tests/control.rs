@@ -197,6 +197,8 @@ async fn a_stop_pending_at_a_killed_owner_is_carried_out_by_its_adopter() {
         !control_keys(&env, &dead_queue).await.is_empty(),
         "the stop waits in the dead worker's queue"
     );
+    let dead_consumers = format!("{}:*:workers:metadata:{dead}-*", env.prefix);
+    assert!(!control_keys(&env, &dead_consumers).await.is_empty());
 
     // The next worker on the node adopts the agent, and the stop with it.
     env.start_worker_on_root(0, &[SLOW_POLL]);
@@ -207,8 +209,13 @@ async fn a_stop_pending_at_a_killed_owner_is_carried_out_by_its_adopter() {
         assert!(Instant::now() < deadline, "the provider process still runs");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The dead worker's queue is gone from Redis; so is the next worker's once it stops.
+    // The dead worker's queue and its consumers' records are gone from Redis; so is the
+    // next worker's queue once it stops.
     assert_eq!(control_keys(&env, &dead_queue).await, Vec::<String>::new());
+    assert_eq!(
+        control_keys(&env, &dead_consumers).await,
+        Vec::<String>::new()
+    );
     let adopter = env
         .store()
         .await

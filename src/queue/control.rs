@@ -83,15 +83,16 @@ impl Queue {
         }
     }
 
-    /// Removes `worker_id`'s control queue from Redis once the worker is gone (its requests
-    /// stay in the store); the embedded queue has nothing to remove.
-    pub async fn forget_control_queue(&self, worker_id: &str) {
+    /// Removes what `worker_id` left in Redis once it is gone (its control queue, its
+    /// consumers' metadata; its requests stay in the store); the embedded queue has nothing
+    /// to remove.
+    pub async fn forget_worker(&self, worker_id: &str) {
         if let Self::Redis(q) = self {
-            match q.forget_control_queue(worker_id).await {
-                Ok(keys) => tracing::debug!(worker_id, keys, "control queue removed"),
+            match q.forget_worker(worker_id).await {
+                Ok(keys) => tracing::debug!(worker_id, keys, "gone worker's queue keys removed"),
                 Err(e) => {
                     crate::metrics::backend_error("redis");
-                    tracing::warn!(worker_id, error = %e, "cannot remove a gone worker's control queue");
+                    tracing::warn!(worker_id, error = %e, "cannot remove a gone worker's queue keys");
                 }
             }
         }

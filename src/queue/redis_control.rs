@@ -60,30 +60,22 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Removes every key of `worker_id`'s control queue. Its requests live on in the store
-    /// (pointed at whoever owns their agents now), so nothing is lost; without this each
-    /// worker that ever ran would leave its queue's keys in Redis for good.
-    pub async fn forget_control_queue(&self, worker_id: &str) -> Result<usize, QueueError> {
+    /// Removes what a gone worker left in Redis: every key of its control queue, and the
+    /// apalis metadata of its consumers in every queue (apalis drops a dead consumer from
+    /// a queue's worker set and hands its jobs back, but keeps that hash for good). Its
+    /// control requests live on in the store, pointed at whoever owns their agents now.
+    pub async fn forget_worker(&self, worker_id: &str) -> Result<usize, QueueError> {
         let queue = self.control_queue_name(&ControlTarget::Worker(worker_id.to_string()));
+        let mut keys = self.scan(&format!("{}:*", glob_escape(&queue))).await?;
+        // Consumer names start with the worker's id (`<id>-<generation>`,
+        // `<id>-control-<generation>-<n>`).
+        let metadata = format!(
+            "{}:*:workers:metadata:{}-*",
+            glob_escape(&self.prefix),
+            glob_escape(worker_id)
+        );
+        keys.extend(self.scan(&metadata).await?);
         let mut conn = self.conn.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}:*", glob_escape(&queue)))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
-            keys.extend(found);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
         for chunk in keys.chunks(500) {
             redis::cmd("UNLINK")
                 .arg(chunk)
@@ -92,6 +84,29 @@ impl RedisQueue {
                 .map_err(redis_error)?;
         }
         Ok(keys.len())
+    }
+
+    /// The keys matching `pattern`.
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            keys.extend(found);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
     }
 
     /// One apalis worker per control queue of this worker, all woken by one subscription.

@@ -394,7 +394,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot deregister worker");
     }
     // Whatever was still queued for this worker is in the store, for its agents' next owner.
-    fleet.queue.forget_control_queue(&worker_id).await;
+    fleet.queue.forget_worker(&worker_id).await;
     tracing::info!(worker_id = %worker_id, left_running = leave, "worker stopped");
     result
 }

@@ -89,7 +89,7 @@ async fn apply(rt: &Arc<Runtime>, done: Reconciled) {
     );
     crate::metrics::reconciled(done.adopted.len(), done.requeued.len(), done.crashed.len());
     // Its requests are the adopter's or the reconciler's now (the store points them there).
-    rt.fleet.queue.forget_control_queue(&done.worker_id).await;
+    rt.fleet.queue.forget_worker(&done.worker_id).await;
     let store = &rt.fleet.store;
     if !done.adopted.is_empty() {
         match store.agents_by_id(&done.adopted).await {
