@@ -61,7 +61,16 @@ async fn stale_worker_cannot_write_after_takeover() {
     assert_status(&crashed, AgentStatus::Crashed);
     assert_eq!(crashed.error.as_deref(), Some("worker_lost"));
     let store = env.store().await;
-    let events_at_takeover = store.events_after(agent.id, 0).await.unwrap().len();
+    // The reconciler stores the crashed status event just after the status itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events_at_takeover = loop {
+        let events = store.events_after(agent.id, 0).await.unwrap();
+        if events.iter().any(|e| !e.data["reconciled_by"].is_null()) {
+            break events.len();
+        }
+        assert!(Instant::now() < deadline, "no reconciler event: {events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
 
     env.signal_worker(0, Signal::SIGCONT);
     // The stale worker finds its lease gone, writes nothing, and kills its process.
