@@ -168,9 +168,9 @@ impl Fleet {
     /// (its work is on its pushed branch). A running agent keeps running.
     pub async fn dismiss(&self, agent_ref: &str) -> Result<Agent, FleetError> {
         let store = &self.store;
-        let agent = store.agent(agent_ref).await?;
+        let mut agent = store.agent(agent_ref).await?;
         store.set_dismissed(agent.id).await?;
-        let agent = store.agent(&agent.id.to_string()).await?;
+        agent.dismissed = true;
         if agent.status.is_final() && agent.workdir.is_some() && agent.node_id.is_some() {
             self.send_control(&agent, ControlKind::Dismiss, None, serde_json::json!({}))
                 .await?;

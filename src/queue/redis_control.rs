@@ -66,15 +66,17 @@ impl RedisQueue {
     /// control requests live on in the store, pointed at whoever owns their agents now.
     pub async fn forget_worker(&self, worker_id: &str) -> Result<usize, QueueError> {
         let queue = self.control_queue_name(&ControlTarget::Worker(worker_id.to_string()));
-        let mut keys = self.scan(&format!("{}:*", glob_escape(&queue))).await?;
+        let own_queue = format!("{queue}:");
         // Consumer names start with the worker's id (`<id>-<generation>`,
         // `<id>-control-<generation>-<n>`).
-        let metadata = format!(
-            "{}:*:workers:metadata:{}-*",
-            glob_escape(&self.prefix),
-            glob_escape(worker_id)
-        );
-        keys.extend(self.scan(&metadata).await?);
+        let consumer = format!(":workers:metadata:{worker_id}-");
+        // One pass over the fleet's keys finds both.
+        let keys: Vec<String> = self
+            .scan(&format!("{}:*", glob_escape(&self.prefix)))
+            .await?
+            .into_iter()
+            .filter(|k| k.starts_with(&own_queue) || k.contains(&consumer))
+            .collect();
         let mut conn = self.conn.clone();
         for chunk in keys.chunks(500) {
             redis::cmd("UNLINK")

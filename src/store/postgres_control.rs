@@ -8,10 +8,10 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::postgres::PgStore;
-use super::rows::pending_control_from_row;
+use super::rows::{control_from_row, control_stats_from_row, pending_control_from_row};
 use super::{
-    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
-    PendingControl, StoreError,
+    ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests, PendingControl,
+    StoreError,
 };
 
 /// The control kinds a worker acts on.
@@ -44,16 +44,7 @@ impl PgStore {
         .bind(node)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            let kind: String = r.try_get("kind")?;
-            Ok(ControlRequest {
-                id: r.try_get("id")?,
-                agent_id: r.try_get("agent_id")?,
-                kind: ControlKind::parse(&kind).unwrap_or(ControlKind::Stop),
-                payload: r.try_get("payload")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(control_from_row).transpose()
     }
 
     pub async fn pending_controls(
@@ -150,16 +141,9 @@ impl PgStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ControlQueueStats {
-                    node_id: r.try_get("node_id")?,
-                    depth: r.try_get("depth")?,
-                    oldest_age_seconds: r.try_get("age")?,
-                })
-            })
-            .collect()
+        rows.iter().map(control_stats_from_row).collect()
     }
+
     pub async fn agent_controls(&self, agent_id: Uuid) -> Result<Vec<PendingControl>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT id, kind, target_worker, created_at FROM requests \

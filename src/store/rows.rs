@@ -5,7 +5,7 @@
 
 use sqlx::{Decode, Postgres, Row, Sqlite, Type};
 
-use super::{PendingControl, StoreError};
+use super::{ControlKind, ControlQueueStats, ControlRequest, PendingControl, StoreError};
 use crate::domain::{
     Account, AccountKind, Agent, AgentMode, AgentStatus, PendingQuestion, Project, StoredEvent,
     WorkerInfo,
@@ -146,5 +146,23 @@ pub(super) fn pending_control_from_row(r: &impl StoreRow) -> Result<PendingContr
         kind: r.col("kind")?,
         target_worker: r.col("target_worker")?,
         requested_at: r.col("created_at")?,
+    })
+}
+
+pub(super) fn control_from_row(r: &impl StoreRow) -> Result<ControlRequest, StoreError> {
+    let kind: String = r.col("kind")?;
+    Ok(ControlRequest {
+        id: r.col("id")?,
+        agent_id: r.col("agent_id")?,
+        kind: ControlKind::parse(&kind).ok_or_else(|| unknown("control kind", &kind))?,
+        payload: r.col("payload")?,
+    })
+}
+
+pub(super) fn control_stats_from_row(r: &impl StoreRow) -> Result<ControlQueueStats, StoreError> {
+    Ok(ControlQueueStats {
+        node_id: r.col("node_id")?,
+        depth: r.col("depth")?,
+        oldest_age_seconds: r.col("age")?,
     })
 }

@@ -5,10 +5,10 @@
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::super::rows::pending_control_from_row;
+use super::super::rows::{control_from_row, control_stats_from_row, pending_control_from_row};
 use super::super::{
-    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
-    PendingControl, StoreError,
+    ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests, PendingControl,
+    StoreError,
 };
 use super::SqliteStore;
 
@@ -28,16 +28,6 @@ macro_rules! ago {
             " || ' seconds')"
         )
     };
-}
-
-fn control_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ControlRequest, StoreError> {
-    let kind: String = r.try_get("kind")?;
-    Ok(ControlRequest {
-        id: r.try_get("id")?,
-        agent_id: r.try_get("agent_id")?,
-        kind: ControlKind::parse(&kind).unwrap_or(ControlKind::Stop),
-        payload: r.try_get("payload")?,
-    })
 }
 
 impl SqliteStore {
@@ -189,16 +179,9 @@ impl SqliteStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ControlQueueStats {
-                    node_id: r.try_get("node_id")?,
-                    depth: r.try_get("depth")?,
-                    oldest_age_seconds: r.try_get("age")?,
-                })
-            })
-            .collect()
+        rows.iter().map(control_stats_from_row).collect()
     }
+
     pub async fn agent_controls(&self, agent_id: Uuid) -> Result<Vec<PendingControl>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT id, kind, target_worker, created_at FROM requests \

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Runtime;
+use crate::domain::Agent;
 use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
 use crate::store::{ControlKind, ControlRequest, DueParams};
@@ -243,19 +244,7 @@ async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<()
             agent.name, agent.status
         ));
     }
-    let project = store
-        .project(&agent.project)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ws = rt.workspace.clone();
-    let (name, branch) = (agent.name.clone(), agent.branch.clone());
-    let lock = rt.project_lock(project.id).await;
-    let held = lock.lock().await;
-    tokio::task::spawn_blocking(move || ws.remove_agent(&name, &branch))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    drop(held);
+    remove_files(rt, &agent, false).await?;
     let data = serde_json::json!({
         "kind": CHECKOUT_REMOVED_EVENT, "request": control.kind.as_str(),
         "node": rt.node_id, "worker_id": rt.owner.worker_id,
@@ -264,30 +253,17 @@ async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<()
     Ok(())
 }
 
-async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
-    let store = &rt.fleet.store;
-    if rt.stop_agent(control.agent_id) {
-        wait_untracked(rt, control.agent_id).await;
-    }
-    let agent = store
-        .agent(&control.agent_id.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
-    let project = store
+/// Removes the agent's folder (checkout, repository, run files) and local branch on this
+/// node, under its project's git lock; its remote branch too with `remote_branch`.
+async fn remove_files(rt: &Runtime, agent: &Agent, remote_branch: bool) -> Result<(), String> {
+    let project = rt
+        .fleet
+        .store
         .project(&agent.project)
         .await
         .map_err(|e| e.to_string())?;
-    let remote_branch = control
-        .payload
-        .get("remote_branch")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
     let ws = rt.workspace.clone();
-    let (name, branch, url) = (
-        agent.name.clone(),
-        agent.branch.clone(),
-        project.remote_url.clone(),
-    );
+    let (name, branch, url) = (agent.name.clone(), agent.branch.clone(), project.remote_url);
     let lock = rt.project_lock(project.id).await;
     let _held = lock.lock().await;
     tokio::task::spawn_blocking(move || {
@@ -299,7 +275,24 @@ async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), Strin
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+    let store = &rt.fleet.store;
+    if rt.stop_agent(control.agent_id) {
+        wait_untracked(rt, control.agent_id).await;
+    }
+    let agent = store
+        .agent(&control.agent_id.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
+    let remote_branch = control
+        .payload
+        .get("remote_branch")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    remove_files(rt, &agent, remote_branch).await?;
     store
         .delete_agent_rows(agent.id)
         .await
