@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::providers::ProviderSettings;
 use crate::store::StoreKind;
 
 mod known_keys;
@@ -273,41 +274,6 @@ pub struct LimitSettings {
     pub max_input_file_bytes: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ProviderSettings {
-    pub command: Option<String>,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    // The keys below describe a CLI configured entirely here (`kind = "command"`);
-    // see `providers::command` for their meaning.
-    #[serde(default)]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub spawn_args: Vec<String>,
-    #[serde(default)]
-    pub resume_args: Vec<String>,
-    #[serde(default)]
-    pub parser: Option<String>,
-    #[serde(default)]
-    pub prompt: Option<String>,
-    #[serde(default)]
-    pub config_dir_env: Option<String>,
-    /// Refuse to run without an account (instead of on the CLI's own login).
-    #[serde(default)]
-    pub require_account: bool,
-    /// The env var an API-key account's key goes in (overrides the provider's own).
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// OAuth token endpoint for refreshing a credentials file's access token.
-    #[serde(default)]
-    pub token_url: Option<String>,
-    /// OAuth client id sent with a refresh.
-    #[serde(default)]
-    pub oauth_client_id: Option<String>,
-}
-
 impl Settings {
     /// Loads the layers; `file` is `--config` (falls back to `AGENTFLEET_CONFIG`).
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -353,8 +319,9 @@ impl Settings {
         settings.config_file = file;
         settings.resolve_data_dir();
         settings.validate()?;
-        // Validates the configured command providers and makes them resolvable by name.
-        crate::providers::configure_command_providers(&settings.providers)
+        // The configured command providers are valid (the front door builds its catalog
+        // from them again).
+        crate::providers::Providers::from_settings(&settings.providers)
             .map_err(|(key, reason)| invalid(&key, reason))?;
         Ok(settings)
     }

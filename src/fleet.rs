@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::config::{Backend, Settings};
 use crate::domain::{AgentMode, Project, SpawnRequest};
 use crate::events::{EmbeddedBus, EventBus, RedisBus};
-use crate::providers;
+use crate::providers::{self, Providers};
 use crate::queue::{EmbeddedQueue, Queue, RedisQueue, SpawnJob};
 use crate::telemetry;
 
@@ -63,6 +63,8 @@ pub struct Fleet {
     pub store: Store,
     pub queue: Queue,
     pub events: EventBus,
+    /// The providers this fleet runs: the built-in ones and those its settings declare.
+    pub providers: Providers,
 }
 
 impl Fleet {
@@ -102,7 +104,10 @@ impl Fleet {
                 ),
             ),
         };
+        let providers = Providers::from_settings(&settings.providers)
+            .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?;
         Ok(Self {
+            providers,
             settings,
             store,
             queue,
@@ -232,7 +237,9 @@ impl Fleet {
 
     fn validate(&self, req: &SpawnRequest) -> Result<AgentMode, FleetError> {
         checks::spawn_strings(req)?;
-        providers::provider(&req.provider).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        self.providers
+            .get(&req.provider)
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         let mode = match req.mode.as_deref() {
             None => AgentMode::Execute,
             Some(m) => AgentMode::parse(m).ok_or_else(|| {

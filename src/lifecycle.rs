@@ -276,8 +276,10 @@ impl Fleet {
                 agent.name
             )));
         };
-        let provider =
-            providers::provider(&agent.provider).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let provider = self
+            .providers
+            .get(&agent.provider)
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         provider
             .resume_args(session, &providers::SpawnOptions::default())
             .map_err(|e| FleetError::Invalid(e.to_string()))?;

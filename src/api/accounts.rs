@@ -66,6 +66,7 @@ pub async fn add_account(
     let account = credentials::add_account(
         &fleet.settings,
         &fleet.store,
+        &fleet.providers,
         AccountInput {
             provider: body.provider,
             label: body.label,

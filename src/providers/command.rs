@@ -5,18 +5,16 @@
 //! (also inside a longer argument) and an argument that is exactly `{prompt}` receives the
 //! prompt; which of the known stream formats its output is in (`parser`); how the prompt
 //! is passed (`prompt` = "stdin" | "arg"); and the env var that moves its config dir.
-//! Declared providers are registered once at start-up, when the configuration is loaded,
-//! so [`super::provider`] resolves them by name like the built-in ones.
+//! The fleet's [`super::Providers`] holds the declared ones and resolves them by name like
+//! the built-in ones.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::json::parse_line;
 use super::{
-    AgentEvent, KNOWN_PROVIDERS, PROMPT_PLACEHOLDER, PromptVia, Provider, ProviderError,
+    AgentEvent, PROMPT_PLACEHOLDER, PromptVia, Provider, ProviderError, ProviderSettings,
     SpawnOptions, StreamParser, auggie, claude, codex, cursor, gemini, opencode,
 };
-use crate::config::ProviderSettings;
 
 /// The stream formats a configured CLI's output can be read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +84,7 @@ impl CommandSpec {
     /// The spec for `providers.<name>`, or why it is not a valid one (the key is named).
     pub fn from_settings(name: &str, s: &ProviderSettings) -> Result<Self, (String, String)> {
         let key = |k: &str| format!("providers.{name}.{k}");
-        if KNOWN_PROVIDERS.contains(&name) {
+        if super::built_in(name).is_some() {
             return Err((key("kind"), format!("'{name}' is a built-in provider")));
         }
         if s.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
@@ -129,46 +127,6 @@ impl CommandSpec {
     }
 }
 
-static REGISTRY: RwLock<BTreeMap<String, Arc<CommandSpec>>> = RwLock::new(BTreeMap::new());
-
-/// Validates and registers every `kind = "command"` provider in `providers` (replacing a
-/// registration of the same name). `Err((key, reason))` names the bad key.
-pub fn configure_command_providers(
-    providers: &BTreeMap<String, ProviderSettings>,
-) -> Result<(), (String, String)> {
-    let mut specs = Vec::new();
-    for (name, settings) in providers {
-        match settings.kind.as_deref() {
-            None => {}
-            Some("command") => specs.push(CommandSpec::from_settings(name, settings)?),
-            Some(other) => {
-                return Err((
-                    format!("providers.{name}.kind"),
-                    format!("unknown kind '{other}' (the only kind is \"command\")"),
-                ));
-            }
-        }
-    }
-    let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-    for spec in specs {
-        registry.insert(spec.name.clone(), Arc::new(spec));
-    }
-    Ok(())
-}
-
-pub(super) fn configured(name: &str) -> Option<CommandProvider> {
-    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    registry
-        .get(name)
-        .cloned()
-        .map(|spec| CommandProvider { spec })
-}
-
-pub(super) fn configured_names() -> Vec<String> {
-    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    registry.keys().cloned().collect()
-}
-
 /// A [`CommandSpec`] as a [`Provider`].
 #[derive(Debug, Clone)]
 pub struct CommandProvider {
@@ -177,9 +135,11 @@ pub struct CommandProvider {
 
 impl CommandProvider {
     pub fn new(spec: CommandSpec) -> Self {
-        Self {
-            spec: Arc::new(spec),
-        }
+        Self::from_spec(Arc::new(spec))
+    }
+
+    pub(super) fn from_spec(spec: Arc<CommandSpec>) -> Self {
+        Self { spec }
     }
 
     fn fill(&self, template: &[String], session_id: &str, opts: &SpawnOptions) -> Vec<String> {
@@ -261,8 +221,10 @@ impl StreamParser for LinesParser {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::providers::{place_prompt, provider};
+    use crate::providers::{Providers, place_prompt};
 
     fn settings(toml: &str) -> BTreeMap<String, ProviderSettings> {
         #[derive(serde::Deserialize)]
@@ -291,8 +253,10 @@ mod tests {
             config_dir_env = "MYCLI_HOME"
             "#,
         );
-        configure_command_providers(&providers).unwrap();
-        let p = provider("mycli").unwrap();
+        let p = Providers::from_settings(&providers)
+            .unwrap()
+            .get("mycli")
+            .unwrap();
         assert_eq!(p.name(), "mycli");
         assert_eq!(p.prompt_via(), PromptVia::Arg);
         assert_eq!(p.config_dir_env(), Some("MYCLI_HOME"));
@@ -313,8 +277,10 @@ mod tests {
         let providers = settings(
             "[providers.plain]\nkind = \"command\"\ncommand = \"echo\"\nspawn_args = [\"{prompt}\"]\n",
         );
-        configure_command_providers(&providers).unwrap();
-        let p = provider("plain").unwrap();
+        let p = Providers::from_settings(&providers)
+            .unwrap()
+            .get("plain")
+            .unwrap();
         let err = p.resume_args("s", &SpawnOptions::default()).unwrap_err();
         assert_eq!(err.to_string(), "provider 'plain' does not support resume");
         let mut parser = p.parser();
@@ -353,7 +319,7 @@ mod tests {
             ),
         ];
         for (toml, key) in cases {
-            let (got, reason) = configure_command_providers(&settings(toml)).unwrap_err();
+            let (got, reason) = Providers::from_settings(&settings(toml)).unwrap_err();
             assert_eq!(got, key, "{reason}");
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod amp;
 pub mod auggie;
+mod catalog;
 pub mod claude;
 pub mod codex;
 pub mod command;
@@ -24,7 +25,8 @@ pub mod opencode;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use command::{CommandProvider, CommandSpec, ParserKind, configure_command_providers};
+pub use catalog::{BUILT_IN, BuiltIn, ProviderSettings, Providers, built_in};
+pub use command::{CommandProvider, CommandSpec, ParserKind};
 pub use mode::{MODES, format_answers, mode_preamble, prompt_for_mode};
 
 /// Normalised event every provider parser emits.
@@ -176,11 +178,6 @@ pub fn place_prompt(mut args: Vec<String>, via: PromptVia, prompt: &str) -> Vec<
     args
 }
 
-/// Names of the built-in providers.
-pub const KNOWN_PROVIDERS: &[&str] = &[
-    "claude", "codex", "gemini", "cursor", "auggie", "amp", "opencode",
-];
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProviderError {
     #[error("unknown provider '{name}' (known providers: {known})")]
@@ -189,32 +186,6 @@ pub enum ProviderError {
     ResumeUnsupported { provider: String },
     #[error("provider '{provider}': {reason}")]
     Misconfigured { provider: String, reason: String },
-}
-
-/// Look up a provider by name: a built-in one, or a `command` provider declared in the
-/// configuration (see [`configure_command_providers`]).
-pub fn provider(name: &str) -> Result<Box<dyn Provider>, ProviderError> {
-    Ok(match name {
-        "claude" => Box::new(claude::Claude),
-        "codex" => Box::new(codex::Codex),
-        "gemini" => Box::new(gemini::Gemini),
-        "cursor" => Box::new(cursor::Cursor),
-        "auggie" => Box::new(auggie::Auggie),
-        "amp" => Box::new(amp::Amp),
-        "opencode" => Box::new(opencode::Opencode),
-        other => match command::configured(other) {
-            Some(p) => Box::new(p),
-            None => {
-                let mut known: Vec<String> =
-                    KNOWN_PROVIDERS.iter().map(|s| s.to_string()).collect();
-                known.extend(command::configured_names());
-                return Err(ProviderError::Unknown {
-                    name: other.to_string(),
-                    known: known.join(", "),
-                });
-            }
-        },
-    })
 }
 
 /// Signal file convention: an agent may write `.agentfleet/output/signal.json`
@@ -347,29 +318,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_provider_error_lists_known_providers() {
-        // Configured command providers (registered by other tests) follow the built-in ones.
-        let err = provider("nope").err().unwrap().to_string();
-        let expected = "unknown provider 'nope' (known providers: \
-             claude, codex, gemini, cursor, auggie, amp, opencode";
-        assert!(err.starts_with(expected), "{err}");
-    }
-
-    #[test]
-    fn every_known_provider_resolves_with_its_own_name() {
-        for name in KNOWN_PROVIDERS {
-            assert_eq!(provider(name).unwrap().name(), *name);
-        }
-    }
-
-    #[test]
     fn every_known_provider_can_resume_and_keeps_its_mode_flags() {
         let plan = SpawnOptions {
             model: None,
             mode: Some("plan".into()),
         };
-        for name in KNOWN_PROVIDERS {
-            let p = provider(name).unwrap();
+        for b in BUILT_IN {
+            let (name, p) = (b.name, built_in(b.name).unwrap());
             let resume = p.resume_args("sess-1", &plan).unwrap();
             assert!(resume.iter().any(|a| a == "sess-1"), "{name}: {resume:?}");
             for flag in p.mode_args("plan") {
@@ -414,9 +369,9 @@ mod tests {
 
     /// Every built-in provider's parser and every configurable parser kind.
     fn all_parsers() -> Vec<(String, Box<dyn StreamParser>)> {
-        let builtin = KNOWN_PROVIDERS
+        let builtin = BUILT_IN
             .iter()
-            .map(|n| (n.to_string(), provider(n).unwrap().parser()));
+            .map(|b| (b.name.to_string(), built_in(b.name).unwrap().parser()));
         let kinds = ParserKind::NAMES
             .iter()
             .map(|k| (k.to_string(), ParserKind::parse(k).unwrap().parser()));

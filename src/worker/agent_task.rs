@@ -16,7 +16,6 @@ use super::supervisor::{Controls, Limits, Supervised, Supervisor};
 use crate::domain::{Agent, AgentOutcome, AgentStatus, Project};
 use crate::events::STATUS_EVENT;
 use crate::process::{self, Running};
-use crate::providers;
 
 /// The files a run leaves in its folder on the node.
 #[derive(Debug, Clone)]
@@ -78,7 +77,7 @@ async fn supervise(
     mut ran_for: Duration,
 ) {
     let settings = &rt.fleet.settings;
-    let parser = match providers::provider(&agent.provider) {
+    let parser = match rt.fleet.providers.get(&agent.provider) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(agent_id = %agent.id, error = %e, "no parser for the agent's provider");

@@ -17,7 +17,7 @@ use super::launch::{self, StartError};
 use super::supervisor::AccountTrouble;
 use crate::credentials::config_dir;
 use crate::domain::{Agent, AgentOutcome, Project};
-use crate::providers::{self, SpawnOptions};
+use crate::providers::SpawnOptions;
 
 /// The prompt a session continues with on its new account.
 const CONTINUE_PROMPT: &str = "Your previous turn was interrupted by a usage limit on the \
@@ -96,7 +96,7 @@ pub async fn after_trouble(
         }
         AccountTrouble::Refused { .. } => format!("auth_failed: account '{label}' was refused"),
     };
-    let provider = match providers::provider(&agent.provider) {
+    let provider = match rt.fleet.providers.get(&agent.provider) {
         Ok(p) => p,
         Err(e) => return end(format!("{why}; {e}")),
     };

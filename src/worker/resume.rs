@@ -27,7 +27,11 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), S
         .agent(&control.agent_id.to_string())
         .await
         .map_err(|e| e.to_string())?;
-    let provider = providers::provider(&agent.provider).map_err(|e| e.to_string())?;
+    let provider = rt
+        .fleet
+        .providers
+        .get(&agent.provider)
+        .map_err(|e| e.to_string())?;
     let session = agent
         .session_id
         .clone()

@@ -195,8 +195,11 @@ async fn start_agent(
     delivered: Instant,
     timings: &mut DispatchTimings,
 ) -> Result<Started, StartError> {
-    let provider =
-        providers::provider(&agent.provider).map_err(|e| StartError::Failed(e.to_string()))?;
+    let provider = rt
+        .fleet
+        .providers
+        .get(&agent.provider)
+        .map_err(|e| StartError::Failed(e.to_string()))?;
     let project = retry::store(rt, "load the project", || {
         rt.fleet.store.project(&agent.project)
     })
