@@ -67,9 +67,10 @@ impl std::fmt::Display for AgentStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentMode {
+    #[default]
     Execute,
     Plan,
     Review,
@@ -77,6 +78,13 @@ pub enum AgentMode {
 }
 
 impl AgentMode {
+    pub const ALL: [Self; 4] = [Self::Execute, Self::Plan, Self::Review, Self::Discuss];
+
+    /// The modes' names, as callers give them: `execute, plan, review, discuss`.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Execute => "execute",
@@ -87,9 +95,7 @@ impl AgentMode {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Execute, Self::Plan, Self::Review, Self::Discuss]
-            .into_iter()
-            .find(|m| m.as_str() == s)
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::config::{Backend, Settings};
 use crate::domain::{AgentMode, Project, SpawnRequest};
 use crate::events::{EmbeddedBus, EventBus, RedisBus};
-use crate::providers::{self, Providers};
+use crate::providers::Providers;
 use crate::queue::{EmbeddedQueue, Queue, RedisQueue, SpawnJob};
 use crate::telemetry;
 
@@ -245,7 +245,7 @@ impl Fleet {
             Some(m) => AgentMode::parse(m).ok_or_else(|| {
                 FleetError::Invalid(format!(
                     "unknown mode '{m}' (known modes: {})",
-                    providers::MODES.join(", ")
+                    AgentMode::names()
                 ))
             })?,
         };

@@ -54,7 +54,7 @@ fn env(p: &dyn Provider, sandbox: &Sandbox, mock: &MockModel) -> Vec<(String, St
 fn opts() -> SpawnOptions {
     SpawnOptions {
         model: Some("gemini-2.5-flash".into()),
-        mode: None,
+        mode: Default::default(),
     }
 }
 

@@ -43,10 +43,10 @@ fn assert_flags_in_help(p: &dyn Provider, args: &[String], help: &str) {
 
 fn all_modes_and_resume(p: &dyn Provider) -> Vec<Vec<String>> {
     let mut lines = Vec::new();
-    for mode in agentfleet::providers::MODES {
+    for mode in agentfleet::domain::AgentMode::ALL {
         let opts = SpawnOptions {
             model: Some("m".into()),
-            mode: Some(mode.to_string()),
+            mode,
         };
         lines.push(p.spawn_args(&opts));
         lines.push(p.resume_args("session-1", &opts).unwrap());
@@ -87,10 +87,10 @@ fn providers_amp_flags_exist() {
     let p = built_in("amp").unwrap();
     let top = help("amp", &[]);
     let cont = help("amp", &["threads", "continue"]);
-    for mode in agentfleet::providers::MODES {
+    for mode in agentfleet::domain::AgentMode::ALL {
         let opts = SpawnOptions {
             model: Some("high".into()),
-            mode: Some(mode.to_string()),
+            mode,
         };
         assert_flags_in_help(p.as_ref(), &p.spawn_args(&opts), &top);
         let resume = p.resume_args("T-1", &opts).unwrap();
@@ -104,10 +104,10 @@ fn providers_codex_and_claude_flags_exist() {
     let codex = built_in("codex").unwrap();
     let exec = help("codex", &["exec"]);
     let resume = help("codex", &["exec", "resume"]);
-    for mode in agentfleet::providers::MODES {
+    for mode in agentfleet::domain::AgentMode::ALL {
         let opts = SpawnOptions {
             model: Some("m".into()),
-            mode: Some(mode.to_string()),
+            mode,
         };
         assert_flags_in_help(codex.as_ref(), &codex.spawn_args(&opts), &exec);
         assert_flags_in_help(

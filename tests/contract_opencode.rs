@@ -51,7 +51,7 @@ fn env(p: &dyn Provider, sandbox: &Sandbox, mock: &MockModel) -> Vec<(String, St
 fn opts() -> SpawnOptions {
     SpawnOptions {
         model: Some("mock/mock-model".into()),
-        mode: None,
+        mode: Default::default(),
     }
 }
 

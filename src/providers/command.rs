@@ -8,6 +8,7 @@
 //! The fleet's [`super::Providers`] holds the declared ones and resolves them by name like
 //! the built-in ones.
 
+use crate::domain::AgentMode;
 use std::sync::Arc;
 
 use super::json::parse_line;
@@ -181,7 +182,7 @@ impl Provider for CommandProvider {
     }
 
     /// A configured CLI's modes are said by the prompt preamble only.
-    fn mode_args(&self, _mode: &str) -> Vec<String> {
+    fn mode_args(&self, _mode: AgentMode) -> Vec<String> {
         Vec::new()
     }
 
@@ -262,7 +263,7 @@ mod tests {
         assert_eq!(p.config_dir_env(), Some("MYCLI_HOME"));
         let opts = SpawnOptions {
             model: Some("m1".into()),
-            mode: None,
+            mode: AgentMode::Execute,
         };
         let args = place_prompt(p.spawn_args(&opts), p.prompt_via(), "hi there");
         assert_eq!(args, ["run", "--json", "--model=m1", "hi there"]);

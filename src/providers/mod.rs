@@ -25,9 +25,11 @@ pub mod opencode;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::domain::AgentMode;
+
 pub use catalog::{BUILT_IN, BuiltIn, ProviderSettings, Providers, built_in};
 pub use command::{CommandProvider, CommandSpec, ParserKind};
-pub use mode::{MODES, format_answers, mode_preamble, prompt_for_mode};
+pub use mode::{format_answers, mode_preamble, prompt_for_mode};
 
 /// Normalised event every provider parser emits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,12 +128,11 @@ pub trait Provider: Send + Sync {
     fn prompt_via(&self) -> PromptVia {
         PromptVia::Stdin
     }
-    /// The permission flags of a run in `mode` (one of [`MODES`]; unknown modes are
-    /// refused upstream and get execute's flags here). `execute` lets the agent edit and
+    /// The permission flags of a run in `mode`. `execute` lets the agent edit and
     /// run anything in its worktree; `plan`, `review` and `discuss` use the CLI's own
     /// read-only switch where it has one (and the prompt preamble in every case, see
     /// [`prompt_for_mode`]). Already part of [`Self::spawn_args`] / [`Self::resume_args`].
-    fn mode_args(&self, mode: &str) -> Vec<String>;
+    fn mode_args(&self, mode: AgentMode) -> Vec<String>;
     /// Env vars to set for the process (the sandbox adds `IS_SANDBOX=1`, which claude
     /// needs to accept `--dangerously-skip-permissions` as root).
     fn env(&self) -> Vec<(String, String)>;
@@ -155,14 +156,7 @@ pub trait Provider: Send + Sync {
 #[derive(Debug, Clone, Default)]
 pub struct SpawnOptions {
     pub model: Option<String>,
-    /// One of [`MODES`]; `None` is `execute`.
-    pub mode: Option<String>,
-}
-
-impl SpawnOptions {
-    pub fn mode(&self) -> &str {
-        self.mode.as_deref().unwrap_or("execute")
-    }
+    pub mode: AgentMode,
 }
 
 /// The prompt put where `via` says: in place of a [`PROMPT_PLACEHOLDER`] argument, else
@@ -321,17 +315,17 @@ mod tests {
     fn every_known_provider_can_resume_and_keeps_its_mode_flags() {
         let plan = SpawnOptions {
             model: None,
-            mode: Some("plan".into()),
+            mode: AgentMode::Plan,
         };
         for b in BUILT_IN {
             let (name, p) = (b.name, built_in(b.name).unwrap());
             let resume = p.resume_args("sess-1", &plan).unwrap();
             assert!(resume.iter().any(|a| a == "sess-1"), "{name}: {resume:?}");
-            for flag in p.mode_args("plan") {
+            for flag in p.mode_args(AgentMode::Plan) {
                 assert!(resume.contains(&flag), "{name}: {resume:?}");
             }
             let execute = p.spawn_args(&SpawnOptions::default());
-            for flag in p.mode_args("execute") {
+            for flag in p.mode_args(AgentMode::Execute) {
                 assert!(execute.contains(&flag), "{name}: {execute:?}");
             }
         }

@@ -106,7 +106,7 @@ pub async fn after_trouble(
         ));
     };
     let opts = SpawnOptions {
-        mode: Some(agent.mode.as_str().to_string()),
+        mode: agent.mode,
         ..Default::default()
     };
     let args = match provider.resume_args(&session, &opts) {

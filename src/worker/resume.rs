@@ -37,7 +37,7 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), S
         .clone()
         .ok_or("the agent has no session to resume")?;
     let opts = SpawnOptions {
-        mode: Some(agent.mode.as_str().to_string()),
+        mode: agent.mode,
         ..Default::default()
     };
     let args = provider

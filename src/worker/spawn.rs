@@ -227,11 +227,11 @@ async fn start_agent(
         .await
         .map_err(|e| StartError::Failed(format!("cannot write the agent's files: {e}")))?;
     let opts = SpawnOptions {
-        mode: Some(agent.mode.as_str().to_string()),
+        mode: agent.mode,
         ..Default::default()
     };
     let args = provider.spawn_args(&opts);
-    let prompt = providers::prompt_for_mode(agent.mode.as_str(), &request.prompt);
+    let prompt = providers::prompt_for_mode(agent.mode, &request.prompt);
     let started = launch::start(
         rt,
         agent,
