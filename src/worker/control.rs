@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Runtime;
 use crate::domain::Agent;
-use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
+use crate::fleet::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
 use crate::store::{ControlKind, ControlRequest, DueParams};
 use crate::telemetry;
