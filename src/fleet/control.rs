@@ -9,8 +9,8 @@ use std::time::Duration;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{Fleet, FleetError, STORED_TRACE_CONTEXT, counted, no_nul};
-use crate::domain::{Agent, AgentStatus, StoredEvent};
+use super::{Fleet, FleetError, counted, no_nul};
+use crate::domain::{Agent, AgentStatus, ControlArgs, StoredEvent, StoredPayload};
 use crate::events::STATUS_EVENT;
 use crate::providers;
 use crate::queue::{ControlJob, ControlTarget};
@@ -58,7 +58,7 @@ impl Fleet {
             &agent,
             ControlKind::Stop,
             agent.worker_id.as_deref(),
-            serde_json::json!({}),
+            ControlArgs::new(),
         )
         .await?;
         if !wait {
@@ -102,7 +102,7 @@ impl Fleet {
             store.cancel_pending(agent.id, "deleted").await?;
             agent = store.agent(&agent.id.to_string()).await?;
         }
-        let payload = serde_json::json!({"remote_branch": remote_branch});
+        let args = ControlArgs::from_iter([("remote_branch".into(), remote_branch.into())]);
         let live = !agent.status.is_final();
         let node_has_worker = match &agent.node_id {
             Some(node) => store
@@ -118,7 +118,7 @@ impl Fleet {
             } else {
                 None
             };
-            self.send_control(&agent, ControlKind::Delete, target, payload)
+            self.send_control(&agent, ControlKind::Delete, target, args)
                 .await?;
             let deadline = tokio::time::Instant::now()
                 + self.settings.worker.stop_grace
@@ -156,7 +156,7 @@ impl Fleet {
         store.set_dismissed(agent.id).await?;
         agent.dismissed = true;
         if agent.status.is_final() && agent.workdir.is_some() && agent.node_id.is_some() {
-            self.send_control(&agent, ControlKind::Dismiss, None, serde_json::json!({}))
+            self.send_control(&agent, ControlKind::Dismiss, None, ControlArgs::new())
                 .await?;
         }
         Ok(agent)
@@ -177,7 +177,7 @@ impl Fleet {
             )));
         }
         if agent.workdir.is_some() && agent.node_id.is_some() {
-            self.send_control(&agent, ControlKind::Cleanup, None, serde_json::json!({}))
+            self.send_control(&agent, ControlKind::Cleanup, None, ControlArgs::new())
                 .await?;
         }
         Ok(agent)
@@ -283,7 +283,7 @@ impl Fleet {
             &agent,
             ControlKind::Resume,
             target.as_deref(),
-            serde_json::json!({ "answers": answers }),
+            ControlArgs::from_iter([("answers".into(), serde_json::json!(answers))]),
         )
         .await?;
         Ok(agent)
@@ -299,7 +299,7 @@ impl Fleet {
         agent: &Agent,
         kind: ControlKind,
         target_worker: Option<&str>,
-        mut payload: serde_json::Value,
+        args: ControlArgs,
     ) -> Result<Uuid, FleetError> {
         let target = ControlTarget::of(target_worker, agent.node_id.as_deref());
         let destination = target
@@ -314,14 +314,12 @@ impl Fleet {
         );
         span.record("agentfleet.agent.id", tracing::field::display(agent.id));
         let trace_context = telemetry::inject(&span);
-        if let Some(fields) = payload.as_object_mut()
-            && !trace_context.is_empty()
-        {
-            fields.insert(
-                STORED_TRACE_CONTEXT.into(),
-                serde_json::json!(trace_context),
-            );
+        let payload = StoredPayload {
+            request: args,
+            trace_context: trace_context.clone(),
         }
+        .to_json()
+        .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
         let request_id = self
             .store
             .record_control(agent.id, kind, target_worker, payload)

@@ -12,7 +12,7 @@ mod spawn;
 pub use checks::{no_nul, no_nul_in_json, validate_input_name};
 pub use control::{CHECKOUT_REMOVED_EVENT, RESUME_WAITING_EVENT};
 pub use detail::{AgentDetail, PendingRequest};
-pub use spawn::{STORED_TRACE_CONTEXT, generate_alias, stored_request};
+pub use spawn::generate_alias;
 
 use crate::config::{Backend, Settings};
 use crate::domain::Project;

@@ -6,7 +6,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Fleet, FleetError, checks};
-use crate::domain::{AgentMode, SpawnRequest};
+use crate::domain::{AgentMode, SpawnRequest, StoredPayload};
 use crate::queue::SpawnJob;
 use crate::store::{RecordedSpawn, SpawnRecord, StoreError};
 use crate::telemetry;
@@ -28,7 +28,7 @@ impl Fleet {
     }
 
     /// The enqueue runs in a PRODUCER span whose W3C trace context goes with the job and
-    /// is stored beside the request (`trace_context` in the stored payload), so the queue
+    /// is stored beside the request (a `StoredPayload`), so the queue
     /// that rebuilds jobs from the store (embedded, re-dispatch) continues the same trace.
     async fn record_and_enqueue(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
         let mode = self.validate(&req)?;
@@ -47,16 +47,12 @@ impl Fleet {
             &req.provider,
         );
         let trace_context = telemetry::inject(&span);
-        let mut payload = serde_json::to_value(&req)
-            .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
-        if let Some(fields) = payload.as_object_mut()
-            && !trace_context.is_empty()
-        {
-            fields.insert(
-                STORED_TRACE_CONTEXT.into(),
-                serde_json::json!(trace_context),
-            );
+        let payload = StoredPayload {
+            request: &req,
+            trace_context: trace_context.clone(),
         }
+        .to_json()
+        .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
         let mut name = name;
         let mut attempt = 0;
         let recorded = loop {
@@ -170,18 +166,6 @@ impl Fleet {
     }
 }
 
-/// The key of the enqueue's W3C trace context in a stored spawn payload (beside the
-/// caller's `SpawnRequest` fields, which refuse unknown keys).
-pub const STORED_TRACE_CONTEXT: &str = "trace_context";
-
-/// The caller's request from a stored spawn payload (without the stored trace context).
-pub fn stored_request(mut payload: serde_json::Value) -> Result<SpawnRequest, serde_json::Error> {
-    if let Some(fields) = payload.as_object_mut() {
-        fields.remove(STORED_TRACE_CONTEXT);
-    }
-    serde_json::from_value(payload)
-}
-
 const ADJECTIVES: &[&str] = &[
     "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively",
     "mighty", "nimble", "proud", "quick", "quiet", "rapid", "shiny", "sly", "swift", "witty",
@@ -208,16 +192,6 @@ pub fn generate_alias(suffix: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stored_payload_keeps_the_trace_context_beside_the_request() {
-        let payload = serde_json::json!({
-            "provider": "claude", "project": "demo", "prompt": "hi",
-            "trace_context": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
-        });
-        let req = stored_request(payload).unwrap();
-        assert_eq!(req.prompt, "hi");
-    }
 
     #[test]
     fn aliases_are_valid_names() {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Runtime;
-use crate::domain::Agent;
+use crate::domain::{Agent, ControlArgs, StoredPayload};
 use crate::fleet::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
 use crate::store::{ControlKind, ControlRequest, DueParams};
@@ -87,18 +87,12 @@ async fn handle_job(rt: Arc<Runtime>, job: serde_json::Value) {
     };
     if job.trace_context.is_empty() {
         // Sent again from the store: the trace continues from the recorded context.
-        let stored = stored_trace_context(&control.payload);
+        let stored = StoredPayload::<ControlArgs>::from_json(control.payload.clone())
+            .map(|p| p.trace_context)
+            .unwrap_or_default();
         telemetry::set_parent(&span, stored.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
     tracing::Instrument::instrument(handle(&rt, control), span).await;
-}
-
-fn stored_trace_context(payload: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    payload
-        .get(crate::fleet::STORED_TRACE_CONTEXT)
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
 }
 
 /// Every `worker.control_poll_interval`: sends again the spawn and control requests the

@@ -16,7 +16,7 @@ use super::launch::{self, StartError};
 use super::retry;
 use super::supervisor::SIGNAL_FILE;
 use crate::agent_files;
-use crate::domain::{Agent, SpawnRequest};
+use crate::domain::{Agent, SpawnRequest, StoredPayload};
 use crate::fleet::validate_input_name;
 use crate::providers::{self, SpawnOptions};
 use crate::queue::{SpawnJob, take_handed_slot};
@@ -114,8 +114,8 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
     timings.claim = delivered.elapsed();
     let agent = claimed.agent;
     telemetry::record_agent(&tracing::Span::current(), &agent);
-    let request: SpawnRequest = match crate::fleet::stored_request(claimed.payload) {
-        Ok(r) => r,
+    let request: SpawnRequest = match StoredPayload::from_json(claimed.payload) {
+        Ok(stored) => stored.request,
         Err(e) => {
             let reason = format!("request payload cannot be decoded: {e}");
             if let Err(e) = store.fail_request(request_id, &reason).await {
