@@ -36,11 +36,12 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The two ways to run: everything on one machine with no services (SQLite store,
-/// embedded queue and events), or a fleet of workers sharing Postgres and Redis.
+/// embedded queue and events), or workers on any number of machines sharing Postgres and
+/// Redis (the distributed mode). Either is a fleet (`crate::fleet::Fleet`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Embedded,
-    Fleet,
+    Distributed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -344,7 +345,7 @@ impl Settings {
     /// Which mode the store and Redis settings select (valid once `validate` passed).
     pub fn backend(&self) -> Backend {
         match StoreKind::of_url(&self.database.url) {
-            Some(StoreKind::Postgres) => Backend::Fleet,
+            Some(StoreKind::Postgres) => Backend::Distributed,
             _ => Backend::Embedded,
         }
     }
@@ -364,7 +365,7 @@ impl Settings {
             None => {
                 return Err(invalid(
                     "database.url",
-                    "must be postgres://… (the fleet mode) or sqlite:… (the embedded mode); \
+                    "must be postgres://… (the distributed mode) or sqlite:… (the embedded mode); \
                      leave it empty for the embedded store in the data directory",
                 ));
             }
@@ -374,13 +375,13 @@ impl Settings {
                     "is set, but database.url is SQLite (the embedded mode, one machine, no \
                      services): a Redis queue cannot serve a SQLite store. Clear redis.url \
                      (AGENTFLEET__REDIS__URL=\"\") for the embedded mode, or set database.url \
-                     to a postgres:// URL for the fleet mode",
+                     to a postgres:// URL for the distributed mode",
                 ));
             }
             Some(StoreKind::Postgres) if !redis_set => {
                 return Err(invalid(
                     "redis.url",
-                    "is empty, but database.url is Postgres (the fleet mode), whose workers \
+                    "is empty, but database.url is Postgres (the distributed mode), whose workers \
                      need Redis for the queue and live events. Set redis.url \
                      (AGENTFLEET__REDIS__URL=redis://…), or leave database.url empty for the \
                      embedded mode",
@@ -552,7 +553,7 @@ impl Settings {
                 _ => Some(default),
             }
         };
-        if self.backend() == Backend::Fleet {
+        if self.backend() == Backend::Distributed {
             ports.extend(url_port(&self.database.url, 5432).map(|p| ("Postgres", p)));
         }
         if !self.redis.url.trim().is_empty() {
@@ -613,7 +614,7 @@ impl Settings {
         }
     }
 
-    /// The embedded store's folder (None in the fleet mode): a generated key lives there.
+    /// The embedded store's folder (None in the distributed mode): a generated key lives there.
     pub fn data_dir(&self) -> Option<PathBuf> {
         let path = self.database.url.strip_prefix("sqlite:")?;
         let path = path.strip_prefix("//").unwrap_or(path);
@@ -767,7 +768,7 @@ mod tests {
         let embedded = with("sqlite:///tmp/x.db", "").unwrap();
         assert_eq!(embedded.backend(), Backend::Embedded);
         let fleet = with("postgres://h/db", "redis://h:6379").unwrap();
-        assert_eq!(fleet.backend(), Backend::Fleet);
+        assert_eq!(fleet.backend(), Backend::Distributed);
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub async fn readyz(State(fleet): State<Fleet>) -> Response {
     let (store, events) = (deps.store, deps.events);
     let mode = match fleet.settings.backend() {
         crate::config::Backend::Embedded => "embedded",
-        crate::config::Backend::Fleet => "fleet",
+        crate::config::Backend::Distributed => "distributed",
     };
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "unavailable" },

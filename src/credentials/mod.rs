@@ -32,7 +32,7 @@ pub enum CredentialError {
     Invalid(String),
     #[error(
         "no key to seal credentials with: set secrets.key (AGENTFLEET__SECRETS__KEY) or \
-         secrets.key_file; the fleet mode does not store credentials without one"
+         secrets.key_file; the distributed mode does not store credentials without one"
     )]
     NoKey,
     #[error("credentials key: {0}")]

@@ -91,7 +91,7 @@ impl Fleet {
                     EventBus::Embedded(EmbeddedBus::new(store.clone())),
                 )
             }
-            Backend::Fleet => (
+            Backend::Distributed => (
                 Queue::Redis(Box::new(
                     RedisQueue::connect(
                         &settings.redis.url,
