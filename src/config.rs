@@ -37,7 +37,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 
 /// The two ways to run: everything on one machine with no services (SQLite store,
 /// embedded queue and events), or workers on any number of machines sharing Postgres and
-/// Redis (the distributed mode). Either is a fleet (`crate::fleet::Fleet`).
+/// Redis (the distributed mode). Either is a fleet: the front door (`Fleet`) is the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Embedded,
