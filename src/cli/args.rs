@@ -1,0 +1,223 @@
+//! The command line's grammar (clap): every command, its arguments and its help text. What
+//! each command does is in `mod.rs` and its siblings.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "agentfleet",
+    version,
+    about = "Run AI coding-agent CLIs as a fleet of queue workers"
+)]
+pub struct Cli {
+    /// Configuration file (also AGENTFLEET_CONFIG).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// `worker`, `serve` and `up` run until stopped; every other command prints and exits.
+    pub fn runs_a_service(&self) -> bool {
+        matches!(self.command, Command::Worker | Command::Serve | Command::Up)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update the database schema.
+    Migrate,
+    /// Say what the agents' sandbox enforces on this host and whether each provider's
+    /// command runs inside it; exits 1 when something required is missing.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage projects (git repositories agents work on).
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Manage provider accounts (their credentials are stored sealed; never printed).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Run a worker: take spawn jobs and run their agents.
+    Worker,
+    /// Serve the HTTP API.
+    Serve,
+    /// Run the API and a worker in one process.
+    Up,
+    /// Ask for a new agent.
+    Spawn(SpawnArgs),
+    /// List agents (dismissed ones with --all).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Stop a running agent (its worker sends SIGTERM, then SIGKILL after worker.stop_grace).
+    Stop {
+        agent: String,
+        /// Return at once instead of waiting for the agent to stop.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete an agent: stop it, remove its worktree, local branch, files and records.
+    Delete {
+        agent: String,
+        /// Also delete the agent's branch on the project's remote.
+        #[arg(long)]
+        remote_branch: bool,
+    },
+    /// Answer an agent's questions: its provider resumes the same session in its worktree.
+    Resume {
+        agent: String,
+        /// An answer, as QUESTION_ID=TEXT (repeatable).
+        #[arg(long = "answer", value_name = "ID=TEXT")]
+        answers: Vec<String>,
+        /// Answers as a JSON object {"question id": "answer", ...}.
+        #[arg(long, conflicts_with = "answers")]
+        answers_file: Option<PathBuf>,
+        /// Follow the output until the agent ends again; exit 0 only on success.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Hide an agent from `list` (it stays in the store); an ended one's checkout is freed
+    /// on its node.
+    Dismiss { agent: String },
+    /// With AGENT: free that ended agent's checkout on its node (its record and pushed
+    /// branch stay). Without: remove worktrees, branches and files under this node's
+    /// workspace that belong to no agent.
+    Cleanup {
+        agent: Option<String>,
+        #[arg(long, conflicts_with = "agent")]
+        dry_run: bool,
+    },
+    /// Show one agent by id or name.
+    Get {
+        agent: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an agent's normalised output; -f follows it until the agent ends.
+    Logs {
+        agent: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List workers and their leases.
+    Workers {
+        /// Also workers that ended more than ten minutes ago.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the queue: pending depth, oldest pending request, requests per kind and status,
+    /// and the control queues per node (pending stop, delete and resume requests).
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Register a git repository.
+    Add {
+        name: String,
+        #[arg(long)]
+        remote: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+    },
+    /// List projects.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Add an account: an API key (from an env var or a file) or a provider credentials
+    /// file (OAuth tokens, e.g. claude's .credentials.json).
+    Add {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        label: String,
+        #[command(flatten)]
+        secret: SecretSource,
+        /// At most this many agents on the account at once.
+        #[arg(long)]
+        max_concurrent: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts with a fingerprint of their credentials (never the credentials).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an account.
+    Remove { label: String },
+    /// Make an exhausted or invalid account usable again.
+    Reset { label: String },
+    /// Re-seal every account's credentials under a new key (read from the file; a fresh
+    /// key is generated into it if it does not exist). Then configure that key.
+    RotateKey {
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
+}
+
+/// Where a new account's secret comes from: never the command line itself.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretSource {
+    /// Name of an environment variable holding the API key.
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// A file holding the API key.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// The provider's credentials file (JSON with OAuth tokens).
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    #[arg(long, default_value = "claude")]
+    pub provider: String,
+    #[arg(long)]
+    pub project: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub mode: Option<String>,
+    #[arg(long)]
+    pub task_id: Option<String>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// A file handed to the agent under .agentfleet/input/ (repeatable).
+    #[arg(long = "input")]
+    pub inputs: Vec<PathBuf>,
+    /// Read the prompt from a file instead of the command line.
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
+    /// Follow the agent's output until it ends; exit 0 only on success.
+    #[arg(long)]
+    pub wait: bool,
+    /// Run the request again (up to N times) if its worker is lost.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+    pub prompt: Option<String>,
+}
