@@ -3,6 +3,7 @@
 //! agent's output (the stored backlog from `Last-Event-ID`, then live).
 
 mod accounts;
+mod connection;
 mod error;
 mod extract;
 pub mod readiness;
