@@ -8,12 +8,12 @@
 //! account's login can be given whole in `AUGMENT_SESSION_AUTH`. Shapes read from auggie
 //! 0.36.0's own bundle; flags from its `--help`.
 
-use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::claude::ClaudeParser;
 use super::json::{parse_line, raw, str_at};
 use super::{AgentEvent, PromptVia, Provider, ProviderError, SpawnOptions, StreamParser};
+use crate::domain::AgentMode;
 
 /// The `auggie` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]

@@ -9,11 +9,11 @@
 //! to act on. The shapes were taken from claude 2.1.197's own output (see
 //! `tests/fixtures/transcripts/claude-2.1.197-*.jsonl`).
 
-use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::json::{classify, classify_text, parse_line, raw, str_at, u64_at};
 use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser};
+use crate::domain::AgentMode;
 
 /// The `claude` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]

@@ -8,7 +8,6 @@
 //! The fleet's [`super::Providers`] holds the declared ones and resolves them by name like
 //! the built-in ones.
 
-use crate::domain::AgentMode;
 use std::sync::Arc;
 
 use super::json::parse_line;
@@ -16,6 +15,7 @@ use super::{
     AgentEvent, PROMPT_PLACEHOLDER, PromptVia, Provider, ProviderError, ProviderSettings,
     SpawnOptions, StreamParser, auggie, claude, codex, cursor, gemini, opencode,
 };
+use crate::domain::AgentMode;
 
 /// The stream formats a configured CLI's output can be read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,12 +6,12 @@
 //! from Cursor's public CLI docs (see tests/fixtures/transcripts/README.md). The prompt is
 //! given as the last argument, since the docs only show it there.
 
-use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::claude::ClaudeParser;
 use super::json::{parse_line, raw, str_at, text_of};
 use super::{AgentEvent, PromptVia, Provider, ProviderError, SpawnOptions, StreamParser};
+use crate::domain::AgentMode;
 
 /// The `cursor-agent` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]

@@ -10,11 +10,11 @@
 //! the run at once; a plain 429 it retries (10 attempts, backoff) logging only on stderr,
 //! unless the settings' `general.maxAttempts` is lowered.
 
-use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::json::{classify_text, parse_line, raw, str_at, text_of, u64_at};
 use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser};
+use crate::domain::AgentMode;
 
 /// The `gemini` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]

@@ -9,11 +9,11 @@
 //! (per `retry-after`, else 2 s doubling to 30 s) before the `error` line, printing
 //! nothing meanwhile.
 
-use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::json::{classify, parse_line, raw, str_at, text_of, u64_at};
 use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser};
+use crate::domain::AgentMode;
 
 /// The `opencode` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]
