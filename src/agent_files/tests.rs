@@ -1,6 +1,7 @@
 //! Every way an agent-written path can point elsewhere, against both resolvers (`openat2`
 //! and the `openat` walk used without it), and that nothing outside the directory is read,
-//! written or removed.
+//! written or removed. One file on purpose: each attack is run the same way against both
+//! resolvers, and the cases read best as one list.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
