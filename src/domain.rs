@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// Where an agent is in its life. `pending` is recorded at enqueue; a worker moves it to
 /// `starting` when it claims the request and to `running` once the process is up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     Pending,
@@ -69,7 +69,7 @@ impl std::fmt::Display for AgentStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentMode {
     #[default]
@@ -102,14 +102,14 @@ impl AgentMode {
 }
 
 /// A question an agent asked before it can go on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PendingQuestion {
     pub id: String,
     pub question: String,
 }
 
 /// The agent as the API and `agentfleet get --json` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Agent {
     pub id: Uuid,
     pub name: String,
@@ -145,7 +145,7 @@ pub struct Agent {
     pub account_id: Option<Uuid>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Project {
     pub id: Uuid,
     pub name: String,
@@ -154,7 +154,7 @@ pub struct Project {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     pub id: String,
     pub node_id: String,
@@ -183,14 +183,14 @@ impl WorkerInfo {
 }
 
 /// An input file the caller hands the agent; written under `.agentfleet/input/`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InputFile {
     pub name: String,
     pub content: String,
 }
 
 /// What a caller asks for when it spawns an agent (HTTP body and CLI flags alike).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnRequest {
     pub provider: String,
@@ -240,7 +240,7 @@ impl<T: serde::de::DeserializeOwned> StoredPayload<T> {
 }
 
 /// One normalised event in an agent's durable log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredEvent {
     pub seq: i64,
     pub kind: String,
@@ -260,7 +260,7 @@ pub struct AgentOutcome {
 }
 
 /// What ops read to scale: the spawn backlog, and every request and agent by status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Spawn requests waiting for a worker.
     pub depth: i64,
@@ -276,7 +276,7 @@ pub struct QueueStats {
 
 /// What an account's sealed secret is: an API key (handed to the process as an env var) or
 /// a provider credentials file (OAuth tokens, written into the account's config dir).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountKind {
     ApiKey,
@@ -302,7 +302,7 @@ impl AccountKind {
 
 /// A provider account as the API and `agentfleet account list` show it. The secret stays
 /// sealed (`sealed`, never serialised); `fingerprint` tells accounts apart.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: Uuid,
     pub provider: String,

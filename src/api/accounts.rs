@@ -9,11 +9,14 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::error::ErrorBody;
 use super::extract::{self, BodyError, PathParam};
+use super::openapi::Removed;
 use crate::credentials::{self, AccountInput, CredentialError};
+use crate::domain::Account;
 use crate::fleet::{Fleet, FleetError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccountBody {
     provider: String,
@@ -43,6 +46,18 @@ impl BodyError for NewAccountBody {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/accounts", tag = "accounts", request_body = NewAccountBody,
+    responses(
+        (status = 201, description = "the account, sealed: its fingerprint, never its secret", body = Account),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 409, description = "an account with that label exists (`conflict`)", body = ErrorBody),
+        (status = 413, description = "the body is over `api.max_body_bytes` (`body_too_large`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn add_account(
     State(fleet): State<Fleet>,
     extract::Json(body): extract::Json<NewAccountBody>,
@@ -79,10 +94,29 @@ pub async fn add_account(
     Ok((StatusCode::CREATED, Json(account)).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/accounts", tag = "accounts",
+    responses(
+        (status = 200, description = "accounts, by provider and label", body = Vec<Account>),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn list_accounts(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
     Ok(Json(fleet.store.list_accounts().await?).into_response())
 }
 
+#[utoipa::path(
+    delete, path = "/v1/accounts/{label}", tag = "accounts", params(("label" = String, Path, description = "the account's label")),
+    responses(
+        (status = 200, description = "removed: `{\"removed\": LABEL}`", body = Removed),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such account (`not_found`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn remove_account(
     State(fleet): State<Fleet>,
     PathParam(label): PathParam,
@@ -91,6 +125,17 @@ pub async fn remove_account(
     Ok(Json(serde_json::json!({"removed": label})).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/accounts/{label}/reset", tag = "accounts", params(("label" = String, Path, description = "the account's label")),
+    responses(
+        (status = 200, description = "exhaustion and invalidity cleared", body = Account),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such account (`not_found`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn reset_account(
     State(fleet): State<Fleet>,
     PathParam(label): PathParam,

@@ -12,6 +12,22 @@ use axum::response::{IntoResponse, Response};
 use crate::fleet::FleetError;
 use crate::store::StoreError;
 
+/// Every error's body: `{"error": {"code", "message"}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// What kind of error: `invalid_request`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `body_too_large`, `unsupported_media_type`,
+    /// `invalid`, `idempotency_key_reused`, `unavailable`, `internal`.
+    pub code: String,
+    /// What went wrong, naming the field or the agent; never a secret.
+    pub message: String,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -118,7 +134,12 @@ impl From<BytesRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

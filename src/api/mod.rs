@@ -6,6 +6,7 @@ mod accounts;
 mod connection;
 mod error;
 mod extract;
+pub mod openapi;
 pub mod readiness;
 mod routes;
 mod server;
@@ -63,6 +64,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(openapi::serve_document))
         .route_layer(middleware::from_fn(trace_request))
         // After every route: it is given to the routes there are.
         .method_not_allowed_fallback(error::method_not_allowed)

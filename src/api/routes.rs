@@ -11,13 +11,32 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::error::ErrorBody;
 use super::extract::{self, BodyError, PathParam, Query};
+use super::openapi::{Deleted, Health, Readiness};
 use crate::domain::SpawnRequest;
+use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
 use crate::events;
+use crate::fleet::AgentDetail;
 use crate::fleet::Fleet;
 
 impl BodyError for SpawnRequest {}
 
+#[utoipa::path(
+    post, path = "/v1/agents", tag = "agents",
+    request_body = SpawnRequest,
+    responses(
+        (status = 202, description = "recorded and enqueued", body = Agent),
+        (status = 200, description = "a retry of an earlier spawn with the same idempotency key: its agent", body = Agent),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the agent is not in a state that allows it (`conflict`)", body = ErrorBody),
+        (status = 413, description = "the body is over `api.max_body_bytes` (`body_too_large`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid (`invalid`), or the idempotency key was used for another request (`idempotency_key_reused`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn spawn_agent(
     State(fleet): State<Fleet>,
     extract::Json(req): extract::Json<SpawnRequest>,
@@ -31,6 +50,15 @@ pub async fn spawn_agent(
     Ok((status, Json(recorded.agent)).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/agents", tag = "agents", params(ListQuery),
+    responses(
+        (status = 200, description = "agents, oldest first", body = Vec<Agent>),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn list_agents(
     State(fleet): State<Fleet>,
     Query(q): Query<ListQuery>,
@@ -38,6 +66,17 @@ pub async fn list_agents(
     Ok(Json(fleet.store.list_agents(q.all).await?).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    responses(
+        (status = 200, description = "the agent, its prompt and its pending requests", body = AgentDetail),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn get_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
@@ -45,6 +84,18 @@ pub async fn get_agent(
     Ok(Json(fleet.agent_detail(&agent).await?).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/agents/{agent}/stop", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    responses(
+        (status = 200, description = "the agent, stopped", body = Agent),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the agent is not in a state that allows it (`conflict`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 /// Stops the agent and answers once it has stopped.
 pub async fn stop_agent(
     State(fleet): State<Fleet>,
@@ -53,14 +104,29 @@ pub async fn stop_agent(
     Ok(Json(fleet.stop(&agent, true).await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeBody {
+    /// Question id → answer.
     answers: std::collections::BTreeMap<String, String>,
 }
 
 impl BodyError for ResumeBody {}
 
+#[utoipa::path(
+    post, path = "/v1/agents/{agent}/resume", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    request_body = ResumeBody,
+    responses(
+        (status = 202, description = "recorded; the worker on the agent's node resumes it", body = Agent),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the agent is not in a state that allows it (`conflict`)", body = ErrorBody),
+        (status = 413, description = "the body is over `api.max_body_bytes` (`body_too_large`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 /// Records the resume; 202 with the agent (its worker picks the request up).
 pub async fn resume_agent(
     State(fleet): State<Fleet>,
@@ -71,12 +137,25 @@ pub async fn resume_agent(
     Ok((StatusCode::ACCEPTED, Json(agent)).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
+    /// Delete the agent's branch on the remote too.
     #[serde(default)]
     remote_branch: bool,
 }
 
+#[utoipa::path(
+    delete, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name"), DeleteQuery),
+    responses(
+        (status = 200, description = "deleted: `{\"deleted\": NAME}`", body = Deleted),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn delete_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
@@ -86,6 +165,17 @@ pub async fn delete_agent(
     Ok(Json(serde_json::json!({"deleted": name})).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/agents/{agent}/dismiss", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    responses(
+        (status = 200, description = "hidden from lists", body = Agent),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn dismiss_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
@@ -93,6 +183,18 @@ pub async fn dismiss_agent(
     Ok(Json(fleet.dismiss(&agent).await?).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/agents/{agent}/cleanup", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    responses(
+        (status = 202, description = "recorded; the agent's node frees its checkout", body = Agent),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 409, description = "the agent is not in a state that allows it (`conflict`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 /// Frees an ended agent's checkout on its node; 202 with the agent.
 pub async fn cleanup_agent(
     State(fleet): State<Fleet>,
@@ -102,12 +204,26 @@ pub async fn cleanup_agent(
     Ok((axum::http::StatusCode::ACCEPTED, Json(agent)).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Every one: dismissed agents, workers that ended long ago.
     #[serde(default)]
     all: bool,
 }
 
+#[utoipa::path(
+    get, path = "/v1/agents/{agent}/events", tag = "agents",
+    params(("agent" = String, Path, description = "the agent's id or name"), ("last-event-id" = Option<i64>, Header, description = "resume after this event sequence number")),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = StoredEvent, description = "Server-Sent Events: the stored backlog after `Last-Event-ID`, then live. Each event has `id` (its sequence number), `event` (its kind) and `data` (the stored event as JSON); an `error` event carries `{\"error\": {\"code\": \"unavailable\", \"message\"}}`"),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "no such agent (`not_found`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn agent_events(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
@@ -141,6 +257,15 @@ pub async fn agent_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+#[utoipa::path(
+    get, path = "/v1/workers", tag = "workers", params(ListQuery),
+    responses(
+        (status = 200, description = "live workers and those that ended in the last ten minutes (`all`: every one)", body = Vec<WorkerInfo>),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 /// Live workers and those that ended in the last ten minutes; `?all=true`: every one.
 pub async fn list_workers(
     State(fleet): State<Fleet>,
@@ -153,7 +278,7 @@ pub async fn list_workers(
     Ok(Json(workers).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
     name: String,
@@ -164,6 +289,18 @@ pub struct NewProject {
 
 impl BodyError for NewProject {}
 
+#[utoipa::path(
+    post, path = "/v1/projects", tag = "projects", request_body = NewProject,
+    responses(
+        (status = 201, description = "the project (its URL without credentials)", body = Project),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 409, description = "a project of that name exists (`conflict`)", body = ErrorBody),
+        (status = 413, description = "the body is over `api.max_body_bytes` (`body_too_large`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn add_project(
     State(fleet): State<Fleet>,
     extract::Json(p): extract::Json<NewProject>,
@@ -178,19 +315,42 @@ pub async fn add_project(
     Ok((StatusCode::CREATED, Json(project)).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/v1/projects", tag = "projects",
+    responses(
+        (status = 200, description = "projects (URLs without credentials)", body = Vec<Project>),
+        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
+    )
+)]
 pub async fn list_projects(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
     Ok(Json(fleet.list_projects().await?).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "health", security(),
+    responses((status = 200, description = "the process is up: `{\"status\": \"ok\"}`", body = Health))
+)]
 pub async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
+#[utoipa::path(
+    get, path = "/metrics", tag = "health", security(),
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String))
+)]
 /// Prometheus text: this process's metrics and the fleet's queue, read from the store.
 pub async fn metrics(State(fleet): State<Fleet>) -> Response {
     crate::metrics::response(&fleet.store).await
 }
 
+#[utoipa::path(
+    get, path = "/readyz", tag = "health", security(),
+    responses(
+        (status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "the store (or Redis) is unreachable", body = Readiness)
+    )
+)]
 pub async fn readyz(State(fleet): State<Fleet>) -> Response {
     let deps = super::readiness::probe(&fleet).await;
     let ok = deps.ready();

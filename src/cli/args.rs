@@ -30,6 +30,8 @@ impl Cli {
 pub enum Command {
     /// Create or update the database schema.
     Migrate,
+    /// Print the HTTP API's OpenAPI document (as `GET /openapi.json` serves it).
+    Openapi,
     /// Say what the agents' sandbox enforces on this host and whether each provider's
     /// command runs inside it; exits 1 when something required is missing.
     Doctor {

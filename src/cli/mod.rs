@@ -44,12 +44,18 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
         }
         return Ok(0);
     }
+    if let Command::Openapi = command {
+        print!("{}", crate::api::openapi::document());
+        return Ok(0);
+    }
     if let Command::Doctor { json } = command {
         return tokio::task::spawn_blocking(move || doctor::run(&settings, json)).await?;
     }
     let fleet = Fleet::connect(settings).await?;
     match command {
-        Command::Migrate | Command::Doctor { .. } => unreachable!("handled above"),
+        Command::Migrate | Command::Openapi | Command::Doctor { .. } => {
+            unreachable!("handled above")
+        }
         Command::Project(ProjectCommand::Add {
             name,
             remote,

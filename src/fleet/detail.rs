@@ -7,11 +7,12 @@ use super::{Fleet, FleetError};
 use crate::domain::Agent;
 
 /// A control request about an agent not acted on yet, as `get` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct PendingRequest {
     pub id: Uuid,
     pub kind: String,
     /// `worker` (sent to its owner) or `node` (any worker on the agent's node).
+    #[schema(value_type = String)]
     pub sent_to: &'static str,
     pub target: Option<String>,
     pub requested_at: chrono::DateTime<chrono::Utc>,
@@ -24,7 +25,7 @@ pub struct PendingRequest {
 
 /// One agent as `get` and `GET /v1/agents/{id}` show it: its record, the prompt it was
 /// spawned with, and the control requests about it that no worker has acted on yet.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AgentDetail {
     #[serde(flatten)]
     pub agent: Agent,
