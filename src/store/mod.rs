@@ -7,15 +7,13 @@
 //! SQL; the operations they share are listed once, in `store_operations!` below.
 //!
 //! To add an operation: write it as an inherent `pub async fn` on `PgStore`
-//! (`postgres.rs`) and on `SqliteStore` (`sqlite.rs`) with the same signature, add that
+//! (`postgres/<group>.rs`) and on `SqliteStore` (`sqlite/<group>.rs`, the same group as
+//! its place in the list below) with the same signature, add that
 //! signature to the list in `store_operations!`, and add a test of it to
 //! `tests/store_conformance.rs` (it runs against both adapters). The list is the port: a
 //! method missing from either adapter does not compile.
 
 mod postgres;
-mod postgres_accounts;
-mod postgres_control;
-mod postgres_leases;
 mod rows;
 mod sqlite;
 

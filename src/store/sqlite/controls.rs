@@ -1,16 +1,18 @@
-//! SQLite adapter, continued: control requests as the queue delivers them (the twin of
-//! `postgres_control.rs`). Claims are one statement; the re-dispatcher runs in one
-//! `BEGIN IMMEDIATE` transaction where Postgres uses one statement.
+//! SQLite adapter: control requests as the queue delivers them. Claims are one statement;
+//! the re-dispatcher runs in one `BEGIN IMMEDIATE` transaction where Postgres uses one
+//! statement.
+
+use std::time::Duration;
 
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::super::rows::{control_from_row, control_stats_from_row, pending_control_from_row};
-use super::super::{
-    ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests, PendingControl,
-    StoreError,
-};
 use super::SqliteStore;
+use crate::store::rows::{control_from_row, control_stats_from_row, pending_control_from_row};
+use crate::store::{
+    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
+    PendingControl, StoreError,
+};
 
 /// The control kinds a worker acts on.
 macro_rules! controls {
@@ -18,19 +20,64 @@ macro_rules! controls {
         "('stop', 'delete', 'resume', 'dismiss', 'cleanup')"
     };
 }
-
-/// Now minus the seconds bound at `$param`, in the schema's timestamp format.
-macro_rules! ago {
-    ($param:literal) => {
-        concat!(
-            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ",
-            $param,
-            " || ' seconds')"
-        )
-    };
-}
-
 impl SqliteStore {
+    pub async fn record_control(
+        &self,
+        agent_id: Uuid,
+        kind: ControlKind,
+        target_worker: Option<&str>,
+        payload: serde_json::Value,
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        // The write lock orders resumes of one agent: the second sees the first.
+        let mut tx = self.begin_write().await?;
+        if kind == ControlKind::Resume {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM agents WHERE id = ?1")
+                    .bind(agent_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let resuming: bool = sqlx::query_scalar(crate::store::RESUME_IN_HAND)
+                .bind(agent_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            crate::store::resume_allowed(status.as_deref(), resuming)?;
+        }
+        sqlx::query(concat!(
+            "INSERT INTO requests (id, kind, agent_id, payload, target_worker, dispatched_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ",
+            now!(),
+            ")"
+        ))
+        .bind(id)
+        .bind(kind.as_str())
+        .bind(agent_id)
+        .bind(payload)
+        .bind(target_worker)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn complete_request(
+        &self,
+        request_id: Uuid,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "UPDATE requests SET status = CASE WHEN ?2 IS NULL THEN 'done' ELSE 'failed' END, \
+             error = ?2, updated_at = ",
+            now!(),
+            " WHERE id = ?1"
+        ))
+        .bind(request_id)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn claim_control(
         &self,
         request_id: Uuid,
@@ -193,5 +240,27 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(pending_control_from_row).collect()
+    }
+
+    pub async fn take_redispatch(
+        &self,
+        after: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "UPDATE requests SET dispatched_at = ",
+            now!(),
+            " WHERE id IN (SELECT id FROM requests WHERE kind = 'spawn' AND status = 'pending' \
+               AND (dispatched_at IS NULL OR dispatched_at < ",
+            ago!("?1"),
+            ") ORDER BY created_at LIMIT ?2) RETURNING id"
+        ))
+        .bind(after.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 }

@@ -1,7 +1,6 @@
-//! Postgres adapter, continued: the fleet's self-repair. Reconciling dead workers (one
-//! actor per dead worker, by `FOR UPDATE SKIP LOCKED`), adopting a same-node worker's agents,
-//! re-dispatching requests the queue lost, and the control requests (stop, delete) routed to
-//! the worker that owns an agent.
+//! Postgres adapter: workers and their leases, and the fleet's self-repair — reconciling
+//! dead workers (one actor per dead worker, by `FOR UPDATE SKIP LOCKED`) and adopting a
+//! same-node worker's agents.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,10 +8,11 @@ use std::time::Duration;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::postgres::PgStore;
-use super::rows::agent_from_row;
-use super::{ControlKind, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError};
-use crate::domain::Agent;
+use super::PgStore;
+use super::agents::finish_unowned_in;
+use crate::domain::WorkerInfo;
+use crate::store::rows::worker_from_row;
+use crate::store::{NewWorker, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError};
 
 const LIVE: &str = "('starting', 'running')";
 
@@ -24,8 +24,84 @@ struct LiveAgent {
     attempts: i32,
     retries: Option<serde_json::Value>,
 }
-
 impl PgStore {
+    /// Registers a worker with a fresh epoch and a lease of `ttl`; returns the epoch.
+    pub async fn register_worker(
+        &self,
+        w: &NewWorker<'_>,
+        ttl: Duration,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, lease_expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, nextval('fleet_epoch_seq'), now() + $7 * interval '1 millisecond') \
+             RETURNING epoch",
+        )
+        .bind(w.id)
+        .bind(w.node_id)
+        .bind(w.host)
+        .bind(w.pid)
+        .bind(w.pid_start_time)
+        .bind(w.capacity)
+        .bind(ttl.as_millis() as f64)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Renews the lease; false means it was lost (expired and taken over, or ended).
+    pub async fn renew_lease(
+        &self,
+        owner: &Owner,
+        ttl: Duration,
+        running: i32,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE workers SET lease_expires_at = now() + $3 * interval '1 millisecond', \
+             last_heartbeat_at = now(), running = $4 \
+             WHERE id = $1 AND epoch = $2 AND status = 'alive'",
+        )
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(ttl.as_millis() as f64)
+        .bind(running)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ends the worker's lease. With `handoff`, its still-running agents stay for the
+    /// next worker on the node, which adopts them at once; other nodes wait `handoff`
+    /// before they reconcile them.
+    pub async fn deregister_worker(
+        &self,
+        owner: &Owner,
+        handoff: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let grace_ms = handoff.map(|d| d.as_millis() as f64).unwrap_or(0.0);
+        sqlx::query(
+            "UPDATE workers SET status = 'stopped', running = 0, \
+             lease_expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE id = $1 AND epoch = $2",
+        )
+        .bind(&owner.worker_id)
+        .bind(owner.epoch)
+        .bind(grace_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, host, pid, capacity, running, status, epoch, started_at, \
+             last_heartbeat_at, lease_expires_at, \
+             EXTRACT(EPOCH FROM (now() - last_heartbeat_at))::float8 AS lease_age \
+             FROM workers ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
     /// Alive (by status) workers on `node`, other than `me`, with their process identity:
     /// the caller checks /proc to learn which of them are really gone.
     pub async fn peers_on_node(&self, node: &str, me: &str) -> Result<Vec<PeerWorker>, StoreError> {
@@ -147,7 +223,7 @@ impl PgStore {
             }
             if stop_requested {
                 // The owner is gone; the stop it was asked for is what the agent gets.
-                finish_unowned(
+                finish_unowned_in(
                     &mut tx,
                     agent_id,
                     "stopped",
@@ -200,7 +276,7 @@ impl PgStore {
                 } else {
                     "worker_lost".to_string()
                 };
-                finish_unowned(&mut tx, agent_id, "crashed", &reason).await?;
+                finish_unowned_in(&mut tx, agent_id, "crashed", &reason).await?;
                 out.crashed.push(agent_id);
             }
         }
@@ -220,236 +296,10 @@ impl PgStore {
         tx.commit().await?;
         Ok(Some(out))
     }
-
-    /// Spawn requests pending since before `after` (never claimed): marked as dispatched
-    /// again now and returned, so only one worker re-sends each.
-    pub async fn take_redispatch(
-        &self,
-        after: Duration,
-        limit: i64,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "UPDATE requests SET dispatched_at = now() WHERE id IN ( \
-               SELECT id FROM requests WHERE kind = 'spawn' AND status = 'pending' \
-               AND (dispatched_at IS NULL OR dispatched_at < now() - $1 * interval '1 millisecond') \
-               ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
-        )
-        .bind(after.as_millis() as f64)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    /// Appends one event to an agent's log without an owner (the reconciler and other
-    /// control paths, when no worker supervises the agent).
-    pub async fn append_event_unowned(
-        &self,
-        agent_id: Uuid,
-        kind: &str,
-        data: &serde_json::Value,
-    ) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO agent_events (agent_id, seq, kind, data) \
-             SELECT $1, COALESCE(max(seq), 0) + 1, $2, $3 FROM agent_events WHERE agent_id = $1 \
-             RETURNING seq",
-        )
-        .bind(agent_id)
-        .bind(kind)
-        .bind(data)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Stops an agent that no worker has claimed yet; false if a worker got it first.
-    pub async fn cancel_pending(&self, agent_id: Uuid, reason: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let cancelled = sqlx::query(
-            "UPDATE requests SET status = 'cancelled', error = $2, updated_at = now() \
-             WHERE agent_id = $1 AND kind = 'spawn' AND status = 'pending'",
-        )
-        .bind(agent_id)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        if cancelled.rows_affected() == 0 {
-            return Ok(false);
-        }
-        finish_unowned(&mut tx, agent_id, "stopped", reason).await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Records a control request for the worker that owns the agent (None: no live owner,
-    /// any worker on the agent's node may act).
-    pub async fn record_control(
-        &self,
-        agent_id: Uuid,
-        kind: ControlKind,
-        target_worker: Option<&str>,
-        payload: serde_json::Value,
-    ) -> Result<Uuid, StoreError> {
-        let id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await?;
-        if kind == ControlKind::Resume {
-            // The agent's row lock orders resumes of one agent: the second sees the first.
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM agents WHERE id = $1 FOR UPDATE")
-                    .bind(agent_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let resuming: bool = sqlx::query_scalar(super::RESUME_IN_HAND)
-                .bind(agent_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            super::resume_allowed(status.as_deref(), resuming)?;
-        }
-        sqlx::query(
-            "INSERT INTO requests (id, kind, agent_id, payload, target_worker, dispatched_at) \
-             VALUES ($1, $2, $3, $4, $5, now())",
-        )
-        .bind(id)
-        .bind(kind.as_str())
-        .bind(agent_id)
-        .bind(payload)
-        .bind(target_worker)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    pub async fn complete_request(
-        &self,
-        request_id: Uuid,
-        error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE requests SET status = CASE WHEN $2::text IS NULL THEN 'done' ELSE 'failed' END, \
-             error = $2, updated_at = now() WHERE id = $1",
-        )
-        .bind(request_id)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Takes an agent that waits for input back into `starting` for `owner`.
-    pub async fn claim_resume(
-        &self,
-        agent_id: Uuid,
-        owner: &Owner,
-        node: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE agents SET status = 'starting', worker_id = $2, owner_epoch = $3, node_id = $4, \
-             pending_questions = NULL, result = NULL, error = NULL, exit_code = NULL, \
-             output_offset = 0, finished_at = NULL, updated_at = now() \
-             WHERE id = $1 AND status = 'waiting_for_input'",
-        )
-        .bind(agent_id)
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(node)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Removes an agent's rows: events, requests, the agent.
-    pub async fn delete_agent_rows(&self, agent_id: Uuid) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM agent_events WHERE agent_id = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM requests WHERE agent_id = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM agents WHERE id = $1")
-            .bind(agent_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn set_dismissed(&self, agent_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("UPDATE agents SET dismissed = true, updated_at = now() WHERE id = $1")
-            .bind(agent_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Of `names`, those that still have an agent row.
-    pub async fn existing_agent_names(
-        &self,
-        names: &[String],
-    ) -> Result<HashSet<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT name FROM agents WHERE name = ANY($1)")
-                .bind(names)
-                .fetch_all(&self.pool)
-                .await?
-                .into_iter()
-                .collect(),
-        )
-    }
-
-    /// Agents by id, in one query.
-    pub async fn agents_by_id(&self, ids: &[Uuid]) -> Result<Vec<Agent>, StoreError> {
-        let rows = sqlx::query(crate::store::postgres::select_agents_by_ids())
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(agent_from_row).collect()
-    }
-
-    /// Finishes an agent without an owner check (its owner is gone or was never there).
-    pub async fn finish_unowned(
-        &self,
-        agent_id: Uuid,
-        status: &str,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        finish_unowned(&mut tx, agent_id, status, reason).await?;
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
 /// A process on the same node that was running may still run: it is adopted, never
 /// re-queued (that would run it twice).
 fn same_node_process_may_run(same_node: bool, status: &str) -> bool {
     same_node && status == "running"
-}
-
-async fn finish_unowned(
-    tx: &mut sqlx::PgConnection,
-    agent_id: Uuid,
-    status: &str,
-    reason: &str,
-) -> Result<(), StoreError> {
-    // Clearing the owner epoch fences off the worker that ran it, should it come back.
-    sqlx::query(
-        "UPDATE agents SET status = $2, error = $3, owner_epoch = NULL, account_held = false, \
-         finished_at = now(), updated_at = now() WHERE id = $1",
-    )
-    .bind(agent_id)
-    .bind(status)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE requests SET status = 'failed', error = $2, updated_at = now() \
-         WHERE agent_id = $1 AND kind IN ('spawn', 'resume') AND status IN ('pending', 'claimed')",
-    )
-    .bind(agent_id)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

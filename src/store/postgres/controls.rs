@@ -1,17 +1,19 @@
-//! Postgres adapter, continued: control requests (stop, delete, resume, dismiss, cleanup)
-//! as the queue delivers them. A delivered job names its request; the worker claims the row in one
+//! Postgres adapter: control requests (stop, delete, resume, dismiss, cleanup) as the queue
+//! delivers them. A delivered job names its request; the worker claims the row in one
 //! statement, so a job delivered twice acts once. The re-dispatcher sends again, in one
 //! statement, whatever the queue seems to have lost — spawns and controls alike — so an
 //! idle worker's fallback costs the store one transaction per interval.
 
+use std::time::Duration;
+
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::postgres::PgStore;
-use super::rows::{control_from_row, control_stats_from_row, pending_control_from_row};
-use super::{
-    ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests, PendingControl,
-    StoreError,
+use super::PgStore;
+use crate::store::rows::{control_from_row, control_stats_from_row, pending_control_from_row};
+use crate::store::{
+    ControlKind, ControlQueueStats, ControlRequest, DueControl, DueParams, DueRequests,
+    PendingControl, StoreError,
 };
 
 /// The control kinds a worker acts on.
@@ -22,6 +24,61 @@ macro_rules! controls {
 }
 
 impl PgStore {
+    /// Records a control request for the worker that owns the agent (None: no live owner,
+    /// any worker on the agent's node may act).
+    pub async fn record_control(
+        &self,
+        agent_id: Uuid,
+        kind: ControlKind,
+        target_worker: Option<&str>,
+        payload: serde_json::Value,
+    ) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
+        if kind == ControlKind::Resume {
+            // The agent's row lock orders resumes of one agent: the second sees the first.
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM agents WHERE id = $1 FOR UPDATE")
+                    .bind(agent_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let resuming: bool = sqlx::query_scalar(crate::store::RESUME_IN_HAND)
+                .bind(agent_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            crate::store::resume_allowed(status.as_deref(), resuming)?;
+        }
+        sqlx::query(
+            "INSERT INTO requests (id, kind, agent_id, payload, target_worker, dispatched_at) \
+             VALUES ($1, $2, $3, $4, $5, now())",
+        )
+        .bind(id)
+        .bind(kind.as_str())
+        .bind(agent_id)
+        .bind(payload)
+        .bind(target_worker)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn complete_request(
+        &self,
+        request_id: Uuid,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE requests SET status = CASE WHEN $2::text IS NULL THEN 'done' ELSE 'failed' END, \
+             error = $2, updated_at = now() WHERE id = $1",
+        )
+        .bind(request_id)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn claim_control(
         &self,
         request_id: Uuid,
@@ -155,5 +212,24 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(pending_control_from_row).collect()
+    }
+
+    /// Spawn requests pending since before `after` (never claimed): marked as dispatched
+    /// again now and returned, so only one worker re-sends each.
+    pub async fn take_redispatch(
+        &self,
+        after: Duration,
+        limit: i64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE requests SET dispatched_at = now() WHERE id IN ( \
+               SELECT id FROM requests WHERE kind = 'spawn' AND status = 'pending' \
+               AND (dispatched_at IS NULL OR dispatched_at < now() - $1 * interval '1 millisecond') \
+               ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+        )
+        .bind(after.as_millis() as f64)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }

@@ -1,146 +1,25 @@
-//! Postgres adapter of the store. The SQL lives here and nowhere else; rows never leave
-//! this file (they become domain types at the boundary).
+//! Postgres adapter: spawn requests and agents — recording a spawn, claiming it, the
+//! owner-fenced writes of a running agent (process, session, branch, events, outcome), and
+//! the unowned ones (cancel, finish, delete) for agents no worker holds.
 
 use std::collections::{BTreeMap, HashSet};
-use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool, Row};
+use sqlx::Row;
 use uuid::Uuid;
 
-use super::rows::{agent_from_row, event_from_row, project_from_row, worker_from_row};
-use super::{
-    ClaimedRequest, EventAppend, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn,
-    SpawnRecord, StoreError,
+use super::PgStore;
+use crate::domain::{Agent, AgentOutcome, QueueStats, StoredEvent};
+use crate::store::rows::{agent_from_row, event_from_row};
+use crate::store::{
+    ClaimedRequest, EventAppend, NewEvent, Owner, ProcessRecord, RecordedSpawn, SpawnRecord,
+    StoreError,
 };
-use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
-
-pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The first key of the advisory locks that serialise spawns sharing an idempotency key
 /// (the second is the key's hash), apart from any other advisory lock.
 const IDEMPOTENCY_LOCK_CLASS: i32 = 0x1d3e;
 
-/// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
-macro_rules! select_agents {
-    ($rest:literal) => {
-        concat!(
-            "SELECT a.id, a.name, a.provider, a.mode, p.name AS project, a.task_id, a.status, ",
-            "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
-            "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
-            "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time, a.account_id ",
-            "FROM agents a JOIN projects p ON p.id = a.project_id ",
-            $rest
-        )
-    };
-}
-
-pub(super) fn select_agents_by_ids() -> &'static str {
-    select_agents!("WHERE a.id = ANY($1) ORDER BY a.created_at, a.id")
-}
-
-#[derive(Clone, Debug)]
-pub struct PgStore {
-    pub(super) pool: PgPool,
-}
-
 impl PgStore {
-    /// Connects, creating the database first when asked and it is missing.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        create_if_missing: bool,
-    ) -> Result<Self, StoreError> {
-        // A worker paused (or partitioned) inside a transaction must not hold its row locks
-        // for ever: the reconciler waits on exactly those rows.
-        let options = PgConnectOptions::from_str(url)?
-            .options([("idle_in_transaction_session_timeout", "5s")]);
-        if create_if_missing {
-            create_database_if_missing(&options).await?;
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
-    }
-
-    pub async fn migrate(&self) -> Result<usize, StoreError> {
-        // None when the schema was never created (no bookkeeping table yet).
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap_or_default();
-        MIGRATOR.run(&self.pool).await?;
-        Ok(super::migrations_applied(&MIGRATOR, &applied))
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    // ---- projects -------------------------------------------------------------------
-
-    pub async fn add_project(
-        &self,
-        name: &str,
-        remote_url: &str,
-        default_branch: &str,
-    ) -> Result<Project, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO projects (id, name, remote_url, default_branch) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (name) DO NOTHING RETURNING id, name, remote_url, default_branch, created_at",
-        )
-        .bind(Uuid::now_v7())
-        .bind(name)
-        .bind(remote_url)
-        .bind(default_branch)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| project_from_row(&r))
-            .transpose()?
-            .ok_or_else(|| StoreError::ProjectExists(name.to_string()))
-    }
-
-    pub async fn project(&self, name: &str) -> Result<Project, StoreError> {
-        sqlx::query(
-            "SELECT id, name, remote_url, default_branch, created_at FROM projects WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| project_from_row(&r))
-        .transpose()?
-        .ok_or_else(|| StoreError::UnknownProject(name.to_string()))
-    }
-
-    pub async fn project_by_id(&self, id: Uuid) -> Result<Project, StoreError> {
-        sqlx::query(
-            "SELECT id, name, remote_url, default_branch, created_at FROM projects WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| project_from_row(&r))
-        .transpose()?
-        .ok_or_else(|| StoreError::UnknownProject(id.to_string()))
-    }
-
-    pub async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, remote_url, default_branch, created_at FROM projects ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(project_from_row).collect()
-    }
-
-    // ---- requests and agents -------------------------------------------------------
-
     /// Records a spawn: the agent row (status `pending`) and its request, in one
     /// transaction. An idempotency key seen before returns the earlier agent unchanged for
     /// the same request and is refused for a different one, with nothing written.
@@ -162,7 +41,7 @@ impl PgStore {
             .await?;
             if let Some(row) = earlier {
                 tx.rollback().await?;
-                super::same_request(key, row.try_get("request_hash")?, spawn.request_hash)?;
+                crate::store::same_request(key, row.try_get("request_hash")?, spawn.request_hash)?;
                 let agent_id: Uuid = row.try_get("agent_id")?;
                 return Ok(RecordedSpawn {
                     agent: self.agent(&agent_id.to_string()).await?,
@@ -455,6 +334,17 @@ impl PgStore {
             .await?)
     }
 
+    /// Agents by id, in one query.
+    pub async fn agents_by_id(&self, ids: &[Uuid]) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(select_agents!(
+            "WHERE a.id = ANY($1) ORDER BY a.created_at, a.id"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
     /// Records the started process; fenced by the owner.
     pub async fn mark_running(
         &self,
@@ -657,111 +547,146 @@ impl PgStore {
         Ok(true)
     }
 
-    // ---- workers and leases --------------------------------------------------------
-
-    /// Registers a worker with a fresh epoch and a lease of `ttl`; returns the epoch.
-    pub async fn register_worker(
+    /// Finishes an agent without an owner check (its owner is gone or was never there).
+    pub async fn finish_unowned(
         &self,
-        w: &NewWorker<'_>,
-        ttl: Duration,
+        agent_id: Uuid,
+        status: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        finish_unowned_in(&mut tx, agent_id, status, reason).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends one event to an agent's log without an owner (the reconciler and other
+    /// control paths, when no worker supervises the agent).
+    pub async fn append_event_unowned(
+        &self,
+        agent_id: Uuid,
+        kind: &str,
+        data: &serde_json::Value,
     ) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, lease_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, nextval('fleet_epoch_seq'), now() + $7 * interval '1 millisecond') \
-             RETURNING epoch",
+            "INSERT INTO agent_events (agent_id, seq, kind, data) \
+             SELECT $1, COALESCE(max(seq), 0) + 1, $2, $3 FROM agent_events WHERE agent_id = $1 \
+             RETURNING seq",
         )
-        .bind(w.id)
-        .bind(w.node_id)
-        .bind(w.host)
-        .bind(w.pid)
-        .bind(w.pid_start_time)
-        .bind(w.capacity)
-        .bind(ttl.as_millis() as f64)
+        .bind(agent_id)
+        .bind(kind)
+        .bind(data)
         .fetch_one(&self.pool)
         .await?)
     }
 
-    /// Renews the lease; false means it was lost (expired and taken over, or ended).
-    pub async fn renew_lease(
+    /// Stops an agent that no worker has claimed yet; false if a worker got it first.
+    pub async fn cancel_pending(&self, agent_id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let cancelled = sqlx::query(
+            "UPDATE requests SET status = 'cancelled', error = $2, updated_at = now() \
+             WHERE agent_id = $1 AND kind = 'spawn' AND status = 'pending'",
+        )
+        .bind(agent_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        if cancelled.rows_affected() == 0 {
+            return Ok(false);
+        }
+        finish_unowned_in(&mut tx, agent_id, "stopped", reason).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Takes an agent that waits for input back into `starting` for `owner`.
+    pub async fn claim_resume(
         &self,
+        agent_id: Uuid,
         owner: &Owner,
-        ttl: Duration,
-        running: i32,
+        node: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE workers SET lease_expires_at = now() + $3 * interval '1 millisecond', \
-             last_heartbeat_at = now(), running = $4 \
-             WHERE id = $1 AND epoch = $2 AND status = 'alive'",
+            "UPDATE agents SET status = 'starting', worker_id = $2, owner_epoch = $3, node_id = $4, \
+             pending_questions = NULL, result = NULL, error = NULL, exit_code = NULL, \
+             output_offset = 0, finished_at = NULL, updated_at = now() \
+             WHERE id = $1 AND status = 'waiting_for_input'",
         )
+        .bind(agent_id)
         .bind(&owner.worker_id)
         .bind(owner.epoch)
-        .bind(ttl.as_millis() as f64)
-        .bind(running)
+        .bind(node)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Ends the worker's lease. With `handoff`, its still-running agents stay for the
-    /// next worker on the node, which adopts them at once; other nodes wait `handoff`
-    /// before they reconcile them.
-    pub async fn deregister_worker(
-        &self,
-        owner: &Owner,
-        handoff: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        let grace_ms = handoff.map(|d| d.as_millis() as f64).unwrap_or(0.0);
-        sqlx::query(
-            "UPDATE workers SET status = 'stopped', running = 0, \
-             lease_expires_at = now() + $3 * interval '1 millisecond' \
-             WHERE id = $1 AND epoch = $2",
-        )
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(grace_ms)
-        .execute(&self.pool)
-        .await?;
+    /// Removes an agent's rows: events, requests, the agent.
+    pub async fn delete_agent_rows(&self, agent_id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM agent_events WHERE agent_id = $1")
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM requests WHERE agent_id = $1")
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(agent_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, node_id, host, pid, capacity, running, status, epoch, started_at, \
-             last_heartbeat_at, lease_expires_at, \
-             EXTRACT(EPOCH FROM (now() - last_heartbeat_at))::float8 AS lease_age \
-             FROM workers ORDER BY started_at, id",
+    pub async fn set_dismissed(&self, agent_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET dismissed = true, updated_at = now() WHERE id = $1")
+            .bind(agent_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Of `names`, those that still have an agent row.
+    pub async fn existing_agent_names(
+        &self,
+        names: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM agents WHERE name = ANY($1)")
+                .bind(names)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .collect(),
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(worker_from_row).collect()
     }
 }
 
-async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
-    let Some(name) = options.get_database().map(str::to_string) else {
-        return Ok(());
-    };
-    let mut conn = options.clone().database("postgres").connect().await?;
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&name)
-        .fetch_optional(&mut conn)
-        .await?;
-    if exists.is_none() {
-        let quoted = name.replace('"', "\"\"");
-        // Two processes may race to create it; the loser's "already exists" is fine.
-        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
-            .execute(&mut conn)
-            .await
-        {
-            let duplicate = e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "42P04" || c == "23505");
-            if !duplicate {
-                return Err(e.into());
-            }
-        }
-    }
-    conn.close().await?;
+pub(super) async fn finish_unowned_in(
+    tx: &mut sqlx::PgConnection,
+    agent_id: Uuid,
+    status: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    // Clearing the owner epoch fences off the worker that ran it, should it come back.
+    sqlx::query(
+        "UPDATE agents SET status = $2, error = $3, owner_epoch = NULL, account_held = false, \
+         finished_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(agent_id)
+    .bind(status)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE requests SET status = 'failed', error = $2, updated_at = now() \
+         WHERE agent_id = $1 AND kind IN ('spawn', 'resume') AND status IN ('pending', 'claimed')",
+    )
+    .bind(agent_id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }

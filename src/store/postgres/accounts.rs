@@ -1,15 +1,16 @@
-//! SQLite adapter, continued: provider accounts (the twin of `postgres_accounts.rs`).
-//! Selection runs under SQLite's write lock (`BEGIN IMMEDIATE`), so concurrent selections
-//! queue up and each sees the reservations the one before it committed.
+//! Postgres adapter: provider accounts. Selection is one transaction that locks
+//! the provider's account rows first, so concurrent selections for one provider queue up
+//! and each sees the reservations the one before it committed: two workers never
+//! over-commit an account.
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::super::{AccountPick, NewAccount, Owner, StoreError};
-use super::SqliteStore;
+use super::PgStore;
 use crate::domain::Account;
 use crate::store::rows::account_from_row;
+use crate::store::{AccountPick, NewAccount, Owner, StoreError};
 
 /// A SELECT of an account with the number of agents holding it, followed by `$rest`.
 macro_rules! select_accounts {
@@ -24,11 +25,11 @@ macro_rules! select_accounts {
     };
 }
 
-impl SqliteStore {
+impl PgStore {
     pub async fn add_account(&self, new: &NewAccount<'_>) -> Result<Account, StoreError> {
         let inserted = sqlx::query(
             "INSERT INTO accounts (id, provider, label, kind, sealed, key_id, fingerprint, max_concurrent) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (label) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (label) DO NOTHING",
         )
         .bind(new.id)
         .bind(new.provider)
@@ -54,7 +55,7 @@ impl SqliteStore {
     }
 
     pub async fn account_by_id(&self, id: Uuid) -> Result<Account, StoreError> {
-        sqlx::query(select_accounts!("WHERE a.id = ?1"))
+        sqlx::query(select_accounts!("WHERE a.id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -64,7 +65,7 @@ impl SqliteStore {
     }
 
     pub async fn remove_account(&self, label: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM accounts WHERE label = ?1")
+        let done = sqlx::query("DELETE FROM accounts WHERE label = $1")
             .bind(label)
             .execute(&self.pool)
             .await?;
@@ -75,11 +76,10 @@ impl SqliteStore {
     }
 
     pub async fn reset_account(&self, label: &str) -> Result<Account, StoreError> {
-        let id: Option<Uuid> = sqlx::query_scalar(concat!(
-            "UPDATE accounts SET exhausted_until = NULL, invalid_reason = NULL, updated_at = ",
-            now!(),
-            " WHERE label = ?1 RETURNING id"
-        ))
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE accounts SET exhausted_until = NULL, invalid_reason = NULL, updated_at = now() \
+             WHERE label = $1 RETURNING id",
+        )
         .bind(label)
         .fetch_optional(&self.pool)
         .await?;
@@ -94,30 +94,27 @@ impl SqliteStore {
         provider: &str,
         exclude: &[Uuid],
     ) -> Result<AccountPick, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE provider = ?1")
-            .bind(provider)
-            .fetch_one(&mut *tx)
-            .await?;
+        let mut tx = self.pool.begin().await?;
+        let all: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM accounts WHERE provider = $1 ORDER BY id FOR UPDATE",
+        )
+        .bind(provider)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut pick = AccountPick {
             account: None,
-            provider_accounts: total,
+            provider_accounts: all.len() as i64,
         };
-        if total == 0 {
+        if all.is_empty() {
             return Ok(pick);
         }
-        let exclude: Vec<String> = exclude.iter().map(|id| id.simple().to_string()).collect();
-        let exclude = serde_json::to_string(&exclude).unwrap_or_else(|_| "[]".into());
-        let row = sqlx::query(concat!(
-            select_accounts!(
-                "WHERE a.provider = ?1 AND a.invalid_reason IS NULL \
-                 AND lower(hex(a.id)) NOT IN (SELECT value FROM json_each(?2)) \
-                 AND (a.max_concurrent IS NULL OR (SELECT count(*) FROM agents g \
-                      WHERE g.account_id = a.id AND g.account_held AND g.id <> ?3) < a.max_concurrent) \
-                 AND (a.exhausted_until IS NULL OR a.exhausted_until <= "
-            ),
-            now!(),
-            ") ORDER BY a.last_used_at IS NOT NULL, a.last_used_at, a.created_at, a.id LIMIT 1"
+        let row = sqlx::query(select_accounts!(
+            "WHERE a.provider = $1 AND a.invalid_reason IS NULL \
+             AND (a.exhausted_until IS NULL OR a.exhausted_until <= now()) \
+             AND NOT (a.id = ANY($2)) \
+             AND (a.max_concurrent IS NULL OR (SELECT count(*) FROM agents g \
+                  WHERE g.account_id = a.id AND g.account_held AND g.id <> $3) < a.max_concurrent) \
+             ORDER BY a.last_used_at ASC NULLS FIRST, a.created_at, a.id LIMIT 1"
         ))
         .bind(provider)
         .bind(exclude)
@@ -126,12 +123,10 @@ impl SqliteStore {
         .await?;
         let Some(row) = row else { return Ok(pick) };
         let account = account_from_row(&row)?;
-        let held = sqlx::query(concat!(
-            "UPDATE agents SET account_id = ?4, account_held = 1, updated_at = ",
-            now!(),
-            " WHERE ",
-            owned_by!()
-        ))
+        let held = sqlx::query(
+            "UPDATE agents SET account_id = $4, account_held = true, updated_at = now() \
+             WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
+        )
         .bind(agent_id)
         .bind(&owner.worker_id)
         .bind(owner.epoch)
@@ -141,7 +136,10 @@ impl SqliteStore {
         if held.rows_affected() == 0 {
             return Ok(pick);
         }
-        touch(&mut tx, account.id).await?;
+        sqlx::query("UPDATE accounts SET last_used_at = clock_timestamp() WHERE id = $1")
+            .bind(account.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         pick.account = Some(account);
         Ok(pick)
@@ -153,14 +151,12 @@ impl SqliteStore {
         owner: &Owner,
         account_id: Uuid,
     ) -> Result<Option<Account>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let held = sqlx::query(concat!(
-            "UPDATE agents SET account_id = ?4, account_held = 1, updated_at = ",
-            now!(),
-            " WHERE ",
-            owned_by!(),
-            " AND EXISTS (SELECT 1 FROM accounts WHERE id = ?4)"
-        ))
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "UPDATE agents SET account_id = $4, account_held = true, updated_at = now() \
+             WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3 \
+             AND EXISTS (SELECT 1 FROM accounts WHERE id = $4)",
+        )
         .bind(agent_id)
         .bind(&owner.worker_id)
         .bind(owner.epoch)
@@ -170,7 +166,10 @@ impl SqliteStore {
         if held.rows_affected() == 0 {
             return Ok(None);
         }
-        touch(&mut tx, account_id).await?;
+        sqlx::query("UPDATE accounts SET last_used_at = clock_timestamp() WHERE id = $1")
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(self.account_by_id(account_id).await?))
     }
@@ -180,15 +179,12 @@ impl SqliteStore {
         account_id: Uuid,
         for_: Duration,
     ) -> Result<(), StoreError> {
-        sqlx::query(concat!(
-            "UPDATE accounts SET exhausted_until = ",
-            lease_until!("?2"),
-            ", updated_at = ",
-            now!(),
-            " WHERE id = ?1"
-        ))
+        sqlx::query(
+            "UPDATE accounts SET exhausted_until = now() + $2 * interval '1 millisecond', \
+             updated_at = now() WHERE id = $1",
+        )
         .bind(account_id)
-        .bind(for_.as_secs_f64())
+        .bind(for_.as_millis() as f64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -199,15 +195,11 @@ impl SqliteStore {
         account_id: Uuid,
         reason: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(concat!(
-            "UPDATE accounts SET invalid_reason = ?2, updated_at = ",
-            now!(),
-            " WHERE id = ?1"
-        ))
-        .bind(account_id)
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE accounts SET invalid_reason = $2, updated_at = now() WHERE id = $1")
+            .bind(account_id)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -217,16 +209,14 @@ impl SqliteStore {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
-            "UPDATE accounts SET refresh_holder = ?2, refresh_until = ",
-            lease_until!("?3"),
-            " WHERE id = ?1 AND (refresh_holder IS NULL OR refresh_holder = ?2 OR refresh_until < ",
-            now!(),
-            ")"
-        ))
+        let done = sqlx::query(
+            "UPDATE accounts SET refresh_holder = $2, \
+             refresh_until = now() + $3 * interval '1 millisecond' \
+             WHERE id = $1 AND (refresh_holder IS NULL OR refresh_holder = $2 OR refresh_until < now())",
+        )
         .bind(account_id)
         .bind(holder)
-        .bind(ttl.as_secs_f64())
+        .bind(ttl.as_millis() as f64)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -239,7 +229,7 @@ impl SqliteStore {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE accounts SET refresh_holder = NULL, refresh_until = NULL \
-             WHERE id = ?1 AND refresh_holder = ?2",
+             WHERE id = $1 AND refresh_holder = $2",
         )
         .bind(account_id)
         .bind(holder)
@@ -255,12 +245,10 @@ impl SqliteStore {
         sealed: &[u8],
         key_id: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
-            "UPDATE accounts SET sealed = ?3, key_id = ?4, refresh_holder = NULL, \
-             refresh_until = NULL, updated_at = ",
-            now!(),
-            " WHERE id = ?1 AND refresh_holder = ?2"
-        ))
+        let done = sqlx::query(
+            "UPDATE accounts SET sealed = $3, key_id = $4, refresh_holder = NULL, \
+             refresh_until = NULL, updated_at = now() WHERE id = $1 AND refresh_holder = $2",
+        )
         .bind(account_id)
         .bind(holder)
         .bind(sealed)
@@ -277,11 +265,10 @@ impl SqliteStore {
         sealed: &[u8],
         key_id: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
-            "UPDATE accounts SET sealed = ?3, key_id = ?4, updated_at = ",
-            now!(),
-            " WHERE id = ?1 AND sealed = ?2"
-        ))
+        let done = sqlx::query(
+            "UPDATE accounts SET sealed = $3, key_id = $4, updated_at = now() \
+             WHERE id = $1 AND sealed = $2",
+        )
         .bind(account_id)
         .bind(old)
         .bind(sealed)
@@ -292,13 +279,11 @@ impl SqliteStore {
     }
 
     pub async fn restart_run(&self, agent_id: Uuid, owner: &Owner) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
+        let done = sqlx::query(
             "UPDATE agents SET status = 'starting', output_offset = 0, pid = NULL, \
-             pid_start_time = NULL, updated_at = ",
-            now!(),
-            " WHERE ",
-            owned_by!()
-        ))
+             pid_start_time = NULL, updated_at = now() \
+             WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
+        )
         .bind(agent_id)
         .bind(&owner.worker_id)
         .bind(owner.epoch)
@@ -306,18 +291,4 @@ impl SqliteStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
-}
-
-/// Marks the account as just used. The timestamp format sorts as text, with milliseconds,
-/// which is fine enough to order selections.
-async fn touch(tx: &mut sqlx::SqliteConnection, account_id: Uuid) -> Result<(), StoreError> {
-    sqlx::query(concat!(
-        "UPDATE accounts SET last_used_at = ",
-        now!(),
-        " WHERE id = ?1"
-    ))
-    .bind(account_id)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }

@@ -1,195 +1,21 @@
-//! SQLite adapter of the store: the embedded default, one file on one machine. The SQL
-//! lives here and nowhere else; rows never leave this file.
-//!
-//! The file is opened in WAL mode with `synchronous=NORMAL` (durable across process
-//! crashes; never OFF), a busy timeout so writers from several processes (`up` and a CLI
-//! `spawn`) wait for each other instead of failing, and foreign keys on. SQLite has one
-//! writer at a time, which makes every single-statement claim or fenced write atomic; the
-//! multi-statement writes run in `BEGIN IMMEDIATE` transactions, which take the write lock
-//! up front so a read-then-write never fails on a stale snapshot.
+//! SQLite adapter: spawn requests and agents — recording a spawn, claiming it, the
+//! owner-fenced writes of a running agent (process, session, branch, events, outcome), and
+//! the unowned ones (cancel, finish, delete) for agents no worker holds.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::Row;
 use uuid::Uuid;
 
-use super::rows::{agent_from_row, event_from_row, project_from_row, worker_from_row};
-use super::{
-    ClaimedRequest, EventAppend, NewEvent, NewWorker, Owner, ProcessRecord, RecordedSpawn,
-    SpawnRecord, StoreError,
+use super::SqliteStore;
+use crate::domain::{Agent, AgentOutcome, QueueStats, StoredEvent};
+use crate::store::rows::{agent_from_row, event_from_row};
+use crate::store::{
+    ClaimedRequest, EventAppend, NewEvent, Owner, ProcessRecord, RecordedSpawn, SpawnRecord,
+    StoreError,
 };
-use crate::domain::{Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
-
-pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// Writers wait this long for another process's write to end.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Now, in the one text format every timestamp of this schema uses.
-macro_rules! now {
-    () => {
-        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-    };
-}
-
-/// Now plus the number of seconds bound at `$param`, in the schema's timestamp format.
-macro_rules! lease_until {
-    ($param:literal) => {
-        concat!(
-            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ",
-            $param,
-            " || ' seconds')"
-        )
-    };
-}
-
-/// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
-macro_rules! select_agents {
-    ($rest:literal) => {
-        concat!(
-            "SELECT a.id, a.name, a.provider, a.mode, p.name AS project, a.task_id, a.status, ",
-            "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
-            "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
-            "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time, a.account_id ",
-            "FROM agents a JOIN projects p ON p.id = a.project_id ",
-            $rest
-        )
-    };
-}
-
-/// The fence every write about an owned agent carries (`?1` agent, `?2` worker, `?3` epoch).
-macro_rules! owned_by {
-    () => {
-        "id = ?1 AND worker_id = ?2 AND owner_epoch = ?3"
-    };
-}
-
-// The fleet's self-repair, in its own file; declared here so it sees this file's macros.
-#[path = "sqlite_accounts.rs"]
-mod accounts;
-#[path = "sqlite_control.rs"]
-mod control;
-#[path = "sqlite_leases.rs"]
-mod leases;
-
-#[derive(Clone, Debug)]
-pub struct SqliteStore {
-    pub(super) pool: SqlitePool,
-}
 
 impl SqliteStore {
-    /// Opens the database file (`sqlite:PATH` or `sqlite://PATH`), creating it and its
-    /// directory first when asked.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        create_if_missing: bool,
-    ) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(create_if_missing)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        if create_if_missing
-            && let Some(dir) = options.get_filename().parent()
-            && !dir.as_os_str().is_empty()
-        {
-            create_dir(dir)?;
-        }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
-    }
-
-    pub async fn migrate(&self) -> Result<usize, StoreError> {
-        // None when the schema was never created (no bookkeeping table yet).
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap_or_default();
-        MIGRATOR.run(&self.pool).await?;
-        Ok(super::migrations_applied(&MIGRATOR, &applied))
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// A write transaction that holds the write lock from its first statement.
-    pub(super) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    // ---- projects -------------------------------------------------------------------
-
-    pub async fn add_project(
-        &self,
-        name: &str,
-        remote_url: &str,
-        default_branch: &str,
-    ) -> Result<Project, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO projects (id, name, remote_url, default_branch) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (name) DO NOTHING RETURNING id, name, remote_url, default_branch, created_at",
-        )
-        .bind(Uuid::now_v7())
-        .bind(name)
-        .bind(remote_url)
-        .bind(default_branch)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| project_from_row(&r))
-            .transpose()?
-            .ok_or_else(|| StoreError::ProjectExists(name.to_string()))
-    }
-
-    pub async fn project(&self, name: &str) -> Result<Project, StoreError> {
-        sqlx::query(
-            "SELECT id, name, remote_url, default_branch, created_at FROM projects WHERE name = ?1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| project_from_row(&r))
-        .transpose()?
-        .ok_or_else(|| StoreError::UnknownProject(name.to_string()))
-    }
-
-    pub async fn project_by_id(&self, id: Uuid) -> Result<Project, StoreError> {
-        sqlx::query(
-            "SELECT id, name, remote_url, default_branch, created_at FROM projects WHERE id = ?1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| project_from_row(&r))
-        .transpose()?
-        .ok_or_else(|| StoreError::UnknownProject(id.to_string()))
-    }
-
-    pub async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, name, remote_url, default_branch, created_at FROM projects ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(project_from_row).collect()
-    }
-
-    // ---- requests and agents -------------------------------------------------------
-
     /// Records a spawn: the agent row (status `pending`) and its request, in one
     /// transaction. An idempotency key seen before returns the earlier agent unchanged for
     /// the same request and is refused for a different one, with nothing written.
@@ -206,7 +32,7 @@ impl SqliteStore {
             .await?;
             if let Some(row) = earlier {
                 tx.rollback().await?;
-                super::same_request(key, row.try_get("request_hash")?, spawn.request_hash)?;
+                crate::store::same_request(key, row.try_get("request_hash")?, spawn.request_hash)?;
                 let agent_id: Uuid = row.try_get("agent_id")?;
                 return Ok(RecordedSpawn {
                     agent: self.agent(&agent_id.to_string()).await?,
@@ -507,6 +333,12 @@ impl SqliteStore {
         rows.iter().map(agent_from_row).collect()
     }
 
+    pub async fn count_agents(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM agents")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Agents by id (few at a time: the ones a reconciliation touched).
     pub async fn agents_by_id(&self, ids: &[Uuid]) -> Result<Vec<Agent>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
@@ -518,12 +350,6 @@ impl SqliteStore {
             }
         }
         Ok(out)
-    }
-
-    pub async fn count_agents(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM agents")
-            .fetch_one(&self.pool)
-            .await?)
     }
 
     /// Records the started process; fenced by the owner.
@@ -710,106 +536,119 @@ impl SqliteStore {
         Ok(true)
     }
 
-    // ---- workers and leases --------------------------------------------------------
-
-    /// Registers a worker with a fresh epoch (from the one-row counter, in the same
-    /// transaction) and a lease of `ttl`; returns the epoch.
-    pub async fn register_worker(
+    pub async fn finish_unowned(
         &self,
-        w: &NewWorker<'_>,
-        ttl: Duration,
-    ) -> Result<i64, StoreError> {
+        agent_id: Uuid,
+        status: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let epoch: i64 = sqlx::query_scalar(
-            "UPDATE fleet_epoch SET value = value + 1 WHERE id = 1 RETURNING value",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(concat!(
-            "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, \
-             lease_expires_at) VALUES (?1, ?2, ?3, ?4, ?8, ?5, ?6, ",
-            lease_until!("?7"),
-            ")"
-        ))
-        .bind(w.id)
-        .bind(w.node_id)
-        .bind(w.host)
-        .bind(w.pid)
-        .bind(w.capacity)
-        .bind(epoch)
-        .bind(seconds(ttl))
-        .bind(w.pid_start_time)
-        .execute(&mut *tx)
-        .await?;
+        finish_unowned_in(&mut tx, agent_id, status, reason).await?;
         tx.commit().await?;
-        Ok(epoch)
+        Ok(())
     }
 
-    /// Renews the lease; false means it was lost (expired and taken over, or ended).
-    pub async fn renew_lease(
+    pub async fn append_event_unowned(
         &self,
+        agent_id: Uuid,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO agent_events (agent_id, seq, kind, data) \
+             SELECT ?1, COALESCE(max(seq), 0) + 1, ?2, ?3 FROM agent_events WHERE agent_id = ?1 \
+             RETURNING seq",
+        )
+        .bind(agent_id)
+        .bind(kind)
+        .bind(data)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    pub async fn cancel_pending(&self, agent_id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let cancelled = sqlx::query(concat!(
+            "UPDATE requests SET status = 'cancelled', error = ?2, updated_at = ",
+            now!(),
+            " WHERE agent_id = ?1 AND kind = 'spawn' AND status = 'pending'"
+        ))
+        .bind(agent_id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        if cancelled.rows_affected() == 0 {
+            return Ok(false);
+        }
+        finish_unowned_in(&mut tx, agent_id, "stopped", reason).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn claim_resume(
+        &self,
+        agent_id: Uuid,
         owner: &Owner,
-        ttl: Duration,
-        running: i32,
+        node: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(concat!(
-            "UPDATE workers SET lease_expires_at = ",
-            lease_until!("?3"),
-            ", last_heartbeat_at = ",
+            "UPDATE agents SET status = 'starting', worker_id = ?2, owner_epoch = ?3, node_id = ?4, \
+             pending_questions = NULL, result = NULL, error = NULL, exit_code = NULL, \
+             output_offset = 0, finished_at = NULL, updated_at = ",
             now!(),
-            ", running = ?4 WHERE id = ?1 AND epoch = ?2 AND status = 'alive'"
+            " WHERE id = ?1 AND status = 'waiting_for_input'"
         ))
+        .bind(agent_id)
         .bind(&owner.worker_id)
         .bind(owner.epoch)
-        .bind(seconds(ttl))
-        .bind(running)
+        .bind(node)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Ends the lease; with `handoff`, still-running agents wait that long for a new
-    /// worker on the node before other nodes reconcile them.
-    pub async fn deregister_worker(
-        &self,
-        owner: &Owner,
-        handoff: Option<Duration>,
-    ) -> Result<(), StoreError> {
+    pub async fn delete_agent_rows(&self, agent_id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for sql in [
+            "DELETE FROM agent_events WHERE agent_id = ?1",
+            "DELETE FROM requests WHERE agent_id = ?1",
+            "DELETE FROM agents WHERE id = ?1",
+        ] {
+            sqlx::query(sql).bind(agent_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_dismissed(&self, agent_id: Uuid) -> Result<(), StoreError> {
         sqlx::query(concat!(
-            "UPDATE workers SET status = 'stopped', running = 0, lease_expires_at = ",
-            lease_until!("?3"),
-            " WHERE id = ?1 AND epoch = ?2"
+            "UPDATE agents SET dismissed = 1, updated_at = ",
+            now!(),
+            " WHERE id = ?1"
         ))
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(handoff.map(seconds).unwrap_or(0.0))
+        .bind(agent_id)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, node_id, host, pid, capacity, running, status, epoch, started_at, \
-             last_heartbeat_at, lease_expires_at, \
-             (julianday('now') - julianday(last_heartbeat_at)) * 86400.0 AS lease_age \
-             FROM workers ORDER BY started_at, id",
+    pub async fn existing_agent_names(
+        &self,
+        names: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let json = serde_json::to_string(names).unwrap_or_else(|_| "[]".into());
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM agents WHERE name IN (SELECT value FROM json_each(?1))",
         )
+        .bind(json)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(worker_from_row).collect()
+        .await?
+        .into_iter()
+        .collect())
     }
-}
-
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-fn create_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })
 }
 
 /// Records `events` and the output offset they reach if `owner` owns the agent (in `tx`).
@@ -852,4 +691,36 @@ async fn append_in(
         .await?;
     }
     Ok(true)
+}
+
+pub(super) async fn finish_unowned_in(
+    tx: &mut sqlx::SqliteConnection,
+    agent_id: Uuid,
+    status: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    // Clearing the owner epoch fences off the worker that ran it, should it come back.
+    sqlx::query(concat!(
+        "UPDATE agents SET status = ?2, error = ?3, owner_epoch = NULL, account_held = 0, \
+         finished_at = ",
+        now!(),
+        ", updated_at = ",
+        now!(),
+        " WHERE id = ?1"
+    ))
+    .bind(agent_id)
+    .bind(status)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(concat!(
+        "UPDATE requests SET status = 'failed', error = ?2, updated_at = ",
+        now!(),
+        " WHERE agent_id = ?1 AND kind IN ('spawn', 'resume') AND status IN ('pending', 'claimed')"
+    ))
+    .bind(agent_id)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

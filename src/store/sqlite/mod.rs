@@ -1,0 +1,147 @@
+//! SQLite adapter of the store: the embedded default, one file on one machine. The SQL
+//! lives in this folder and nowhere else; rows never leave it. Its files follow the port's
+//! groups, as the Postgres adapter's do: `projects`, `agents` (requests and agents),
+//! `controls` (control requests and re-dispatch), `workers` (leases and reconciling),
+//! `accounts`.
+//!
+//! The file is opened in WAL mode with `synchronous=NORMAL` (durable across process
+//! crashes; never OFF), a busy timeout so writers from several processes (`up` and a CLI
+//! `spawn`) wait for each other instead of failing, and foreign keys on. SQLite has one
+//! writer at a time, which makes every single-statement claim or fenced write atomic; the
+//! multi-statement writes run in `BEGIN IMMEDIATE` transactions, which take the write lock
+//! up front so a read-then-write never fails on a stale snapshot.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::StoreError;
+
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Writers wait this long for another process's write to end.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Now, in the one text format every timestamp of this schema uses.
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    };
+}
+
+/// Now plus the number of seconds bound at `$param`, in the schema's timestamp format.
+macro_rules! lease_until {
+    ($param:literal) => {
+        concat!(
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ",
+            $param,
+            " || ' seconds')"
+        )
+    };
+}
+
+/// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
+macro_rules! select_agents {
+    ($rest:literal) => {
+        concat!(
+            "SELECT a.id, a.name, a.provider, a.mode, p.name AS project, a.task_id, a.status, ",
+            "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
+            "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
+            "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
+            "a.pid_start_time, a.account_id ",
+            "FROM agents a JOIN projects p ON p.id = a.project_id ",
+            $rest
+        )
+    };
+}
+
+/// The fence every write about an owned agent carries (`?1` agent, `?2` worker, `?3` epoch).
+macro_rules! owned_by {
+    () => {
+        "id = ?1 AND worker_id = ?2 AND owner_epoch = ?3"
+    };
+}
+
+/// Now minus the seconds bound at `$param`, in the schema's timestamp format.
+macro_rules! ago {
+    ($param:literal) => {
+        concat!(
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ",
+            $param,
+            " || ' seconds')"
+        )
+    };
+}
+
+// Declared after the macros above so they see them.
+mod accounts;
+mod agents;
+mod controls;
+mod projects;
+mod workers;
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pub(super) pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens the database file (`sqlite:PATH` or `sqlite://PATH`), creating it and its
+    /// directory first when asked.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        create_if_missing: bool,
+    ) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(create_if_missing)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        if create_if_missing
+            && let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            create_dir(dir)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        // None when the schema was never created (no bookkeeping table yet).
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default();
+        MIGRATOR.run(&self.pool).await?;
+        Ok(crate::store::migrations_applied(&MIGRATOR, &applied))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A write transaction that holds the write lock from its first statement.
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })
+}
