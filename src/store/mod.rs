@@ -13,6 +13,10 @@
 //! `tests/store_conformance.rs` (it runs against both adapters). The list is the port: a
 //! method missing from either adapter does not compile.
 
+// First, so the adapters declared after it see its macros.
+#[macro_use]
+mod shared;
+
 mod postgres;
 mod rows;
 mod sqlite;

@@ -2,7 +2,11 @@
 //! process shares. The SQL lives in this folder and nowhere else; rows never leave it (they
 //! become domain types at the boundary). Its files follow the port's groups, as the SQLite
 //! adapter's do: `projects`, `agents` (requests and agents), `controls` (control requests
-//! and re-dispatch), `workers` (leases and reconciling), `accounts`.
+//! and re-dispatch), `workers` (leases and reconciling), `accounts`. Each expands the
+//! operations whose SQL both dialects share (`store/shared/`, with the time macros below)
+//! and holds what is Postgres's own: arrays (`ANY`, `unnest`) where SQLite loops or reads
+//! JSON, one-statement claims with `FOR UPDATE SKIP LOCKED` where SQLite takes its write
+//! lock, advisory locks, and the epoch sequence.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,18 +18,45 @@ use super::StoreError;
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
-macro_rules! select_agents {
-    ($rest:literal) => {
-        concat!(
-            "SELECT a.id, a.name, a.provider, a.mode, p.name AS project, a.task_id, a.status, ",
-            "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
-            "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
-            "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time, a.account_id ",
-            "FROM agents a JOIN projects p ON p.id = a.project_id ",
-            $rest
-        )
+/// Now: the transaction's start, which every timestamp one transaction writes shares.
+macro_rules! now {
+    () => {
+        "now()"
+    };
+}
+
+/// Now plus the seconds bound at `$param`.
+macro_rules! from_now {
+    ($param:literal) => {
+        concat!("now() + ", $param, " * interval '1 second'")
+    };
+}
+
+/// Now minus the seconds bound at `$param`.
+macro_rules! ago {
+    ($param:literal) => {
+        concat!("now() - ", $param, " * interval '1 second'")
+    };
+}
+
+/// The seconds from the timestamp `$at` to now, as a float.
+macro_rules! seconds_since {
+    ($at:literal) => {
+        concat!("extract(epoch FROM now() - ", $at, ")::float8")
+    };
+}
+
+/// The wall clock, which moves within a transaction (unlike `now()`).
+macro_rules! clock {
+    () => {
+        "clock_timestamp()"
+    };
+}
+
+/// Locks the rows a SELECT reads until the transaction ends.
+macro_rules! for_update {
+    () => {
+        " FOR UPDATE"
     };
 }
 
@@ -76,6 +107,14 @@ impl PgStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// A transaction that may write. Postgres orders writers by the row locks they take,
+    /// so it begins as any other (SQLite's takes its write lock up front).
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
     }
 }
 

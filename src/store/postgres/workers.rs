@@ -1,6 +1,7 @@
-//! Postgres adapter: workers and their leases, and the fleet's self-repair — reconciling
-//! dead workers (one actor per dead worker, by `FOR UPDATE SKIP LOCKED`) and adopting a
-//! same-node worker's agents.
+//! Postgres adapter: workers and their leases. Renewing, ending and listing are expanded
+//! from `store/shared/workers.rs`; here are Postgres's own: registering (the epoch comes
+//! from a sequence) and the fleet's self-repair — reconciling dead workers, one actor per
+//! dead worker by `FOR UPDATE SKIP LOCKED`, and adopting a same-node worker's agents.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,10 +10,9 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::agents::finish_unowned_in;
-use crate::domain::WorkerInfo;
-use crate::store::rows::worker_from_row;
-use crate::store::{NewWorker, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError};
+use crate::store::{NewWorker, Owner, ReconcilePolicy, Reconciled, StoreError};
+
+shared_workers!(PgStore);
 
 const LIVE: &str = "('starting', 'running')";
 
@@ -31,97 +31,21 @@ impl PgStore {
         w: &NewWorker<'_>,
         ttl: Duration,
     ) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, lease_expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, nextval('fleet_epoch_seq'), now() + $7 * interval '1 millisecond') \
-             RETURNING epoch",
-        )
+        Ok(sqlx::query_scalar(concat!(
+            "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, \
+             lease_expires_at) VALUES ($1, $2, $3, $4, $5, $6, nextval('fleet_epoch_seq'), ",
+            from_now!("$7"),
+            ") RETURNING epoch"
+        ))
         .bind(w.id)
         .bind(w.node_id)
         .bind(w.host)
         .bind(w.pid)
         .bind(w.pid_start_time)
         .bind(w.capacity)
-        .bind(ttl.as_millis() as f64)
+        .bind(ttl.as_secs_f64())
         .fetch_one(&self.pool)
         .await?)
-    }
-
-    /// Renews the lease; false means it was lost (expired and taken over, or ended).
-    pub async fn renew_lease(
-        &self,
-        owner: &Owner,
-        ttl: Duration,
-        running: i32,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE workers SET lease_expires_at = now() + $3 * interval '1 millisecond', \
-             last_heartbeat_at = now(), running = $4 \
-             WHERE id = $1 AND epoch = $2 AND status = 'alive'",
-        )
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(ttl.as_millis() as f64)
-        .bind(running)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Ends the worker's lease. With `handoff`, its still-running agents stay for the
-    /// next worker on the node, which adopts them at once; other nodes wait `handoff`
-    /// before they reconcile them.
-    pub async fn deregister_worker(
-        &self,
-        owner: &Owner,
-        handoff: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        let grace_ms = handoff.map(|d| d.as_millis() as f64).unwrap_or(0.0);
-        sqlx::query(
-            "UPDATE workers SET status = 'stopped', running = 0, \
-             lease_expires_at = now() + $3 * interval '1 millisecond' \
-             WHERE id = $1 AND epoch = $2",
-        )
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(grace_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, node_id, host, pid, capacity, running, status, epoch, started_at, \
-             last_heartbeat_at, lease_expires_at, \
-             EXTRACT(EPOCH FROM (now() - last_heartbeat_at))::float8 AS lease_age \
-             FROM workers ORDER BY started_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(worker_from_row).collect()
-    }
-
-    /// Alive (by status) workers on `node`, other than `me`, with their process identity:
-    /// the caller checks /proc to learn which of them are really gone.
-    pub async fn peers_on_node(&self, node: &str, me: &str) -> Result<Vec<PeerWorker>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, pid, pid_start_time FROM workers \
-             WHERE node_id = $1 AND id <> $2 AND status = 'alive'",
-        )
-        .bind(node)
-        .bind(me)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PeerWorker {
-                    id: r.try_get("id")?,
-                    pid: r.try_get("pid")?,
-                    pid_start_time: r.try_get("pid_start_time")?,
-                })
-            })
-            .collect()
     }
 
     /// Reconciles at most one dead worker; None when there is nothing to do. A dead worker
@@ -143,7 +67,7 @@ impl PgStore {
         // A lease that ended less than the orphan grace ago may still have live processes
         // (the worker may only be cut off from the store): only a same-node worker whose
         // process is known gone is judged sooner.
-        let ended = "w.lease_expires_at < now() - $4 * interval '1 millisecond'";
+        let ended = concat!("w.lease_expires_at < ", ago!("$4"));
         let pick = format!(
             "SELECT w.id, w.node_id FROM workers w \
              WHERE w.id <> $1 AND ( \
@@ -158,7 +82,7 @@ impl PgStore {
             .bind(&me.worker_id)
             .bind(node)
             .bind(known_dead)
-            .bind(policy.orphan_grace.as_millis() as f64)
+            .bind(policy.orphan_grace.as_secs_f64())
             .fetch_optional(&mut *tx)
             .await?
         else {
@@ -223,7 +147,7 @@ impl PgStore {
             }
             if stop_requested {
                 // The owner is gone; the stop it was asked for is what the agent gets.
-                finish_unowned_in(
+                Self::finish_unowned_in(
                     &mut tx,
                     agent_id,
                     "stopped",
@@ -276,7 +200,7 @@ impl PgStore {
                 } else {
                     "worker_lost".to_string()
                 };
-                finish_unowned_in(&mut tx, agent_id, "crashed", &reason).await?;
+                Self::finish_unowned_in(&mut tx, agent_id, "crashed", &reason).await?;
                 out.crashed.push(agent_id);
             }
         }

@@ -2,7 +2,10 @@
 //! lives in this folder and nowhere else; rows never leave it. Its files follow the port's
 //! groups, as the Postgres adapter's do: `projects`, `agents` (requests and agents),
 //! `controls` (control requests and re-dispatch), `workers` (leases and reconciling),
-//! `accounts`.
+//! `accounts`. Each expands the operations whose SQL both dialects share (`store/shared/`,
+//! with the time macros below) and holds what is SQLite's own: loops or JSON arrays
+//! (`json_each`) where Postgres binds arrays, multi-statement claims under the write lock
+//! where Postgres uses `FOR UPDATE SKIP LOCKED`, and the epoch counter table.
 //!
 //! The file is opened in WAL mode with `synchronous=NORMAL` (durable across process
 //! crashes; never OFF), a busy timeout so writers from several processes (`up` and a CLI
@@ -25,43 +28,21 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// Writers wait this long for another process's write to end.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Now, in the one text format every timestamp of this schema uses.
+/// Now, in the one text format every timestamp of this schema uses (it sorts as text).
 macro_rules! now {
     () => {
         "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
     };
 }
 
-/// Now plus the number of seconds bound at `$param`, in the schema's timestamp format.
-macro_rules! lease_until {
+/// Now plus the seconds bound at `$param`, in the schema's timestamp format.
+macro_rules! from_now {
     ($param:literal) => {
         concat!(
             "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ",
             $param,
             " || ' seconds')"
         )
-    };
-}
-
-/// A SELECT of the agent's API shape (with its project's name), followed by `$rest`.
-macro_rules! select_agents {
-    ($rest:literal) => {
-        concat!(
-            "SELECT a.id, a.name, a.provider, a.mode, p.name AS project, a.task_id, a.status, ",
-            "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
-            "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
-            "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time, a.account_id ",
-            "FROM agents a JOIN projects p ON p.id = a.project_id ",
-            $rest
-        )
-    };
-}
-
-/// The fence every write about an owned agent carries (`?1` agent, `?2` worker, `?3` epoch).
-macro_rules! owned_by {
-    () => {
-        "id = ?1 AND worker_id = ?2 AND owner_epoch = ?3"
     };
 }
 
@@ -73,6 +54,28 @@ macro_rules! ago {
             $param,
             " || ' seconds')"
         )
+    };
+}
+
+/// The seconds from the timestamp `$at` to now, as a float.
+macro_rules! seconds_since {
+    ($at:literal) => {
+        concat!("(julianday('now') - julianday(", $at, ")) * 86400.0")
+    };
+}
+
+/// The wall clock: `now!()`, since SQLite's `'now'` already moves from one statement to
+/// the next (with milliseconds, fine enough to order account selections).
+macro_rules! clock {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    };
+}
+
+/// Nothing: the write lock `begin_write` took already holds every row.
+macro_rules! for_update {
+    () => {
+        ""
     };
 }
 

@@ -1,6 +1,8 @@
-//! SQLite adapter: workers and their leases, and the fleet's self-repair — reconciling
-//! dead workers and adopting a same-node worker's agents, under SQLite's write lock
-//! (`BEGIN IMMEDIATE`) where Postgres uses `FOR UPDATE SKIP LOCKED`.
+//! SQLite adapter: workers and their leases. Renewing, ending and listing are expanded
+//! from `store/shared/workers.rs`; here are SQLite's own: registering (the epoch comes from
+//! a one-row counter) and the fleet's self-repair — reconciling dead workers and adopting
+//! a same-node worker's agents — under SQLite's write lock (`BEGIN IMMEDIATE`) where
+//! Postgres uses `FOR UPDATE SKIP LOCKED`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,18 +11,10 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use super::agents::finish_unowned_in;
-use crate::domain::WorkerInfo;
-use crate::store::rows::worker_from_row;
-use crate::store::{NewWorker, Owner, PeerWorker, ReconcilePolicy, Reconciled, StoreError};
+use crate::store::{NewWorker, Owner, ReconcilePolicy, Reconciled, StoreError};
 
-/// Now minus the orphan grace bound at `?4`: a lease that ended before this also outlived
-/// its processes' dead-man switch.
-macro_rules! grace_ago {
-    () => {
-        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ?4 || ' seconds')"
-    };
-}
+shared_workers!(SqliteStore);
+
 impl SqliteStore {
     /// Registers a worker with a fresh epoch (from the one-row counter, in the same
     /// transaction) and a lease of `ttl`; returns the epoch.
@@ -37,8 +31,8 @@ impl SqliteStore {
         .await?;
         sqlx::query(concat!(
             "INSERT INTO workers (id, node_id, host, pid, pid_start_time, capacity, epoch, \
-             lease_expires_at) VALUES (?1, ?2, ?3, ?4, ?8, ?5, ?6, ",
-            lease_until!("?7"),
+             lease_expires_at) VALUES ($1, $2, $3, $4, $8, $5, $6, ",
+            from_now!("$7"),
             ")"
         ))
         .bind(w.id)
@@ -47,87 +41,12 @@ impl SqliteStore {
         .bind(w.pid)
         .bind(w.capacity)
         .bind(epoch)
-        .bind(seconds(ttl))
+        .bind(ttl.as_secs_f64())
         .bind(w.pid_start_time)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(epoch)
-    }
-
-    /// Renews the lease; false means it was lost (expired and taken over, or ended).
-    pub async fn renew_lease(
-        &self,
-        owner: &Owner,
-        ttl: Duration,
-        running: i32,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(concat!(
-            "UPDATE workers SET lease_expires_at = ",
-            lease_until!("?3"),
-            ", last_heartbeat_at = ",
-            now!(),
-            ", running = ?4 WHERE id = ?1 AND epoch = ?2 AND status = 'alive'"
-        ))
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(seconds(ttl))
-        .bind(running)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Ends the lease; with `handoff`, still-running agents wait that long for a new
-    /// worker on the node before other nodes reconcile them.
-    pub async fn deregister_worker(
-        &self,
-        owner: &Owner,
-        handoff: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(concat!(
-            "UPDATE workers SET status = 'stopped', running = 0, lease_expires_at = ",
-            lease_until!("?3"),
-            " WHERE id = ?1 AND epoch = ?2"
-        ))
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(handoff.map(seconds).unwrap_or(0.0))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, node_id, host, pid, capacity, running, status, epoch, started_at, \
-             last_heartbeat_at, lease_expires_at, \
-             (julianday('now') - julianday(last_heartbeat_at)) * 86400.0 AS lease_age \
-             FROM workers ORDER BY started_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(worker_from_row).collect()
-    }
-
-    pub async fn peers_on_node(&self, node: &str, me: &str) -> Result<Vec<PeerWorker>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, pid, pid_start_time FROM workers \
-             WHERE node_id = ?1 AND id <> ?2 AND status = 'alive'",
-        )
-        .bind(node)
-        .bind(me)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PeerWorker {
-                    id: r.try_get("id")?,
-                    pid: r.try_get("pid")?,
-                    pid_start_time: r.try_get("pid_start_time")?,
-                })
-            })
-            .collect()
     }
 
     /// See `PgStore::reconcile_one`: the same rules, under SQLite's write lock.
@@ -141,15 +60,15 @@ impl SqliteStore {
         let mut tx = self.begin_write().await?;
         let dead_json = serde_json::to_string(known_dead).unwrap_or_else(|_| "[]".into());
         let Some(row) = sqlx::query(concat!(
-            "SELECT w.id, w.node_id FROM workers w WHERE w.id <> ?1 AND ( \
+            "SELECT w.id, w.node_id FROM workers w WHERE w.id <> $1 AND ( \
                  (w.status = 'alive' AND (w.lease_expires_at < ",
-            grace_ago!(),
-            " OR (w.node_id = ?2 AND w.id IN (SELECT value FROM json_each(?3))))) \
-              OR (w.status = 'stopped' AND (w.node_id = ?2 OR w.lease_expires_at < ",
-            grace_ago!(),
+            ago!("$4"),
+            " OR (w.node_id = $2 AND w.id IN (SELECT value FROM json_each($3))))) \
+              OR (w.status = 'stopped' AND (w.node_id = $2 OR w.lease_expires_at < ",
+            ago!("$4"),
             ") AND EXISTS (SELECT 1 FROM agents a WHERE a.worker_id = w.id \
                   AND a.status IN ('starting', 'running'))) \
-             ) AND (w.node_id = ?2 OR NOT EXISTS (SELECT 1 FROM workers o WHERE o.node_id = w.node_id \
+             ) AND (w.node_id = $2 OR NOT EXISTS (SELECT 1 FROM workers o WHERE o.node_id = w.node_id \
                   AND o.id <> w.id AND o.status = 'alive' AND o.lease_expires_at > ",
             now!(),
             ")) ORDER BY w.lease_expires_at LIMIT 1"
@@ -169,7 +88,7 @@ impl SqliteStore {
         let agents = sqlx::query(
             "SELECT a.id, a.status, a.pid, r.attempts, r.payload ->> '$.retries' AS retries \
              FROM agents a LEFT JOIN requests r ON r.agent_id = a.id AND r.kind = 'spawn' \
-             WHERE a.worker_id = ?1 AND a.status IN ('starting', 'running')",
+             WHERE a.worker_id = $1 AND a.status IN ('starting', 'running')",
         )
         .bind(&dead)
         .fetch_all(&mut *tx)
@@ -177,7 +96,7 @@ impl SqliteStore {
         let stops: HashSet<Uuid> = sqlx::query_scalar(concat!(
             "UPDATE requests SET status = 'done', updated_at = ",
             now!(),
-            " WHERE target_worker = ?1 AND status = 'pending' AND kind = 'stop' RETURNING agent_id"
+            " WHERE target_worker = $1 AND status = 'pending' AND kind = 'stop' RETURNING agent_id"
         ))
         .bind(&dead)
         .fetch_all(&mut *tx)
@@ -198,9 +117,9 @@ impl SqliteStore {
             let stop_requested = stops.contains(&agent_id);
             if same_node && status == "running" && pid.is_some() && !stop_requested {
                 sqlx::query(concat!(
-                    "UPDATE agents SET worker_id = ?2, owner_epoch = ?3, updated_at = ",
+                    "UPDATE agents SET worker_id = $2, owner_epoch = $3, updated_at = ",
                     now!(),
-                    " WHERE id = ?1"
+                    " WHERE id = $1"
                 ))
                 .bind(agent_id)
                 .bind(&me.worker_id)
@@ -211,7 +130,7 @@ impl SqliteStore {
                 continue;
             }
             if stop_requested {
-                finish_unowned_in(
+                Self::finish_unowned_in(
                     &mut tx,
                     agent_id,
                     "stopped",
@@ -232,9 +151,9 @@ impl SqliteStore {
                 "at": chrono::Utc::now(),
             });
             sqlx::query(concat!(
-                "UPDATE requests SET history = json_insert(history, '$[#]', json(?2)), updated_at = ",
+                "UPDATE requests SET history = json_insert(history, '$[#]', json($2)), updated_at = ",
                 now!(),
-                " WHERE agent_id = ?1 AND kind = 'spawn'"
+                " WHERE agent_id = $1 AND kind = 'spawn'"
             ))
             .bind(agent_id)
             .bind(entry.to_string())
@@ -244,9 +163,9 @@ impl SqliteStore {
                 sqlx::query(concat!(
                     "UPDATE agents SET status = 'pending', worker_id = NULL, owner_epoch = NULL, \
                      pid = NULL, pid_start_time = NULL, output_offset = 0, session_id = NULL, \
-                     account_held = 0, updated_at = ",
+                     account_held = false, updated_at = ",
                     now!(),
-                    " WHERE id = ?1"
+                    " WHERE id = $1"
                 ))
                 .bind(agent_id)
                 .execute(&mut *tx)
@@ -255,7 +174,7 @@ impl SqliteStore {
                     "UPDATE requests SET status = 'pending', claimed_by = NULL, dispatched_at = NULL, \
                      updated_at = ",
                     now!(),
-                    " WHERE agent_id = ?1 AND kind = 'spawn'"
+                    " WHERE agent_id = $1 AND kind = 'spawn'"
                 ))
                 .bind(agent_id)
                 .execute(&mut *tx)
@@ -267,28 +186,24 @@ impl SqliteStore {
                 } else {
                     "worker_lost".to_string()
                 };
-                finish_unowned_in(&mut tx, agent_id, "crashed", &reason).await?;
+                Self::finish_unowned_in(&mut tx, agent_id, "crashed", &reason).await?;
                 out.crashed.push(agent_id);
             }
         }
         sqlx::query(concat!(
-            "UPDATE requests SET target_worker = ?2, updated_at = ",
+            "UPDATE requests SET target_worker = $2, updated_at = ",
             now!(),
-            " WHERE target_worker = ?1 AND status = 'pending'"
+            " WHERE target_worker = $1 AND status = 'pending'"
         ))
         .bind(&dead)
         .bind(if same_node { Some(&me.worker_id) } else { None })
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE workers SET status = 'dead', running = 0 WHERE id = ?1")
+        sqlx::query("UPDATE workers SET status = 'dead', running = 0 WHERE id = $1")
             .bind(&dead)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(Some(out))
     }
-}
-
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
 }
