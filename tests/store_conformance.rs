@@ -10,8 +10,8 @@ use std::time::Duration;
 use agentfleet::domain::AccountKind;
 use agentfleet::domain::{AgentMode, AgentOutcome, AgentStatus, PendingQuestion};
 use agentfleet::store::{
-    ControlKind, EventAppend, NewAccount, NewEvent, Owner, ProcessRecord, ReconcilePolicy,
-    SpawnRecord, Store, StoreError,
+    AcquireParams, ControlKind, EventAppend, JobFailure, NewAccount, NewEvent, Owner,
+    ProcessRecord, ReconcileParams, ReconcilePolicy, SpawnRecord, Store, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -638,7 +638,13 @@ async fn failed_requests_fail_their_agent_and_bad_jobs_are_kept(store: &Store) {
     assert!(store.pending_requests(10).await.unwrap().is_empty());
 
     store
-        .record_job_failure("q", None, "{\"not\":1}", "cannot be decoded", "w1")
+        .record_job_failure(&JobFailure {
+            queue: "q",
+            job_id: None,
+            payload: "{\"not\":1}",
+            reason: "cannot be decoded",
+            worker_id: "w1",
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -776,7 +782,12 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
     let (first, owner1) = claimed_agent(store, "sel-1").await;
     // No account for the provider: run without one.
     let pick = store
-        .acquire_account(first, &owner1, "claude", &[])
+        .acquire_account(&AcquireParams {
+            agent_id: first,
+            owner: &owner1,
+            provider: "claude",
+            exclude: &[],
+        })
         .await
         .unwrap();
     assert!(pick.account.is_none());
@@ -787,7 +798,12 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
         let store = store.clone();
         async move {
             store
-                .acquire_account(agent, &owner, "claude", &exclude)
+                .acquire_account(&AcquireParams {
+                    agent_id: agent,
+                    owner: &owner,
+                    provider: "claude",
+                    exclude: &exclude,
+                })
                 .await
                 .unwrap()
         }
@@ -904,7 +920,16 @@ async fn concurrent_selections_never_over_commit_an_account(store: &Store) {
         .into_iter()
         .map(|(agent, owner)| {
             let store = store.clone();
-            tokio::spawn(async move { store.acquire_account(agent, &owner, "claude", &[]).await })
+            tokio::spawn(async move {
+                store
+                    .acquire_account(&AcquireParams {
+                        agent_id: agent,
+                        owner: &owner,
+                        provider: "claude",
+                        exclude: &[],
+                    })
+                    .await
+            })
         })
         .collect();
     let mut got = Vec::new();
@@ -968,13 +993,23 @@ async fn dead_workers_release_their_accounts(store: &Store) {
         .unwrap()
         .unwrap();
     let picked = store
-        .acquire_account(claimed.agent.id, &dead, "claude", &[])
+        .acquire_account(&AcquireParams {
+            agent_id: claimed.agent.id,
+            owner: &dead,
+            provider: "claude",
+            exclude: &[],
+        })
         .await
         .unwrap();
     assert_eq!(picked.account.unwrap().id, a.id);
     let (other, other_owner) = claimed_agent(store, "other").await;
     store
-        .acquire_account(other, &other_owner, "claude", &[])
+        .acquire_account(&AcquireParams {
+            agent_id: other,
+            owner: &other_owner,
+            provider: "claude",
+            exclude: &[],
+        })
         .await
         .unwrap();
     assert_eq!(store.account_by_id(a.id).await.unwrap().in_use, 2);
@@ -987,21 +1022,26 @@ async fn dead_workers_release_their_accounts(store: &Store) {
     };
     assert!(
         store
-            .reconcile_one(&me, "node-a", &[], &patient)
+            .reconcile_one(&ReconcileParams {
+                me: &me,
+                node: "node-a",
+                known_dead: &[],
+                policy: &patient
+            })
             .await
             .unwrap()
             .is_none()
     );
     let done = store
-        .reconcile_one(
-            &me,
-            "node-a",
-            &[],
-            &ReconcilePolicy {
+        .reconcile_one(&ReconcileParams {
+            me: &me,
+            node: "node-a",
+            known_dead: &[],
+            policy: &ReconcilePolicy {
                 max_attempts: 3,
                 orphan_grace: Duration::ZERO,
             },
-        )
+        })
         .await
         .unwrap()
         .expect("the dead worker is reconciled");

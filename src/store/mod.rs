@@ -204,14 +204,8 @@ store_operations! {
     /// Fails a request (and its agent if not yet final), unfenced: for requests that can
     /// never run.
     fn fail_request(&self, request_id: Uuid, reason: &str) -> ();
-    fn record_job_failure(
-        &self,
-        queue: &str,
-        job_id: Option<&str>,
-        payload: &str,
-        reason: &str,
-        worker_id: &str,
-    ) -> ();
+    /// Keeps a job no worker can run (its payload cannot be decoded) for a person to see.
+    fn record_job_failure(&self, failure: &JobFailure<'_>) -> ();
     fn job_failures(&self) -> Vec<(String, String)>;
     /// Looks an agent up by id when the reference parses as one, else by name.
     fn agent(&self, id_or_name: &str) -> Agent;
@@ -306,13 +300,7 @@ store_operations! {
     /// Alive (by status) workers on `node` other than `me`, with their process identity.
     fn peers_on_node(&self, node: &str, me: &str) -> Vec<PeerWorker>;
     /// Reconciles at most one dead worker (see `Reconciled`); None when there is none.
-    fn reconcile_one(
-        &self,
-        me: &Owner,
-        node: &str,
-        known_dead: &[String],
-        policy: &ReconcilePolicy,
-    ) -> Option<Reconciled>;
+    fn reconcile_one(&self, params: &ReconcileParams<'_>) -> Option<Reconciled>;
 
     // ---- accounts
     /// Adds an account whose secret the caller sealed; a taken label is `AccountExists`.
@@ -327,13 +315,7 @@ store_operations! {
     /// Picks, for the agent `owner` runs, the least recently used of the provider's
     /// accounts that is neither exhausted, invalid, excluded nor at `max_concurrent`, and
     /// records the reservation (agent ↔ account) in the same transaction; fenced.
-    fn acquire_account(
-        &self,
-        agent_id: Uuid,
-        owner: &Owner,
-        provider: &str,
-        exclude: &[Uuid],
-    ) -> AccountPick;
+    fn acquire_account(&self, params: &AcquireParams<'_>) -> AccountPick;
     /// Reserves a given account for the agent again (a resume: its session lives in that
     /// account's config dir); None when the account is gone or the write was fenced off.
     fn hold_account(&self, agent_id: Uuid, owner: &Owner, account_id: Uuid) -> Option<Account>;
@@ -522,6 +504,26 @@ pub struct PeerWorker {
     pub pid_start_time: Option<i64>,
 }
 
+/// A job no worker can run, as the queue delivered it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobFailure<'a> {
+    pub queue: &'a str,
+    pub job_id: Option<&'a str>,
+    pub payload: &'a str,
+    pub reason: &'a str,
+    pub worker_id: &'a str,
+}
+
+/// What `reconcile_one` works with: the reconciling worker (`me`, on `node`), the workers on
+/// its node it knows are gone (their processes too), and the limits it applies.
+#[derive(Debug, Clone, Copy)]
+pub struct ReconcileParams<'a> {
+    pub me: &'a Owner,
+    pub node: &'a str,
+    pub known_dead: &'a [String],
+    pub policy: &'a ReconcilePolicy,
+}
+
 /// Limits the reconciler applies.
 #[derive(Debug, Clone)]
 pub struct ReconcilePolicy {
@@ -559,6 +561,15 @@ pub struct NewAccount<'a> {
     pub key_id: &'a str,
     pub fingerprint: &'a str,
     pub max_concurrent: Option<i32>,
+}
+
+/// An account wanted for the agent `owner` runs: one of `provider`'s, not in `exclude`.
+#[derive(Debug, Clone, Copy)]
+pub struct AcquireParams<'a> {
+    pub agent_id: Uuid,
+    pub owner: &'a Owner,
+    pub provider: &'a str,
+    pub exclude: &'a [Uuid],
 }
 
 /// What account selection found.

@@ -114,7 +114,12 @@ pub async fn after_trouble(
         Err(e) => return end(format!("{why}; {e}")),
     };
     let next = match store
-        .acquire_account(agent.id, &rt.owner, provider.name(), &[account_id])
+        .acquire_account(&crate::store::AcquireParams {
+            agent_id: agent.id,
+            owner: &rt.owner,
+            provider: provider.name(),
+            exclude: &[account_id],
+        })
         .await
     {
         Ok(pick) => match pick.account {

@@ -8,18 +8,21 @@ use uuid::Uuid;
 
 use super::PgStore;
 use crate::store::rows::account_from_row;
-use crate::store::{AccountPick, Owner, StoreError};
+use crate::store::{AccountPick, AcquireParams, StoreError};
 
 shared_accounts!(PgStore, sqlx::Postgres);
 
 impl PgStore {
     pub async fn acquire_account(
         &self,
-        agent_id: Uuid,
-        owner: &Owner,
-        provider: &str,
-        exclude: &[Uuid],
+        params: &AcquireParams<'_>,
     ) -> Result<AccountPick, StoreError> {
+        let AcquireParams {
+            agent_id,
+            owner,
+            provider,
+            exclude,
+        } = *params;
         let mut tx = self.begin_write().await?;
         let all: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM accounts WHERE provider = $1 ORDER BY id FOR UPDATE",

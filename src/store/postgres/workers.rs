@@ -10,7 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::PgStore;
-use crate::store::{NewWorker, Owner, ReconcilePolicy, Reconciled, StoreError};
+use crate::store::{NewWorker, ReconcileParams, Reconciled, StoreError};
 
 shared_workers!(PgStore);
 
@@ -53,11 +53,14 @@ impl PgStore {
     /// live worker left there to adopt) has them re-queued or marked crashed.
     pub async fn reconcile_one(
         &self,
-        me: &Owner,
-        node: &str,
-        known_dead: &[String],
-        policy: &ReconcilePolicy,
+        params: &ReconcileParams<'_>,
     ) -> Result<Option<Reconciled>, StoreError> {
+        let ReconcileParams {
+            me,
+            node,
+            known_dead,
+            policy,
+        } = *params;
         let mut tx = self.pool.begin().await?;
         // Never wait long on a row a stuck worker holds; the next sweep tries again.
         sqlx::query("SET LOCAL lock_timeout = '2s'")

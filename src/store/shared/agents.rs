@@ -16,7 +16,7 @@ macro_rules! shared_agents {
             use crate::domain::{Agent, AgentOutcome, QueueStats, StoredEvent};
             use crate::store::rows::{agent_from_row, event_from_row};
             use crate::store::{
-                ClaimedRequest, Owner, ProcessRecord, RecordedSpawn, SpawnRecord, StoreError,
+                ClaimedRequest, JobFailure, Owner, ProcessRecord, RecordedSpawn, SpawnRecord, StoreError,
             };
 
             impl $store {
@@ -298,21 +298,17 @@ macro_rules! shared_agents {
 
                 pub async fn record_job_failure(
                     &self,
-                    queue: &str,
-                    job_id: Option<&str>,
-                    payload: &str,
-                    reason: &str,
-                    worker_id: &str,
+                    failure: &JobFailure<'_>,
                 ) -> Result<(), StoreError> {
                     sqlx::query(
                         "INSERT INTO job_failures (queue, job_id, payload, reason, worker_id) \
                          VALUES ($1, $2, $3, $4, $5)",
                     )
-                    .bind(queue)
-                    .bind(job_id)
-                    .bind(payload)
-                    .bind(reason)
-                    .bind(worker_id)
+                    .bind(failure.queue)
+                    .bind(failure.job_id)
+                    .bind(failure.payload)
+                    .bind(failure.reason)
+                    .bind(failure.worker_id)
                     .execute(&self.pool)
                     .await?;
                     Ok(())

@@ -3,22 +3,23 @@
 //! (`BEGIN IMMEDIATE`), so concurrent selections queue up and each sees the reservations
 //! the one before it committed, and it reads the excluded ids as a JSON array.
 
-use uuid::Uuid;
-
 use super::SqliteStore;
 use crate::store::rows::account_from_row;
-use crate::store::{AccountPick, Owner, StoreError};
+use crate::store::{AccountPick, AcquireParams, StoreError};
 
 shared_accounts!(SqliteStore, sqlx::Sqlite);
 
 impl SqliteStore {
     pub async fn acquire_account(
         &self,
-        agent_id: Uuid,
-        owner: &Owner,
-        provider: &str,
-        exclude: &[Uuid],
+        params: &AcquireParams<'_>,
     ) -> Result<AccountPick, StoreError> {
+        let AcquireParams {
+            agent_id,
+            owner,
+            provider,
+            exclude,
+        } = *params;
         let mut tx = self.begin_write().await?;
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE provider = $1")
             .bind(provider)

@@ -11,7 +11,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::store::{NewWorker, Owner, ReconcilePolicy, Reconciled, StoreError};
+use crate::store::{NewWorker, ReconcileParams, Reconciled, StoreError};
 
 shared_workers!(SqliteStore);
 
@@ -52,11 +52,14 @@ impl SqliteStore {
     /// See `PgStore::reconcile_one`: the same rules, under SQLite's write lock.
     pub async fn reconcile_one(
         &self,
-        me: &Owner,
-        node: &str,
-        known_dead: &[String],
-        policy: &ReconcilePolicy,
+        params: &ReconcileParams<'_>,
     ) -> Result<Option<Reconciled>, StoreError> {
+        let ReconcileParams {
+            me,
+            node,
+            known_dead,
+            policy,
+        } = *params;
         let mut tx = self.begin_write().await?;
         let dead_json = serde_json::to_string(known_dead).unwrap_or_else(|_| "[]".into());
         let Some(row) = sqlx::query(concat!(
