@@ -66,10 +66,10 @@ impl Fleet {
                 &serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Stopped}),
             )
             .await;
-            return Ok(store.agent(&agent.id.to_string()).await?);
+            return Ok(store.agent_by_id(agent.id).await?);
         }
         // Claimed in the meantime, or running: route the stop to its owner.
-        let agent = store.agent(&agent.id.to_string()).await?;
+        let agent = store.agent_by_id(agent.id).await?;
         self.send_control(
             &agent,
             ControlKind::Stop,
@@ -87,7 +87,7 @@ impl Fleet {
     async fn wait_final(&self, agent_id: Uuid, limit: Duration) -> Result<Agent, FleetError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let agent = self.store.agent(&agent_id.to_string()).await?;
+            let agent = self.store.agent_by_id(agent_id).await?;
             if agent.status.is_final() {
                 return Ok(agent);
             }
@@ -116,7 +116,7 @@ impl Fleet {
         let mut agent = store.agent(agent_ref).await?;
         if agent.status == AgentStatus::Pending {
             store.cancel_pending(agent.id, "deleted").await?;
-            agent = store.agent(&agent.id.to_string()).await?;
+            agent = store.agent_by_id(agent.id).await?;
         }
         let payload = serde_json::json!({"remote_branch": remote_branch});
         let live = !agent.status.is_final();
@@ -139,7 +139,7 @@ impl Fleet {
             let deadline = tokio::time::Instant::now()
                 + self.settings.worker.stop_grace
                 + Duration::from_secs(30);
-            while store.agent(&agent.id.to_string()).await.is_ok() {
+            while store.agent_by_id(agent.id).await.is_ok() {
                 if tokio::time::Instant::now() > deadline {
                     return Err(FleetError::Unavailable(format!(
                         "agent '{}' is not deleted yet; the request stays recorded",

@@ -146,6 +146,7 @@ async fn record_spawn_is_idempotent_per_key(store: &Store) {
     let by_name = store.agent("brave-otter").await.unwrap();
     let by_id = store.agent(&first.agent.id.to_string()).await.unwrap();
     assert_eq!(by_name, by_id);
+    assert_eq!(store.agent_by_id(first.agent.id).await.unwrap(), by_id);
 
     // The key with a different request: refused, nothing written.
     let mut different = spawn_of("third-name", Some("key-1"));
@@ -209,6 +210,10 @@ async fn record_spawn_refuses_a_taken_name_and_an_unknown_project(store: &Store)
         store.agent("nobody").await,
         Err(StoreError::UnknownAgent(_))
     ));
+    assert!(matches!(
+        store.agent_by_id(Uuid::now_v7()).await,
+        Err(StoreError::UnknownAgent(_))
+    ));
 }
 
 /// A worker that cannot start what it claimed (its disk is full) hands it back: pending
@@ -239,7 +244,7 @@ async fn a_claimed_request_is_handed_back_by_its_claimer_only(store: &Store) {
             .await
             .unwrap()
     );
-    let agent = store.agent(&claimed.agent.id.to_string()).await.unwrap();
+    let agent = store.agent_by_id(claimed.agent.id).await.unwrap();
     assert_eq!(agent.status, AgentStatus::Pending);
     assert_eq!(agent.worker_id, None);
     assert_eq!(
@@ -386,14 +391,14 @@ async fn fenced_writes_are_refused_for_a_wrong_epoch(store: &Store) {
         let outcome = outcome(AgentStatus::Completed);
         assert!(!store.finish_agent(agent, wrong, &outcome).await.unwrap());
     }
-    let untouched = store.agent(&agent.to_string()).await.unwrap();
+    let untouched = store.agent_by_id(agent).await.unwrap();
     assert_eq!(untouched.status, AgentStatus::Starting);
     assert_eq!(untouched.pid, None);
     assert_eq!(store.last_event_seq(agent).await.unwrap(), 0);
 
     assert!(store.mark_running(agent, &owner, &process).await.unwrap());
     assert!(store.set_session_id(agent, &owner, "sid-1").await.unwrap());
-    let running = store.agent(&agent.to_string()).await.unwrap();
+    let running = store.agent_by_id(agent).await.unwrap();
     assert_eq!(running.status, AgentStatus::Running);
     assert_eq!(running.pid, Some(77));
     assert_eq!(running.workdir.as_deref(), Some("/tmp/wd"));
@@ -406,7 +411,7 @@ async fn an_agents_branch_is_renamed_by_its_owner_only(store: &Store) {
     with_project(store).await;
     let (agent, owner) = claimed_agent(store, "renamed").await;
     let [stale, stranger] = wrong_owners(store, &owner).await;
-    let branch = |agent: Uuid| async move { store.agent(&agent.to_string()).await.unwrap().branch };
+    let branch = |agent: Uuid| async move { store.agent_by_id(agent).await.unwrap().branch };
     assert_eq!(branch(agent).await, "agent/renamed");
     for wrong in [&stale, &stranger] {
         let renamed = store
@@ -429,7 +434,7 @@ async fn an_agents_branch_is_renamed_by_its_owner_only(store: &Store) {
             .await
             .unwrap()
     );
-    let renamed = store.agent(&agent.to_string()).await.unwrap();
+    let renamed = store.agent_by_id(agent).await.unwrap();
     assert_eq!(renamed.branch, "agent/renamed-1");
     assert_eq!(
         store.agent("renamed").await.unwrap().branch,
@@ -552,8 +557,7 @@ async fn batched_appends_store_owned_agents_and_fence_the_rest(store: &Store) {
         [(1, "a".into(), json!(1)), (2, "c".into(), json!(null))]
     );
     assert!(store.events_after(theirs, 0).await.unwrap().is_empty());
-    let offsets =
-        |id: Uuid| async move { store.agent(&id.to_string()).await.unwrap().output_offset };
+    let offsets = |id: Uuid| async move { store.agent_by_id(id).await.unwrap().output_offset };
     assert_eq!(offsets(mine).await, 120);
     assert_eq!(offsets(also).await, 10);
     assert_eq!(offsets(theirs).await, 0);
@@ -589,7 +593,7 @@ async fn finish_agent_records_the_outcome_and_closes_the_request(store: &Store) 
         question: "Which database?".into(),
     }];
     assert!(store.finish_agent(asking, &owner, &waiting).await.unwrap());
-    let agent = store.agent(&asking.to_string()).await.unwrap();
+    let agent = store.agent_by_id(asking).await.unwrap();
     assert_eq!(agent.status, AgentStatus::WaitingForInput);
     assert_eq!(agent.result.as_deref(), Some("need input"));
     assert_eq!(agent.session_id.as_deref(), Some("sid-9"));
@@ -607,7 +611,7 @@ async fn finish_agent_records_the_outcome_and_closes_the_request(store: &Store) 
             .await
             .unwrap()
     );
-    let agent = store.agent(&crashing.to_string()).await.unwrap();
+    let agent = store.agent_by_id(crashing).await.unwrap();
     assert_eq!(agent.status, AgentStatus::Crashed);
     assert_eq!(agent.error.as_deref(), Some("exited with code 3"));
     assert!(agent.pending_questions.is_empty());
@@ -835,7 +839,7 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
             .id,
         b.id
     );
-    let agent = store.agent(&third.to_string()).await.unwrap();
+    let agent = store.agent_by_id(third).await.unwrap();
     assert_eq!(agent.account_id, Some(b.id));
     assert_eq!(store.account_by_id(b.id).await.unwrap().in_use, 2);
     // b exhausted, a full: nothing free, though the provider has accounts.
@@ -903,7 +907,7 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
     );
     assert!(store.restart_run(fourth, &owner4).await.unwrap());
     assert_eq!(
-        store.agent(&fourth.to_string()).await.unwrap().status,
+        store.agent_by_id(fourth).await.unwrap().status,
         AgentStatus::Starting
     );
 }

@@ -207,8 +207,10 @@ store_operations! {
     /// Keeps a job no worker can run (its payload cannot be decoded) for a person to see.
     fn record_job_failure(&self, failure: &JobFailure<'_>) -> ();
     fn job_failures(&self) -> Vec<(String, String)>;
-    /// Looks an agent up by id when the reference parses as one, else by name.
+    /// Looks an agent up by id when the reference parses as one, else by name: for
+    /// references a person gave.
     fn agent(&self, id_or_name: &str) -> Agent;
+    fn agent_by_id(&self, id: Uuid) -> Agent;
     /// Agents, oldest first; dismissed ones only when asked for.
     fn list_agents(&self, include_dismissed: bool) -> Vec<Agent>;
     fn count_agents(&self) -> i64;

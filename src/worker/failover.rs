@@ -40,7 +40,7 @@ pub async fn after_trouble(
     log: &mut EventLog,
 ) -> Failover {
     let store = &rt.fleet.store;
-    let current = match store.agent(&agent.id.to_string()).await {
+    let current = match store.agent_by_id(agent.id).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(agent_id = %agent.id, error = %e, "cannot read the agent for a failover");
@@ -150,7 +150,7 @@ pub async fn after_trouble(
         Ok(false) => return end(format!("{why}; the agent was taken over")),
         Err(e) => return end(format!("{why}; {e}")),
     }
-    let restarted = match store.agent(&agent.id.to_string()).await {
+    let restarted = match store.agent_by_id(agent.id).await {
         Ok(a) => a,
         Err(e) => return end(format!("{why}; {e}")),
     };

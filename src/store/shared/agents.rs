@@ -44,7 +44,7 @@ macro_rules! shared_agents {
                             crate::store::same_request(key, hash, spawn.request_hash)?;
                             let agent_id: Uuid = row.try_get("agent_id")?;
                             return Ok(RecordedSpawn {
-                                agent: self.agent(&agent_id.to_string()).await?,
+                                agent: self.agent_by_id(agent_id).await?,
                                 request_id: row.try_get("id")?,
                                 created: false,
                             });
@@ -90,7 +90,7 @@ macro_rules! shared_agents {
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await?;
-                    let agent = self.agent(&agent_id.to_string()).await?;
+                    let agent = self.agent_by_id(agent_id).await?;
                     Ok(RecordedSpawn {
                         agent,
                         request_id,
@@ -216,7 +216,7 @@ macro_rules! shared_agents {
                     }
                     tx.commit().await?;
                     Ok(Some(ClaimedRequest {
-                        agent: self.agent(&agent_id.to_string()).await?,
+                        agent: self.agent_by_id(agent_id).await?,
                         payload: row.try_get("payload")?,
                         attempts: row.try_get("attempts")?,
                     }))
@@ -327,16 +327,31 @@ macro_rules! shared_agents {
                 /// (names never parse as ids, so one agent cannot be reached through
                 /// another's id).
                 pub async fn agent(&self, id_or_name: &str) -> Result<Agent, StoreError> {
-                    let query = match Uuid::parse_str(id_or_name) {
-                        Ok(id) => sqlx::query(select_agents!("WHERE a.id = $1")).bind(id),
-                        Err(_) => sqlx::query(select_agents!("WHERE a.name = $1")).bind(id_or_name),
-                    };
-                    query
+                    let unknown = || StoreError::UnknownAgent(id_or_name.to_string());
+                    match Uuid::parse_str(id_or_name) {
+                        // The error names the reference as the caller wrote it.
+                        Ok(id) => self.agent_by_id(id).await.map_err(|e| match e {
+                            StoreError::UnknownAgent(_) => unknown(),
+                            e => e,
+                        }),
+                        Err(_) => sqlx::query(select_agents!("WHERE a.name = $1"))
+                            .bind(id_or_name)
+                            .fetch_optional(&self.pool)
+                            .await?
+                            .map(|r| agent_from_row(&r))
+                            .transpose()?
+                            .ok_or_else(unknown),
+                    }
+                }
+
+                pub async fn agent_by_id(&self, id: Uuid) -> Result<Agent, StoreError> {
+                    sqlx::query(select_agents!("WHERE a.id = $1"))
+                        .bind(id)
                         .fetch_optional(&self.pool)
                         .await?
                         .map(|r| agent_from_row(&r))
                         .transpose()?
-                        .ok_or_else(|| StoreError::UnknownAgent(id_or_name.to_string()))
+                        .ok_or_else(|| StoreError::UnknownAgent(id.to_string()))
                 }
 
                 /// Agents, oldest first; dismissed ones only when asked for.

@@ -28,7 +28,7 @@ impl SqliteStore {
     pub async fn agents_by_id(&self, ids: &[Uuid]) -> Result<Vec<Agent>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            match self.agent(&id.to_string()).await {
+            match self.agent_by_id(*id).await {
                 Ok(a) => out.push(a),
                 Err(StoreError::UnknownAgent(_)) => {}
                 Err(e) => return Err(e),
