@@ -49,6 +49,14 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
+    /// The backend's name in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+
     pub fn of_url(url: &str) -> Option<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Some(Self::Postgres)
@@ -160,8 +168,10 @@ macro_rules! store_operations {
                         Self::Postgres(store) => store.$name($($arg),*).await,
                         Self::Sqlite(store) => store.$name($($arg),*).await,
                     };
-                    if let Err(e) = &result {
-                        crate::metrics::store_error(self.kind(), e);
+                    if let Err(e) = &result
+                        && e.is_database_failure()
+                    {
+                        crate::metrics::backend_error(self.kind().label());
                     }
                     result
                 }
@@ -382,6 +392,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database failed, not the caller (a name taken, an agent unknown): what the
+    /// backend-error metric counts.
+    pub fn is_database_failure(&self) -> bool {
+        matches!(self, Self::Database(_) | Self::Shared(_) | Self::Migrate(_))
+    }
+
     /// True when the same operation may well succeed if tried again soon: the connection
     /// broke or could not be had, the server is restarting, or a lock or serialization
     /// conflict. A retry is safe for every fenced or idempotent operation.
