@@ -52,20 +52,9 @@ impl PgStore {
         .await?;
         let Some(row) = row else { return Ok(pick) };
         let account = account_from_row(&row)?;
-        let held = sqlx::query(
-            "UPDATE agents SET account_id = $4, account_held = true, updated_at = now() \
-             WHERE id = $1 AND worker_id = $2 AND owner_epoch = $3",
-        )
-        .bind(agent_id)
-        .bind(&owner.worker_id)
-        .bind(owner.epoch)
-        .bind(account.id)
-        .execute(&mut *tx)
-        .await?;
-        if held.rows_affected() == 0 {
+        if !Self::hold_account_in(&mut tx, agent_id, owner, account.id).await? {
             return Ok(pick);
         }
-        Self::touch_account(&mut tx, account.id).await?;
         tx.commit().await?;
         pick.account = Some(account);
         Ok(pick)

@@ -87,6 +87,22 @@ macro_rules! shared_accounts {
                     account_id: Uuid,
                 ) -> Result<Option<Account>, StoreError> {
                     let mut tx = self.begin_write().await?;
+                    if !Self::hold_account_in(&mut tx, agent_id, owner, account_id).await? {
+                        return Ok(None);
+                    }
+                    tx.commit().await?;
+                    Ok(Some(self.account_by_id(account_id).await?))
+                }
+
+                /// Reserves the account for the agent `owner` runs and marks it as just used
+                /// (by the wall clock: selections order by it, finer than one transaction's
+                /// `now()`); false when the write was fenced off or the account is gone.
+                pub(super) async fn hold_account_in(
+                    tx: &mut sqlx::Transaction<'static, $db>,
+                    agent_id: Uuid,
+                    owner: &Owner,
+                    account_id: Uuid,
+                ) -> Result<bool, StoreError> {
                     let held = sqlx::query(concat!(
                         "UPDATE agents SET account_id = $4, account_held = true, updated_at = ",
                         now!(),
@@ -98,22 +114,11 @@ macro_rules! shared_accounts {
                     .bind(&owner.worker_id)
                     .bind(owner.epoch)
                     .bind(account_id)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                     if held.rows_affected() == 0 {
-                        return Ok(None);
+                        return Ok(false);
                     }
-                    Self::touch_account(&mut tx, account_id).await?;
-                    tx.commit().await?;
-                    Ok(Some(self.account_by_id(account_id).await?))
-                }
-
-                /// Marks the account as just used, by the wall clock: selections order by
-                /// it, finer than one transaction's `now()`.
-                async fn touch_account(
-                    tx: &mut sqlx::Transaction<'static, $db>,
-                    account_id: Uuid,
-                ) -> Result<(), StoreError> {
                     sqlx::query(concat!(
                         "UPDATE accounts SET last_used_at = ",
                         clock!(),
@@ -122,7 +127,7 @@ macro_rules! shared_accounts {
                     .bind(account_id)
                     .execute(&mut **tx)
                     .await?;
-                    Ok(())
+                    Ok(true)
                 }
 
                 pub async fn mark_account_exhausted(

@@ -54,6 +54,29 @@ macro_rules! controls {
     };
 }
 
+/// The schema and liveness operations, expanded in each adapter's `mod.rs` (beside its
+/// `MIGRATOR`).
+macro_rules! shared_schema {
+    ($store:ty) => {
+        impl $store {
+            pub async fn migrate(&self) -> Result<usize, StoreError> {
+                // None when the schema was never created (no bookkeeping table yet).
+                let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+                    .fetch_all(&self.pool)
+                    .await
+                    .unwrap_or_default();
+                MIGRATOR.run(&self.pool).await?;
+                Ok(crate::store::migrations_applied(&MIGRATOR, &applied))
+            }
+
+            pub async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
 // Declared after the macros above so they see them; `macro_use` lets the adapters,
 // declared after this module, expand the group macros.
 #[macro_use]
@@ -65,4 +88,4 @@ mod controls;
 #[macro_use]
 mod projects;
 #[macro_use]
-mod workers;
+pub(super) mod workers;

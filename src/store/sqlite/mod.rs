@@ -79,12 +79,21 @@ macro_rules! for_update {
     };
 }
 
+/// `$array` (a JSON array) with the JSON value bound at `$value` appended.
+macro_rules! json_append {
+    ($array:literal, $value:literal) => {
+        concat!("json_insert(", $array, ", '$[#]', json(", $value, "))")
+    };
+}
+
 // Declared after the macros above so they see them.
 mod accounts;
 mod agents;
 mod controls;
 mod projects;
 mod workers;
+
+shared_schema!(SqliteStore);
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -117,21 +126,6 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         Ok(Self { pool })
-    }
-
-    pub async fn migrate(&self) -> Result<usize, StoreError> {
-        // None when the schema was never created (no bookkeeping table yet).
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap_or_default();
-        MIGRATOR.run(&self.pool).await?;
-        Ok(crate::store::migrations_applied(&MIGRATOR, &applied))
-    }
-
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
     }
 
     /// A write transaction that holds the write lock from its first statement.
