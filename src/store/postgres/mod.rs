@@ -1,4 +1,4 @@
-//! Postgres adapter of the store: the fleet mode, one database every worker and API
+//! Postgres adapter of the store: the distributed mode, one database every worker and API
 //! process shares. The SQL lives in this folder and nowhere else; rows never leave it (they
 //! become domain types at the boundary). Its files follow the port's groups, as the SQLite
 //! adapter's do: `projects`, `agents` (requests and agents), `controls` (control requests

@@ -61,6 +61,8 @@ impl SqliteStore {
         } = *params;
         let mut tx = self.begin_write().await?;
         let dead_json = serde_json::to_string(known_dead).unwrap_or_else(|_| "[]".into());
+        // A lease that ended less than the orphan grace (`$4`) ago may still have live
+        // processes: only a same-node worker whose process is known gone is judged sooner.
         let Some(row) = sqlx::query(concat!(
             "SELECT w.id, w.node_id FROM workers w WHERE w.id <> $1 AND ( \
                  (w.status = 'alive' AND (w.lease_expires_at < ",
