@@ -1,12 +1,13 @@
 //! Postgres adapter of the store: the distributed mode, one database every worker and API
-//! process shares. The SQL lives in this folder and nowhere else; rows never leave it (they
-//! become domain types at the boundary). Its files follow the port's groups, as the SQLite
-//! adapter's do: `projects`, `agents` (requests and agents), `controls` (control requests
-//! and re-dispatch), `workers` (leases and reconciling), `accounts`. Each expands the
-//! operations whose SQL both dialects share (`store/shared/`, with the time macros below)
-//! and holds what is Postgres's own: arrays (`ANY`, `unnest`) where SQLite loops or reads
-//! JSON, one-statement claims with `FOR UPDATE SKIP LOCKED` where SQLite takes its write
-//! lock, advisory locks, and the epoch sequence.
+//! process shares. Its SQL lives in this folder and in `store/shared/` (the text both
+//! dialects share); rows never leave the store (they become domain types at the boundary).
+//! Its files follow the port's groups, as the SQLite adapter's do: `projects`, `agents`
+//! (requests and agents), `controls` (control requests and re-dispatch), `workers` (leases
+//! and reconciling), `accounts`. Each expands the operations whose SQL both dialects share
+//! (`store/shared/`, with the time macros below) and holds what is Postgres's own: arrays
+//! (`ANY`, `unnest`) where SQLite loops or reads JSON, one-statement claims with `FOR
+//! UPDATE SKIP LOCKED` where SQLite takes its write lock, advisory locks, and the epoch
+//! sequence.
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -1,11 +1,12 @@
-//! SQLite adapter of the store: the embedded default, one file on one machine. The SQL
-//! lives in this folder and nowhere else; rows never leave it. Its files follow the port's
-//! groups, as the Postgres adapter's do: `projects`, `agents` (requests and agents),
-//! `controls` (control requests and re-dispatch), `workers` (leases and reconciling),
-//! `accounts`. Each expands the operations whose SQL both dialects share (`store/shared/`,
-//! with the time macros below) and holds what is SQLite's own: loops or JSON arrays
-//! (`json_each`) where Postgres binds arrays, multi-statement claims under the write lock
-//! where Postgres uses `FOR UPDATE SKIP LOCKED`, and the epoch counter table.
+//! SQLite adapter of the store: the embedded default, one file on one machine. Its SQL
+//! lives in this folder and in `store/shared/` (the text both dialects share); rows never
+//! leave the store. Its files follow the port's groups, as the Postgres adapter's do:
+//! `projects`, `agents` (requests and agents), `controls` (control requests and
+//! re-dispatch), `workers` (leases and reconciling), `accounts`. Each expands the
+//! operations whose SQL both dialects share (`store/shared/`, with the time macros below)
+//! and holds what is SQLite's own: loops or JSON arrays (`json_each`) where Postgres binds
+//! arrays, multi-statement claims under the write lock where Postgres uses `FOR UPDATE SKIP
+//! LOCKED`, and the epoch counter table.
 //!
 //! The file is opened in WAL mode with `synchronous=NORMAL` (durable across process
 //! crashes; never OFF), a busy timeout so writers from several processes (`up` and a CLI
