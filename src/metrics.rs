@@ -1,8 +1,9 @@
 //! Prometheus metrics: one registry per process, served as text on `GET /metrics` by the
 //! API and by every worker (`worker.metrics_bind`). The rest of the code records through
 //! the small functions below, so instrumentation stays a line at each place it happens.
-//! The queue and agent gauges are read from the store when scraped: the store is the
-//! record, so every process reports the same backlog.
+//! The queue and agent gauges are set, when scraped, from the counts the handler reads
+//! from the store: the store is the record, so every process reports the same backlog.
+//! This module knows domain types only; the store counts its own failures here by label.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::store::{Store, StoreError, StoreKind};
+use crate::domain::QueueStats;
 
 struct Metrics {
     registry: Registry,
@@ -198,20 +199,6 @@ pub fn reconciled(adopted: usize, requeued: usize, crashed: usize) {
     }
 }
 
-/// A store operation failed in the database (not a caller's mistake).
-pub fn store_error(kind: StoreKind, e: &StoreError) {
-    if matches!(
-        e,
-        StoreError::Database(_) | StoreError::Shared(_) | StoreError::Migrate(_)
-    ) {
-        let backend = match kind {
-            StoreKind::Postgres => "postgres",
-            StoreKind::Sqlite => "sqlite",
-        };
-        backend_error(backend);
-    }
-}
-
 /// A call to a backend (`redis`, `postgres`, `sqlite`) failed.
 pub fn backend_error(backend: &str) {
     METRICS.backend_errors.with_label_values(&[backend]).inc();
@@ -229,10 +216,10 @@ pub fn worker_slots(worker_id: &str, running: usize, free: usize) {
         .set(free as i64);
 }
 
-/// The Prometheus text of every metric, with the queue and agent gauges read from the
-/// store now (left as they were if the store cannot be read).
-pub async fn render(store: &Store) -> String {
-    match store.queue_stats().await {
+/// The Prometheus text of every metric, with the queue and agent gauges set from `queue`,
+/// the store's counts read now (left as they were if the store could not be read).
+pub fn render(queue: Result<QueueStats, impl std::fmt::Display>) -> String {
+    match queue {
         Ok(stats) => {
             METRICS.queue_depth.set(stats.depth);
             METRICS
@@ -255,12 +242,12 @@ pub async fn render(store: &Store) -> String {
 /// The content type of `render`'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// An axum response carrying the metrics.
-pub async fn response(store: &Store) -> axum::response::Response {
+/// An axum response carrying the metrics (see `render`).
+pub fn response(queue: Result<QueueStats, impl std::fmt::Display>) -> axum::response::Response {
     use axum::response::IntoResponse;
     (
         [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-        render(store).await,
+        render(queue),
     )
         .into_response()
 }

@@ -123,12 +123,7 @@ async fn a_worker_with_a_full_disk_takes_no_spawns_and_hands_back_what_it_claime
     assert!(reason.contains(&root), "{body}");
     // Meanwhile it stays pending: not failed, not claimed by the full worker.
     for _ in 0..30 {
-        let now = env
-            .store()
-            .await
-            .agent(&agent.id.to_string())
-            .await
-            .unwrap();
+        let now = env.store().await.agent_by_id(agent.id).await.unwrap();
         assert!(
             matches!(now.status, AgentStatus::Pending | AgentStatus::Starting),
             "{:?}: {:?}\n{}",
@@ -144,12 +139,7 @@ async fn a_worker_with_a_full_disk_takes_no_spawns_and_hands_back_what_it_claime
     // A spawn while the slots are closed is not even taken.
     let second = env.spawn(&[], "second");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let now = env
-        .store()
-        .await
-        .agent(&second.id.to_string())
-        .await
-        .unwrap();
+    let now = env.store().await.agent_by_id(second.id).await.unwrap();
     assert_eq!(now.status, AgentStatus::Pending, "{:?}", now.error);
 
     // Space returns: the worker is ready again within a second or so and runs both.

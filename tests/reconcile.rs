@@ -89,7 +89,7 @@ async fn stale_worker_cannot_write_after_takeover() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = store.agent(&agent.id.to_string()).await.unwrap();
+    let after = store.agent_by_id(agent.id).await.unwrap();
     assert_status(&after, AgentStatus::Crashed);
     assert_eq!(after.worker_id, crashed.worker_id);
     assert_eq!(
@@ -590,7 +590,7 @@ async fn killed_before_recording(next_node: &str) {
         let runs = live_runs(&roots, &agent.name);
         most = most.max(runs.len());
         assert!(runs.len() <= 1, "two live runs of one agent: {runs:?}");
-        let a = store.agent(&agent.id.to_string()).await.unwrap();
+        let a = store.agent_by_id(agent.id).await.unwrap();
         if a.status.is_final() {
             assert_status(&a, AgentStatus::Completed);
             assert_eq!(a.node_id.as_deref(), Some(next_node));
@@ -656,11 +656,6 @@ async fn a_worker_starting_on_a_node_stops_processes_owned_elsewhere() {
         "stale process stopped {:?} after the new worker started",
         restarted.elapsed()
     );
-    let after = env
-        .store()
-        .await
-        .agent(&agent.id.to_string())
-        .await
-        .unwrap();
+    let after = env.store().await.agent_by_id(agent.id).await.unwrap();
     assert_status(&after, AgentStatus::Crashed);
 }

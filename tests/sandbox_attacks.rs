@@ -1030,7 +1030,7 @@ async fn a_fifo_as_signal_file_does_not_hang_the_worker() {
     let store = env.store().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let attacker = loop {
-        let a = store.agent(&attacker.id.to_string()).await.unwrap();
+        let a = store.agent_by_id(attacker.id).await.unwrap();
         if a.status.is_final() {
             break a;
         }

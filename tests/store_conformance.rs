@@ -10,8 +10,8 @@ use std::time::Duration;
 use agentfleet::domain::AccountKind;
 use agentfleet::domain::{AgentMode, AgentOutcome, AgentStatus, PendingQuestion};
 use agentfleet::store::{
-    ControlKind, EventAppend, NewAccount, NewEvent, Owner, ProcessRecord, ReconcilePolicy,
-    SpawnRecord, Store, StoreError,
+    AcquireParams, ControlKind, EventAppend, JobFailure, NewAccount, NewEvent, Owner,
+    ProcessRecord, ReconcileParams, ReconcilePolicy, SpawnRecord, Store, StoreError,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -146,6 +146,7 @@ async fn record_spawn_is_idempotent_per_key(store: &Store) {
     let by_name = store.agent("brave-otter").await.unwrap();
     let by_id = store.agent(&first.agent.id.to_string()).await.unwrap();
     assert_eq!(by_name, by_id);
+    assert_eq!(store.agent_by_id(first.agent.id).await.unwrap(), by_id);
 
     // The key with a different request: refused, nothing written.
     let mut different = spawn_of("third-name", Some("key-1"));
@@ -209,6 +210,10 @@ async fn record_spawn_refuses_a_taken_name_and_an_unknown_project(store: &Store)
         store.agent("nobody").await,
         Err(StoreError::UnknownAgent(_))
     ));
+    assert!(matches!(
+        store.agent_by_id(Uuid::now_v7()).await,
+        Err(StoreError::UnknownAgent(_))
+    ));
 }
 
 /// A worker that cannot start what it claimed (its disk is full) hands it back: pending
@@ -239,7 +244,7 @@ async fn a_claimed_request_is_handed_back_by_its_claimer_only(store: &Store) {
             .await
             .unwrap()
     );
-    let agent = store.agent(&claimed.agent.id.to_string()).await.unwrap();
+    let agent = store.agent_by_id(claimed.agent.id).await.unwrap();
     assert_eq!(agent.status, AgentStatus::Pending);
     assert_eq!(agent.worker_id, None);
     assert_eq!(
@@ -386,14 +391,14 @@ async fn fenced_writes_are_refused_for_a_wrong_epoch(store: &Store) {
         let outcome = outcome(AgentStatus::Completed);
         assert!(!store.finish_agent(agent, wrong, &outcome).await.unwrap());
     }
-    let untouched = store.agent(&agent.to_string()).await.unwrap();
+    let untouched = store.agent_by_id(agent).await.unwrap();
     assert_eq!(untouched.status, AgentStatus::Starting);
     assert_eq!(untouched.pid, None);
     assert_eq!(store.last_event_seq(agent).await.unwrap(), 0);
 
     assert!(store.mark_running(agent, &owner, &process).await.unwrap());
     assert!(store.set_session_id(agent, &owner, "sid-1").await.unwrap());
-    let running = store.agent(&agent.to_string()).await.unwrap();
+    let running = store.agent_by_id(agent).await.unwrap();
     assert_eq!(running.status, AgentStatus::Running);
     assert_eq!(running.pid, Some(77));
     assert_eq!(running.workdir.as_deref(), Some("/tmp/wd"));
@@ -406,7 +411,7 @@ async fn an_agents_branch_is_renamed_by_its_owner_only(store: &Store) {
     with_project(store).await;
     let (agent, owner) = claimed_agent(store, "renamed").await;
     let [stale, stranger] = wrong_owners(store, &owner).await;
-    let branch = |agent: Uuid| async move { store.agent(&agent.to_string()).await.unwrap().branch };
+    let branch = |agent: Uuid| async move { store.agent_by_id(agent).await.unwrap().branch };
     assert_eq!(branch(agent).await, "agent/renamed");
     for wrong in [&stale, &stranger] {
         let renamed = store
@@ -429,7 +434,7 @@ async fn an_agents_branch_is_renamed_by_its_owner_only(store: &Store) {
             .await
             .unwrap()
     );
-    let renamed = store.agent(&agent.to_string()).await.unwrap();
+    let renamed = store.agent_by_id(agent).await.unwrap();
     assert_eq!(renamed.branch, "agent/renamed-1");
     assert_eq!(
         store.agent("renamed").await.unwrap().branch,
@@ -552,8 +557,7 @@ async fn batched_appends_store_owned_agents_and_fence_the_rest(store: &Store) {
         [(1, "a".into(), json!(1)), (2, "c".into(), json!(null))]
     );
     assert!(store.events_after(theirs, 0).await.unwrap().is_empty());
-    let offsets =
-        |id: Uuid| async move { store.agent(&id.to_string()).await.unwrap().output_offset };
+    let offsets = |id: Uuid| async move { store.agent_by_id(id).await.unwrap().output_offset };
     assert_eq!(offsets(mine).await, 120);
     assert_eq!(offsets(also).await, 10);
     assert_eq!(offsets(theirs).await, 0);
@@ -589,7 +593,7 @@ async fn finish_agent_records_the_outcome_and_closes_the_request(store: &Store) 
         question: "Which database?".into(),
     }];
     assert!(store.finish_agent(asking, &owner, &waiting).await.unwrap());
-    let agent = store.agent(&asking.to_string()).await.unwrap();
+    let agent = store.agent_by_id(asking).await.unwrap();
     assert_eq!(agent.status, AgentStatus::WaitingForInput);
     assert_eq!(agent.result.as_deref(), Some("need input"));
     assert_eq!(agent.session_id.as_deref(), Some("sid-9"));
@@ -607,7 +611,7 @@ async fn finish_agent_records_the_outcome_and_closes_the_request(store: &Store) 
             .await
             .unwrap()
     );
-    let agent = store.agent(&crashing.to_string()).await.unwrap();
+    let agent = store.agent_by_id(crashing).await.unwrap();
     assert_eq!(agent.status, AgentStatus::Crashed);
     assert_eq!(agent.error.as_deref(), Some("exited with code 3"));
     assert!(agent.pending_questions.is_empty());
@@ -638,7 +642,13 @@ async fn failed_requests_fail_their_agent_and_bad_jobs_are_kept(store: &Store) {
     assert!(store.pending_requests(10).await.unwrap().is_empty());
 
     store
-        .record_job_failure("q", None, "{\"not\":1}", "cannot be decoded", "w1")
+        .record_job_failure(&JobFailure {
+            queue: "q",
+            job_id: None,
+            payload: "{\"not\":1}",
+            reason: "cannot be decoded",
+            worker_id: "w1",
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -776,7 +786,12 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
     let (first, owner1) = claimed_agent(store, "sel-1").await;
     // No account for the provider: run without one.
     let pick = store
-        .acquire_account(first, &owner1, "claude", &[])
+        .acquire_account(&AcquireParams {
+            agent_id: first,
+            owner: &owner1,
+            provider: "claude",
+            exclude: &[],
+        })
         .await
         .unwrap();
     assert!(pick.account.is_none());
@@ -787,7 +802,12 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
         let store = store.clone();
         async move {
             store
-                .acquire_account(agent, &owner, "claude", &exclude)
+                .acquire_account(&AcquireParams {
+                    agent_id: agent,
+                    owner: &owner,
+                    provider: "claude",
+                    exclude: &exclude,
+                })
                 .await
                 .unwrap()
         }
@@ -819,7 +839,7 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
             .id,
         b.id
     );
-    let agent = store.agent(&third.to_string()).await.unwrap();
+    let agent = store.agent_by_id(third).await.unwrap();
     assert_eq!(agent.account_id, Some(b.id));
     assert_eq!(store.account_by_id(b.id).await.unwrap().in_use, 2);
     // b exhausted, a full: nothing free, though the provider has accounts.
@@ -887,7 +907,7 @@ async fn account_selection_prefers_the_least_recently_used_free_account(store: &
     );
     assert!(store.restart_run(fourth, &owner4).await.unwrap());
     assert_eq!(
-        store.agent(&fourth.to_string()).await.unwrap().status,
+        store.agent_by_id(fourth).await.unwrap().status,
         AgentStatus::Starting
     );
 }
@@ -904,7 +924,16 @@ async fn concurrent_selections_never_over_commit_an_account(store: &Store) {
         .into_iter()
         .map(|(agent, owner)| {
             let store = store.clone();
-            tokio::spawn(async move { store.acquire_account(agent, &owner, "claude", &[]).await })
+            tokio::spawn(async move {
+                store
+                    .acquire_account(&AcquireParams {
+                        agent_id: agent,
+                        owner: &owner,
+                        provider: "claude",
+                        exclude: &[],
+                    })
+                    .await
+            })
         })
         .collect();
     let mut got = Vec::new();
@@ -968,13 +997,23 @@ async fn dead_workers_release_their_accounts(store: &Store) {
         .unwrap()
         .unwrap();
     let picked = store
-        .acquire_account(claimed.agent.id, &dead, "claude", &[])
+        .acquire_account(&AcquireParams {
+            agent_id: claimed.agent.id,
+            owner: &dead,
+            provider: "claude",
+            exclude: &[],
+        })
         .await
         .unwrap();
     assert_eq!(picked.account.unwrap().id, a.id);
     let (other, other_owner) = claimed_agent(store, "other").await;
     store
-        .acquire_account(other, &other_owner, "claude", &[])
+        .acquire_account(&AcquireParams {
+            agent_id: other,
+            owner: &other_owner,
+            provider: "claude",
+            exclude: &[],
+        })
         .await
         .unwrap();
     assert_eq!(store.account_by_id(a.id).await.unwrap().in_use, 2);
@@ -987,21 +1026,26 @@ async fn dead_workers_release_their_accounts(store: &Store) {
     };
     assert!(
         store
-            .reconcile_one(&me, "node-a", &[], &patient)
+            .reconcile_one(&ReconcileParams {
+                me: &me,
+                node: "node-a",
+                known_dead: &[],
+                policy: &patient
+            })
             .await
             .unwrap()
             .is_none()
     );
     let done = store
-        .reconcile_one(
-            &me,
-            "node-a",
-            &[],
-            &ReconcilePolicy {
+        .reconcile_one(&ReconcileParams {
+            me: &me,
+            node: "node-a",
+            known_dead: &[],
+            policy: &ReconcilePolicy {
                 max_attempts: 3,
                 orphan_grace: Duration::ZERO,
             },
-        )
+        })
         .await
         .unwrap()
         .expect("the dead worker is reconciled");

@@ -125,19 +125,14 @@ async fn spawn_until(fleet: &Fleet, prompt: &str, check: impl Fn(AgentStatus) ->
 }
 
 async fn name(fleet: &Fleet, id: Uuid) -> String {
-    fleet
-        .store
-        .agent(&id.to_string())
-        .await
-        .expect("agent")
-        .name
+    fleet.store.agent_by_id(id).await.expect("agent").name
 }
 
 /// Polls (every 2 ms) until the agent's status satisfies `check`.
 async fn wait_status(fleet: &Fleet, id: Uuid, check: impl Fn(AgentStatus) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let agent = fleet.store.agent(&id.to_string()).await.expect("agent");
+        let agent = fleet.store.agent_by_id(id).await.expect("agent");
         if check(agent.status) {
             return;
         }

@@ -341,7 +341,7 @@ pub async fn healthz() -> Response {
 )]
 /// Prometheus text: this process's metrics and the fleet's queue, read from the store.
 pub async fn metrics(State(fleet): State<Fleet>) -> Response {
-    crate::metrics::response(&fleet.store).await
+    crate::metrics::response(fleet.store.queue_stats().await)
 }
 
 #[utoipa::path(

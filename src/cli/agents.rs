@@ -88,7 +88,7 @@ pub(super) async fn wait_for_end(
     after: i64,
 ) -> anyhow::Result<i32> {
     follow_events(fleet, agent_id, false, after).await?;
-    let agent = fleet.store.agent(&agent_id.to_string()).await?;
+    let agent = fleet.store.agent_by_id(agent_id).await?;
     eprintln!("agent {} ended: {}", agent.name, agent.status);
     if let Some(error) = &agent.error {
         eprintln!("error: {error}");
@@ -115,7 +115,7 @@ pub(super) async fn wait_for_end(
 pub(super) async fn wait_until_resumed(fleet: &Fleet, agent_id: uuid::Uuid) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let agent = fleet.store.agent(&agent_id.to_string()).await?;
+        let agent = fleet.store.agent_by_id(agent_id).await?;
         if agent.status != crate::domain::AgentStatus::WaitingForInput {
             return Ok(());
         }

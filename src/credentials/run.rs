@@ -99,7 +99,12 @@ pub async fn prepare(
             None => {
                 let pick = ctx
                     .store
-                    .acquire_account(agent.id, ctx.owner, provider.name(), &exclude)
+                    .acquire_account(&crate::store::AcquireParams {
+                        agent_id: agent.id,
+                        owner: ctx.owner,
+                        provider: provider.name(),
+                        exclude: &exclude,
+                    })
                     .await?;
                 match pick.account {
                     Some(account) => account,

@@ -48,7 +48,7 @@ pub fn follow(
             }
             // A final agent whose last status event is not stored (yet, or ever: requests
             // failed before a worker ran them) ends the stream once its log is drained.
-            match store.agent(&agent_id.to_string()).await {
+            match store.agent_by_id(agent_id).await {
                 Ok(agent) if agent.status.is_final() => {
                     match store.events_after(agent_id, last).await {
                         Ok(rest) => for event in rest { yield Ok(event); },

@@ -50,10 +50,10 @@ impl Fleet {
                 &serde_json::json!({"kind": STATUS_EVENT, "status": AgentStatus::Stopped}),
             )
             .await;
-            return Ok(store.agent(&agent.id.to_string()).await?);
+            return Ok(store.agent_by_id(agent.id).await?);
         }
         // Claimed in the meantime, or running: route the stop to its owner.
-        let agent = store.agent(&agent.id.to_string()).await?;
+        let agent = store.agent_by_id(agent.id).await?;
         self.send_control(
             &agent,
             ControlKind::Stop,
@@ -71,7 +71,7 @@ impl Fleet {
     async fn wait_final(&self, agent_id: Uuid, limit: Duration) -> Result<Agent, FleetError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let agent = self.store.agent(&agent_id.to_string()).await?;
+            let agent = self.store.agent_by_id(agent_id).await?;
             if agent.status.is_final() {
                 return Ok(agent);
             }
@@ -100,7 +100,7 @@ impl Fleet {
         let mut agent = store.agent(agent_ref).await?;
         if agent.status == AgentStatus::Pending {
             store.cancel_pending(agent.id, "deleted").await?;
-            agent = store.agent(&agent.id.to_string()).await?;
+            agent = store.agent_by_id(agent.id).await?;
         }
         let args = ControlArgs::from_iter([("remote_branch".into(), remote_branch.into())]);
         let live = !agent.status.is_final();
@@ -123,7 +123,7 @@ impl Fleet {
             let deadline = tokio::time::Instant::now()
                 + self.settings.worker.stop_grace
                 + Duration::from_secs(30);
-            while store.agent(&agent.id.to_string()).await.is_ok() {
+            while store.agent_by_id(agent.id).await.is_ok() {
                 if tokio::time::Instant::now() > deadline {
                     return Err(FleetError::Unavailable(format!(
                         "agent '{}' is not deleted yet; the request stays recorded",

@@ -3,21 +3,34 @@
 //! write about an agent a worker owns is fenced by the owner's worker id and epoch
 //! (`Owner`), so a worker whose lease was taken over cannot change anything.
 //!
-//! `Store` dispatches to one adapter, chosen by the URL's scheme. Each adapter keeps its own
-//! SQL; the operations they share are listed once, in `store_operations!` below.
+//! `Store` dispatches to one adapter, chosen by the URL's scheme. The port is the list in
+//! `store_operations!` below, in groups — projects, requests and agents, control requests
+//! and re-dispatch, workers and leases, accounts — and each adapter's folder (`postgres/`,
+//! `sqlite/`) has one file per group, so an operation sits at the same path in both. SQL
+//! that is the same text in both dialects is written once, in `shared/<group>.rs`, and
+//! expanded into both adapters' files of that group; each adapter writes only what truly
+//! differs. `records.rs` holds the operations' parameter and result types, `error.rs`
+//! their error, `rows.rs` the mapping from rows to domain types.
 //!
-//! To add an operation: write it as an inherent `pub async fn` on `PgStore`
-//! (`postgres.rs`) and on `SqliteStore` (`sqlite.rs`) with the same signature, add that
-//! signature to the list in `store_operations!`, and add a test of it to
-//! `tests/store_conformance.rs` (it runs against both adapters). The list is the port: a
-//! method missing from either adapter does not compile.
+//! To add an operation: write it once in `shared/<group>.rs` when its SQL can be one text
+//! (`$N` placeholders, the adapters' time macros), else as an inherent `pub async fn` with
+//! the same signature in `postgres/<group>.rs` and `sqlite/<group>.rs`; add its signature
+//! to the list in `store_operations!`, and a test of it to `tests/store_conformance.rs`
+//! (it runs against both adapters). The list is the port: a method missing from either
+//! adapter does not compile.
 
+// First, so the adapters declared after it see its macros.
+#[macro_use]
+mod shared;
+
+mod error;
 mod postgres;
-mod postgres_accounts;
-mod postgres_control;
-mod postgres_leases;
+mod records;
 mod rows;
 mod sqlite;
+
+pub use error::StoreError;
+pub use records::*;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -27,10 +40,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{
-    Account, AccountKind, Agent, AgentMode, AgentOutcome, Project, QueueStats, StoredEvent,
-    WorkerInfo,
-};
+use crate::domain::{Account, Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
 
 /// The store, as one of its adapters.
 #[derive(Clone, Debug)]
@@ -47,6 +57,14 @@ pub enum StoreKind {
 }
 
 impl StoreKind {
+    /// The backend's name in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+
     pub fn of_url(url: &str) -> Option<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Some(Self::Postgres)
@@ -158,8 +176,10 @@ macro_rules! store_operations {
                         Self::Postgres(store) => store.$name($($arg),*).await,
                         Self::Sqlite(store) => store.$name($($arg),*).await,
                     };
-                    if let Err(e) = &result {
-                        crate::metrics::store_error(self.kind(), e);
+                    if let Err(e) = &result
+                        && e.is_database_failure()
+                    {
+                        crate::metrics::backend_error(self.kind().label());
                     }
                     result
                 }
@@ -202,17 +222,13 @@ store_operations! {
     /// Fails a request (and its agent if not yet final), unfenced: for requests that can
     /// never run.
     fn fail_request(&self, request_id: Uuid, reason: &str) -> ();
-    fn record_job_failure(
-        &self,
-        queue: &str,
-        job_id: Option<&str>,
-        payload: &str,
-        reason: &str,
-        worker_id: &str,
-    ) -> ();
+    /// Keeps a job no worker can run (its payload cannot be decoded) for a person to see.
+    fn record_job_failure(&self, failure: &JobFailure<'_>) -> ();
     fn job_failures(&self) -> Vec<(String, String)>;
-    /// Looks an agent up by id when the reference parses as one, else by name.
+    /// Looks an agent up by id when the reference parses as one, else by name: for
+    /// references a person gave.
     fn agent(&self, id_or_name: &str) -> Agent;
+    fn agent_by_id(&self, id: Uuid) -> Agent;
     /// Agents, oldest first; dismissed ones only when asked for.
     fn list_agents(&self, include_dismissed: bool) -> Vec<Agent>;
     fn count_agents(&self) -> i64;
@@ -304,13 +320,7 @@ store_operations! {
     /// Alive (by status) workers on `node` other than `me`, with their process identity.
     fn peers_on_node(&self, node: &str, me: &str) -> Vec<PeerWorker>;
     /// Reconciles at most one dead worker (see `Reconciled`); None when there is none.
-    fn reconcile_one(
-        &self,
-        me: &Owner,
-        node: &str,
-        known_dead: &[String],
-        policy: &ReconcilePolicy,
-    ) -> Option<Reconciled>;
+    fn reconcile_one(&self, params: &ReconcileParams<'_>) -> Option<Reconciled>;
 
     // ---- accounts
     /// Adds an account whose secret the caller sealed; a taken label is `AccountExists`.
@@ -325,13 +335,7 @@ store_operations! {
     /// Picks, for the agent `owner` runs, the least recently used of the provider's
     /// accounts that is neither exhausted, invalid, excluded nor at `max_concurrent`, and
     /// records the reservation (agent ↔ account) in the same transaction; fenced.
-    fn acquire_account(
-        &self,
-        agent_id: Uuid,
-        owner: &Owner,
-        provider: &str,
-        exclude: &[Uuid],
-    ) -> AccountPick;
+    fn acquire_account(&self, params: &AcquireParams<'_>) -> AccountPick;
     /// Reserves a given account for the agent again (a resume: its session lives in that
     /// account's config dir); None when the account is gone or the write was fenced off.
     fn hold_account(&self, agent_id: Uuid, owner: &Owner, account_id: Uuid) -> Option<Account>;
@@ -355,304 +359,6 @@ store_operations! {
     /// Puts a running agent back to `starting` for a new process in the same run (a
     /// failover to another account): no pid, output read from its start; fenced.
     fn restart_run(&self, agent_id: Uuid, owner: &Owner) -> bool;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("an agent named '{0}' already exists")]
-    NameTaken(String),
-    #[error(
-        "idempotency_key '{0}' was already used for a different request; send the same \
-         request to get its agent, or use a new key"
-    )]
-    IdempotencyKeyReused(String),
-    /// A resume the agent cannot take now; says why.
-    #[error("{0}")]
-    ResumeRefused(String),
-    #[error("a project named '{0}' already exists")]
-    ProjectExists(String),
-    #[error("unknown project '{0}'")]
-    UnknownProject(String),
-    #[error("no agent with id or name '{0}'")]
-    UnknownAgent(String),
-    #[error("an account labelled '{0}' already exists")]
-    AccountExists(String),
-    #[error("no account '{0}'")]
-    UnknownAccount(String),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    /// A database error shared by several callers (a batched write that failed as one).
-    #[error("database: {0}")]
-    Shared(String),
-    #[error("database migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database.url '{0}' is neither postgres://… nor sqlite:…")]
-    UnsupportedUrl(String),
-    #[error("cannot create the data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-impl StoreError {
-    /// True when the same operation may well succeed if tried again soon: the connection
-    /// broke or could not be had, the server is restarting, or a lock or serialization
-    /// conflict. A retry is safe for every fenced or idempotent operation.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Database(e) => match e {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => true,
-                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                    // Postgres: connection exceptions, shutdown / starting up, too many
-                    // connections, serialization failure, deadlock, lock timeout;
-                    // SQLite: busy and locked.
-                    code.starts_with("08")
-                        || code.starts_with("57P")
-                        || matches!(&*code, "53300" | "40001" | "40P01" | "55P03")
-                        || matches!(&*code, "5" | "6" | "517" | "262")
-                }),
-                _ => false,
-            },
-            Self::Shared(_) => true,
-            _ => false,
-        }
-    }
-
-    /// The store refused the data itself (a value it cannot hold, or one too large), not
-    /// the connection or the state: writing the same again fails the same way.
-    pub fn rejects_content(&self) -> bool {
-        let StoreError::Database(sqlx::Error::Database(e)) = self else {
-            return false;
-        };
-        // Postgres: class 22 (data exception) and 54 (program limit exceeded); SQLite:
-        // SQLITE_TOOBIG.
-        e.code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("54") || code == "18")
-    }
-}
-
-/// A worker's claim on the agents it runs: its id and the epoch of its lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub worker_id: String,
-    pub epoch: i64,
-}
-
-/// What a caller gets back from recording a spawn.
-#[derive(Debug, Clone)]
-pub struct RecordedSpawn {
-    pub agent: Agent,
-    pub request_id: Uuid,
-    /// False when the idempotency key matched an earlier request.
-    pub created: bool,
-}
-
-/// A request a worker has claimed: the agent it is about and the request's payload.
-#[derive(Debug, Clone)]
-pub struct ClaimedRequest {
-    pub agent: Agent,
-    pub payload: serde_json::Value,
-    pub attempts: i32,
-}
-
-/// Where an agent's process is, recorded once it has started.
-#[derive(Debug, Clone)]
-pub struct ProcessRecord {
-    pub pid: i32,
-    pub pid_start_time: i64,
-    pub output_path: String,
-    pub workdir: String,
-}
-
-/// One event to append: its per-agent sequence number, kind and data.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub seq: i64,
-    pub kind: String,
-    pub data: serde_json::Value,
-}
-
-/// One agent's share of a batched event write: its new events and the output offset
-/// they reach.
-#[derive(Debug, Clone)]
-pub struct EventAppend {
-    pub agent_id: Uuid,
-    pub events: Vec<NewEvent>,
-    pub output_offset: i64,
-}
-
-/// The fields of a spawn the store records at enqueue.
-#[derive(Debug, Clone)]
-pub struct SpawnRecord<'a> {
-    pub name: &'a str,
-    pub provider: &'a str,
-    pub mode: AgentMode,
-    pub project: &'a str,
-    pub task_id: Option<&'a str>,
-    pub idempotency_key: Option<&'a str>,
-    /// Fingerprint of the request without its key, kept with the key.
-    pub request_hash: &'a str,
-    pub payload: serde_json::Value,
-}
-
-/// A worker process as it registers.
-#[derive(Debug, Clone)]
-pub struct NewWorker<'a> {
-    pub id: &'a str,
-    pub node_id: &'a str,
-    pub host: &'a str,
-    pub pid: i32,
-    pub pid_start_time: Option<i64>,
-    pub capacity: i32,
-}
-
-/// A worker row on the same node, with the identity of its process.
-#[derive(Debug, Clone)]
-pub struct PeerWorker {
-    pub id: String,
-    pub pid: i32,
-    pub pid_start_time: Option<i64>,
-}
-
-/// Limits the reconciler applies.
-#[derive(Debug, Clone)]
-pub struct ReconcilePolicy {
-    /// A request that has been claimed this many times is not run again (poison).
-    pub max_attempts: u32,
-    /// How long after its lease ended a worker's processes may still run (their dead-man
-    /// switch's grace plus its margin): until then only a same-node worker known gone is
-    /// reconciled, so no agent runs twice.
-    pub orphan_grace: Duration,
-}
-
-/// What reconciling one dead worker did.
-#[derive(Debug, Clone, Default)]
-pub struct Reconciled {
-    pub worker_id: String,
-    pub node_id: String,
-    /// Agents now owned by the reconciling worker (same node): supervise them.
-    pub adopted: Vec<Uuid>,
-    /// Agents put back in the queue: dispatch them.
-    pub requeued: Vec<Uuid>,
-    /// Agents given a final status (crashed, or stopped when a stop was pending).
-    pub crashed: Vec<Uuid>,
-    /// Agents whose process on this node must be killed.
-    pub to_kill: Vec<Uuid>,
-}
-
-/// An account to add, its secret already sealed (with `id` bound into the seal).
-#[derive(Debug, Clone)]
-pub struct NewAccount<'a> {
-    pub id: Uuid,
-    pub provider: &'a str,
-    pub label: &'a str,
-    pub kind: AccountKind,
-    pub sealed: &'a [u8],
-    pub key_id: &'a str,
-    pub fingerprint: &'a str,
-    pub max_concurrent: Option<i32>,
-}
-
-/// What account selection found.
-#[derive(Debug, Clone)]
-pub struct AccountPick {
-    /// The account now reserved for the agent, if one was free.
-    pub account: Option<Account>,
-    /// How many accounts the provider has at all (0: run on the CLI's own login).
-    pub provider_accounts: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlKind {
-    Stop,
-    Delete,
-    Resume,
-    /// Hidden from lists (at once, by the front door); the node frees an ended agent's
-    /// checkout.
-    Dismiss,
-    /// The node frees an ended agent's checkout; the record stays.
-    Cleanup,
-}
-
-impl ControlKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Delete => "delete",
-            Self::Resume => "resume",
-            Self::Dismiss => "dismiss",
-            Self::Cleanup => "cleanup",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "stop" => Some(Self::Stop),
-            "delete" => Some(Self::Delete),
-            "resume" => Some(Self::Resume),
-            "dismiss" => Some(Self::Dismiss),
-            "cleanup" => Some(Self::Cleanup),
-            _ => None,
-        }
-    }
-}
-
-/// What `take_due_requests` looks for.
-#[derive(Debug, Clone, Copy)]
-pub struct DueParams {
-    pub spawn_after: Duration,
-    pub control_after: Duration,
-    pub resume_timeout: Duration,
-    pub limit: i64,
-}
-
-/// Requests to send again, as `take_due_requests` found them.
-#[derive(Debug, Clone, Default)]
-pub struct DueRequests {
-    pub spawns: Vec<Uuid>,
-    pub controls: Vec<DueControl>,
-}
-
-/// A control request to send again: to `target_worker`'s queue, or (None) to the queue
-/// of the agent's node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueControl {
-    pub id: Uuid,
-    pub target_worker: Option<String>,
-    pub node_id: Option<String>,
-}
-
-/// A control request about an agent that no worker has acted on yet.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PendingControl {
-    pub id: Uuid,
-    pub kind: String,
-    /// The worker it was sent to; None: any worker on the agent's node.
-    pub target_worker: Option<String>,
-    pub requested_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// The pending control requests of one node (`None`: agents never placed on a node).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ControlQueueStats {
-    pub node_id: Option<String>,
-    pub depth: i64,
-    pub oldest_age_seconds: Option<f64>,
-}
-
-/// A request about an existing agent, routed to the worker that owns it.
-#[derive(Debug, Clone)]
-pub struct ControlRequest {
-    pub id: Uuid,
-    pub agent_id: Uuid,
-    pub kind: ControlKind,
-    pub payload: serde_json::Value,
 }
 
 #[cfg(test)]

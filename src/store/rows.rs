@@ -1,7 +1,7 @@
-//! Rows to domain types, once for both adapters. The SQL of each adapter is its own (the
-//! dialects differ), but both select the same column names with types both drivers decode
-//! (`StoreRow`), so the mapping back to `Agent`, `Project`, `Account`, `WorkerInfo` and
-//! `StoredEvent` is shared here.
+//! Rows to domain types, once for both adapters. Whether a statement is shared
+//! (`shared/`) or an adapter's own, both select the same column names with types both
+//! drivers decode (`StoreRow`), so the mapping back to `Agent`, `Project`, `Account`,
+//! `WorkerInfo` and `StoredEvent` is written here once.
 
 use sqlx::{Decode, Postgres, Row, Sqlite, Type};
 

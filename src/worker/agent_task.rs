@@ -190,7 +190,7 @@ async fn supervise(
 /// The agent is no longer ours. If nobody on this node took it over, its process must not
 /// run on unsupervised (the fleet has reconciled it elsewhere): kill it.
 async fn let_go(rt: &Arc<Runtime>, agent: &Agent, pid: i32, start_time: i64) {
-    let current = rt.fleet.store.agent(&agent.id.to_string()).await.ok();
+    let current = rt.fleet.store.agent_by_id(agent.id).await.ok();
     let adopted_here = current.as_ref().is_some_and(|a| {
         !a.status.is_final()
             && a.node_id.as_deref() == Some(rt.node_id.as_str())

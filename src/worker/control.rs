@@ -229,7 +229,7 @@ async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
 async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
     let store = &rt.fleet.store;
     let agent = store
-        .agent(&control.agent_id.to_string())
+        .agent_by_id(control.agent_id)
         .await
         .map_err(|e| e.to_string())?;
     if !agent.status.is_final() {
@@ -278,7 +278,7 @@ async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), Strin
         wait_untracked(rt, control.agent_id).await;
     }
     let agent = store
-        .agent(&control.agent_id.to_string())
+        .agent_by_id(control.agent_id)
         .await
         .map_err(|e| e.to_string())?;
     let remote_branch = control

@@ -282,7 +282,7 @@ mod tests {
         assert_eq!(returned.len(), 3, "the events as stored, to publish");
         assert_eq!(returned[1].kind, expected[1]);
         assert_eq!(stored[2].data["line"], "after");
-        let agent_row = store.agent(&agent.to_string()).await.unwrap();
+        let agent_row = store.agent_by_id(agent).await.unwrap();
         assert_eq!(
             agent_row.output_offset, 42,
             "the offset moved with the events"

@@ -40,7 +40,7 @@ pub async fn after_trouble(
     log: &mut EventLog,
 ) -> Failover {
     let store = &rt.fleet.store;
-    let current = match store.agent(&agent.id.to_string()).await {
+    let current = match store.agent_by_id(agent.id).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(agent_id = %agent.id, error = %e, "cannot read the agent for a failover");
@@ -114,7 +114,12 @@ pub async fn after_trouble(
         Err(e) => return end(format!("{why}; {e}")),
     };
     let next = match store
-        .acquire_account(agent.id, &rt.owner, provider.name(), &[account_id])
+        .acquire_account(&crate::store::AcquireParams {
+            agent_id: agent.id,
+            owner: &rt.owner,
+            provider: provider.name(),
+            exclude: &[account_id],
+        })
         .await
     {
         Ok(pick) => match pick.account {
@@ -145,7 +150,7 @@ pub async fn after_trouble(
         Ok(false) => return end(format!("{why}; the agent was taken over")),
         Err(e) => return end(format!("{why}; {e}")),
     }
-    let restarted = match store.agent(&agent.id.to_string()).await {
+    let restarted = match store.agent_by_id(agent.id).await {
         Ok(a) => a,
         Err(e) => return end(format!("{why}; {e}")),
     };

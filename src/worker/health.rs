@@ -44,7 +44,7 @@ pub async fn run(rt: Arc<Runtime>, addr: Option<SocketAddr>, stop: CancellationT
 }
 
 async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
-    crate::metrics::response(&rt.fleet.store).await
+    crate::metrics::response(rt.fleet.store.queue_stats().await)
 }
 
 async fn healthz(State(rt): State<Arc<Runtime>>) -> Response {

@@ -24,7 +24,7 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), S
         .and_then(|a| serde_json::from_value(a).ok())
         .ok_or("the resume request carries no answers")?;
     let agent = store
-        .agent(&control.agent_id.to_string())
+        .agent_by_id(control.agent_id)
         .await
         .map_err(|e| e.to_string())?;
     let provider = rt
@@ -66,7 +66,7 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), S
         ));
     }
     let agent = store
-        .agent(&agent.id.to_string())
+        .agent_by_id(agent.id)
         .await
         .map_err(|e| e.to_string())?;
     let mut log = rt

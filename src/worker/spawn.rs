@@ -36,13 +36,13 @@ pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
             if let Err(e) = rt
                 .fleet
                 .store
-                .record_job_failure(
-                    rt.fleet.queue.queue_name(),
-                    None,
-                    &job.to_string(),
-                    &reason,
-                    &rt.owner.worker_id,
-                )
+                .record_job_failure(&crate::store::JobFailure {
+                    queue: rt.fleet.queue.queue_name(),
+                    job_id: None,
+                    payload: &job.to_string(),
+                    reason: &reason,
+                    worker_id: &rt.owner.worker_id,
+                })
                 .await
             {
                 tracing::error!(error = %e, "cannot record the malformed job");

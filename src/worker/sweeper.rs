@@ -64,7 +64,12 @@ pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) {
     };
     loop {
         match store
-            .reconcile_one(&rt.owner, &rt.node_id, &known_dead, &policy)
+            .reconcile_one(&crate::store::ReconcileParams {
+                me: &rt.owner,
+                node: &rt.node_id,
+                known_dead: &known_dead,
+                policy: &policy,
+            })
             .await
         {
             Ok(Some(done)) => apply(rt, done).await,

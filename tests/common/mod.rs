@@ -304,7 +304,7 @@ impl TestEnv {
         let store = self.store().await;
         let deadline = Instant::now() + timeout;
         loop {
-            let agent = store.agent(&id.to_string()).await.expect("agent");
+            let agent = store.agent_by_id(id).await.expect("agent");
             if check(&agent) {
                 return agent;
             }
@@ -329,7 +329,7 @@ impl TestEnv {
         let store = self.store().await;
         let deadline = Instant::now() + timeout;
         loop {
-            let agent = store.agent(&id.to_string()).await.expect("agent");
+            let agent = store.agent_by_id(id).await.expect("agent");
             if agent.status.is_final() {
                 return agent;
             }
