@@ -17,7 +17,9 @@ macro_rules! shared_agents {
             use sqlx::Row;
             use uuid::Uuid;
 
-            use crate::domain::{Agent, AgentOutcome, QueueStats, StoredEvent};
+            use crate::domain::{
+                Agent, AgentOutcome, ControlArgs, QueueStats, StoredEvent, StoredPayload,
+            };
             use crate::store::rows::{agent_from_row, event_from_row};
             use crate::store::{
                 ClaimedRequest, JobFailure, Owner, ProcessRecord, RecordedSpawn, SpawnRecord, StoreError,
@@ -134,20 +136,19 @@ macro_rules! shared_agents {
                 }
 
                 /// The W3C trace context stored with a spawn request (empty when there is
-                /// none).
+                /// none), read from its payload as the front door stored it.
                 pub async fn spawn_trace_context(
                     &self,
                     request_id: Uuid,
                 ) -> Result<BTreeMap<String, String>, StoreError> {
-                    let value: Option<serde_json::Value> = sqlx::query_scalar(
-                        "SELECT payload->'trace_context' FROM requests WHERE id = $1",
-                    )
-                    .bind(request_id)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .flatten();
-                    Ok(value
-                        .and_then(|v| serde_json::from_value(v).ok())
+                    let payload: Option<serde_json::Value> =
+                        sqlx::query_scalar("SELECT payload FROM requests WHERE id = $1")
+                            .bind(request_id)
+                            .fetch_optional(&self.pool)
+                            .await?;
+                    Ok(payload
+                        .and_then(|p| StoredPayload::<ControlArgs>::from_json(p).ok())
+                        .map(|p| p.trace_context)
                         .unwrap_or_default())
                 }
 
