@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::Runtime;
 use super::event_log::{EventLog, LogError};
 use super::failover::{self, Failover};
+use super::runtime::Runtime;
 use super::supervisor::{Controls, Limits, Supervised, Supervisor};
 use crate::domain::{Agent, AgentOutcome, AgentStatus, Project};
 use crate::events::STATUS_EVENT;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Runtime;
+use super::runtime::Runtime;
 use crate::store::{Store, StoreError};
 use crate::workspace::{Workspace, WorkspaceError};
 

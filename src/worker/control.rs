@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Runtime;
+use super::runtime::Runtime;
 use crate::domain::Agent;
 use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Runtime;
+use super::runtime::Runtime;
 
 /// What a probe writes: enough to need a block, as any checkout does.
 const PROBE_BYTES: usize = 64 * 1024;

@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Runtime;
 use super::agent_task::Started;
 use super::event_log::EventLog;
 use super::launch::{self, StartError};
+use super::runtime::Runtime;
 use super::supervisor::AccountTrouble;
 use crate::credentials::config_dir;
 use crate::domain::{Agent, AgentOutcome, Project};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::Runtime;
+use super::runtime::Runtime;
 use crate::domain::{Agent, Project};
 use crate::workspace::{Published, WorkspaceError};
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::Runtime;
 use super::agent_task::{RunFiles, Started};
 use super::event_log::{EventLog, LogError};
 use super::liveness::HEARTBEAT_FILE;
+use super::runtime::Runtime;
 use crate::credentials::{self, run::RunContext};
 use crate::domain::{Agent, AgentStatus, Project};
 use crate::events::STATUS_EVENT;

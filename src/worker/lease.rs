@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Runtime;
+use super::runtime::Runtime;
 use crate::store::{Store, StoreKind};
 
 /// Starts the heartbeat on its own thread; the future ends when the heartbeat does.

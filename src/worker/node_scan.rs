@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Runtime;
+use super::runtime::Runtime;
 use crate::domain::{Agent, AgentStatus};
 use crate::process::{self, Running};
 use crate::sandbox;

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Runtime;
 use super::agent_task;
 use super::launch::{self, StartError};
+use super::runtime::Runtime;
 use crate::providers::{self, SpawnOptions};
 use crate::store::ControlRequest;
 

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::Runtime;
 use super::agent_task::{self, Started};
 use super::event_log::EventLog;
 use super::launch::{self, StartError};
 use super::retry;
+use super::runtime::Runtime;
 use super::supervisor::SIGNAL_FILE;
 use crate::agent_files;
 use crate::domain::{Agent, SpawnRequest};

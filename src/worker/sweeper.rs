@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Runtime, agent_task, node_scan};
+use super::runtime::Runtime;
+use super::{agent_task, node_scan};
 use crate::events::STATUS_EVENT;
 use crate::process;
 use crate::queue::SpawnJob;
