@@ -14,7 +14,7 @@ use super::agent_task::Started;
 use super::event_log::EventLog;
 use super::launch::{self, StartError};
 use super::runtime::Runtime;
-use super::supervisor::AccountTrouble;
+use super::stream_facts::AccountTrouble;
 use crate::credentials::config_dir;
 use crate::domain::{Agent, AgentOutcome, Project};
 use crate::providers::{self, SpawnOptions};

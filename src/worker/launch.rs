@@ -53,7 +53,7 @@ pub async fn start(
         .await
         .map_err(|e| StartError::Failed(format!("cannot write the prompt file: {e}")))?;
     // A signal file is a run's own report: the last run's must not speak for this one.
-    let _ = crate::agent_files::remove_file(&workdir, Path::new(super::supervisor::SIGNAL_FILE));
+    let _ = crate::agent_files::remove_file(&workdir, Path::new(super::signal_file::SIGNAL_FILE));
     let settings = rt.fleet.settings.provider(provider.name());
     args.extend(settings.args.iter().cloned());
     let args = providers::place_prompt(args, provider.prompt_via(), prompt);

@@ -24,15 +24,17 @@ mod launch;
 mod lease;
 mod liveness;
 mod node_scan;
+mod outcome;
 pub mod output_reader;
 mod output_watch;
 mod resume;
 mod retry;
 mod runtime;
+mod signal_file;
 mod spawn;
+mod stream_facts;
 mod supervisor;
 mod sweeper;
-mod verdict;
 
 pub use cleanup::{CleanupReport, cleanup_workspace};
 

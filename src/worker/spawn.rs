@@ -14,7 +14,7 @@ use super::event_log::EventLog;
 use super::launch::{self, StartError};
 use super::retry;
 use super::runtime::Runtime;
-use super::supervisor::SIGNAL_FILE;
+use super::signal_file::SIGNAL_FILE;
 use crate::agent_files;
 use crate::domain::{Agent, SpawnRequest};
 use crate::fleet::validate_input_name;
