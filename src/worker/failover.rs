@@ -10,9 +10,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::agent_task::Started;
 use super::event_log::EventLog;
-use super::launch::{self, StartError};
+use super::launch::{self, Launch, StartError, Started};
 use super::runtime::Runtime;
 use super::stream_facts::AccountTrouble;
 use crate::credentials::config_dir;
@@ -155,16 +154,16 @@ pub async fn after_trouble(
         serde_json::json!({"kind": "account.failover", "from": label, "to": next.label,
                            "session_id": session}),
     );
-    let run_dir = rt.agent_dir(&agent.name).join("run");
     match launch::start(
         rt,
-        &restarted,
-        provider.as_ref(),
-        args,
-        CONTINUE_PROMPT,
-        project,
-        workdir,
-        &run_dir,
+        Launch {
+            agent: &restarted,
+            provider: provider.as_ref(),
+            args,
+            prompt: CONTINUE_PROMPT,
+            project,
+            workdir,
+        },
         log,
     )
     .await

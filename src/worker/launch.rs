@@ -1,6 +1,8 @@
-//! Starting a provider process for an agent — a first run or a resume: the prompt file, the
-//! command line (the provider's args, the configured extra args, the prompt where the CLI
-//! wants it), the environment, and recording the process in the store (fenced).
+//! Starting a provider process for an agent — a first run, a resume or a failover: the
+//! prompt file, the command line (the provider's args, the configured extra args, the prompt
+//! where the CLI wants it), the environment, and recording the process in the store
+//! (fenced). What it produces, a [`Started`] process and its [`RunFiles`], is defined here
+//! for the agent task and the failover that take it on.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,14 +10,13 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::agent_task::{RunFiles, Started};
 use super::event_log::{EventLog, LogError};
 use super::liveness::HEARTBEAT_FILE;
 use super::runtime::Runtime;
 use crate::credentials::{self, run::RunContext};
 use crate::domain::{Agent, AgentStatus, Project};
 use crate::events::STATUS_EVENT;
-use crate::process::{self, Launch, Running};
+use crate::process::{self, Running};
 use crate::providers::{self, Provider};
 use crate::sandbox;
 use crate::store::ProcessRecord;
@@ -34,20 +35,62 @@ impl From<LogError> for StartError {
     }
 }
 
-/// Starts `provider` with `args` in `workdir` for `agent`, the prompt fed on stdin (argv is
-/// size-limited and visible to every user of the node) or placed as the CLI wants it.
-#[allow(clippy::too_many_arguments)]
+/// What a provider process is started with, for a first run, a resume or a failover.
+pub struct Launch<'a> {
+    pub agent: &'a Agent,
+    pub provider: &'a dyn Provider,
+    /// The provider's arguments for this kind of run (the configured ones are added).
+    pub args: Vec<String>,
+    pub prompt: &'a str,
+    pub project: Project,
+    /// The agent's checkout, where the process runs.
+    pub workdir: PathBuf,
+}
+
+/// The files a run leaves in its folder on the node.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub output: PathBuf,
+    pub stderr: PathBuf,
+    pub exit: PathBuf,
+}
+
+impl RunFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            output: dir.join("output.jsonl"),
+            stderr: dir.join("stderr.log"),
+            exit: dir.join("exit_code"),
+        }
+    }
+}
+
+/// An agent whose process runs, ready to be supervised.
+pub struct Started {
+    pub process: Running,
+    pub project: Project,
+    pub workdir: PathBuf,
+    pub files: RunFiles,
+}
+
+/// Starts the provider for the agent in its checkout, the prompt fed on stdin (argv is
+/// size-limited and visible to every user of the node) or placed as the CLI wants it. The
+/// run's files go to the agent's run folder.
 pub async fn start(
     rt: &Arc<Runtime>,
-    agent: &Agent,
-    provider: &dyn Provider,
-    mut args: Vec<String>,
-    prompt: &str,
-    project: Project,
-    workdir: PathBuf,
-    run_dir: &Path,
+    launch: Launch<'_>,
     log: &mut EventLog,
 ) -> Result<Started, StartError> {
+    let Launch {
+        agent,
+        provider,
+        mut args,
+        prompt,
+        project,
+        workdir,
+    } = launch;
+    let run_dir = rt.agent_dir(&agent.name).join("run");
+    let run_dir = run_dir.as_path();
     let store = &rt.fleet.store;
     write_prompt(run_dir, prompt)
         .await
@@ -112,7 +155,7 @@ pub async fn start(
         heartbeat,
         grace_ms: rt.fleet.settings.worker.orphan_grace.as_millis() as u64,
     };
-    let launch = Launch {
+    let launch = process::Launch {
         helper: rt.sandbox.helper.clone(),
         spec: sandbox::Spec {
             command,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::agent_task;
-use super::launch::{self, StartError};
+use super::launch::{self, Launch, StartError};
 use super::runtime::Runtime;
 use crate::providers::{self, SpawnOptions};
 use crate::store::ControlRequest;
@@ -75,16 +75,16 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), S
                            "answers": answers.len(), "worker_id": rt.owner.worker_id}),
     );
     let prompt = providers::format_answers(&answers);
-    let run_dir = rt.agent_dir(&agent.name).join("run");
     match launch::start(
         rt,
-        &agent,
-        provider.as_ref(),
-        args,
-        &prompt,
-        project,
-        workdir,
-        &run_dir,
+        Launch {
+            agent: &agent,
+            provider: provider.as_ref(),
+            args,
+            prompt: &prompt,
+            project,
+            workdir,
+        },
         &mut log,
     )
     .await

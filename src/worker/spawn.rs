@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::agent_task::{self, Started};
+use super::agent_task;
 use super::event_log::EventLog;
-use super::launch::{self, StartError};
+use super::launch::{self, Launch, StartError, Started};
 use super::retry;
 use super::runtime::Runtime;
 use super::signal_file::SIGNAL_FILE;
@@ -219,7 +219,6 @@ async fn start_agent(
     );
     let workdir = prepared.workdir;
     let step = Instant::now();
-    let run_dir = rt.agent_dir(&agent.name).join("run");
     write_inputs(&workdir, request)
         .await
         .map_err(|e| StartError::Failed(format!("cannot write the agent's files: {e}")))?;
@@ -231,13 +230,14 @@ async fn start_agent(
     let prompt = providers::prompt_for_mode(agent.mode.as_str(), &request.prompt);
     let started = launch::start(
         rt,
-        agent,
-        provider.as_ref(),
-        args,
-        &prompt,
-        project,
-        workdir,
-        &run_dir,
+        Launch {
+            agent,
+            provider: provider.as_ref(),
+            args,
+            prompt: &prompt,
+            project,
+            workdir,
+        },
         log,
     )
     .await;
