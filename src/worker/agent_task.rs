@@ -135,7 +135,10 @@ async fn supervise(
             }
         }
     };
-    let publication = rt.publish_branch(&started.project, &agent).await;
+    let publication = rt
+        .git
+        .publish_branch(&rt.fleet.store, &rt.owner, &started.project, &agent)
+        .await;
     if let Some(from) = &publication.renamed_from {
         log.push(
             "branch.renamed",

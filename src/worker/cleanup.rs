@@ -66,7 +66,7 @@ pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         // Serialised with git work on the mirrors: take every project lock in turn.
-        match cleanup_workspace(&rt.workspace_root, &rt.fleet.store, false).await {
+        match cleanup_workspace(rt.git.root(), &rt.fleet.store, false).await {
             Ok(report) if !report.removed.is_empty() => {
                 tracing::info!(removed = ?report.removed, "removed orphaned agent files")
             }

@@ -17,7 +17,6 @@ use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
 use crate::store::{ControlKind, ControlRequest, DueParams};
 use crate::telemetry;
-use crate::workspace;
 
 /// Requests re-sent per look.
 const REDISPATCH_LIMIT: i64 = 100;
@@ -253,8 +252,7 @@ async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<()
     Ok(())
 }
 
-/// Removes the agent's folder (checkout, repository, run files) and local branch on this
-/// node, under its project's git lock; its remote branch too with `remote_branch`.
+/// Removes the agent's files on this node (and its remote branch with `remote_branch`).
 async fn remove_files(rt: &Runtime, agent: &Agent, remote_branch: bool) -> Result<(), String> {
     let project = rt
         .fleet
@@ -262,20 +260,7 @@ async fn remove_files(rt: &Runtime, agent: &Agent, remote_branch: bool) -> Resul
         .project(&agent.project)
         .await
         .map_err(|e| e.to_string())?;
-    let ws = rt.workspace.clone();
-    let (name, branch, url) = (agent.name.clone(), agent.branch.clone(), project.remote_url);
-    let lock = rt.project_lock(project.id).await;
-    let _held = lock.lock().await;
-    tokio::task::spawn_blocking(move || {
-        ws.remove_agent(&name, &branch)?;
-        if remote_branch {
-            workspace::delete_remote_branch(&url, &branch)?;
-        }
-        Ok::<_, workspace::WorkspaceError>(())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    rt.git.remove_agent(&project, agent, remote_branch).await
 }
 
 async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {

@@ -44,7 +44,7 @@ impl Runtime {
     /// Probes the workspace now and opens or closes the slots by the result; whether it is
     /// writable.
     pub(super) async fn check_disk(&self) -> bool {
-        let root = self.workspace_root.clone();
+        let root = self.git.root().to_path_buf();
         let min_free = self.fleet.settings.worker.min_free_disk_mb * 1024 * 1024;
         let result = tokio::task::spawn_blocking(move || probe(&root, min_free))
             .await

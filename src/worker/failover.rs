@@ -129,7 +129,7 @@ pub async fn after_trouble(
     };
     // The session's files live in the agent's copy of the old account's config dir: the
     // CLI finds them in its copy of the new one only if they are carried over.
-    let (agent_dir, sid, to) = (rt.agent_dir(&agent.name), session.clone(), next.id);
+    let (agent_dir, sid, to) = (rt.git.agent_dir(&agent.name), session.clone(), next.id);
     let carried = tokio::task::spawn_blocking(move || {
         config_dir::carry_session(&agent_dir, account_id, to, &sid)
     })

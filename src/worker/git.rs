@@ -1,20 +1,22 @@
-//! A worker's git work on a project, one operation at a time per project mirror: preparing
+//! A worker's git work on a project, one operation at a time per project mirror
+//! ([`WorkerGit`], which owns the workspace and the per-project locks): preparing
 //! a new agent's checkout, a repository of its own borrowing the mirror's objects (fetching
 //! the mirror unless a fetch that began after the spawn's delivery already did), and
 //! publishing an agent's branch: committing what it left, then pushing from the worker's
 //! own repository to the project's remote URL from the store, never through anything the
 //! agent could have configured.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::runtime::Runtime;
 use crate::domain::{Agent, Project};
-use crate::workspace::{Published, WorkspaceError};
+use crate::store::{Owner, Store};
+use crate::workspace::{Published, Workspace, WorkspaceError};
 
 /// What a worker knows of a project's mirror, kept under the project's git lock.
 #[derive(Debug, Default)]
@@ -45,9 +47,48 @@ pub(crate) struct PreparedWorktree {
     pub checkout: Duration,
 }
 
-impl Runtime {
-    pub(super) async fn project_lock(&self, project: Uuid) -> Arc<Mutex<ProjectGit>> {
-        self.project_locks
+/// This worker's workspace as git sees it: the project mirrors and the agents' folders
+/// under one root, with one git operation at a time per project mirror. The runtime holds
+/// one; every git operation of the worker goes through it.
+pub(crate) struct WorkerGit {
+    workspace: Arc<Workspace>,
+    root: PathBuf,
+    /// One git operation at a time per project mirror, and when its last fetch began.
+    projects: Mutex<HashMap<Uuid, Arc<Mutex<ProjectGit>>>>,
+}
+
+impl WorkerGit {
+    /// The workspace under `root` (an absolute path).
+    pub(super) fn new(root: PathBuf) -> Self {
+        Self {
+            workspace: Arc::new(Workspace::new(root.clone())),
+            root,
+            projects: Mutex::default(),
+        }
+    }
+
+    /// The workspace's root folder.
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The agent's folder: its checkout, repository and run files.
+    pub(super) fn agent_dir(&self, name: &str) -> PathBuf {
+        self.root.join("agents").join(name)
+    }
+
+    /// The agent's own repository (its checkout's git dir).
+    pub(super) fn agent_git_dir(&self, name: &str) -> PathBuf {
+        self.workspace.agent_git_dir(name)
+    }
+
+    /// The object store of the project's mirror, which agents' repositories borrow from.
+    pub(super) fn mirror_objects(&self, project: &Project) -> PathBuf {
+        self.workspace.mirror_objects(&project.id.to_string())
+    }
+
+    async fn project_lock(&self, project: Uuid) -> Arc<Mutex<ProjectGit>> {
+        self.projects
             .lock()
             .await
             .entry(project)
@@ -115,7 +156,13 @@ impl Runtime {
     /// `<branch>-<first 8 hex digits of its id>`, recorded on the agent before the push
     /// (fenced: a worker that no longer owns it pushes nothing), so that a later run
     /// publishes there too.
-    pub(super) async fn publish_branch(&self, project: &Project, agent: &Agent) -> Publication {
+    pub(super) async fn publish_branch(
+        &self,
+        store: &Store,
+        owner: &Owner,
+        project: &Project,
+        agent: &Agent,
+    ) -> Publication {
         let lock = self.project_lock(project.id).await;
         let _held = lock.lock().await;
         let branch = agent.branch.clone();
@@ -130,11 +177,7 @@ impl Runtime {
         };
         tracing::info!(agent_id = %agent.id, from = %branch, to = %own, reason = %taken,
             "the agent's branch is taken on the remote; pushing to a branch of its own");
-        let recorded = self
-            .fleet
-            .store
-            .rename_branch(agent.id, &self.owner, &branch, &own)
-            .await;
+        let recorded = store.rename_branch(agent.id, owner, &branch, &own).await;
         let refused = match recorded {
             Ok(true) => None,
             Ok(false) => Some("the agent is no longer this worker's".to_owned()),
@@ -186,6 +229,36 @@ impl Runtime {
     }
 }
 
+impl WorkerGit {
+    /// Removes the agent's folder (checkout, repository, run files) and local branch on this
+    /// node, under its project's git lock; its remote branch too with `remote_branch`.
+    pub(super) async fn remove_agent(
+        &self,
+        project: &Project,
+        agent: &Agent,
+        remote_branch: bool,
+    ) -> Result<(), String> {
+        let ws = self.workspace.clone();
+        let (name, branch, url) = (
+            agent.name.clone(),
+            agent.branch.clone(),
+            project.remote_url.clone(),
+        );
+        let lock = self.project_lock(project.id).await;
+        let _held = lock.lock().await;
+        tokio::task::spawn_blocking(move || {
+            ws.remove_agent(&name, &branch)?;
+            if remote_branch {
+                crate::workspace::delete_remote_branch(&url, &branch)?;
+            }
+            Ok::<_, WorkspaceError>(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// The branch an agent's work goes to when the one of its name is taken on the remote.
 fn own_branch(branch: &str, agent_id: Uuid) -> String {
     let id = agent_id.simple().to_string();
@@ -197,7 +270,7 @@ fn own_branch(branch: &str, agent_id: Uuid) -> String {
     }
 }
 
-/// What [`Runtime::publish_branch`] did.
+/// What [`WorkerGit::publish_branch`] did.
 #[derive(Debug)]
 pub(crate) struct Publication {
     /// The remote branch the work went to (or was to go to).

@@ -89,7 +89,7 @@ pub async fn start(
         project,
         workdir,
     } = launch;
-    let run_dir = rt.agent_dir(&agent.name).join("run");
+    let run_dir = rt.git.agent_dir(&agent.name).join("run");
     let run_dir = run_dir.as_path();
     let store = &rt.fleet.store;
     write_prompt(run_dir, prompt)
@@ -231,7 +231,7 @@ async fn prepare_account(
     agent: &Agent,
     provider: &dyn Provider,
 ) -> Result<credentials::run::AccountRun, StartError> {
-    let agent_dir = rt.agent_dir(&agent.name);
+    let agent_dir = rt.git.agent_dir(&agent.name);
     let ctx = RunContext {
         settings: &rt.fleet.settings,
         store: &rt.fleet.store,

@@ -9,19 +9,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::git::ProjectGit;
+use super::git::WorkerGit;
 use super::{event_log, event_writer, liveness, output_watch};
 use crate::config::SandboxMode;
 use crate::fleet::Fleet;
 use crate::queue::Slots;
 use crate::sandbox;
 use crate::store::Owner;
-use crate::workspace::Workspace;
 
 /// What every job handler and service of this worker shares.
 pub struct Runtime {
@@ -29,10 +27,8 @@ pub struct Runtime {
     pub owner: Owner,
     pub node_id: String,
     pub slots: Slots,
-    pub(super) workspace: Arc<Workspace>,
-    pub(super) workspace_root: PathBuf,
-    /// One git operation at a time per project mirror, and when its last fetch began.
-    pub(super) project_locks: Mutex<HashMap<Uuid, Arc<Mutex<ProjectGit>>>>,
+    /// The workspace's mirrors and agents' folders, one git operation per project at a time.
+    pub(super) git: WorkerGit,
     /// The agents this worker supervises, with the token that stops each.
     pub(super) agents: std::sync::Mutex<HashMap<Uuid, CancellationToken>>,
     /// Every agent task, so shutdown can wait for them.
@@ -139,9 +135,7 @@ impl Runtime {
         Self {
             node_id: settings.node_id(),
             slots: Slots::new(settings.worker.capacity as usize),
-            workspace: Arc::new(Workspace::new(workspace_root.clone())),
-            workspace_root,
-            project_locks: Mutex::default(),
+            git: WorkerGit::new(workspace_root),
             agents: std::sync::Mutex::default(),
             agent_tasks: TaskTracker::new(),
             hard_stop,
@@ -172,10 +166,6 @@ impl Runtime {
         .await
     }
 
-    pub(super) fn agent_dir(&self, name: &str) -> PathBuf {
-        self.workspace_root.join("agents").join(name)
-    }
-
     /// The places one agent's sandbox is built from; creates its private HOME and TMPDIR.
     pub(super) fn agent_paths(
         &self,
@@ -185,7 +175,7 @@ impl Runtime {
         config_dir: Option<PathBuf>,
     ) -> std::io::Result<sandbox::AgentPaths> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = self.agent_dir(name);
+        let dir = self.git.agent_dir(name);
         let (home, tmp) = (dir.join("home"), dir.join("tmp"));
         for private in [&home, &tmp] {
             std::fs::DirBuilder::new()
@@ -195,12 +185,12 @@ impl Runtime {
         }
         Ok(sandbox::AgentPaths {
             workdir: workdir.to_path_buf(),
-            git_dir: self.workspace.agent_git_dir(name),
+            git_dir: self.git.agent_git_dir(name),
             home,
             tmp,
             config_dir,
-            shared: vec![self.workspace.mirror_objects(&project.id.to_string())],
-            workspace_root: self.workspace_root.clone(),
+            shared: vec![self.git.mirror_objects(project)],
+            workspace_root: self.git.root().to_path_buf(),
         })
     }
 

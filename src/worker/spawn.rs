@@ -203,6 +203,7 @@ async fn start_agent(
     .await
     .map_err(|e| StartError::Failed(e.to_string()))?;
     let prepared = rt
+        .git
         .prepare_worktree(&project, &agent.name, &agent.branch, delivered)
         .await
         .map_err(StartError::Failed)?;
