@@ -2,7 +2,7 @@
 //! the spawns it takes (each in a fraction of a second, while a healthy worker idles), so
 //! while it cannot write there its slots are closed (it takes no spawn) and `/readyz`
 //! answers 503 with the reason; a spawn that failed on the disk all the same is handed back
-//! to the queue instead of failed (`spawn.rs`). A small service probes the workspace every
+//! to the queue instead of failed (`dispatch.rs`). A small service probes the workspace every
 //! `worker.disk_check_interval` (every second while closed, so work resumes soon after
 //! space returns) and opens or closes the slots.
 

@@ -15,6 +15,7 @@ mod agent_task;
 mod cleanup;
 mod control;
 mod disk;
+mod dispatch;
 mod event_log;
 mod event_writer;
 mod failover;
@@ -31,7 +32,6 @@ mod resume;
 mod retry;
 mod runtime;
 mod signal_file;
-mod spawn;
 mod stream_facts;
 mod supervisor;
 mod sweeper;
@@ -211,13 +211,13 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 /// Takes jobs from the queue (apalis on Redis, or the embedded queue over the store's
-/// pending requests) and runs each through `spawn::handle`. A consumer that fails (Redis
+/// pending requests) and runs each through `dispatch::handle`. A consumer that fails (Redis
 /// gone, say) is started again under a new name (apalis refuses a name reused inside its
 /// orphan window).
 async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()> {
     let handler: JobHandler = {
         let rt = rt.clone();
-        JobHandler::new(move |job| spawn::handle(rt.clone(), job))
+        JobHandler::new(move |job| dispatch::handle(rt.clone(), job))
     };
     let mut generation = 0u32;
     let mut backoff = Duration::from_millis(500);

@@ -1,6 +1,7 @@
-//! The spawn job: decode, claim the request in the store (a duplicate delivery stops here),
-//! prepare the worktree, start the provider process, and hand the agent (with the job's
-//! slot) to its agent task. The job ends there, so a queue delivery is short.
+//! Dispatching a spawn job: decode, claim the request in the store (a duplicate delivery
+//! stops here), prepare the worktree, start the provider process, and hand the agent (with
+//! the job's slot) to its agent task. The dispatch ends there, so a queue delivery is short;
+//! the `agent.dispatch` event says how long each step took.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,8 +26,8 @@ use crate::telemetry;
 /// Where in the checkout the request's input files go.
 const INPUT_DIR: &str = ".agentfleet/input";
 
-/// Handles one delivered job. Never fails: every outcome is recorded in the store, so apalis
-/// has nothing to retry.
+/// Dispatches one delivered spawn job. Never fails: every outcome is recorded in the store,
+/// so apalis has nothing to retry.
 pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
     let job: SpawnJob = match serde_json::from_value(job.clone()) {
         Ok(job) => job,
@@ -61,7 +62,7 @@ pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
         &job.trace_context,
         &rt.owner.worker_id,
     );
-    let _ = tracing::Instrument::instrument(run(rt, job.request_id), span).await;
+    let _ = tracing::Instrument::instrument(dispatch(rt, job.request_id), span).await;
 }
 
 /// How long each step from delivery to a started process took (the `agent.dispatch`
@@ -83,7 +84,8 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-async fn run(rt: Arc<Runtime>, request_id: Uuid) {
+/// Claims the request and starts its agent; every failure ends in the store.
+async fn dispatch(rt: Arc<Runtime>, request_id: Uuid) {
     let slot = take_handed_slot();
     let store = &rt.fleet.store;
     let delivered = Instant::now();
