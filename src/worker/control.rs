@@ -2,8 +2,8 @@
 //! (its own control queue), and delete, resume, dismiss and cleanup for agents on its node
 //! that no live worker owns (the node's queue). The request rows in the store are the durable record;
 //! the queue pushes each request here, and this worker claims the row before it acts, so a
-//! duplicate delivery does nothing. A fallback loop at `worker.control_poll_interval`
-//! sends again what the queue lost (control requests and spawns, in one store statement).
+//! duplicate delivery does nothing. What the queue lost is sent again by the re-dispatcher
+//! (`redispatch.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +14,9 @@ use uuid::Uuid;
 use super::runtime::Runtime;
 use crate::domain::Agent;
 use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
-use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
-use crate::store::{ControlKind, ControlRequest, DueParams};
+use crate::queue::{ControlConsumer, ControlJob, JobHandler};
+use crate::store::{ControlKind, ControlRequest};
 use crate::telemetry;
-
-/// Requests re-sent per look.
-const REDISPATCH_LIMIT: i64 = 100;
 
 /// Consumes this worker's control queues until `stop`; a consumer that fails (Redis gone)
 /// is started again under a new name.
@@ -98,56 +95,6 @@ fn stored_trace_context(payload: &serde_json::Value) -> std::collections::BTreeM
         .cloned()
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default()
-}
-
-/// Every `worker.control_poll_interval`: sends again the spawn and control requests the
-/// queue seems to have lost (one store statement), and fails resumes that waited longer
-/// than `worker.resume_timeout`.
-pub async fn run_redispatch(rt: Arc<Runtime>, stop: CancellationToken) {
-    let settings = &rt.fleet.settings;
-    let mut tick = tokio::time::interval(settings.worker.control_poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let due = DueParams {
-        spawn_after: settings.queue.redispatch_after,
-        control_after: settings.worker.control_poll_interval,
-        resume_timeout: settings.worker.resume_timeout,
-        limit: REDISPATCH_LIMIT,
-    };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        redispatch_once(&rt, &due).await;
-    }
-}
-
-async fn redispatch_once(rt: &Runtime, due: &DueParams) {
-    let found = match rt.fleet.store.take_due_requests(due).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "re-dispatch: cannot read pending requests");
-            return;
-        }
-    };
-    super::sweeper::send_spawns(rt, found.spawns).await;
-    for control in found.controls {
-        let Some(target) =
-            ControlTarget::of(control.target_worker.as_deref(), control.node_id.as_deref())
-        else {
-            continue;
-        };
-        let job = ControlJob {
-            request_id: control.id,
-            trace_context: Default::default(),
-        };
-        match rt.fleet.queue.push_control(&target, &job).await {
-            Ok(()) => tracing::info!(request_id = %control.id, "control request dispatched again"),
-            Err(e) => {
-                tracing::warn!(request_id = %control.id, error = %e, "control re-dispatch failed")
-            }
-        }
-    }
 }
 
 /// After this worker adopted `agents` (their worker died), the requests still pending

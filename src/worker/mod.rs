@@ -28,9 +28,11 @@ mod node_scan;
 mod outcome;
 pub mod output_reader;
 mod output_watch;
+mod redispatch;
 mod resume;
 mod retry;
 mod runtime;
+mod service;
 mod signal_file;
 mod stream_facts;
 mod supervisor;
@@ -47,9 +49,11 @@ use tokio_util::task::TaskTracker;
 use crate::config::OnShutdown;
 use crate::fleet::Fleet;
 use crate::queue::JobHandler;
-use crate::store::{NewWorker, Owner};
 
+use cleanup::Cleanup;
+use redispatch::Redispatch;
 use runtime::{Runtime, SandboxRuntime};
+use sweeper::Sweeper;
 
 /// Signals from outside: `soft` stops taking work, `hard` stops running agents.
 #[derive(Clone, Debug, Default)]
@@ -72,29 +76,9 @@ pub fn new_worker_id() -> String {
 pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let settings = fleet.settings.clone();
     let sandbox = SandboxRuntime::for_settings(&settings)?;
-    let worker_id = new_worker_id();
-    let node_id = settings.node_id();
-    let capacity = settings.worker.capacity as usize;
-    let pid = std::process::id() as i32;
-    let (registered_at, registered) = (std::time::SystemTime::now(), std::time::Instant::now());
-    let epoch = fleet
-        .store
-        .register_worker(
-            &NewWorker {
-                id: &worker_id,
-                node_id: &node_id,
-                host: &crate::config::hostname(),
-                pid,
-                pid_start_time: crate::process::start_time(pid),
-                capacity: capacity as i32,
-            },
-            settings.worker.lease_ttl,
-        )
-        .await?;
-    let owner = Owner {
-        worker_id: worker_id.clone(),
-        epoch,
-    };
+    let (owner, registered) = runtime::register(&fleet).await?;
+    let (worker_id, epoch) = (owner.worker_id.clone(), owner.epoch);
+    let (node_id, capacity) = (settings.node_id(), settings.worker.capacity);
     std::fs::create_dir_all(&settings.worker.workspace_root)?;
     let workspace_root = std::fs::canonicalize(&settings.worker.workspace_root)?;
     let mode = match fleet.store.kind() {
@@ -113,7 +97,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         workspace_root,
         sandbox,
         shutdown.hard.child_token(),
-        (registered_at, registered),
+        registered,
     ));
     if rt.sandbox.enabled {
         tracing::info!(helper = %rt.sandbox.helper.display(), "agents run in the sandbox");
@@ -129,10 +113,22 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     rt.check_disk().await;
     services.spawn(disk::run(rt.clone(), stop_services.clone()));
     services.spawn(lease::start(rt.clone(), stop_services.clone()));
-    services.spawn(sweeper::run(rt.clone(), stop_services.clone()));
-    services.spawn(control::run_redispatch(rt.clone(), stop_services.clone()));
+    services.spawn(service::run(
+        Sweeper::from_settings(&settings),
+        rt.clone(),
+        stop_services.clone(),
+    ));
+    services.spawn(service::run(
+        Redispatch::from_settings(&settings),
+        rt.clone(),
+        stop_services.clone(),
+    ));
     services.spawn(control::run(rt.clone(), stop_services.clone()));
-    services.spawn(cleanup::run(rt.clone(), stop_services.clone()));
+    services.spawn(service::run(
+        Cleanup::from_settings(&settings),
+        rt.clone(),
+        stop_services.clone(),
+    ));
     services.spawn(health::run(
         rt.clone(),
         settings.worker_metrics_bind()?,

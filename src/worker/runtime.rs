@@ -19,7 +19,7 @@ use crate::config::SandboxMode;
 use crate::fleet::Fleet;
 use crate::queue::Slots;
 use crate::sandbox;
-use crate::store::Owner;
+use crate::store::{NewWorker, Owner, StoreError};
 
 /// What every job handler and service of this worker shares.
 pub struct Runtime {
@@ -116,6 +116,30 @@ impl std::fmt::Debug for Runtime {
             .field("node_id", &self.node_id)
             .finish()
     }
+}
+
+/// Registers a new worker of `fleet` in the store: its owner (id and epoch), and when the
+/// registration was sent, by the wall clock and the monotonic one (its lease runs from then).
+pub(super) async fn register(fleet: &Fleet) -> Result<(Owner, (SystemTime, Instant)), StoreError> {
+    let settings = &fleet.settings;
+    let worker_id = super::new_worker_id();
+    let pid = std::process::id() as i32;
+    let registered = (SystemTime::now(), Instant::now());
+    let epoch = fleet
+        .store
+        .register_worker(
+            &NewWorker {
+                id: &worker_id,
+                node_id: &settings.node_id(),
+                host: &crate::config::hostname(),
+                pid,
+                pid_start_time: crate::process::start_time(pid),
+                capacity: settings.worker.capacity as i32,
+            },
+            settings.worker.lease_ttl,
+        )
+        .await?;
+    Ok((Owner { worker_id, epoch }, registered))
 }
 
 impl Runtime {
@@ -223,4 +247,34 @@ impl Runtime {
     pub(super) fn running_agents(&self) -> usize {
         self.agents.lock().map(|a| a.len()).unwrap_or(0)
     }
+}
+
+/// A runtime for unit tests: an embedded store and a workspace in `dir`, registered as a
+/// live worker, with the sandbox off. Services and steps run against it without a process.
+#[cfg(test)]
+pub(super) async fn for_test(dir: &std::path::Path) -> Arc<Runtime> {
+    let db = format!("sqlite://{}", dir.join("fleet.db").display());
+    let root = dir.join("workspace");
+    let vars = [
+        ("AGENTFLEET__DATABASE__URL", db),
+        (
+            "AGENTFLEET__WORKER__WORKSPACE_ROOT",
+            root.display().to_string(),
+        ),
+    ];
+    let vars = vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let settings = crate::config::Settings::load_with_environment(None, vars).unwrap();
+    let fleet = Fleet::connect(settings).await.unwrap();
+    let (owner, registered) = register(&fleet).await.unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    let sandbox = SandboxRuntime {
+        enabled: false,
+        helper: PathBuf::new(),
+        report: sandbox::Report::default(),
+        worker_env: Vec::new(),
+    };
+    let hard_stop = CancellationToken::new();
+    Arc::new(Runtime::new(
+        fleet, owner, root, sandbox, hard_stop, registered,
+    ))
 }
