@@ -25,8 +25,9 @@ pub enum CleanupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// The blocking task listing or removing files did not finish (it panicked).
     #[error("cleanup task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Removes what belongs to no agent under `root`; with `dry_run`, only reports it.
@@ -40,7 +41,7 @@ pub async fn cleanup_workspace(
         let ws = ws.clone();
         tokio::task::spawn_blocking(move || ws.agent_names())
             .await
-            .map_err(|e| CleanupError::Task(e.to_string()))??
+            .map_err(CleanupError::Task)??
     };
     let names: Vec<String> = names.into_iter().collect();
     let known = store.existing_agent_names(&names).await?;
@@ -54,7 +55,7 @@ pub async fn cleanup_workspace(
             Ok::<_, WorkspaceError>(())
         })
         .await
-        .map_err(|e| CleanupError::Task(e.to_string()))??;
+        .map_err(CleanupError::Task)??;
     }
     Ok(CleanupReport { removed: orphans })
 }

@@ -11,11 +11,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::git::GitError;
+use super::resume::ResumeError;
 use super::runtime::Runtime;
-use crate::domain::Agent;
+use crate::domain::{Agent, AgentStatus};
 use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, JobHandler};
-use crate::store::{ControlKind, ControlRequest};
+use crate::store::{ControlKind, ControlRequest, StoreError};
 use crate::telemetry;
 
 /// Consumes this worker's control queues until `stop`; a consumer that fails (Redis gone)
@@ -139,6 +141,21 @@ async fn handle(rt: &Arc<Runtime>, control: ControlRequest) {
     tracing::Instrument::instrument(act_on(rt, control), act).await;
 }
 
+/// Why a control request failed; its `to_string` closes the request.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    #[error("the agent is not running on its worker")]
+    NotRunning,
+    #[error("agent '{name}' is {status}: its checkout is in use and stays")]
+    CheckoutInUse { name: String, status: AgentStatus },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Files(#[from] GitError),
+    #[error("{0}")]
+    Resume(#[from] ResumeError),
+}
+
 async fn act_on(rt: &Arc<Runtime>, control: ControlRequest) {
     let store = &rt.fleet.store;
     let result = match control.kind {
@@ -148,22 +165,22 @@ async fn act_on(rt: &Arc<Runtime>, control: ControlRequest) {
         ControlKind::Resume => match super::resume::resume(rt, &control).await {
             // The resumed run closes its request when it ends.
             Ok(()) => return,
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
     };
     tracing::info!(agent_id = %control.agent_id, kind = control.kind.as_str(), ok = result.is_ok(), "control request handled");
-    let error = result.err();
+    let error = result.err().map(|e| e.to_string());
     if let Err(e) = store.complete_request(control.id, error.as_deref()).await {
         tracing::warn!(error = %e, "cannot complete control request");
     }
 }
 
-async fn stop(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+async fn stop(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
     if rt.stop_agent(control.agent_id) {
         wait_untracked(rt, control.agent_id).await;
         return Ok(());
     }
-    Err("the agent is not running on its worker".into())
+    Err(ControlError::NotRunning)
 }
 
 async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
@@ -178,17 +195,14 @@ async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
 
 /// Dismiss and cleanup: an ended agent's checkout and run files go (its work is on its
 /// pushed branch; its record and events stay). An agent that runs or waits keeps them.
-async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
     let store = &rt.fleet.store;
-    let agent = store
-        .agent(&control.agent_id.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
+    let agent = store.agent(&control.agent_id.to_string()).await?;
     if !agent.status.is_final() {
-        return Err(format!(
-            "agent '{}' is {}: its checkout is in use and stays",
-            agent.name, agent.status
-        ));
+        return Err(ControlError::CheckoutInUse {
+            name: agent.name,
+            status: agent.status,
+        });
     }
     remove_files(rt, &agent, false).await?;
     let data = serde_json::json!({
@@ -200,33 +214,26 @@ async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<()
 }
 
 /// Removes the agent's files on this node (and its remote branch with `remote_branch`).
-async fn remove_files(rt: &Runtime, agent: &Agent, remote_branch: bool) -> Result<(), String> {
-    let project = rt
-        .fleet
-        .store
-        .project(&agent.project)
-        .await
-        .map_err(|e| e.to_string())?;
-    rt.git.remove_agent(&project, agent, remote_branch).await
+async fn remove_files(
+    rt: &Runtime,
+    agent: &Agent,
+    remote_branch: bool,
+) -> Result<(), ControlError> {
+    let project = rt.fleet.store.project(&agent.project).await?;
+    Ok(rt.git.remove_agent(&project, agent, remote_branch).await?)
 }
 
-async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
     let store = &rt.fleet.store;
     if rt.stop_agent(control.agent_id) {
         wait_untracked(rt, control.agent_id).await;
     }
-    let agent = store
-        .agent(&control.agent_id.to_string())
-        .await
-        .map_err(|e| e.to_string())?;
+    let agent = store.agent(&control.agent_id.to_string()).await?;
     let remote_branch = control
         .payload
         .get("remote_branch")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     remove_files(rt, &agent, remote_branch).await?;
-    store
-        .delete_agent_rows(agent.id)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(store.delete_agent_rows(agent.id).await?)
 }

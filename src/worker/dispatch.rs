@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::agent_task;
 use super::event_log::EventLog;
-use super::launch::{self, Launch, StartError, Started};
+use super::launch::{self, InputError, Launch, StartError, Started};
 use super::retry;
 use super::runtime::Runtime;
 use super::signal_file::SIGNAL_FILE;
@@ -159,10 +159,11 @@ async fn dispatch(rt: Arc<Runtime>, request_id: Uuid) {
         Err(StartError::Fenced) => {
             tracing::warn!(agent_id = %agent.id, "lost ownership of the agent before it started");
         }
-        Err(StartError::Failed(reason)) => {
-            if hand_back_on_full_disk(&rt, request_id, &reason).await {
+        Err(failed) => {
+            if hand_back_on_full_disk(&rt, request_id, &failed).await {
                 return;
             }
+            let reason = failed.to_string();
             agent_task::finish(&rt, &agent, agent_task::failed(reason), &mut log).await;
         }
     }
@@ -171,7 +172,7 @@ async fn dispatch(rt: Arc<Runtime>, request_id: Uuid) {
 /// A start that failed because this worker cannot write its workspace is no fault of the
 /// request: the slots close and the request goes back to the queue for a worker that can
 /// (the re-dispatch sweep sends it again). Whether it was handed back.
-async fn hand_back_on_full_disk(rt: &Arc<Runtime>, request_id: Uuid, reason: &str) -> bool {
+async fn hand_back_on_full_disk(rt: &Arc<Runtime>, request_id: Uuid, reason: &StartError) -> bool {
     if rt.check_disk().await {
         return false;
     }
@@ -197,18 +198,16 @@ async fn start_agent(
     delivered: Instant,
     timings: &mut DispatchTimings,
 ) -> Result<Started, StartError> {
-    let provider =
-        providers::provider(&agent.provider).map_err(|e| StartError::Failed(e.to_string()))?;
+    let provider = providers::provider(&agent.provider)?;
     let project = retry::store(rt, "load the project", || {
         rt.fleet.store.project(&agent.project)
     })
-    .await
-    .map_err(|e| StartError::Failed(e.to_string()))?;
+    .await?;
     let prepared = rt
         .git
         .prepare_worktree(&project, &agent.name, &agent.branch, delivered)
         .await
-        .map_err(StartError::Failed)?;
+        .map_err(StartError::Worktree)?;
     (
         timings.git_lock,
         timings.fetched,
@@ -224,7 +223,7 @@ async fn start_agent(
     let step = Instant::now();
     write_inputs(&workdir, request)
         .await
-        .map_err(|e| StartError::Failed(format!("cannot write the agent's files: {e}")))?;
+        .map_err(StartError::Inputs)?;
     let opts = SpawnOptions {
         mode: Some(agent.mode.as_str().to_string()),
         ..Default::default()
@@ -251,14 +250,14 @@ async fn start_agent(
 /// Input files under `.agentfleet/input/`, and the signal folder. Written beneath the
 /// checkout without following a symlink the repository may hold on the way (`.agentfleet`
 /// committed as a link elsewhere is replaced by a folder), off the async threads.
-async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), String> {
+async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), InputError> {
     // Validated at enqueue; checked again because the payload crossed a queue.
     if let Some(bad) = request
         .inputs
         .iter()
         .find(|i| validate_input_name(&i.name).is_err())
     {
-        return Err(format!("input file name '{}' is not allowed", bad.name));
+        return Err(InputError::NameNotAllowed(bad.name.clone()));
     }
     let workdir = workdir.to_path_buf();
     let inputs: Vec<(PathBuf, Vec<u8>)> = request
@@ -281,8 +280,8 @@ async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), Stri
         Ok::<_, agent_files::AgentFileError>(())
     })
     .await
-    .map_err(|e| format!("the input task failed: {e}"))?
-    .map_err(|e| e.to_string())
+    .map_err(InputError::Task)??;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -133,10 +133,13 @@ pub async fn after_trouble(
     let carried = tokio::task::spawn_blocking(move || {
         config_dir::carry_session(&agent_dir, account_id, to, &sid)
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
-    if let Err(e) = carried {
+    .await;
+    let not_carried = match &carried {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e as &dyn std::fmt::Display),
+        Err(e) => Some(e as &dyn std::fmt::Display),
+    };
+    if let Some(e) = not_carried {
         tracing::warn!(agent_id = %agent.id, error = %e, "cannot carry the session to the new account");
     }
     match store.restart_run(agent.id, &rt.owner).await {
@@ -170,6 +173,6 @@ pub async fn after_trouble(
     {
         Ok(started) => Failover::Restarted(Box::new(started), Box::new(restarted)),
         Err(StartError::Fenced) => end(format!("{why}; the agent was taken over")),
-        Err(StartError::Failed(reason)) => end(format!("{why}; failover failed: {reason}")),
+        Err(failed) => end(format!("{why}; failover failed: {failed}")),
     }
 }

@@ -12,11 +12,50 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use tokio::task::JoinError;
 use uuid::Uuid;
 
 use crate::domain::{Agent, Project};
-use crate::store::{Owner, Store};
+use crate::store::{Owner, Store, StoreError};
 use crate::workspace::{Published, Workspace, WorkspaceError};
+
+/// Why git work on an agent's files failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GitError {
+    #[error("{0}")]
+    Workspace(#[from] WorkspaceError),
+    /// The blocking task preparing a worktree did not finish (it panicked).
+    #[error("worktree task failed: {0}")]
+    WorktreeTask(#[source] JoinError),
+    /// The blocking task removing an agent's files did not finish (it panicked).
+    #[error("{0}")]
+    RemoveTask(#[source] JoinError),
+}
+
+/// Why an agent's branch was not pushed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PushError {
+    #[error("{0}")]
+    Workspace(#[from] WorkspaceError),
+    /// The blocking task committing and pushing did not finish (it panicked).
+    #[error("the push task failed")]
+    Task(#[source] JoinError),
+    /// The remote branch is taken, and the agent is no longer this worker's to rename.
+    #[error("{taken}; cannot move it to branch '{own}': the agent is no longer this worker's")]
+    RenameFenced {
+        #[source]
+        taken: WorkspaceError,
+        own: String,
+    },
+    /// The remote branch is taken, and the store did not record the agent's own branch.
+    #[error("{taken}; cannot move it to branch '{own}': {source}")]
+    RenameFailed {
+        taken: WorkspaceError,
+        own: String,
+        #[source]
+        source: StoreError,
+    },
+}
 
 /// What a worker knows of a project's mirror, kept under the project's git lock.
 #[derive(Debug, Default)]
@@ -104,7 +143,7 @@ impl WorkerGit {
         name: &str,
         branch: &str,
         delivered: Instant,
-    ) -> Result<PreparedWorktree, String> {
+    ) -> Result<PreparedWorktree, GitError> {
         let waited = Instant::now();
         let lock = self.project_lock(project.id).await;
         let mut git = lock.lock().await;
@@ -131,7 +170,7 @@ impl WorkerGit {
             let step = Instant::now();
             let workdir = tracing::info_span!("worktree create")
                 .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))?;
-            Ok(PreparedWorktree {
+            Ok::<_, WorkspaceError>(PreparedWorktree {
                 workdir,
                 fetched: fetch_now,
                 lock_wait: waited,
@@ -140,8 +179,7 @@ impl WorkerGit {
             })
         })
         .await
-        .map_err(|e| format!("worktree task failed: {e}"))?
-        .map_err(|e: crate::workspace::WorkspaceError| e.to_string())?;
+        .map_err(GitError::WorktreeTask)??;
         if prepared.fetched {
             git.fetched_from = Some(fetch_began);
         }
@@ -172,7 +210,11 @@ impl WorkerGit {
             .await;
         let own = own_branch(&branch, agent.id);
         let taken = match first {
-            Err(Some(e @ WorkspaceError::RemoteBranchTaken { .. })) if branch != own => e,
+            Err(PushError::Workspace(e @ WorkspaceError::RemoteBranchTaken { .. }))
+                if branch != own =>
+            {
+                e
+            }
             first => return Publication::new(branch, None, first),
         };
         tracing::info!(agent_id = %agent.id, from = %branch, to = %own, reason = %taken,
@@ -180,16 +222,18 @@ impl WorkerGit {
         let recorded = store.rename_branch(agent.id, owner, &branch, &own).await;
         let refused = match recorded {
             Ok(true) => None,
-            Ok(false) => Some("the agent is no longer this worker's".to_owned()),
-            Err(e) => Some(e.to_string()),
+            Ok(false) => Some(PushError::RenameFenced {
+                taken,
+                own: own.clone(),
+            }),
+            Err(source) => Some(PushError::RenameFailed {
+                taken,
+                own: own.clone(),
+                source,
+            }),
         };
-        if let Some(why) = refused {
-            let pushed = Err(format!("{taken}; cannot move it to branch '{own}': {why}"));
-            return Publication {
-                branch,
-                renamed_from: None,
-                pushed,
-            };
+        if let Some(refused) = refused {
+            return Publication::new(branch, None, Err(refused));
         }
         let pushed = self.push_as(project, &agent.name, &own, None).await;
         Publication::new(own, Some(branch), pushed)
@@ -204,7 +248,7 @@ impl WorkerGit {
         name: &str,
         remote_branch: &str,
         commit: Option<String>,
-    ) -> Result<Option<Published>, Option<WorkspaceError>> {
+    ) -> Result<Option<Published>, PushError> {
         let ws = self.workspace.clone();
         let (key, name, remote_branch, url) = (
             project.id.to_string(),
@@ -220,10 +264,10 @@ impl WorkerGit {
         })
         .await;
         match pushed {
-            Ok(pushed) => pushed.map_err(Some),
+            Ok(pushed) => Ok(pushed?),
             Err(e) => {
                 tracing::error!(error = %e, "push task failed");
-                Err(None)
+                Err(PushError::Task(e))
             }
         }
     }
@@ -237,7 +281,7 @@ impl WorkerGit {
         project: &Project,
         agent: &Agent,
         remote_branch: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), GitError> {
         let ws = self.workspace.clone();
         let (name, branch, url) = (
             agent.name.clone(),
@@ -254,8 +298,8 @@ impl WorkerGit {
             Ok::<_, WorkspaceError>(())
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(GitError::RemoveTask)??;
+        Ok(())
     }
 }
 
@@ -279,18 +323,16 @@ pub(crate) struct Publication {
     pub renamed_from: Option<String>,
     /// The commit the remote branch now points at; `None` when the agent had nothing
     /// beyond its base, so nothing was pushed; why not pushed otherwise.
-    pub pushed: Result<Option<String>, String>,
+    pub pushed: Result<Option<String>, PushError>,
 }
 
 impl Publication {
     fn new(
         branch: String,
         renamed_from: Option<String>,
-        pushed: Result<Option<Published>, Option<WorkspaceError>>,
+        pushed: Result<Option<Published>, PushError>,
     ) -> Self {
-        let pushed = pushed
-            .map(|published| published.map(|p| p.commit))
-            .map_err(|e| e.map_or_else(|| "the push task failed".to_owned(), |e| e.to_string()));
+        let pushed = pushed.map(|published| published.map(|p| p.commit));
         Self {
             branch,
             renamed_from,

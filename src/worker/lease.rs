@@ -132,11 +132,11 @@ impl Service for Heartbeat {
                 return Beat::Lost;
             }
             Ok(Err(e)) => {
-                renewal_failed(rt, &e.to_string());
+                renewal_failed(rt, &e);
                 Beat::Failed
             }
             Err(_) => {
-                renewal_failed(rt, "no answer in time");
+                renewal_failed(rt, &"no answer in time");
                 Beat::Failed
             }
         };
@@ -163,12 +163,12 @@ async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
     service::run(heartbeat, rt, stop).await;
 }
 
-fn renewal_failed(rt: &Runtime, error: &str) {
+fn renewal_failed(rt: &Runtime, error: &dyn std::fmt::Display) {
     rt.liveness.store_failed();
     let without = rt.liveness.without_renewal();
     tracing::warn!(
         worker_id = %rt.owner.worker_id,
-        error,
+        %error,
         without_renewal_ms = without.as_millis() as u64,
         "lease renewal failed; agents keep running"
     );
