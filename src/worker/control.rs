@@ -186,8 +186,7 @@ async fn stop(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), Control
 async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
     let deadline =
         tokio::time::Instant::now() + rt.fleet.settings.worker.stop_grace + Duration::from_secs(10);
-    while rt.agents.lock().is_ok_and(|a| a.contains_key(&agent_id))
-        && tokio::time::Instant::now() < deadline
+    while rt.supervises(agent_id) && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -9,7 +9,16 @@
 //! at once. A lost lease lets go of everything.
 //!
 //! This file starts the worker and holds that tree; what its jobs and services share is the
-//! [`Runtime`] (`runtime.rs`).
+//! [`Runtime`] (`runtime.rs`). A spawn job is `dispatch.rs` (with `retry.rs` through store
+//! outages): it prepares the checkout (`git.rs`) and starts the process (`launch.rs`), then
+//! `agent_task.rs` supervises it (`supervisor.rs`: the tail loop; `stream_facts.rs`,
+//! `signal_file.rs` and `outcome.rs`: how the run ended), publishes its branch and records
+//! its end; `failover.rs` and `resume.rs` start it again. The maintenance services share
+//! one shape (`service.rs`): `lease.rs` (with `liveness.rs`), `sweeper.rs` (with
+//! `node_scan.rs`), `redispatch.rs` and `cleanup.rs`; `disk.rs` and the control consumer
+//! (`control.rs`) keep loops of their own. An agent's events go through `event_log.rs` to
+//! the batching `event_writer.rs`; `output_watch.rs` wakes supervisors when output grows,
+//! `output_reader.rs` splits it into lines; `health.rs` serves the probes and metrics.
 
 mod agent_task;
 mod cleanup;

@@ -166,17 +166,10 @@ mod tests {
         let remote = dir.path().join("remote.git");
         let remote = remote.to_str().unwrap();
         rt.fleet.add_project("demo", remote, "main").await.unwrap();
-        let request = SpawnRequest {
-            provider: "claude".into(),
-            project: "demo".into(),
-            prompt: "hello".into(),
-            name: None,
-            mode: None,
-            task_id: None,
-            idempotency_key: None,
-            inputs: Vec::new(),
-            retries: None,
-        };
+        let request: SpawnRequest = serde_json::from_value(serde_json::json!(
+            {"provider": "claude", "project": "demo", "prompt": "hello"}
+        ))
+        .unwrap();
         rt.fleet.spawn(request).await.unwrap();
         // Its dispatch time must lie in the past of the store's clock.
         tokio::time::sleep(Duration::from_millis(20)).await;

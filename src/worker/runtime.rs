@@ -30,7 +30,7 @@ pub struct Runtime {
     /// The workspace's mirrors and agents' folders, one git operation per project at a time.
     pub(super) git: WorkerGit,
     /// The agents this worker supervises, with the token that stops each.
-    pub(super) agents: std::sync::Mutex<HashMap<Uuid, CancellationToken>>,
+    agents: std::sync::Mutex<HashMap<Uuid, CancellationToken>>,
     /// Every agent task, so shutdown can wait for them.
     pub(super) agent_tasks: TaskTracker,
     /// Cancelled on a hard stop (or a drain with `on_shutdown = "stop"`): agents are stopped.
@@ -242,6 +242,11 @@ impl Runtime {
             Ok(agents) => agents.get(&agent_id).map(|t| t.cancel()).is_some(),
             Err(_) => false,
         }
+    }
+
+    /// Whether this worker still supervises `agent_id`.
+    pub(super) fn supervises(&self, agent_id: Uuid) -> bool {
+        self.agents.lock().is_ok_and(|a| a.contains_key(&agent_id))
     }
 
     pub(super) fn running_agents(&self) -> usize {
