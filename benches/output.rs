@@ -82,7 +82,7 @@ fn main() {
         let rss_before = peak_rss_kib();
         let cpu_before = cpu_seconds();
         let mut reader = OutputReader::new(0, MAX_EVENT_BYTES, u64::MAX);
-        let mut parser = providers::provider("claude").unwrap().parser();
+        let mut parser = providers::built_in("claude").unwrap().parser();
         let (mut events, mut pending) = (0usize, Vec::new());
         let mut lines = Vec::new();
         loop {

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentfleet::providers::provider;
+use agentfleet::providers::built_in;
 use criterion::{Criterion, SamplingMode, Throughput};
 
 /// The transcripts of ordinary runs (a file written, a resumed session, the documented
@@ -90,7 +90,7 @@ impl Input {
 
     /// Parses the whole large transcript once; returns the number of events.
     fn parse(&self) -> usize {
-        let provider = provider(self.provider).expect("built-in provider");
+        let provider = built_in(self.provider).expect("built-in provider");
         let mut events = 0;
         for _ in 0..self.repetitions {
             for transcript in &self.transcripts {

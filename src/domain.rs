@@ -2,6 +2,8 @@
 //! spawn requests and stored events. No I/O here, so the API, the CLI, the worker and the
 //! store all speak the same types.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -67,9 +69,10 @@ impl std::fmt::Display for AgentStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentMode {
+    #[default]
     Execute,
     Plan,
     Review,
@@ -77,6 +80,13 @@ pub enum AgentMode {
 }
 
 impl AgentMode {
+    pub const ALL: [Self; 4] = [Self::Execute, Self::Plan, Self::Review, Self::Discuss];
+
+    /// The modes' names, as callers give them: `execute, plan, review, discuss`.
+    pub fn names() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Execute => "execute",
@@ -87,9 +97,7 @@ impl AgentMode {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Execute, Self::Plan, Self::Review, Self::Discuss]
-            .into_iter()
-            .find(|m| m.as_str() == s)
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 
@@ -203,6 +211,34 @@ pub struct SpawnRequest {
     pub retries: Option<u32>,
 }
 
+/// A request's payload as the store keeps it: the request's own fields (a spawn's
+/// [`SpawnRequest`], a control request's arguments) with, beside them, the W3C trace context
+/// of its enqueue, so a job rebuilt from the store (the embedded queue, re-dispatch)
+/// continues the caller's trace. The front door encodes it; the store and the worker decode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPayload<T> {
+    #[serde(flatten)]
+    pub request: T,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trace_context: BTreeMap<String, String>,
+}
+
+/// A control request's arguments (`{"answers": …}` of a resume, `{"remote_branch": …}` of a
+/// delete; none for the others).
+pub type ControlArgs = serde_json::Map<String, serde_json::Value>;
+
+impl<T: Serialize> StoredPayload<T> {
+    pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> StoredPayload<T> {
+    pub fn from_json(payload: serde_json::Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(payload)
+    }
+}
+
 /// One normalised event in an agent's durable log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -300,5 +336,40 @@ impl std::fmt::Debug for Account {
             .field("kind", &self.kind)
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_spawn_keeps_the_trace_context_beside_the_request() {
+        let trace = BTreeMap::from([(
+            "traceparent".to_string(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+        )]);
+        let payload = serde_json::json!({
+            "provider": "claude", "project": "demo", "prompt": "hi", "trace_context": trace,
+        });
+        let stored = StoredPayload::<SpawnRequest>::from_json(payload.clone()).unwrap();
+        assert_eq!(stored.request.prompt, "hi");
+        assert_eq!(stored.trace_context, trace);
+        let again = StoredPayload::from_json(stored.to_json().unwrap()).unwrap();
+        assert_eq!(stored, again);
+        // Without a trace context (stored before there was one, or none to keep).
+        let bare = serde_json::json!({"provider": "claude", "project": "demo", "prompt": "hi"});
+        let stored = StoredPayload::<SpawnRequest>::from_json(bare.clone()).unwrap();
+        assert!(stored.trace_context.is_empty());
+        assert!(stored.to_json().unwrap().get("trace_context").is_none());
+    }
+
+    #[test]
+    fn a_stored_control_request_keeps_its_arguments() {
+        let payload = serde_json::json!({"answers": {"1": "yes"}, "trace_context": {"a": "b"}});
+        let stored = StoredPayload::<ControlArgs>::from_json(payload).unwrap();
+        assert_eq!(stored.request["answers"]["1"], "yes");
+        assert_eq!(stored.trace_context["a"], "b");
+        assert!(!stored.request.contains_key("trace_context"));
     }
 }

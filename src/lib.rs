@@ -14,7 +14,6 @@ pub mod credentials;
 pub mod domain;
 pub mod events;
 pub mod fleet;
-pub mod lifecycle;
 pub mod metrics;
 pub mod process;
 pub mod providers;

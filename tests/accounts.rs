@@ -1,4 +1,4 @@
-//! Accounts end to end, in the fleet mode (Postgres + Redis) with the scripted claude
+//! Accounts end to end, in the distributed mode (Postgres + Redis) with the scripted claude
 //! stand-in: adding and refusing accounts, what a run gets (its config dir, its key in the
 //! environment only), OAuth refresh against a local mock token server (one refresh per
 //! account at a time; a refused refresh invalidates the account and the spawn moves on),
@@ -70,7 +70,7 @@ fn field<'a>(line: &'a str, name: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_are_added_listed_and_bad_input_stores_nothing() {
     let env = TestEnv::new().await;
-    // The fleet mode without a key refuses to store credentials.
+    // The distributed mode without a key refuses to store credentials.
     let out = env
         .command(&["account", "add", "--provider", "claude", "--label", "a"])
         .args(["--api-key-env", "K"])

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentfleet::providers::{
-    AgentEvent, Provider, SpawnOptions, format_answers, place_prompt, provider,
+    AgentEvent, Provider, SpawnOptions, built_in, format_answers, place_prompt,
 };
 use mock_model::run::{Sandbox, cli, result_of, run, session_ids, strings};
 use mock_model::{ANSWER_TEXT, Behaviour, FILE, FINAL_TEXT, MockModel};
@@ -34,7 +34,7 @@ fn env(p: &dyn Provider, sandbox: &Sandbox, mock: &MockModel) -> Vec<(String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_claude_spawns_writes_a_file_and_resumes_the_same_session() {
     let claude = cli("claude");
-    let p = provider("claude").unwrap();
+    let p = built_in("claude").unwrap();
     let sandbox = Sandbox::new();
     let content = "written by the real claude CLI\n";
     let mock = MockModel::start(Behaviour::Script, content).await;
@@ -122,7 +122,7 @@ async fn providers_claude_spawns_writes_a_file_and_resumes_the_same_session() {
 
 async fn failing_api_is_reported(status: u16, expect: fn(&AgentEvent) -> bool) {
     let claude = cli("claude");
-    let p = provider("claude").unwrap();
+    let p = built_in("claude").unwrap();
     let sandbox = Sandbox::new();
     let mock = MockModel::start(Behaviour::Fail(status), "").await;
     let env = env(p.as_ref(), &sandbox, &mock);

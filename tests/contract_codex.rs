@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use agentfleet::providers::{
-    AgentEvent, Provider, SpawnOptions, format_answers, place_prompt, provider,
+    AgentEvent, Provider, SpawnOptions, built_in, format_answers, place_prompt,
 };
 use mock_model::run::{
     Sandbox, assert_failure_reported, cli, result_of, run, session_ids, strings,
@@ -60,7 +60,7 @@ fn mock_provider_args(mock: &MockModel) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_codex_spawns_writes_a_file_and_resumes_the_same_thread() {
     let codex = cli("codex");
-    let p = provider("codex").unwrap();
+    let p = built_in("codex").unwrap();
     let sandbox = Sandbox::new();
     let content = "written by the real codex CLI";
     let mock = MockModel::start(Behaviour::Script, content).await;
@@ -153,7 +153,7 @@ async fn providers_codex_spawns_writes_a_file_and_resumes_the_same_thread() {
 
 async fn failing_api_is_reported(status: u16, expect: fn(&AgentEvent) -> bool) {
     let codex = cli("codex");
-    let p = provider("codex").unwrap();
+    let p = built_in("codex").unwrap();
     let sandbox = Sandbox::new();
     let mock = MockModel::start(Behaviour::Fail(status), "").await;
     let env = env(p.as_ref(), &sandbox);

@@ -9,7 +9,7 @@ mod mock_model;
 use std::path::Path;
 use std::time::Duration;
 
-use agentfleet::providers::{AgentEvent, Provider, SpawnOptions, provider};
+use agentfleet::providers::{AgentEvent, Provider, SpawnOptions, built_in};
 use mock_model::run::{Expect, Sandbox, assert_failure_reported, cli, spawn_then_resume, strings};
 use mock_model::{Behaviour, MockModel};
 
@@ -54,14 +54,14 @@ fn env(p: &dyn Provider, sandbox: &Sandbox, mock: &MockModel) -> Vec<(String, St
 fn opts() -> SpawnOptions {
     SpawnOptions {
         model: Some("gemini-2.5-flash".into()),
-        mode: None,
+        mode: Default::default(),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_gemini_spawns_writes_a_file_and_resumes_the_same_session() {
     let gemini = cli("gemini");
-    let p = provider("gemini").unwrap();
+    let p = built_in("gemini").unwrap();
     let sandbox = Sandbox::new();
     let content = "written by the real gemini CLI\n";
     let mock = MockModel::start(Behaviour::Script, content).await;
@@ -90,7 +90,7 @@ async fn providers_gemini_spawns_writes_a_file_and_resumes_the_same_session() {
 
 async fn failing_api_is_reported(status: u16, expect: fn(&AgentEvent) -> bool) {
     let gemini = cli("gemini");
-    let p = provider("gemini").unwrap();
+    let p = built_in("gemini").unwrap();
     let sandbox = Sandbox::new();
     let mock = MockModel::start(Behaviour::Fail(status), "").await;
     let env = env(p.as_ref(), &sandbox, &mock);

@@ -5,7 +5,7 @@
 
 mod mock_model;
 
-use agentfleet::providers::{Provider, SpawnOptions, provider};
+use agentfleet::providers::{Provider, SpawnOptions, built_in};
 use mock_model::run::{Sandbox, cli};
 
 /// The CLI's help text for `subcommand` (e.g. `["run"]`), with a temp HOME.
@@ -43,10 +43,10 @@ fn assert_flags_in_help(p: &dyn Provider, args: &[String], help: &str) {
 
 fn all_modes_and_resume(p: &dyn Provider) -> Vec<Vec<String>> {
     let mut lines = Vec::new();
-    for mode in agentfleet::providers::MODES {
+    for mode in agentfleet::domain::AgentMode::ALL {
         let opts = SpawnOptions {
             model: Some("m".into()),
-            mode: Some(mode.to_string()),
+            mode,
         };
         lines.push(p.spawn_args(&opts));
         lines.push(p.resume_args("session-1", &opts).unwrap());
@@ -56,7 +56,7 @@ fn all_modes_and_resume(p: &dyn Provider) -> Vec<Vec<String>> {
 
 #[test]
 fn providers_gemini_flags_exist() {
-    let p = provider("gemini").unwrap();
+    let p = built_in("gemini").unwrap();
     let help = help("gemini", &[]);
     for args in all_modes_and_resume(p.as_ref()) {
         assert_flags_in_help(p.as_ref(), &args, &help);
@@ -65,7 +65,7 @@ fn providers_gemini_flags_exist() {
 
 #[test]
 fn providers_opencode_flags_exist() {
-    let p = provider("opencode").unwrap();
+    let p = built_in("opencode").unwrap();
     let help = help("opencode", &["run"]);
     for args in all_modes_and_resume(p.as_ref()) {
         assert_eq!(args[0], "run");
@@ -75,7 +75,7 @@ fn providers_opencode_flags_exist() {
 
 #[test]
 fn providers_auggie_flags_exist() {
-    let p = provider("auggie").unwrap();
+    let p = built_in("auggie").unwrap();
     let help = help("auggie", &[]);
     for args in all_modes_and_resume(p.as_ref()) {
         assert_flags_in_help(p.as_ref(), &args, &help);
@@ -84,13 +84,13 @@ fn providers_auggie_flags_exist() {
 
 #[test]
 fn providers_amp_flags_exist() {
-    let p = provider("amp").unwrap();
+    let p = built_in("amp").unwrap();
     let top = help("amp", &[]);
     let cont = help("amp", &["threads", "continue"]);
-    for mode in agentfleet::providers::MODES {
+    for mode in agentfleet::domain::AgentMode::ALL {
         let opts = SpawnOptions {
             model: Some("high".into()),
-            mode: Some(mode.to_string()),
+            mode,
         };
         assert_flags_in_help(p.as_ref(), &p.spawn_args(&opts), &top);
         let resume = p.resume_args("T-1", &opts).unwrap();
@@ -101,13 +101,13 @@ fn providers_amp_flags_exist() {
 
 #[test]
 fn providers_codex_and_claude_flags_exist() {
-    let codex = provider("codex").unwrap();
+    let codex = built_in("codex").unwrap();
     let exec = help("codex", &["exec"]);
     let resume = help("codex", &["exec", "resume"]);
-    for mode in agentfleet::providers::MODES {
+    for mode in agentfleet::domain::AgentMode::ALL {
         let opts = SpawnOptions {
             model: Some("m".into()),
-            mode: Some(mode.to_string()),
+            mode,
         };
         assert_flags_in_help(codex.as_ref(), &codex.spawn_args(&opts), &exec);
         assert_flags_in_help(
@@ -115,7 +115,7 @@ fn providers_codex_and_claude_flags_exist() {
             &codex.resume_args("s", &opts).unwrap(),
             &resume,
         );
-        let claude = provider("claude").unwrap();
+        let claude = built_in("claude").unwrap();
         let help = help("claude", &[]);
         assert_flags_in_help(
             claude.as_ref(),

@@ -10,7 +10,7 @@ mod mock_model;
 use std::path::Path;
 use std::time::Duration;
 
-use agentfleet::providers::{AgentEvent, Provider, SpawnOptions, provider};
+use agentfleet::providers::{AgentEvent, Provider, SpawnOptions, built_in};
 use mock_model::run::{Expect, Sandbox, assert_failure_reported, cli, spawn_then_resume, strings};
 use mock_model::{Behaviour, MockModel};
 
@@ -51,14 +51,14 @@ fn env(p: &dyn Provider, sandbox: &Sandbox, mock: &MockModel) -> Vec<(String, St
 fn opts() -> SpawnOptions {
     SpawnOptions {
         model: Some("mock/mock-model".into()),
-        mode: None,
+        mode: Default::default(),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn providers_opencode_spawns_writes_a_file_and_resumes_the_same_session() {
     let opencode = cli("opencode");
-    let p = provider("opencode").unwrap();
+    let p = built_in("opencode").unwrap();
     let sandbox = Sandbox::new();
     let content = "written by the real opencode CLI\n";
     let mock = MockModel::start(Behaviour::Script, content).await;
@@ -87,7 +87,7 @@ async fn providers_opencode_spawns_writes_a_file_and_resumes_the_same_session() 
 
 async fn failing_api_is_reported(status: u16, expect: fn(&AgentEvent) -> bool) {
     let opencode = cli("opencode");
-    let p = provider("opencode").unwrap();
+    let p = built_in("opencode").unwrap();
     let sandbox = Sandbox::new();
     let mock = MockModel::start(Behaviour::Fail(status), "").await;
     let env = env(p.as_ref(), &sandbox, &mock);

@@ -3,7 +3,7 @@
 //! them work with this binary (probes on the health port, a drain budget that fits, the
 //! workspace volume, secrets by reference, the migration Job, the KEDA trigger), the
 //! settings each example gives a process load as the binary loads them and include what the
-//! fleet mode needs (the sealing key, a provider key agents can see), the Dockerfile's build
+//! distributed mode needs (the sealing key, a provider key agents can see), the Dockerfile's build
 //! stage builds the crate from exactly the files it copies, and the systemd units pass
 //! `systemd-analyze verify` where it is installed.
 
@@ -224,12 +224,12 @@ fn sample(name: &str) -> String {
     }
 }
 
-/// What a fleet process needs beyond what loads: the store and Redis (fleet mode), a key to
+/// What a fleet process needs beyond what loads: the store and Redis (distributed mode), a key to
 /// seal accounts with (or `account add` is refused), a provider key that the sandbox passes
 /// on to agents (or they end "Not logged in") and that the environment gives, and the
 /// model's API among the hosts agents may reach.
 fn fleet_settings_are_complete(settings: &Settings, environment: &[String]) {
-    assert_eq!(settings.backend(), Backend::Fleet);
+    assert_eq!(settings.backend(), Backend::Distributed);
     Keyring::load(settings, false).expect("a sealing key (secrets.key) is configured");
     let passed = &settings.sandbox.env_passthrough;
     assert!(

@@ -423,7 +423,7 @@ async fn one_trace_from_the_callers_traceparent_to_agent_run_and_no_secret_leaks
         .find(|l| l["fields"]["message"] == "worker registered")
         .unwrap_or_else(|| panic!("no 'worker registered' line:\n{worker_log}"));
     let fields = &registered["fields"];
-    assert_eq!(fields["mode"], "fleet", "{registered}");
+    assert_eq!(fields["mode"], "distributed", "{registered}");
     let store = fields["store"].as_str().unwrap_or_default();
     assert!(
         store.starts_with("postgres://") && store.contains(&env.db_name),

@@ -3,15 +3,13 @@
 //! a malformed body is reported by position, never by echoing what it held.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::ApiError;
-use super::extract::PathParam;
-use super::routes::refuse_nul;
+use super::extract::{self, BodyError, PathParam};
 use crate::credentials::{self, AccountInput, CredentialError};
 use crate::fleet::{Fleet, FleetError};
 
@@ -33,17 +31,22 @@ fn invalid(e: CredentialError) -> ApiError {
     FleetError::from(e).into()
 }
 
-pub async fn add_account(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
-    refuse_nul(&body)?;
-    let body: NewAccountBody = serde_json::from_slice(&body).map_err(|e| {
-        // serde's message may quote a value from the body: a secret, perhaps.
-        ApiError::bad_request(format!(
+/// serde's message may quote a value from the body: a secret, perhaps.
+impl BodyError for NewAccountBody {
+    fn describe(e: &serde_json::Error) -> String {
+        format!(
             "malformed account body at line {} column {}: expected {{\"provider\", \"label\", \
              \"api_key\" | \"credentials\", \"max_concurrent\"?}}",
             e.line(),
             e.column()
-        ))
-    })?;
+        )
+    }
+}
+
+pub async fn add_account(
+    State(fleet): State<Fleet>,
+    extract::Json(body): extract::Json<NewAccountBody>,
+) -> Result<Response, ApiError> {
     let secret = match (body.api_key, body.credentials) {
         (Some(key), None) => AccountInput::api_key(&key, "api_key").map_err(invalid)?,
         (None, Some(serde_json::Value::String(text))) => {
@@ -63,6 +66,7 @@ pub async fn add_account(State(fleet): State<Fleet>, body: Bytes) -> Result<Resp
     let account = credentials::add_account(
         &fleet.settings,
         &fleet.store,
+        &fleet.providers,
         AccountInput {
             provider: body.provider,
             label: body.label,

@@ -4,7 +4,7 @@
 //! are given the same shape, so a client parses every error one way.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -108,6 +108,14 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// A body that could not be read: over `api.max_body_bytes`, or cut off.
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        let status = e.status();
+        Self::new(status, Self::code_for(status), e.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
@@ -139,8 +147,11 @@ pub async fn into_json_error(response: Response, max_body_bytes: usize) -> Respo
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    // Event streams and metrics are successes; only errors are reshaped.
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    // Event streams and metrics are successes; only errors are reshaped. A 413 is always
+    // (re)made here: only this layer knows the limit, and the connection must close.
+    if !(status.is_client_error() || status.is_server_error())
+        || (is_json && status != StatusCode::PAYLOAD_TOO_LARGE)
+    {
         return response;
     }
     let (mut parts, body) = response.into_parts();

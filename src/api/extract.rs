@@ -1,45 +1,55 @@
-//! Extractors of the handlers: axum's `Query` and `Path` with `ApiError` as their
-//! rejection, so a bad query value (`?all=maybe`) or path segment (`%FF`) is answered in
-//! the API's error shape, naming what was wrong, like every other bad request.
+//! Extractors of the handlers, each with `ApiError` as its rejection, so a bad body, query
+//! value (`?all=maybe`) or path segment (`%FF`) is answered in the API's error shape, naming
+//! what was wrong, like every other bad request: `Query` and `Path` are axum's with that
+//! rejection; `Json` reads the body as bytes (any content type, as the API always has),
+//! refuses a NUL in any string and parses it typed; `PathParam` is a route's one parameter.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
-use crate::fleet::no_nul;
+use crate::fleet::{no_nul, no_nul_in_json};
 
 /// The query string, deserialized; a bad one is a 400 naming the parameter.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-impl<T, S> FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+/// The route's path parameters; a segment that is not UTF-8 is a 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(value) =
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
-        Ok(Self(value))
+/// How a body that does not parse is described to its sender.
+pub trait BodyError {
+    /// The message of the 400; by default serde's, which may quote the body.
+    fn describe(e: &serde_json::Error) -> String {
+        format!("malformed JSON body: {e}")
     }
 }
 
-/// The route's path parameters; a segment that is not UTF-8 is a 400.
-pub struct Path<T>(pub T);
+/// The JSON body, typed; a malformed one is a 400 (`T::describe` says how), one with a NUL
+/// in any string a 422 naming the field (not its value, which may be a secret): the store
+/// cannot hold one, and it is the caller's mistake.
+pub struct Json<T>(pub T);
 
-impl<T, S> FromRequestParts<S> for Path<T>
+impl<T, S> FromRequest<S> for Json<T>
 where
-    T: DeserializeOwned + Send,
+    T: DeserializeOwned + BodyError,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(value) =
-            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
-        Ok(Self(value))
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let body = axum::body::Bytes::from_request(req, state).await?;
+        // Malformed JSON is not refused here: the typed parse that follows says where.
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+            no_nul_in_json(&value)?;
+        }
+        serde_json::from_slice(&body)
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(T::describe(&e)))
     }
 }
 

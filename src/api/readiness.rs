@@ -23,7 +23,7 @@ impl Dependencies {
     }
 }
 
-/// Asks the store and the event bus (Redis in the fleet mode) together.
+/// Asks the store and the event bus (Redis in the distributed mode) together.
 pub async fn probe(fleet: &Fleet) -> Dependencies {
     let (store, events) = tokio::join!(within(fleet.store.ping()), within(fleet.events.ping()));
     Dependencies { store, events }

@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -12,29 +11,17 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 
 use super::ApiError;
-use super::extract::{PathParam, Query};
+use super::extract::{self, BodyError, PathParam, Query};
 use crate::domain::SpawnRequest;
 use crate::events;
-use crate::fleet::{Fleet, no_nul_in_json};
+use crate::fleet::Fleet;
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    refuse_nul(body)?;
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
-}
+impl BodyError for SpawnRequest {}
 
-/// Refuses a JSON body with a NUL in any string, naming the field (not its value, which
-/// may be a secret): the store cannot hold one, and it is the caller's mistake.
-pub(super) fn refuse_nul(body: &Bytes) -> Result<(), ApiError> {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        // Malformed: the typed parse that follows says where.
-        return Ok(());
-    };
-    Ok(no_nul_in_json(&value)?)
-}
-
-pub async fn spawn_agent(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
-    let req: SpawnRequest = parse_json(&body)?;
+pub async fn spawn_agent(
+    State(fleet): State<Fleet>,
+    extract::Json(req): extract::Json<SpawnRequest>,
+) -> Result<Response, ApiError> {
     let recorded = fleet.spawn(req).await?;
     let status = if recorded.created {
         StatusCode::ACCEPTED
@@ -72,13 +59,14 @@ pub struct ResumeBody {
     answers: std::collections::BTreeMap<String, String>,
 }
 
+impl BodyError for ResumeBody {}
+
 /// Records the resume; 202 with the agent (its worker picks the request up).
 pub async fn resume_agent(
     State(fleet): State<Fleet>,
     PathParam(agent): PathParam,
-    body: Bytes,
+    extract::Json(body): extract::Json<ResumeBody>,
 ) -> Result<Response, ApiError> {
-    let body: ResumeBody = parse_json(&body)?;
     let agent = fleet.resume(&agent, body.answers).await?;
     Ok((StatusCode::ACCEPTED, Json(agent)).into_response())
 }
@@ -174,8 +162,12 @@ pub struct NewProject {
     default_branch: Option<String>,
 }
 
-pub async fn add_project(State(fleet): State<Fleet>, body: Bytes) -> Result<Response, ApiError> {
-    let p: NewProject = parse_json(&body)?;
+impl BodyError for NewProject {}
+
+pub async fn add_project(
+    State(fleet): State<Fleet>,
+    extract::Json(p): extract::Json<NewProject>,
+) -> Result<Response, ApiError> {
     let project = fleet
         .add_project(
             &p.name,
@@ -205,7 +197,7 @@ pub async fn readyz(State(fleet): State<Fleet>) -> Response {
     let (store, events) = (deps.store, deps.events);
     let mode = match fleet.settings.backend() {
         crate::config::Backend::Embedded => "embedded",
-        crate::config::Backend::Fleet => "fleet",
+        crate::config::Backend::Distributed => "distributed",
     };
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "unavailable" },

@@ -48,6 +48,7 @@ pub(super) async fn account(fleet: &Fleet, command: AccountCommand) -> anyhow::R
             let account = credentials::add_account(
                 &fleet.settings,
                 &fleet.store,
+                &fleet.providers,
                 AccountInput {
                     provider,
                     label,

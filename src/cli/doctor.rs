@@ -6,21 +6,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::{SandboxMode, Settings};
-use crate::providers::KNOWN_PROVIDERS;
+use crate::providers::BUILT_IN;
 use crate::sandbox::{self, AgentPaths, LayerState, Spec};
 
-/// Where each built-in CLI comes from.
+/// Where a provider's CLI comes from.
 fn install_hint(provider: &str) -> &'static str {
-    match provider {
-        "claude" => "npm install -g @anthropic-ai/claude-code",
-        "codex" => "npm install -g @openai/codex",
-        "gemini" => "npm install -g @google/gemini-cli",
-        "opencode" => "npm install -g opencode-ai",
-        "auggie" => "npm install -g @augmentcode/auggie",
-        "amp" => "npm install -g @ampcode/cli",
-        "cursor" => "install cursor-agent (see cursor.com/cli)",
-        _ => "install it",
-    }
+    BUILT_IN
+        .iter()
+        .find(|b| b.name == provider)
+        .map_or("install it", |b| b.install)
 }
 
 pub fn run(settings: &Settings, json: bool) -> anyhow::Result<i32> {
@@ -33,7 +27,7 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<i32> {
     let mut failed = on && !report.missing().is_empty();
     let path_var = std::env::var("PATH").unwrap_or_default();
     let mut providers = Vec::new();
-    let mut names: Vec<String> = KNOWN_PROVIDERS.iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<String> = BUILT_IN.iter().map(|b| b.name.to_string()).collect();
     for configured in settings.providers.keys() {
         if !names.contains(configured) {
             names.push(configured.clone());

@@ -1,7 +1,7 @@
 //! How the CLI prints things: JSON (the API's shapes) or short human-readable lines.
 
 use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
-use crate::lifecycle::AgentDetail;
+use crate::fleet::AgentDetail;
 
 fn json<T: serde::Serialize>(value: &T) {
     println!(

@@ -4,7 +4,7 @@
 //!
 //! The key comes from `secrets.key` or `secrets.key_file` (32 bytes, base64 or hex). With
 //! neither, the embedded mode generates one on first use in its data directory
-//! (`secret.key`, 0600); the fleet mode refuses, since workers on other machines could not
+//! (`secret.key`, 0600); the distributed mode refuses, since workers on other machines could not
 //! open what one process sealed with a key only it has.
 
 use std::io::Write;
@@ -89,7 +89,7 @@ impl Keyring {
     }
 
     /// The configured key. With none configured: in the embedded mode the generated key
-    /// (created when `create` is set and it does not exist yet), in the fleet mode an error.
+    /// (created when `create` is set and it does not exist yet), in the distributed mode an error.
     pub fn load(settings: &Settings, create: bool) -> Result<Self, CredentialError> {
         if !settings.secrets.key.trim().is_empty() {
             return Self::parse(&settings.secrets.key, "secrets.key");

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::domain::{Account, AccountKind};
-use crate::providers;
+use crate::providers::Providers;
 use crate::store::{NewAccount, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum CredentialError {
     Invalid(String),
     #[error(
         "no key to seal credentials with: set secrets.key (AGENTFLEET__SECRETS__KEY) or \
-         secrets.key_file; the fleet mode does not store credentials without one"
+         secrets.key_file; the distributed mode does not store credentials without one"
     )]
     NoKey,
     #[error("credentials key: {0}")]
@@ -159,9 +159,11 @@ impl AccountInput {
 pub async fn add_account(
     settings: &Settings,
     store: &Store,
+    providers: &Providers,
     input: AccountInput,
 ) -> Result<Account, CredentialError> {
-    let provider = providers::provider(&input.provider)
+    let provider = providers
+        .get(&input.provider)
         .map_err(|e| CredentialError::Invalid(e.to_string()))?;
     crate::workspace::validate_name(&input.label)
         .map_err(|r| CredentialError::Invalid(format!("account label: {r}")))?;

@@ -1,9 +1,14 @@
 //! Live events: every stored agent event is also published live, so followers (`logs -f`,
-//! `spawn --wait`, SSE) see it as it happens. In the fleet that is Redis pub/sub, one
+//! `spawn --wait`, SSE) see it as it happens. In the distributed mode that is Redis pub/sub, one
 //! channel per agent (`RedisBus`); in the embedded default it is an in-process broadcast
 //! plus a short poll of the store's event log, so a follower in another process sees the
 //! output too (`EmbeddedBus`). The live side is a fan-out only; the store's event log is
 //! what followers fall back on (`follow`), which also removes duplicates and fills gaps.
+//!
+//! This module is the read and fan-out side. The durable write path — numbering an agent's
+//! events, storing them in batches fenced by the owner, then publishing them here — is the
+//! worker's (`worker/event_log.rs` and `worker/event_writer.rs`); events about an agent no
+//! worker runs are written by the front door (`Fleet::record_unowned_event`).
 
 mod embedded;
 mod follow;

@@ -13,6 +13,7 @@
 
 use super::claude::ClaudeParser;
 use super::{Provider, ProviderError, SpawnOptions, StreamParser};
+use crate::domain::AgentMode;
 
 /// The `amp` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,7 +22,7 @@ pub struct Amp;
 impl Amp {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
         let mut args: Vec<String> = vec!["-x".into(), "--stream-json".into()];
-        args.extend(self.mode_args(opts.mode()));
+        args.extend(self.mode_args(opts.mode));
         if let Some(mode) = &opts.model {
             // Amp picks models by agent mode (low, medium, high, ...), not by model id.
             args.extend(["--mode".to_string(), mode.clone()]);
@@ -55,7 +56,7 @@ impl Provider for Amp {
 
     /// Amp has no permission flags (see the module doc): modes rely on the prompt
     /// preamble alone.
-    fn mode_args(&self, _mode: &str) -> Vec<String> {
+    fn mode_args(&self, _mode: AgentMode) -> Vec<String> {
         Vec::new()
     }
 

@@ -8,6 +8,7 @@
 //! account's login can be given whole in `AUGMENT_SESSION_AUTH`. Shapes read from auggie
 //! 0.36.0's own bundle; flags from its `--help`.
 
+use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::claude::ClaudeParser;
@@ -23,7 +24,7 @@ impl Auggie {
         let mut args: Vec<String> = ["--print", "--output-format", "json"]
             .map(String::from)
             .to_vec();
-        args.extend(self.mode_args(opts.mode()));
+        args.extend(self.mode_args(opts.mode));
         if let Some(model) = &opts.model {
             args.extend(["--model".to_string(), model.clone()]);
         }
@@ -55,11 +56,11 @@ impl Provider for Auggie {
         PromptVia::Arg
     }
 
-    fn mode_args(&self, mode: &str) -> Vec<String> {
+    fn mode_args(&self, mode: AgentMode) -> Vec<String> {
         match mode {
             // Ask mode: retrieval and non-editing tools only.
-            "plan" | "review" | "discuss" => vec!["--ask".into()],
-            _ => Vec::new(),
+            AgentMode::Plan | AgentMode::Review | AgentMode::Discuss => vec!["--ask".into()],
+            AgentMode::Execute => Vec::new(),
         }
     }
 
@@ -158,6 +159,6 @@ mod tests {
         let args =
             crate::providers::place_prompt(Auggie.spawn_args(&opts), Auggie.prompt_via(), "do it");
         assert_eq!(args, ["--print", "--output-format", "json", "do it"]);
-        assert_eq!(Auggie.mode_args("plan"), ["--ask"]);
+        assert_eq!(Auggie.mode_args(AgentMode::Plan), ["--ask"]);
     }
 }

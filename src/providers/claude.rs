@@ -9,6 +9,7 @@
 //! to act on. The shapes were taken from claude 2.1.197's own output (see
 //! `tests/fixtures/transcripts/claude-2.1.197-*.jsonl`).
 
+use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::json::{classify, classify_text, parse_line, raw, str_at, u64_at};
@@ -25,7 +26,7 @@ impl Claude {
         let mut args: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
             .map(String::from)
             .to_vec();
-        args.extend(self.mode_args(opts.mode()));
+        args.extend(self.mode_args(opts.mode));
         if let Some(model) = &opts.model {
             args.extend(["--model".to_string(), model.clone()]);
         }
@@ -53,10 +54,12 @@ impl Provider for Claude {
         Ok(args)
     }
 
-    fn mode_args(&self, mode: &str) -> Vec<String> {
+    fn mode_args(&self, mode: AgentMode) -> Vec<String> {
         match mode {
-            "plan" | "review" | "discuss" => vec!["--permission-mode".into(), "plan".into()],
-            _ => vec!["--dangerously-skip-permissions".into()],
+            AgentMode::Plan | AgentMode::Review | AgentMode::Discuss => {
+                vec!["--permission-mode".into(), "plan".into()]
+            }
+            AgentMode::Execute => vec!["--dangerously-skip-permissions".into()],
         }
     }
 
@@ -421,7 +424,7 @@ mod tests {
         assert_eq!(Claude.spawn_args(&SpawnOptions::default()), execute);
         let opts = SpawnOptions {
             model: Some("opus".into()),
-            mode: Some("plan".into()),
+            mode: AgentMode::Plan,
         };
         let plan = [&base[..], &["--permission-mode", "plan", "--model", "opus"]].concat();
         assert_eq!(Claude.spawn_args(&opts), plan);

@@ -5,18 +5,17 @@
 //! (also inside a longer argument) and an argument that is exactly `{prompt}` receives the
 //! prompt; which of the known stream formats its output is in (`parser`); how the prompt
 //! is passed (`prompt` = "stdin" | "arg"); and the env var that moves its config dir.
-//! Declared providers are registered once at start-up, when the configuration is loaded,
-//! so [`super::provider`] resolves them by name like the built-in ones.
+//! The fleet's [`super::Providers`] holds the declared ones and resolves them by name like
+//! the built-in ones.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use crate::domain::AgentMode;
+use std::sync::Arc;
 
 use super::json::parse_line;
 use super::{
-    AgentEvent, KNOWN_PROVIDERS, PROMPT_PLACEHOLDER, PromptVia, Provider, ProviderError,
+    AgentEvent, PROMPT_PLACEHOLDER, PromptVia, Provider, ProviderError, ProviderSettings,
     SpawnOptions, StreamParser, auggie, claude, codex, cursor, gemini, opencode,
 };
-use crate::config::ProviderSettings;
 
 /// The stream formats a configured CLI's output can be read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +85,7 @@ impl CommandSpec {
     /// The spec for `providers.<name>`, or why it is not a valid one (the key is named).
     pub fn from_settings(name: &str, s: &ProviderSettings) -> Result<Self, (String, String)> {
         let key = |k: &str| format!("providers.{name}.{k}");
-        if KNOWN_PROVIDERS.contains(&name) {
+        if super::built_in(name).is_some() {
             return Err((key("kind"), format!("'{name}' is a built-in provider")));
         }
         if s.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
@@ -129,46 +128,6 @@ impl CommandSpec {
     }
 }
 
-static REGISTRY: RwLock<BTreeMap<String, Arc<CommandSpec>>> = RwLock::new(BTreeMap::new());
-
-/// Validates and registers every `kind = "command"` provider in `providers` (replacing a
-/// registration of the same name). `Err((key, reason))` names the bad key.
-pub fn configure_command_providers(
-    providers: &BTreeMap<String, ProviderSettings>,
-) -> Result<(), (String, String)> {
-    let mut specs = Vec::new();
-    for (name, settings) in providers {
-        match settings.kind.as_deref() {
-            None => {}
-            Some("command") => specs.push(CommandSpec::from_settings(name, settings)?),
-            Some(other) => {
-                return Err((
-                    format!("providers.{name}.kind"),
-                    format!("unknown kind '{other}' (the only kind is \"command\")"),
-                ));
-            }
-        }
-    }
-    let mut registry = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-    for spec in specs {
-        registry.insert(spec.name.clone(), Arc::new(spec));
-    }
-    Ok(())
-}
-
-pub(super) fn configured(name: &str) -> Option<CommandProvider> {
-    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    registry
-        .get(name)
-        .cloned()
-        .map(|spec| CommandProvider { spec })
-}
-
-pub(super) fn configured_names() -> Vec<String> {
-    let registry = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    registry.keys().cloned().collect()
-}
-
 /// A [`CommandSpec`] as a [`Provider`].
 #[derive(Debug, Clone)]
 pub struct CommandProvider {
@@ -177,9 +136,11 @@ pub struct CommandProvider {
 
 impl CommandProvider {
     pub fn new(spec: CommandSpec) -> Self {
-        Self {
-            spec: Arc::new(spec),
-        }
+        Self::from_spec(Arc::new(spec))
+    }
+
+    pub(super) fn from_spec(spec: Arc<CommandSpec>) -> Self {
+        Self { spec }
     }
 
     fn fill(&self, template: &[String], session_id: &str, opts: &SpawnOptions) -> Vec<String> {
@@ -221,7 +182,7 @@ impl Provider for CommandProvider {
     }
 
     /// A configured CLI's modes are said by the prompt preamble only.
-    fn mode_args(&self, _mode: &str) -> Vec<String> {
+    fn mode_args(&self, _mode: AgentMode) -> Vec<String> {
         Vec::new()
     }
 
@@ -261,8 +222,10 @@ impl StreamParser for LinesParser {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::providers::{place_prompt, provider};
+    use crate::providers::{Providers, place_prompt};
 
     fn settings(toml: &str) -> BTreeMap<String, ProviderSettings> {
         #[derive(serde::Deserialize)]
@@ -291,14 +254,16 @@ mod tests {
             config_dir_env = "MYCLI_HOME"
             "#,
         );
-        configure_command_providers(&providers).unwrap();
-        let p = provider("mycli").unwrap();
+        let p = Providers::from_settings(&providers)
+            .unwrap()
+            .get("mycli")
+            .unwrap();
         assert_eq!(p.name(), "mycli");
         assert_eq!(p.prompt_via(), PromptVia::Arg);
         assert_eq!(p.config_dir_env(), Some("MYCLI_HOME"));
         let opts = SpawnOptions {
             model: Some("m1".into()),
-            mode: None,
+            mode: AgentMode::Execute,
         };
         let args = place_prompt(p.spawn_args(&opts), p.prompt_via(), "hi there");
         assert_eq!(args, ["run", "--json", "--model=m1", "hi there"]);
@@ -313,8 +278,10 @@ mod tests {
         let providers = settings(
             "[providers.plain]\nkind = \"command\"\ncommand = \"echo\"\nspawn_args = [\"{prompt}\"]\n",
         );
-        configure_command_providers(&providers).unwrap();
-        let p = provider("plain").unwrap();
+        let p = Providers::from_settings(&providers)
+            .unwrap()
+            .get("plain")
+            .unwrap();
         let err = p.resume_args("s", &SpawnOptions::default()).unwrap_err();
         assert_eq!(err.to_string(), "provider 'plain' does not support resume");
         let mut parser = p.parser();
@@ -353,7 +320,7 @@ mod tests {
             ),
         ];
         for (toml, key) in cases {
-            let (got, reason) = configure_command_providers(&settings(toml)).unwrap_err();
+            let (got, reason) = Providers::from_settings(&settings(toml)).unwrap_err();
             assert_eq!(got, key, "{reason}");
         }
     }

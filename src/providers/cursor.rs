@@ -6,6 +6,7 @@
 //! from Cursor's public CLI docs (see tests/fixtures/transcripts/README.md). The prompt is
 //! given as the last argument, since the docs only show it there.
 
+use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::claude::ClaudeParser;
@@ -21,7 +22,7 @@ impl Cursor {
         let mut args: Vec<String> = ["-p", "--output-format", "stream-json"]
             .map(String::from)
             .to_vec();
-        args.extend(self.mode_args(opts.mode()));
+        args.extend(self.mode_args(opts.mode));
         if let Some(model) = &opts.model {
             args.extend(["--model".to_string(), model.clone()]);
         }
@@ -53,10 +54,12 @@ impl Provider for Cursor {
         PromptVia::Arg
     }
 
-    fn mode_args(&self, mode: &str) -> Vec<String> {
+    fn mode_args(&self, mode: AgentMode) -> Vec<String> {
         match mode {
-            "plan" | "review" | "discuss" => vec!["--mode".into(), "plan".into()],
-            _ => vec!["--force".into()],
+            AgentMode::Plan | AgentMode::Review | AgentMode::Discuss => {
+                vec!["--mode".into(), "plan".into()]
+            }
+            AgentMode::Execute => vec!["--force".into()],
         }
     }
 

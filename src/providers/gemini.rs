@@ -10,6 +10,7 @@
 //! the run at once; a plain 429 it retries (10 attempts, backoff) logging only on stderr,
 //! unless the settings' `general.maxAttempts` is lowered.
 
+use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::json::{classify_text, parse_line, raw, str_at, text_of, u64_at};
@@ -27,7 +28,7 @@ impl Gemini {
             // The worktree is ours; without this a fresh config dir asks to trust it.
             "--skip-trust".into(),
         ];
-        args.extend(self.mode_args(opts.mode()));
+        args.extend(self.mode_args(opts.mode));
         if let Some(model) = &opts.model {
             args.extend(["-m".to_string(), model.clone()]);
         }
@@ -54,10 +55,10 @@ impl Provider for Gemini {
         Ok(args)
     }
 
-    fn mode_args(&self, mode: &str) -> Vec<String> {
+    fn mode_args(&self, mode: AgentMode) -> Vec<String> {
         let approval = match mode {
-            "plan" | "review" | "discuss" => "plan",
-            _ => "yolo",
+            AgentMode::Plan | AgentMode::Review | AgentMode::Discuss => "plan",
+            AgentMode::Execute => "yolo",
         };
         vec!["--approval-mode".into(), approval.into()]
     }
@@ -330,7 +331,10 @@ mod tests {
         );
         let resume = Gemini.resume_args("u-1", &SpawnOptions::default()).unwrap();
         assert_eq!(resume[resume.len() - 2..], ["--resume", "u-1"]);
-        assert_eq!(Gemini.mode_args("plan"), ["--approval-mode", "plan"]);
+        assert_eq!(
+            Gemini.mode_args(AgentMode::Plan),
+            ["--approval-mode", "plan"]
+        );
         assert_eq!(Gemini.prompt_via(), crate::providers::PromptVia::Stdin);
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod amp;
 pub mod auggie;
+mod catalog;
 pub mod claude;
 pub mod codex;
 pub mod command;
@@ -24,8 +25,11 @@ pub mod opencode;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use command::{CommandProvider, CommandSpec, ParserKind, configure_command_providers};
-pub use mode::{MODES, format_answers, mode_preamble, prompt_for_mode};
+use crate::domain::AgentMode;
+
+pub use catalog::{BUILT_IN, BuiltIn, ProviderSettings, Providers, built_in};
+pub use command::{CommandProvider, CommandSpec, ParserKind};
+pub use mode::{format_answers, mode_preamble, prompt_for_mode};
 
 /// Normalised event every provider parser emits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,12 +128,11 @@ pub trait Provider: Send + Sync {
     fn prompt_via(&self) -> PromptVia {
         PromptVia::Stdin
     }
-    /// The permission flags of a run in `mode` (one of [`MODES`]; unknown modes are
-    /// refused upstream and get execute's flags here). `execute` lets the agent edit and
+    /// The permission flags of a run in `mode`. `execute` lets the agent edit and
     /// run anything in its worktree; `plan`, `review` and `discuss` use the CLI's own
     /// read-only switch where it has one (and the prompt preamble in every case, see
     /// [`prompt_for_mode`]). Already part of [`Self::spawn_args`] / [`Self::resume_args`].
-    fn mode_args(&self, mode: &str) -> Vec<String>;
+    fn mode_args(&self, mode: AgentMode) -> Vec<String>;
     /// Env vars to set for the process (the sandbox adds `IS_SANDBOX=1`, which claude
     /// needs to accept `--dangerously-skip-permissions` as root).
     fn env(&self) -> Vec<(String, String)>;
@@ -153,14 +156,7 @@ pub trait Provider: Send + Sync {
 #[derive(Debug, Clone, Default)]
 pub struct SpawnOptions {
     pub model: Option<String>,
-    /// One of [`MODES`]; `None` is `execute`.
-    pub mode: Option<String>,
-}
-
-impl SpawnOptions {
-    pub fn mode(&self) -> &str {
-        self.mode.as_deref().unwrap_or("execute")
-    }
+    pub mode: AgentMode,
 }
 
 /// The prompt put where `via` says: in place of a [`PROMPT_PLACEHOLDER`] argument, else
@@ -176,11 +172,6 @@ pub fn place_prompt(mut args: Vec<String>, via: PromptVia, prompt: &str) -> Vec<
     args
 }
 
-/// Names of the built-in providers.
-pub const KNOWN_PROVIDERS: &[&str] = &[
-    "claude", "codex", "gemini", "cursor", "auggie", "amp", "opencode",
-];
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ProviderError {
     #[error("unknown provider '{name}' (known providers: {known})")]
@@ -189,32 +180,6 @@ pub enum ProviderError {
     ResumeUnsupported { provider: String },
     #[error("provider '{provider}': {reason}")]
     Misconfigured { provider: String, reason: String },
-}
-
-/// Look up a provider by name: a built-in one, or a `command` provider declared in the
-/// configuration (see [`configure_command_providers`]).
-pub fn provider(name: &str) -> Result<Box<dyn Provider>, ProviderError> {
-    Ok(match name {
-        "claude" => Box::new(claude::Claude),
-        "codex" => Box::new(codex::Codex),
-        "gemini" => Box::new(gemini::Gemini),
-        "cursor" => Box::new(cursor::Cursor),
-        "auggie" => Box::new(auggie::Auggie),
-        "amp" => Box::new(amp::Amp),
-        "opencode" => Box::new(opencode::Opencode),
-        other => match command::configured(other) {
-            Some(p) => Box::new(p),
-            None => {
-                let mut known: Vec<String> =
-                    KNOWN_PROVIDERS.iter().map(|s| s.to_string()).collect();
-                known.extend(command::configured_names());
-                return Err(ProviderError::Unknown {
-                    name: other.to_string(),
-                    known: known.join(", "),
-                });
-            }
-        },
-    })
 }
 
 /// Signal file convention: an agent may write `.agentfleet/output/signal.json`
@@ -347,36 +312,20 @@ mod tests {
     }
 
     #[test]
-    fn unknown_provider_error_lists_known_providers() {
-        // Configured command providers (registered by other tests) follow the built-in ones.
-        let err = provider("nope").err().unwrap().to_string();
-        let expected = "unknown provider 'nope' (known providers: \
-             claude, codex, gemini, cursor, auggie, amp, opencode";
-        assert!(err.starts_with(expected), "{err}");
-    }
-
-    #[test]
-    fn every_known_provider_resolves_with_its_own_name() {
-        for name in KNOWN_PROVIDERS {
-            assert_eq!(provider(name).unwrap().name(), *name);
-        }
-    }
-
-    #[test]
     fn every_known_provider_can_resume_and_keeps_its_mode_flags() {
         let plan = SpawnOptions {
             model: None,
-            mode: Some("plan".into()),
+            mode: AgentMode::Plan,
         };
-        for name in KNOWN_PROVIDERS {
-            let p = provider(name).unwrap();
+        for b in BUILT_IN {
+            let (name, p) = (b.name, built_in(b.name).unwrap());
             let resume = p.resume_args("sess-1", &plan).unwrap();
             assert!(resume.iter().any(|a| a == "sess-1"), "{name}: {resume:?}");
-            for flag in p.mode_args("plan") {
+            for flag in p.mode_args(AgentMode::Plan) {
                 assert!(resume.contains(&flag), "{name}: {resume:?}");
             }
             let execute = p.spawn_args(&SpawnOptions::default());
-            for flag in p.mode_args("execute") {
+            for flag in p.mode_args(AgentMode::Execute) {
                 assert!(execute.contains(&flag), "{name}: {execute:?}");
             }
         }
@@ -414,9 +363,9 @@ mod tests {
 
     /// Every built-in provider's parser and every configurable parser kind.
     fn all_parsers() -> Vec<(String, Box<dyn StreamParser>)> {
-        let builtin = KNOWN_PROVIDERS
+        let builtin = BUILT_IN
             .iter()
-            .map(|n| (n.to_string(), provider(n).unwrap().parser()));
+            .map(|b| (b.name.to_string(), built_in(b.name).unwrap().parser()));
         let kinds = ParserKind::NAMES
             .iter()
             .map(|k| (k.to_string(), ParserKind::parse(k).unwrap().parser()));

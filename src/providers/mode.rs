@@ -6,31 +6,30 @@
 
 use std::collections::BTreeMap;
 
-/// The modes an agent can run in; anything else is refused at enqueue.
-pub const MODES: &[&str] = &["execute", "plan", "review", "discuss"];
+use crate::domain::AgentMode;
 
 /// The text put before the prompt in `mode`; `None` for `execute` (the prompt is the task).
-pub fn mode_preamble(mode: &str) -> Option<&'static str> {
+pub fn mode_preamble(mode: AgentMode) -> Option<&'static str> {
     match mode {
-        "plan" => Some(
+        AgentMode::Plan => Some(
             "You are in PLAN mode. Do not change any file. Study the code and write a \
              step-by-step plan for the task below. If something must be decided first, \
              ask it as a question.",
         ),
-        "review" => Some(
+        AgentMode::Review => Some(
             "You are in REVIEW mode. Do not change any file. Review the work described \
              below and report problems, risks and suggested changes, most important first.",
         ),
-        "discuss" => Some(
+        AgentMode::Discuss => Some(
             "You are in DISCUSS mode. Do not change any file. Discuss the topic below: \
              answer, weigh the options, and ask questions where the intent is unclear.",
         ),
-        _ => None,
+        AgentMode::Execute => None,
     }
 }
 
 /// The prompt the CLI gets for `prompt` in `mode`.
-pub fn prompt_for_mode(mode: &str, prompt: &str) -> String {
+pub fn prompt_for_mode(mode: AgentMode, prompt: &str) -> String {
     match mode_preamble(mode) {
         Some(preamble) => format!("{preamble}\n\n{prompt}"),
         None => prompt.to_string(),
@@ -53,9 +52,9 @@ mod tests {
 
     #[test]
     fn execute_keeps_the_prompt_and_other_modes_get_a_preamble() {
-        assert_eq!(prompt_for_mode("execute", "fix it"), "fix it");
-        for mode in &MODES[1..] {
-            let p = prompt_for_mode(mode, "fix it");
+        assert_eq!(prompt_for_mode(AgentMode::Execute, "fix it"), "fix it");
+        for mode in &AgentMode::ALL[1..] {
+            let p = prompt_for_mode(*mode, "fix it");
             assert!(
                 p.ends_with("\n\nfix it") && p.contains("Do not change any file"),
                 "{p}"

@@ -9,6 +9,7 @@
 //! (per `retry-after`, else 2 s doubling to 30 s) before the `error` line, printing
 //! nothing meanwhile.
 
+use crate::domain::AgentMode;
 use serde_json::Value;
 
 use super::json::{classify, parse_line, raw, str_at, text_of, u64_at};
@@ -21,7 +22,7 @@ pub struct Opencode;
 impl Opencode {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
         let mut args: Vec<String> = vec!["run".into(), "--format".into(), "json".into()];
-        args.extend(self.mode_args(opts.mode()));
+        args.extend(self.mode_args(opts.mode));
         if let Some(model) = &opts.model {
             args.extend(["-m".to_string(), model.clone()]);
         }
@@ -48,11 +49,13 @@ impl Provider for Opencode {
         Ok(args)
     }
 
-    fn mode_args(&self, mode: &str) -> Vec<String> {
+    fn mode_args(&self, mode: AgentMode) -> Vec<String> {
         match mode {
             // opencode's built-in `plan` agent cannot edit files.
-            "plan" | "review" | "discuss" => vec!["--agent".into(), "plan".into()],
-            _ => vec!["--auto".into()],
+            AgentMode::Plan | AgentMode::Review | AgentMode::Discuss => {
+                vec!["--agent".into(), "plan".into()]
+            }
+            AgentMode::Execute => vec!["--auto".into()],
         }
     }
 

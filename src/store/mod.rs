@@ -1,5 +1,5 @@
 //! The store port: the system of record for projects, workers (leases), requests, agents
-//! and their event logs — Postgres in the fleet mode, SQLite in the embedded default. Every
+//! and their event logs — Postgres in the distributed mode, SQLite in the embedded default. Every
 //! write about an agent a worker owns is fenced by the owner's worker id and epoch
 //! (`Owner`), so a worker whose lease was taken over cannot change anything.
 //!

@@ -17,7 +17,6 @@ use super::supervisor::{Controls, Limits, Supervised, Supervisor};
 use crate::domain::{Agent, AgentOutcome, AgentStatus};
 use crate::events::STATUS_EVENT;
 use crate::process::{self, Running};
-use crate::providers;
 
 /// Supervises the agent in a tracked task until it ends (or the worker lets go).
 pub fn spawn(
@@ -53,7 +52,7 @@ async fn supervise(
     mut ran_for: Duration,
 ) {
     let settings = &rt.fleet.settings;
-    let parser = match providers::provider(&agent.provider) {
+    let parser = match rt.fleet.providers.get(&agent.provider) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(agent_id = %agent.id, error = %e, "no parser for the agent's provider");

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::git::GitError;
 use super::resume::ResumeError;
 use super::runtime::Runtime;
-use crate::domain::{Agent, AgentStatus};
-use crate::lifecycle::CHECKOUT_REMOVED_EVENT;
+use crate::domain::{Agent, AgentStatus, ControlArgs, StoredPayload};
+use crate::fleet::CHECKOUT_REMOVED_EVENT;
 use crate::queue::{ControlConsumer, ControlJob, JobHandler};
 use crate::store::{ControlKind, ControlRequest, StoreError};
 use crate::telemetry;
@@ -85,18 +85,12 @@ async fn handle_job(rt: Arc<Runtime>, job: serde_json::Value) {
     };
     if job.trace_context.is_empty() {
         // Sent again from the store: the trace continues from the recorded context.
-        let stored = stored_trace_context(&control.payload);
+        let stored = StoredPayload::<ControlArgs>::from_json(control.payload.clone())
+            .map(|p| p.trace_context)
+            .unwrap_or_default();
         telemetry::set_parent(&span, stored.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
     tracing::Instrument::instrument(handle(&rt, control), span).await;
-}
-
-fn stored_trace_context(payload: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
-    payload
-        .get(crate::fleet::STORED_TRACE_CONTEXT)
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
 }
 
 /// After this worker adopted `agents` (their worker died), the requests still pending
@@ -186,8 +180,7 @@ async fn stop(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), Control
 async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
     let deadline =
         tokio::time::Instant::now() + rt.fleet.settings.worker.stop_grace + Duration::from_secs(10);
-    while rt.supervises(agent_id) && tokio::time::Instant::now() < deadline
-    {
+    while rt.supervises(agent_id) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -17,7 +17,7 @@ use super::retry;
 use super::runtime::Runtime;
 use super::signal_file::SIGNAL_FILE;
 use crate::agent_files;
-use crate::domain::{Agent, SpawnRequest};
+use crate::domain::{Agent, SpawnRequest, StoredPayload};
 use crate::fleet::validate_input_name;
 use crate::providers::{self, SpawnOptions};
 use crate::queue::{SpawnJob, take_handed_slot};
@@ -116,8 +116,8 @@ async fn dispatch(rt: Arc<Runtime>, request_id: Uuid) {
     timings.claim = delivered.elapsed();
     let agent = claimed.agent;
     telemetry::record_agent(&tracing::Span::current(), &agent);
-    let request: SpawnRequest = match crate::fleet::stored_request(claimed.payload) {
-        Ok(r) => r,
+    let request: SpawnRequest = match StoredPayload::from_json(claimed.payload) {
+        Ok(stored) => stored.request,
         Err(e) => {
             let reason = format!("request payload cannot be decoded: {e}");
             if let Err(e) = store.fail_request(request_id, &reason).await {
@@ -198,7 +198,7 @@ async fn start_agent(
     delivered: Instant,
     timings: &mut DispatchTimings,
 ) -> Result<Started, StartError> {
-    let provider = providers::provider(&agent.provider)?;
+    let provider = rt.fleet.providers.get(&agent.provider)?;
     let project = retry::store(rt, "load the project", || {
         rt.fleet.store.project(&agent.project)
     })
@@ -225,11 +225,11 @@ async fn start_agent(
         .await
         .map_err(StartError::Inputs)?;
     let opts = SpawnOptions {
-        mode: Some(agent.mode.as_str().to_string()),
+        mode: agent.mode,
         ..Default::default()
     };
     let args = provider.spawn_args(&opts);
-    let prompt = providers::prompt_for_mode(agent.mode.as_str(), &request.prompt);
+    let prompt = providers::prompt_for_mode(agent.mode, &request.prompt);
     let started = launch::start(
         rt,
         Launch {

@@ -16,7 +16,7 @@ use super::runtime::Runtime;
 use super::stream_facts::AccountTrouble;
 use crate::credentials::config_dir;
 use crate::domain::{Agent, AgentOutcome, Project};
-use crate::providers::{self, SpawnOptions};
+use crate::providers::SpawnOptions;
 
 /// The prompt a session continues with on its new account.
 const CONTINUE_PROMPT: &str = "Your previous turn was interrupted by a usage limit on the \
@@ -95,7 +95,7 @@ pub async fn after_trouble(
         }
         AccountTrouble::Refused { .. } => format!("auth_failed: account '{label}' was refused"),
     };
-    let provider = match providers::provider(&agent.provider) {
+    let provider = match rt.fleet.providers.get(&agent.provider) {
         Ok(p) => p,
         Err(e) => return end(format!("{why}; {e}")),
     };
@@ -105,7 +105,7 @@ pub async fn after_trouble(
         ));
     };
     let opts = SpawnOptions {
-        mode: Some(agent.mode.as_str().to_string()),
+        mode: agent.mode,
         ..Default::default()
     };
     let args = match provider.resume_args(&session, &opts) {

@@ -92,7 +92,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let workspace_root = std::fs::canonicalize(&settings.worker.workspace_root)?;
     let mode = match fleet.store.kind() {
         crate::store::StoreKind::Sqlite => "embedded",
-        crate::store::StoreKind::Postgres => "fleet",
+        crate::store::StoreKind::Postgres => "distributed",
     };
     tracing::info!(
         worker_id = %worker_id, node_id = %node_id, epoch, capacity, mode,

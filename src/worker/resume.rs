@@ -46,10 +46,10 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), R
         .and_then(|a| serde_json::from_value(a).ok())
         .ok_or(ResumeError::NoAnswers)?;
     let agent = store.agent(&control.agent_id.to_string()).await?;
-    let provider = providers::provider(&agent.provider)?;
+    let provider = rt.fleet.providers.get(&agent.provider)?;
     let session = agent.session_id.clone().ok_or(ResumeError::NoSession)?;
     let opts = SpawnOptions {
-        mode: Some(agent.mode.as_str().to_string()),
+        mode: agent.mode,
         ..Default::default()
     };
     let args = provider.resume_args(&session, &opts)?;

@@ -9,6 +9,7 @@ mod parser;
 pub use parser::CodexParser;
 
 use super::{Provider, ProviderError, SpawnOptions, StreamParser};
+use crate::domain::AgentMode;
 
 /// The `codex` CLI as a [`Provider`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -17,7 +18,7 @@ pub struct Codex;
 impl Codex {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
         let mut args: Vec<String> = vec!["--json".into(), "--skip-git-repo-check".into()];
-        args.extend(self.mode_args(opts.mode()));
+        args.extend(self.mode_args(opts.mode));
         if let Some(model) = &opts.model {
             args.extend(["-m".to_string(), model.clone()]);
         }
@@ -49,13 +50,13 @@ impl Provider for Codex {
         Ok(args)
     }
 
-    fn mode_args(&self, mode: &str) -> Vec<String> {
+    fn mode_args(&self, mode: AgentMode) -> Vec<String> {
         match mode {
             // `-s` is not accepted by `exec resume`; the config key is, by both.
-            "plan" | "review" | "discuss" => {
+            AgentMode::Plan | AgentMode::Review | AgentMode::Discuss => {
                 vec!["-c".into(), "sandbox_mode=\"read-only\"".into()]
             }
-            _ => vec!["--dangerously-bypass-approvals-and-sandbox".into()],
+            AgentMode::Execute => vec!["--dangerously-bypass-approvals-and-sandbox".into()],
         }
     }
 
@@ -88,7 +89,7 @@ mod tests {
     fn spawn_and_resume_read_the_prompt_from_stdin() {
         let opts = SpawnOptions {
             model: Some("gpt-5".into()),
-            mode: None,
+            mode: AgentMode::Execute,
         };
         let flags = [
             "--json",
@@ -103,7 +104,7 @@ mod tests {
         assert_eq!(Codex.resume_args("t-1", &opts).unwrap(), resume);
         let plan = SpawnOptions {
             model: None,
-            mode: Some("review".into()),
+            mode: AgentMode::Review,
         };
         assert!(
             Codex

@@ -1,7 +1,7 @@
 //! Requests about an existing agent — stop, delete, resume, dismiss and cleanup — from the
-//! API and the CLI. The
-//! store records them; the worker that owns the agent's process and worktree carries them
-//! out (see `worker::control`); an agent nobody runs is handled here directly.
+//! API and the CLI. The store records them; the worker that owns the agent's process and
+//! worktree carries them out (see `worker::control`); an agent nobody runs is handled here
+//! directly.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,9 +9,9 @@ use std::time::Duration;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::domain::{Agent, AgentStatus, StoredEvent};
+use super::{Fleet, FleetError, counted, no_nul};
+use crate::domain::{Agent, AgentStatus, ControlArgs, StoredEvent, StoredPayload};
 use crate::events::STATUS_EVENT;
-use crate::fleet::{Fleet, FleetError, STORED_TRACE_CONTEXT, no_nul};
 use crate::providers;
 use crate::queue::{ControlJob, ControlTarget};
 use crate::store::{ControlKind, StoreError};
@@ -24,22 +24,6 @@ const POLL: Duration = Duration::from_millis(100);
 pub const RESUME_WAITING_EVENT: &str = "resume.waiting";
 /// The event of a checkout freed by a dismiss or a cleanup.
 pub const CHECKOUT_REMOVED_EVENT: &str = "checkout.removed";
-
-/// A control request about an agent not acted on yet, as `get` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct PendingRequest {
-    pub id: Uuid,
-    pub kind: String,
-    /// `worker` (sent to its owner) or `node` (any worker on the agent's node).
-    pub sent_to: &'static str,
-    pub target: Option<String>,
-    pub requested_at: chrono::DateTime<chrono::Utc>,
-    /// No live worker can take it now: it waits for one to start on the node.
-    pub waiting_for_worker: bool,
-    /// When a waiting resume fails (`worker.resume_timeout`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
-}
 
 impl Fleet {
     /// Stops an agent; with `wait`, returns once it has stopped.
@@ -74,7 +58,7 @@ impl Fleet {
             &agent,
             ControlKind::Stop,
             agent.worker_id.as_deref(),
-            serde_json::json!({}),
+            ControlArgs::new(),
         )
         .await?;
         if !wait {
@@ -118,7 +102,7 @@ impl Fleet {
             store.cancel_pending(agent.id, "deleted").await?;
             agent = store.agent(&agent.id.to_string()).await?;
         }
-        let payload = serde_json::json!({"remote_branch": remote_branch});
+        let args = ControlArgs::from_iter([("remote_branch".into(), remote_branch.into())]);
         let live = !agent.status.is_final();
         let node_has_worker = match &agent.node_id {
             Some(node) => store
@@ -134,7 +118,7 @@ impl Fleet {
             } else {
                 None
             };
-            self.send_control(&agent, ControlKind::Delete, target, payload)
+            self.send_control(&agent, ControlKind::Delete, target, args)
                 .await?;
             let deadline = tokio::time::Instant::now()
                 + self.settings.worker.stop_grace
@@ -172,7 +156,7 @@ impl Fleet {
         store.set_dismissed(agent.id).await?;
         agent.dismissed = true;
         if agent.status.is_final() && agent.workdir.is_some() && agent.node_id.is_some() {
-            self.send_control(&agent, ControlKind::Dismiss, None, serde_json::json!({}))
+            self.send_control(&agent, ControlKind::Dismiss, None, ControlArgs::new())
                 .await?;
         }
         Ok(agent)
@@ -193,50 +177,10 @@ impl Fleet {
             )));
         }
         if agent.workdir.is_some() && agent.node_id.is_some() {
-            self.send_control(&agent, ControlKind::Cleanup, None, serde_json::json!({}))
+            self.send_control(&agent, ControlKind::Cleanup, None, ControlArgs::new())
                 .await?;
         }
         Ok(agent)
-    }
-
-    /// The agent's control requests that no worker has acted on yet, and whether each
-    /// waits for a worker to start on the agent's node.
-    pub async fn pending_requests(&self, agent: &Agent) -> Result<Vec<PendingRequest>, FleetError> {
-        let pending = self.store.agent_controls(agent.id).await?;
-        if pending.is_empty() {
-            return Ok(Vec::new());
-        }
-        let workers = self.store.list_workers().await?;
-        let timeout = chrono::TimeDelta::from_std(self.settings.worker.resume_timeout)
-            .unwrap_or(chrono::TimeDelta::MAX);
-        Ok(pending
-            .into_iter()
-            .map(|p| {
-                let waiting = match &p.target_worker {
-                    Some(worker) => !workers
-                        .iter()
-                        .any(|w| &w.id == worker && w.status == "alive"),
-                    None => !workers
-                        .iter()
-                        .any(|w| Some(&w.node_id) == agent.node_id.as_ref() && w.status == "alive"),
-                };
-                PendingRequest {
-                    id: p.id,
-                    sent_to: if p.target_worker.is_some() {
-                        "worker"
-                    } else {
-                        "node"
-                    },
-                    target: p.target_worker.or_else(|| agent.node_id.clone()),
-                    expires_at: (p.kind == "resume")
-                        .then(|| p.requested_at.checked_add_signed(timeout))
-                        .flatten(),
-                    kind: p.kind,
-                    requested_at: p.requested_at,
-                    waiting_for_worker: waiting,
-                }
-            })
-            .collect())
     }
 
     /// Resumes an agent that waits for input with `answers` (question id → text): the worker
@@ -276,8 +220,10 @@ impl Fleet {
                 agent.name
             )));
         };
-        let provider =
-            providers::provider(&agent.provider).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let provider = self
+            .providers
+            .get(&agent.provider)
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         provider
             .resume_args(session, &providers::SpawnOptions::default())
             .map_err(|e| FleetError::Invalid(e.to_string()))?;
@@ -337,7 +283,7 @@ impl Fleet {
             &agent,
             ControlKind::Resume,
             target.as_deref(),
-            serde_json::json!({ "answers": answers }),
+            ControlArgs::from_iter([("answers".into(), serde_json::json!(answers))]),
         )
         .await?;
         Ok(agent)
@@ -353,7 +299,7 @@ impl Fleet {
         agent: &Agent,
         kind: ControlKind,
         target_worker: Option<&str>,
-        mut payload: serde_json::Value,
+        args: ControlArgs,
     ) -> Result<Uuid, FleetError> {
         let target = ControlTarget::of(target_worker, agent.node_id.as_deref());
         let destination = target
@@ -368,14 +314,12 @@ impl Fleet {
         );
         span.record("agentfleet.agent.id", tracing::field::display(agent.id));
         let trace_context = telemetry::inject(&span);
-        if let Some(fields) = payload.as_object_mut()
-            && !trace_context.is_empty()
-        {
-            fields.insert(
-                STORED_TRACE_CONTEXT.into(),
-                serde_json::json!(trace_context),
-            );
+        let payload = StoredPayload {
+            request: args,
+            trace_context: trace_context.clone(),
         }
+        .to_json()
+        .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
         let request_id = self
             .store
             .record_control(agent.id, kind, target_worker, payload)
@@ -427,38 +371,4 @@ impl Fleet {
             Err(e) => tracing::warn!(%agent_id, error = %e, "cannot store event"),
         }
     }
-}
-
-/// One agent as `get` and `GET /v1/agents/{id}` show it: its record, the prompt it was
-/// spawned with, and the control requests about it that no worker has acted on yet.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct AgentDetail {
-    #[serde(flatten)]
-    pub agent: Agent,
-    pub prompt: Option<String>,
-    pub pending_requests: Vec<PendingRequest>,
-}
-
-impl Fleet {
-    /// The agent by id or name, with its prompt and pending requests.
-    pub async fn agent_detail(&self, agent_ref: &str) -> Result<AgentDetail, FleetError> {
-        let agent = self.store.agent(agent_ref).await?;
-        let prompt = self.store.spawn_prompt(agent.id).await?;
-        let pending_requests = self.pending_requests(&agent).await?;
-        Ok(AgentDetail {
-            agent,
-            prompt,
-            pending_requests,
-        })
-    }
-}
-
-/// Counts a request by kind and outcome (`agentfleet_requests_total`).
-fn counted<T>(kind: &str, result: Result<T, FleetError>) -> Result<T, FleetError> {
-    let outcome = match &result {
-        Ok(_) => "accepted",
-        Err(e) => e.class(),
-    };
-    crate::metrics::request(kind, outcome);
-    result
 }

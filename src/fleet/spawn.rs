@@ -1,143 +1,18 @@
-//! The front door shared by the HTTP API and the CLI: validates what a caller asks for,
-//! records it in the store and enqueues its job. Bad input is refused here, before anything
-//! is written.
-
-mod checks;
-
-pub use checks::{no_nul, no_nul_in_json, validate_input_name};
+//! Spawns: a request is validated (here and in `checks`), given a name if it has none,
+//! recorded with its agent in one store write under its idempotency key, and enqueued.
 
 use rand::seq::IndexedRandom;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::config::{Backend, Settings};
-use crate::domain::{AgentMode, Project, SpawnRequest};
-use crate::events::{EmbeddedBus, EventBus, RedisBus};
-use crate::providers;
-use crate::queue::{EmbeddedQueue, Queue, RedisQueue, SpawnJob};
+use super::{Fleet, FleetError, checks};
+use crate::domain::{AgentMode, SpawnRequest, StoredPayload};
+use crate::queue::SpawnJob;
+use crate::store::{RecordedSpawn, SpawnRecord, StoreError};
 use crate::telemetry;
-
-use crate::store::{RecordedSpawn, SpawnRecord, Store, StoreError};
 use crate::workspace::validate_name;
 
-/// What went wrong, in the caller's terms; the API maps each kind to a status code.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    Unavailable(String),
-    /// An idempotency key given again with a different request.
-    #[error("{0}")]
-    IdempotencyKeyReused(String),
-}
-
-impl From<StoreError> for FleetError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::IdempotencyKeyReused(_) => Self::IdempotencyKeyReused(e.to_string()),
-            StoreError::NameTaken(_)
-            | StoreError::ResumeRefused(_)
-            | StoreError::ProjectExists(_)
-            | StoreError::AccountExists(_) => Self::Conflict(e.to_string()),
-            StoreError::UnknownProject(_)
-            | StoreError::UnknownAgent(_)
-            | StoreError::UnknownAccount(_) => Self::NotFound(e.to_string()),
-            StoreError::Database(_)
-            | StoreError::Shared(_)
-            | StoreError::Migrate(_)
-            | StoreError::UnsupportedUrl(_)
-            | StoreError::DataDir { .. } => Self::Unavailable(e.to_string()),
-        }
-    }
-}
-
-/// The connected parts every front end needs.
-#[derive(Clone, Debug)]
-pub struct Fleet {
-    pub settings: Settings,
-    pub store: Store,
-    pub queue: Queue,
-    pub events: EventBus,
-}
-
 impl Fleet {
-    /// Connects the store, the queue and the events of the configured mode. The embedded
-    /// mode opens no network connection at all.
-    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let store = Store::connect(
-            &settings.database.url,
-            settings.database.max_connections,
-            settings.database.create_if_missing,
-        )
-        .await?;
-        store.migrate().await?;
-        let (queue, events) = match settings.backend() {
-            Backend::Embedded => {
-                tracing::debug!(database = %settings.database.url, "embedded mode: no Redis");
-                (
-                    Queue::Embedded(EmbeddedQueue::new(
-                        store.clone(),
-                        settings.worker.poll_interval,
-                    )),
-                    EventBus::Embedded(EmbeddedBus::new(store.clone())),
-                )
-            }
-            Backend::Fleet => (
-                Queue::Redis(Box::new(
-                    RedisQueue::connect(
-                        &settings.redis.url,
-                        &settings.redis.prefix,
-                        settings.worker.poll_interval,
-                        settings.worker.lease_ttl,
-                    )
-                    .await?,
-                )),
-                EventBus::Redis(
-                    RedisBus::connect(&settings.redis.url, &settings.redis.prefix).await?,
-                ),
-            ),
-        };
-        Ok(Self {
-            settings,
-            store,
-            queue,
-            events,
-        })
-    }
-
-    pub async fn add_project(
-        &self,
-        name: &str,
-        remote: &str,
-        branch: &str,
-    ) -> Result<Project, FleetError> {
-        checks::no_nul("name", name)?;
-        checks::no_nul("remote_url", remote)?;
-        checks::no_nul("default_branch", branch)?;
-        validate_name(name).map_err(|r| FleetError::Invalid(format!("project name: {r}")))?;
-        if remote.trim().is_empty() {
-            return Err(FleetError::Invalid("remote URL must not be empty".into()));
-        }
-        if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
-            return Err(FleetError::Invalid(format!(
-                "'{branch}' is not a valid branch name"
-            )));
-        }
-        let project = self.store.add_project(name, remote, branch).await?;
-        Ok(shown(project))
-    }
-
-    /// The projects as callers see them (see [`shown`]).
-    pub async fn list_projects(&self) -> Result<Vec<Project>, FleetError> {
-        let projects = self.store.list_projects().await?;
-        Ok(projects.into_iter().map(shown).collect())
-    }
-
     /// Validates, records and enqueues a spawn. The same idempotency key with the same
     /// request returns the same agent and does not enqueue again; with a different request
     /// it is refused (`IdempotencyKeyReused`) and nothing is written.
@@ -153,7 +28,7 @@ impl Fleet {
     }
 
     /// The enqueue runs in a PRODUCER span whose W3C trace context goes with the job and
-    /// is stored beside the request (`trace_context` in the stored payload), so the queue
+    /// is stored beside the request (a `StoredPayload`), so the queue
     /// that rebuilds jobs from the store (embedded, re-dispatch) continues the same trace.
     async fn record_and_enqueue(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
         let mode = self.validate(&req)?;
@@ -172,16 +47,12 @@ impl Fleet {
             &req.provider,
         );
         let trace_context = telemetry::inject(&span);
-        let mut payload = serde_json::to_value(&req)
-            .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
-        if let Some(fields) = payload.as_object_mut()
-            && !trace_context.is_empty()
-        {
-            fields.insert(
-                STORED_TRACE_CONTEXT.into(),
-                serde_json::json!(trace_context),
-            );
+        let payload = StoredPayload {
+            request: &req,
+            trace_context: trace_context.clone(),
         }
+        .to_json()
+        .map_err(|e| FleetError::Invalid(format!("request cannot be encoded: {e}")))?;
         let mut name = name;
         let mut attempt = 0;
         let recorded = loop {
@@ -232,13 +103,15 @@ impl Fleet {
 
     fn validate(&self, req: &SpawnRequest) -> Result<AgentMode, FleetError> {
         checks::spawn_strings(req)?;
-        providers::provider(&req.provider).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        self.providers
+            .get(&req.provider)
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         let mode = match req.mode.as_deref() {
             None => AgentMode::Execute,
             Some(m) => AgentMode::parse(m).ok_or_else(|| {
                 FleetError::Invalid(format!(
                     "unknown mode '{m}' (known modes: {})",
-                    providers::MODES.join(", ")
+                    AgentMode::names()
                 ))
             })?,
         };
@@ -293,40 +166,6 @@ impl Fleet {
     }
 }
 
-/// A project as callers see it: its remote URL without the credentials it may embed. The
-/// stored URL keeps them for the worker's push.
-pub fn shown(project: Project) -> Project {
-    Project {
-        remote_url: crate::workspace::redact_url(&project.remote_url),
-        ..project
-    }
-}
-
-/// The key of the enqueue's W3C trace context in a stored spawn payload (beside the
-/// caller's `SpawnRequest` fields, which refuse unknown keys).
-pub const STORED_TRACE_CONTEXT: &str = "trace_context";
-
-/// The caller's request from a stored spawn payload (without the stored trace context).
-pub fn stored_request(mut payload: serde_json::Value) -> Result<SpawnRequest, serde_json::Error> {
-    if let Some(fields) = payload.as_object_mut() {
-        fields.remove(STORED_TRACE_CONTEXT);
-    }
-    serde_json::from_value(payload)
-}
-
-impl FleetError {
-    /// A short label for metrics.
-    pub fn class(&self) -> &'static str {
-        match self {
-            Self::Invalid(_) => "invalid",
-            Self::NotFound(_) => "not_found",
-            Self::Conflict(_) => "conflict",
-            Self::Unavailable(_) => "unavailable",
-            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
-        }
-    }
-}
-
 const ADJECTIVES: &[&str] = &[
     "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lively",
     "mighty", "nimble", "proud", "quick", "quiet", "rapid", "shiny", "sly", "swift", "witty",
@@ -353,16 +192,6 @@ pub fn generate_alias(suffix: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stored_payload_keeps_the_trace_context_beside_the_request() {
-        let payload = serde_json::json!({
-            "provider": "claude", "project": "demo", "prompt": "hi",
-            "trace_context": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
-        });
-        let req = stored_request(payload).unwrap();
-        assert_eq!(req.prompt, "hi");
-    }
 
     #[test]
     fn aliases_are_valid_names() {

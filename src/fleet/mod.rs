@@ -1,0 +1,179 @@
+//! The front door shared by the HTTP API and the CLI: validates what a caller asks for,
+//! records it in the store and enqueues its job. Bad input is refused here, before anything
+//! is written. `Fleet` is the connected parts of either mode (embedded or Postgres + Redis)
+//! as a caller sees them: projects here, spawns in `spawn`, requests about an existing agent
+//! (stop, delete, resume, dismiss, cleanup) in `control`, what `get` shows in `detail`.
+
+mod checks;
+mod control;
+mod detail;
+mod spawn;
+
+pub use checks::{no_nul, no_nul_in_json, validate_input_name};
+pub use control::{CHECKOUT_REMOVED_EVENT, RESUME_WAITING_EVENT};
+pub use detail::{AgentDetail, PendingRequest};
+pub use spawn::generate_alias;
+
+use crate::config::{Backend, Settings};
+use crate::domain::Project;
+use crate::events::{EmbeddedBus, EventBus, RedisBus};
+use crate::providers::Providers;
+use crate::queue::{EmbeddedQueue, Queue, RedisQueue};
+use crate::store::{Store, StoreError};
+use crate::workspace::validate_name;
+
+/// What went wrong, in the caller's terms; the API maps each kind to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// An idempotency key given again with a different request.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+}
+
+impl From<StoreError> for FleetError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::IdempotencyKeyReused(_) => Self::IdempotencyKeyReused(e.to_string()),
+            StoreError::NameTaken(_)
+            | StoreError::ResumeRefused(_)
+            | StoreError::ProjectExists(_)
+            | StoreError::AccountExists(_) => Self::Conflict(e.to_string()),
+            StoreError::UnknownProject(_)
+            | StoreError::UnknownAgent(_)
+            | StoreError::UnknownAccount(_) => Self::NotFound(e.to_string()),
+            StoreError::Database(_)
+            | StoreError::Shared(_)
+            | StoreError::Migrate(_)
+            | StoreError::UnsupportedUrl(_)
+            | StoreError::DataDir { .. } => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// The connected parts every front end needs.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub settings: Settings,
+    pub store: Store,
+    pub queue: Queue,
+    pub events: EventBus,
+    /// The providers this fleet runs: the built-in ones and those its settings declare.
+    pub providers: Providers,
+}
+
+impl Fleet {
+    /// Connects the store, the queue and the events of the configured mode. The embedded
+    /// mode opens no network connection at all.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let store = Store::connect(
+            &settings.database.url,
+            settings.database.max_connections,
+            settings.database.create_if_missing,
+        )
+        .await?;
+        store.migrate().await?;
+        let (queue, events) = match settings.backend() {
+            Backend::Embedded => {
+                tracing::debug!(database = %settings.database.url, "embedded mode: no Redis");
+                (
+                    Queue::Embedded(EmbeddedQueue::new(
+                        store.clone(),
+                        settings.worker.poll_interval,
+                    )),
+                    EventBus::Embedded(EmbeddedBus::new(store.clone())),
+                )
+            }
+            Backend::Distributed => (
+                Queue::Redis(Box::new(
+                    RedisQueue::connect(
+                        &settings.redis.url,
+                        &settings.redis.prefix,
+                        settings.worker.poll_interval,
+                        settings.worker.lease_ttl,
+                    )
+                    .await?,
+                )),
+                EventBus::Redis(
+                    RedisBus::connect(&settings.redis.url, &settings.redis.prefix).await?,
+                ),
+            ),
+        };
+        let providers = Providers::from_settings(&settings.providers)
+            .map_err(|(key, reason)| anyhow::anyhow!("{key}: {reason}"))?;
+        Ok(Self {
+            providers,
+            settings,
+            store,
+            queue,
+            events,
+        })
+    }
+
+    pub async fn add_project(
+        &self,
+        name: &str,
+        remote: &str,
+        branch: &str,
+    ) -> Result<Project, FleetError> {
+        checks::no_nul("name", name)?;
+        checks::no_nul("remote_url", remote)?;
+        checks::no_nul("default_branch", branch)?;
+        validate_name(name).map_err(|r| FleetError::Invalid(format!("project name: {r}")))?;
+        if remote.trim().is_empty() {
+            return Err(FleetError::Invalid("remote URL must not be empty".into()));
+        }
+        if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+            return Err(FleetError::Invalid(format!(
+                "'{branch}' is not a valid branch name"
+            )));
+        }
+        let project = self.store.add_project(name, remote, branch).await?;
+        Ok(shown(project))
+    }
+
+    /// The projects as callers see them (see [`shown`]).
+    pub async fn list_projects(&self) -> Result<Vec<Project>, FleetError> {
+        let projects = self.store.list_projects().await?;
+        Ok(projects.into_iter().map(shown).collect())
+    }
+}
+
+/// A project as callers see it: its remote URL without the credentials it may embed. The
+/// stored URL keeps them for the worker's push.
+pub fn shown(project: Project) -> Project {
+    Project {
+        remote_url: crate::workspace::redact_url(&project.remote_url),
+        ..project
+    }
+}
+
+impl FleetError {
+    /// A short label for metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
+        }
+    }
+}
+
+/// Counts a request by kind and outcome (`agentfleet_requests_total`).
+fn counted<T>(kind: &str, result: Result<T, FleetError>) -> Result<T, FleetError> {
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.class(),
+    };
+    crate::metrics::request(kind, outcome);
+    result
+}
