@@ -3,7 +3,9 @@
 //! in batches, and when the process ends gathers what decides the agent's outcome. This file
 //! is the loop and its I/O (reading, flushing, waiting for a store that is away); what the
 //! stream said is kept in `stream_facts.rs`, the signal file is read in `signal_file.rs`,
-//! and the outcome is decided from them in `outcome.rs`.
+//! and the outcome is decided from them in `outcome.rs`. The loop and the steps it takes
+//! (read a step, flush or keep, store through an outage, read the rest) share the tail's
+//! state and stay together here, a little past 400 lines.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
