@@ -9,39 +9,14 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::Runtime;
 use super::event_log::{EventLog, LogError};
 use super::failover::{self, Failover};
+use super::launch::{RunFiles, Started};
+use super::runtime::Runtime;
 use super::supervisor::{Controls, Limits, Supervised, Supervisor};
-use crate::domain::{Agent, AgentOutcome, AgentStatus, Project};
+use crate::domain::{Agent, AgentOutcome, AgentStatus};
 use crate::events::STATUS_EVENT;
 use crate::process::{self, Running};
-
-/// The files a run leaves in its folder on the node.
-#[derive(Debug, Clone)]
-pub struct RunFiles {
-    pub output: PathBuf,
-    pub stderr: PathBuf,
-    pub exit: PathBuf,
-}
-
-impl RunFiles {
-    pub fn in_dir(dir: &Path) -> Self {
-        Self {
-            output: dir.join("output.jsonl"),
-            stderr: dir.join("stderr.log"),
-            exit: dir.join("exit_code"),
-        }
-    }
-}
-
-/// An agent whose process runs, ready to be supervised.
-pub struct Started {
-    pub process: Running,
-    pub project: Project,
-    pub workdir: PathBuf,
-    pub files: RunFiles,
-}
 
 /// Supervises the agent in a tracked task until it ends (or the worker lets go).
 pub fn spawn(
@@ -159,7 +134,10 @@ async fn supervise(
             }
         }
     };
-    let publication = rt.publish_branch(&started.project, &agent).await;
+    let publication = rt
+        .git
+        .publish_branch(&rt.fleet.store, &rt.owner, &started.project, &agent)
+        .await;
     if let Some(from) = &publication.renamed_from {
         log.push(
             "branch.renamed",

@@ -1,14 +1,15 @@
 //! Orphan cleanup: worktrees, local branches and run files under this worker's workspace
 //! that belong to no agent in the store (deleted while their node's worker was away, or
-//! left by a crash mid-delete). Runs at start and every `worker.cleanup_interval`, and on
-//! demand (`agentfleet cleanup`). Agents that ended are kept: they may be resumed.
+//! left by a crash mid-delete). A maintenance service (`service.rs`) that runs at start and
+//! every `worker.cleanup_interval`, and on demand (`agentfleet cleanup`). Agents that ended
+//! are kept: they may be resumed.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::Runtime;
+use super::runtime::Runtime;
+use super::service::Service;
 use crate::store::{Store, StoreError};
 use crate::workspace::{Workspace, WorkspaceError};
 
@@ -24,8 +25,9 @@ pub enum CleanupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    /// The blocking task listing or removing files did not finish (it panicked).
     #[error("cleanup task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Removes what belongs to no agent under `root`; with `dry_run`, only reports it.
@@ -39,7 +41,7 @@ pub async fn cleanup_workspace(
         let ws = ws.clone();
         tokio::task::spawn_blocking(move || ws.agent_names())
             .await
-            .map_err(|e| CleanupError::Task(e.to_string()))??
+            .map_err(CleanupError::Task)??
     };
     let names: Vec<String> = names.into_iter().collect();
     let known = store.existing_agent_names(&names).await?;
@@ -53,25 +55,65 @@ pub async fn cleanup_workspace(
             Ok::<_, WorkspaceError>(())
         })
         .await
-        .map_err(|e| CleanupError::Task(e.to_string()))??;
+        .map_err(CleanupError::Task)??;
     }
     Ok(CleanupReport { removed: orphans })
 }
 
-pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(rt.fleet.settings.worker.cleanup_interval);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+/// The cleanup service's configuration: how often it looks for leftovers.
+pub(super) struct Cleanup {
+    pub interval: Duration,
+}
+
+impl Cleanup {
+    pub(super) fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            interval: settings.worker.cleanup_interval,
         }
-        // Serialised with git work on the mirrors: take every project lock in turn.
-        match cleanup_workspace(&rt.workspace_root, &rt.fleet.store, false).await {
+    }
+}
+
+impl Service for Cleanup {
+    type Report = Result<CleanupReport, CleanupError>;
+    const NAME: &'static str = "cleanup";
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn run_once(&self, rt: &Arc<Runtime>) -> Self::Report {
+        let cleaned = cleanup_workspace(rt.git.root(), &rt.fleet.store, false).await;
+        match &cleaned {
             Ok(report) if !report.removed.is_empty() => {
                 tracing::info!(removed = ?report.removed, "removed orphaned agent files")
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cleanup failed"),
         }
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::worker::runtime;
+
+    #[tokio::test]
+    async fn a_step_removes_the_files_of_agents_the_store_does_not_know() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime::for_test(dir.path()).await;
+        let ghost = rt.git.agent_dir("ghost");
+        std::fs::create_dir_all(ghost.join("run")).unwrap();
+        let cleanup = Cleanup {
+            interval: Duration::from_secs(3600),
+        };
+        let report = cleanup.run_once(&rt).await.unwrap();
+        assert_eq!(report.removed, vec!["ghost".to_owned()]);
+        assert!(!ghost.exists());
+        let again = cleanup.run_once(&rt).await.unwrap();
+        assert!(again.removed.is_empty(), "{again:?}");
     }
 }

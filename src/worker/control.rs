@@ -2,8 +2,8 @@
 //! (its own control queue), and delete, resume, dismiss and cleanup for agents on its node
 //! that no live worker owns (the node's queue). The request rows in the store are the durable record;
 //! the queue pushes each request here, and this worker claims the row before it acts, so a
-//! duplicate delivery does nothing. A fallback loop at `worker.control_poll_interval`
-//! sends again what the queue lost (control requests and spawns, in one store statement).
+//! duplicate delivery does nothing. What the queue lost is sent again by the re-dispatcher
+//! (`redispatch.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +11,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::Runtime;
-use crate::domain::{Agent, ControlArgs, StoredPayload};
+use super::git::GitError;
+use super::resume::ResumeError;
+use super::runtime::Runtime;
+use crate::domain::{Agent, AgentStatus, ControlArgs, StoredPayload};
 use crate::fleet::CHECKOUT_REMOVED_EVENT;
-use crate::queue::{ControlConsumer, ControlJob, ControlTarget, JobHandler};
-use crate::store::{ControlKind, ControlRequest, DueParams};
+use crate::queue::{ControlConsumer, ControlJob, JobHandler};
+use crate::store::{ControlKind, ControlRequest, StoreError};
 use crate::telemetry;
-use crate::workspace;
-
-/// Requests re-sent per look.
-const REDISPATCH_LIMIT: i64 = 100;
 
 /// Consumes this worker's control queues until `stop`; a consumer that fails (Redis gone)
 /// is started again under a new name.
@@ -95,56 +93,6 @@ async fn handle_job(rt: Arc<Runtime>, job: serde_json::Value) {
     tracing::Instrument::instrument(handle(&rt, control), span).await;
 }
 
-/// Every `worker.control_poll_interval`: sends again the spawn and control requests the
-/// queue seems to have lost (one store statement), and fails resumes that waited longer
-/// than `worker.resume_timeout`.
-pub async fn run_redispatch(rt: Arc<Runtime>, stop: CancellationToken) {
-    let settings = &rt.fleet.settings;
-    let mut tick = tokio::time::interval(settings.worker.control_poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let due = DueParams {
-        spawn_after: settings.queue.redispatch_after,
-        control_after: settings.worker.control_poll_interval,
-        resume_timeout: settings.worker.resume_timeout,
-        limit: REDISPATCH_LIMIT,
-    };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        redispatch_once(&rt, &due).await;
-    }
-}
-
-async fn redispatch_once(rt: &Runtime, due: &DueParams) {
-    let found = match rt.fleet.store.take_due_requests(due).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "re-dispatch: cannot read pending requests");
-            return;
-        }
-    };
-    super::sweeper::send_spawns(rt, found.spawns).await;
-    for control in found.controls {
-        let Some(target) =
-            ControlTarget::of(control.target_worker.as_deref(), control.node_id.as_deref())
-        else {
-            continue;
-        };
-        let job = ControlJob {
-            request_id: control.id,
-            trace_context: Default::default(),
-        };
-        match rt.fleet.queue.push_control(&target, &job).await {
-            Ok(()) => tracing::info!(request_id = %control.id, "control request dispatched again"),
-            Err(e) => {
-                tracing::warn!(request_id = %control.id, error = %e, "control re-dispatch failed")
-            }
-        }
-    }
-}
-
 /// After this worker adopted `agents` (their worker died), the requests still pending
 /// about them are this worker's now: it acts on them at once.
 pub async fn after_adoption(rt: &Arc<Runtime>, agents: &[Uuid]) {
@@ -187,6 +135,21 @@ async fn handle(rt: &Arc<Runtime>, control: ControlRequest) {
     tracing::Instrument::instrument(act_on(rt, control), act).await;
 }
 
+/// Why a control request failed; its `to_string` closes the request.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    #[error("the agent is not running on its worker")]
+    NotRunning,
+    #[error("agent '{name}' is {status}: its checkout is in use and stays")]
+    CheckoutInUse { name: String, status: AgentStatus },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Files(#[from] GitError),
+    #[error("{0}")]
+    Resume(#[from] ResumeError),
+}
+
 async fn act_on(rt: &Arc<Runtime>, control: ControlRequest) {
     let store = &rt.fleet.store;
     let result = match control.kind {
@@ -196,47 +159,42 @@ async fn act_on(rt: &Arc<Runtime>, control: ControlRequest) {
         ControlKind::Resume => match super::resume::resume(rt, &control).await {
             // The resumed run closes its request when it ends.
             Ok(()) => return,
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
     };
     tracing::info!(agent_id = %control.agent_id, kind = control.kind.as_str(), ok = result.is_ok(), "control request handled");
-    let error = result.err();
+    let error = result.err().map(|e| e.to_string());
     if let Err(e) = store.complete_request(control.id, error.as_deref()).await {
         tracing::warn!(error = %e, "cannot complete control request");
     }
 }
 
-async fn stop(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+async fn stop(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
     if rt.stop_agent(control.agent_id) {
         wait_untracked(rt, control.agent_id).await;
         return Ok(());
     }
-    Err("the agent is not running on its worker".into())
+    Err(ControlError::NotRunning)
 }
 
 async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
     let deadline =
         tokio::time::Instant::now() + rt.fleet.settings.worker.stop_grace + Duration::from_secs(10);
-    while rt.agents.lock().is_ok_and(|a| a.contains_key(&agent_id))
-        && tokio::time::Instant::now() < deadline
-    {
+    while rt.supervises(agent_id) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Dismiss and cleanup: an ended agent's checkout and run files go (its work is on its
 /// pushed branch; its record and events stay). An agent that runs or waits keeps them.
-async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
     let store = &rt.fleet.store;
-    let agent = store
-        .agent_by_id(control.agent_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let agent = store.agent_by_id(control.agent_id).await?;
     if !agent.status.is_final() {
-        return Err(format!(
-            "agent '{}' is {}: its checkout is in use and stays",
-            agent.name, agent.status
-        ));
+        return Err(ControlError::CheckoutInUse {
+            name: agent.name,
+            status: agent.status,
+        });
     }
     remove_files(rt, &agent, false).await?;
     let data = serde_json::json!({
@@ -247,48 +205,27 @@ async fn free_checkout(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<()
     Ok(())
 }
 
-/// Removes the agent's folder (checkout, repository, run files) and local branch on this
-/// node, under its project's git lock; its remote branch too with `remote_branch`.
-async fn remove_files(rt: &Runtime, agent: &Agent, remote_branch: bool) -> Result<(), String> {
-    let project = rt
-        .fleet
-        .store
-        .project(&agent.project)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ws = rt.workspace.clone();
-    let (name, branch, url) = (agent.name.clone(), agent.branch.clone(), project.remote_url);
-    let lock = rt.project_lock(project.id).await;
-    let _held = lock.lock().await;
-    tokio::task::spawn_blocking(move || {
-        ws.remove_agent(&name, &branch)?;
-        if remote_branch {
-            workspace::delete_remote_branch(&url, &branch)?;
-        }
-        Ok::<_, workspace::WorkspaceError>(())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+/// Removes the agent's files on this node (and its remote branch with `remote_branch`).
+async fn remove_files(
+    rt: &Runtime,
+    agent: &Agent,
+    remote_branch: bool,
+) -> Result<(), ControlError> {
+    let project = rt.fleet.store.project(&agent.project).await?;
+    Ok(rt.git.remove_agent(&project, agent, remote_branch).await?)
 }
 
-async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
     let store = &rt.fleet.store;
     if rt.stop_agent(control.agent_id) {
         wait_untracked(rt, control.agent_id).await;
     }
-    let agent = store
-        .agent_by_id(control.agent_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let agent = store.agent_by_id(control.agent_id).await?;
     let remote_branch = control
         .payload
         .get("remote_branch")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
     remove_files(rt, &agent, remote_branch).await?;
-    store
-        .delete_agent_rows(agent.id)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(store.delete_agent_rows(agent.id).await?)
 }

@@ -2,7 +2,7 @@
 //! the spawns it takes (each in a fraction of a second, while a healthy worker idles), so
 //! while it cannot write there its slots are closed (it takes no spawn) and `/readyz`
 //! answers 503 with the reason; a spawn that failed on the disk all the same is handed back
-//! to the queue instead of failed (`spawn.rs`). A small service probes the workspace every
+//! to the queue instead of failed (`dispatch.rs`). A small service probes the workspace every
 //! `worker.disk_check_interval` (every second while closed, so work resumes soon after
 //! space returns) and opens or closes the slots.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Runtime;
+use super::runtime::Runtime;
 
 /// What a probe writes: enough to need a block, as any checkout does.
 const PROBE_BYTES: usize = 64 * 1024;
@@ -44,7 +44,7 @@ impl Runtime {
     /// Probes the workspace now and opens or closes the slots by the result; whether it is
     /// writable.
     pub(super) async fn check_disk(&self) -> bool {
-        let root = self.workspace_root.clone();
+        let root = self.git.root().to_path_buf();
         let min_free = self.fleet.settings.worker.min_free_disk_mb * 1024 * 1024;
         let result = tokio::task::spawn_blocking(move || probe(&root, min_free))
             .await

@@ -2,14 +2,21 @@
 //! them through the worker's event writer (fenced by the owner, together with the other
 //! agents' events) and publishes each stored event live. Publishing comes
 //! after storing, so a follower that sees a live event can always find its predecessors.
+//! An adopted agent's log is read back here too, for the result its last worker stored.
 
 use chrono::Utc;
 use uuid::Uuid;
 
 use super::event_writer::EventWriter;
 use crate::domain::StoredEvent;
-use crate::events::{EventBus, make_storable, storable_text};
+use crate::events::{EventBus, STATUS_EVENT, make_storable, storable_text};
 use crate::store::{NewEvent, Owner, Store, StoreError};
+
+/// The kind of the event a stream's result is stored as.
+const RESULT_EVENT: &str = "result";
+/// How many of an adopted agent's last stored events are searched for its result (only
+/// usage and status events follow one).
+const RESULT_LOOKBACK: i64 = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -102,4 +109,24 @@ impl EventLog {
         }
         Ok(())
     }
+}
+
+/// An adopted agent's result, if the worker before read it already: adoption reads on
+/// after the stored events, and the result is among the last of them.
+pub(super) async fn stored_result(
+    store: &Store,
+    agent_id: Uuid,
+    last_seq: i64,
+) -> Option<(bool, Option<String>)> {
+    let after = (last_seq - RESULT_LOOKBACK).max(0);
+    let events = store.events_after(agent_id, after).await.ok()?;
+    // This run's only: an earlier run's result (before a resume) lies before the status
+    // event that says this run started.
+    let mut this_run = events
+        .iter()
+        .rev()
+        .take_while(|e| !(e.kind == STATUS_EVENT && e.data["status"] == "running"));
+    let result = this_run.find(|e| e.kind == RESULT_EVENT)?;
+    let success = result.data["success"].as_bool().unwrap_or(false);
+    Some((success, result.data["text"].as_str().map(String::from)))
 }

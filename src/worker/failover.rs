@@ -10,11 +10,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::Runtime;
-use super::agent_task::Started;
 use super::event_log::EventLog;
-use super::launch::{self, StartError};
-use super::supervisor::AccountTrouble;
+use super::launch::{self, Launch, StartError, Started};
+use super::runtime::Runtime;
+use super::stream_facts::AccountTrouble;
 use crate::credentials::config_dir;
 use crate::domain::{Agent, AgentOutcome, Project};
 use crate::providers::SpawnOptions;
@@ -135,14 +134,17 @@ pub async fn after_trouble(
     };
     // The session's files live in the agent's copy of the old account's config dir: the
     // CLI finds them in its copy of the new one only if they are carried over.
-    let (agent_dir, sid, to) = (rt.agent_dir(&agent.name), session.clone(), next.id);
+    let (agent_dir, sid, to) = (rt.git.agent_dir(&agent.name), session.clone(), next.id);
     let carried = tokio::task::spawn_blocking(move || {
         config_dir::carry_session(&agent_dir, account_id, to, &sid)
     })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
-    if let Err(e) = carried {
+    .await;
+    let not_carried = match &carried {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e as &dyn std::fmt::Display),
+        Err(e) => Some(e as &dyn std::fmt::Display),
+    };
+    if let Some(e) = not_carried {
         tracing::warn!(agent_id = %agent.id, error = %e, "cannot carry the session to the new account");
     }
     match store.restart_run(agent.id, &rt.owner).await {
@@ -160,22 +162,22 @@ pub async fn after_trouble(
         serde_json::json!({"kind": "account.failover", "from": label, "to": next.label,
                            "session_id": session}),
     );
-    let run_dir = rt.agent_dir(&agent.name).join("run");
     match launch::start(
         rt,
-        &restarted,
-        provider.as_ref(),
-        args,
-        CONTINUE_PROMPT,
-        project,
-        workdir,
-        &run_dir,
+        Launch {
+            agent: &restarted,
+            provider: provider.as_ref(),
+            args,
+            prompt: CONTINUE_PROMPT,
+            project,
+            workdir,
+        },
         log,
     )
     .await
     {
         Ok(started) => Failover::Restarted(Box::new(started), Box::new(restarted)),
         Err(StartError::Fenced) => end(format!("{why}; the agent was taken over")),
-        Err(StartError::Failed(reason)) => end(format!("{why}; failover failed: {reason}")),
+        Err(failed) => end(format!("{why}; failover failed: {failed}")),
     }
 }

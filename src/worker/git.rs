@@ -1,20 +1,61 @@
-//! A worker's git work on a project, one operation at a time per project mirror: preparing
+//! A worker's git work on a project, one operation at a time per project mirror
+//! ([`WorkerGit`], which owns the workspace and the per-project locks): preparing
 //! a new agent's checkout, a repository of its own borrowing the mirror's objects (fetching
 //! the mirror unless a fetch that began after the spawn's delivery already did), and
 //! publishing an agent's branch: committing what it left, then pushing from the worker's
 //! own repository to the project's remote URL from the store, never through anything the
 //! agent could have configured.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
+use tokio::task::JoinError;
 use uuid::Uuid;
 
-use super::Runtime;
 use crate::domain::{Agent, Project};
-use crate::workspace::{Published, WorkspaceError};
+use crate::store::{Owner, Store, StoreError};
+use crate::workspace::{Published, Workspace, WorkspaceError};
+
+/// Why git work on an agent's files failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GitError {
+    #[error("{0}")]
+    Workspace(#[from] WorkspaceError),
+    /// The blocking task preparing a worktree did not finish (it panicked).
+    #[error("worktree task failed: {0}")]
+    WorktreeTask(#[source] JoinError),
+    /// The blocking task removing an agent's files did not finish (it panicked).
+    #[error("{0}")]
+    RemoveTask(#[source] JoinError),
+}
+
+/// Why an agent's branch was not pushed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PushError {
+    #[error("{0}")]
+    Workspace(#[from] WorkspaceError),
+    /// The blocking task committing and pushing did not finish (it panicked).
+    #[error("the push task failed")]
+    Task(#[source] JoinError),
+    /// The remote branch is taken, and the agent is no longer this worker's to rename.
+    #[error("{taken}; cannot move it to branch '{own}': the agent is no longer this worker's")]
+    RenameFenced {
+        #[source]
+        taken: WorkspaceError,
+        own: String,
+    },
+    /// The remote branch is taken, and the store did not record the agent's own branch.
+    #[error("{taken}; cannot move it to branch '{own}': {source}")]
+    RenameFailed {
+        taken: WorkspaceError,
+        own: String,
+        #[source]
+        source: StoreError,
+    },
+}
 
 /// What a worker knows of a project's mirror, kept under the project's git lock.
 #[derive(Debug, Default)]
@@ -45,9 +86,48 @@ pub(crate) struct PreparedWorktree {
     pub checkout: Duration,
 }
 
-impl Runtime {
-    pub(super) async fn project_lock(&self, project: Uuid) -> Arc<Mutex<ProjectGit>> {
-        self.project_locks
+/// This worker's workspace as git sees it: the project mirrors and the agents' folders
+/// under one root, with one git operation at a time per project mirror. The runtime holds
+/// one; every git operation of the worker goes through it.
+pub(crate) struct WorkerGit {
+    workspace: Arc<Workspace>,
+    root: PathBuf,
+    /// One git operation at a time per project mirror, and when its last fetch began.
+    projects: Mutex<HashMap<Uuid, Arc<Mutex<ProjectGit>>>>,
+}
+
+impl WorkerGit {
+    /// The workspace under `root` (an absolute path).
+    pub(super) fn new(root: PathBuf) -> Self {
+        Self {
+            workspace: Arc::new(Workspace::new(root.clone())),
+            root,
+            projects: Mutex::default(),
+        }
+    }
+
+    /// The workspace's root folder.
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The agent's folder: its checkout, repository and run files.
+    pub(super) fn agent_dir(&self, name: &str) -> PathBuf {
+        self.root.join("agents").join(name)
+    }
+
+    /// The agent's own repository (its checkout's git dir).
+    pub(super) fn agent_git_dir(&self, name: &str) -> PathBuf {
+        self.workspace.agent_git_dir(name)
+    }
+
+    /// The object store of the project's mirror, which agents' repositories borrow from.
+    pub(super) fn mirror_objects(&self, project: &Project) -> PathBuf {
+        self.workspace.mirror_objects(&project.id.to_string())
+    }
+
+    async fn project_lock(&self, project: Uuid) -> Arc<Mutex<ProjectGit>> {
+        self.projects
             .lock()
             .await
             .entry(project)
@@ -63,7 +143,7 @@ impl Runtime {
         name: &str,
         branch: &str,
         delivered: Instant,
-    ) -> Result<PreparedWorktree, String> {
+    ) -> Result<PreparedWorktree, GitError> {
         let waited = Instant::now();
         let lock = self.project_lock(project.id).await;
         let mut git = lock.lock().await;
@@ -90,7 +170,7 @@ impl Runtime {
             let step = Instant::now();
             let workdir = tracing::info_span!("worktree create")
                 .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))?;
-            Ok(PreparedWorktree {
+            Ok::<_, WorkspaceError>(PreparedWorktree {
                 workdir,
                 fetched: fetch_now,
                 lock_wait: waited,
@@ -99,8 +179,7 @@ impl Runtime {
             })
         })
         .await
-        .map_err(|e| format!("worktree task failed: {e}"))?
-        .map_err(|e: crate::workspace::WorkspaceError| e.to_string())?;
+        .map_err(GitError::WorktreeTask)??;
         if prepared.fetched {
             git.fetched_from = Some(fetch_began);
         }
@@ -115,7 +194,13 @@ impl Runtime {
     /// `<branch>-<first 8 hex digits of its id>`, recorded on the agent before the push
     /// (fenced: a worker that no longer owns it pushes nothing), so that a later run
     /// publishes there too.
-    pub(super) async fn publish_branch(&self, project: &Project, agent: &Agent) -> Publication {
+    pub(super) async fn publish_branch(
+        &self,
+        store: &Store,
+        owner: &Owner,
+        project: &Project,
+        agent: &Agent,
+    ) -> Publication {
         let lock = self.project_lock(project.id).await;
         let _held = lock.lock().await;
         let branch = agent.branch.clone();
@@ -125,28 +210,30 @@ impl Runtime {
             .await;
         let own = own_branch(&branch, agent.id);
         let taken = match first {
-            Err(Some(e @ WorkspaceError::RemoteBranchTaken { .. })) if branch != own => e,
+            Err(PushError::Workspace(e @ WorkspaceError::RemoteBranchTaken { .. }))
+                if branch != own =>
+            {
+                e
+            }
             first => return Publication::new(branch, None, first),
         };
         tracing::info!(agent_id = %agent.id, from = %branch, to = %own, reason = %taken,
             "the agent's branch is taken on the remote; pushing to a branch of its own");
-        let recorded = self
-            .fleet
-            .store
-            .rename_branch(agent.id, &self.owner, &branch, &own)
-            .await;
+        let recorded = store.rename_branch(agent.id, owner, &branch, &own).await;
         let refused = match recorded {
             Ok(true) => None,
-            Ok(false) => Some("the agent is no longer this worker's".to_owned()),
-            Err(e) => Some(e.to_string()),
+            Ok(false) => Some(PushError::RenameFenced {
+                taken,
+                own: own.clone(),
+            }),
+            Err(source) => Some(PushError::RenameFailed {
+                taken,
+                own: own.clone(),
+                source,
+            }),
         };
-        if let Some(why) = refused {
-            let pushed = Err(format!("{taken}; cannot move it to branch '{own}': {why}"));
-            return Publication {
-                branch,
-                renamed_from: None,
-                pushed,
-            };
+        if let Some(refused) = refused {
+            return Publication::new(branch, None, Err(refused));
         }
         let pushed = self.push_as(project, &agent.name, &own, None).await;
         Publication::new(own, Some(branch), pushed)
@@ -161,7 +248,7 @@ impl Runtime {
         name: &str,
         remote_branch: &str,
         commit: Option<String>,
-    ) -> Result<Option<Published>, Option<WorkspaceError>> {
+    ) -> Result<Option<Published>, PushError> {
         let ws = self.workspace.clone();
         let (key, name, remote_branch, url) = (
             project.id.to_string(),
@@ -177,12 +264,42 @@ impl Runtime {
         })
         .await;
         match pushed {
-            Ok(pushed) => pushed.map_err(Some),
+            Ok(pushed) => Ok(pushed?),
             Err(e) => {
                 tracing::error!(error = %e, "push task failed");
-                Err(None)
+                Err(PushError::Task(e))
             }
         }
+    }
+}
+
+impl WorkerGit {
+    /// Removes the agent's folder (checkout, repository, run files) and local branch on this
+    /// node, under its project's git lock; its remote branch too with `remote_branch`.
+    pub(super) async fn remove_agent(
+        &self,
+        project: &Project,
+        agent: &Agent,
+        remote_branch: bool,
+    ) -> Result<(), GitError> {
+        let ws = self.workspace.clone();
+        let (name, branch, url) = (
+            agent.name.clone(),
+            agent.branch.clone(),
+            project.remote_url.clone(),
+        );
+        let lock = self.project_lock(project.id).await;
+        let _held = lock.lock().await;
+        tokio::task::spawn_blocking(move || {
+            ws.remove_agent(&name, &branch)?;
+            if remote_branch {
+                crate::workspace::delete_remote_branch(&url, &branch)?;
+            }
+            Ok::<_, WorkspaceError>(())
+        })
+        .await
+        .map_err(GitError::RemoveTask)??;
+        Ok(())
     }
 }
 
@@ -197,7 +314,7 @@ fn own_branch(branch: &str, agent_id: Uuid) -> String {
     }
 }
 
-/// What [`Runtime::publish_branch`] did.
+/// What [`WorkerGit::publish_branch`] did.
 #[derive(Debug)]
 pub(crate) struct Publication {
     /// The remote branch the work went to (or was to go to).
@@ -206,18 +323,16 @@ pub(crate) struct Publication {
     pub renamed_from: Option<String>,
     /// The commit the remote branch now points at; `None` when the agent had nothing
     /// beyond its base, so nothing was pushed; why not pushed otherwise.
-    pub pushed: Result<Option<String>, String>,
+    pub pushed: Result<Option<String>, PushError>,
 }
 
 impl Publication {
     fn new(
         branch: String,
         renamed_from: Option<String>,
-        pushed: Result<Option<Published>, Option<WorkspaceError>>,
+        pushed: Result<Option<Published>, PushError>,
     ) -> Self {
-        let pushed = pushed
-            .map(|published| published.map(|p| p.commit))
-            .map_err(|e| e.map_or_else(|| "the push task failed".to_owned(), |e| e.to_string()));
+        let pushed = pushed.map(|published| published.map(|p| p.commit));
         Self {
             branch,
             renamed_from,

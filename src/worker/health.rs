@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use super::Runtime;
+use super::runtime::Runtime;
 
 /// Serves until `stop`; does nothing when `worker.metrics_bind` is empty.
 pub async fn run(rt: Arc<Runtime>, addr: Option<SocketAddr>, stop: CancellationToken) {

@@ -1,6 +1,8 @@
-//! Starting a provider process for an agent — a first run or a resume: the prompt file, the
-//! command line (the provider's args, the configured extra args, the prompt where the CLI
-//! wants it), the environment, and recording the process in the store (fenced).
+//! Starting a provider process for an agent — a first run, a resume or a failover: the
+//! prompt file, the command line (the provider's args, the configured extra args, the prompt
+//! where the CLI wants it), the environment, and recording the process in the store
+//! (fenced). What it produces, a [`Started`] process and its [`RunFiles`], is defined here
+//! for the agent task and the failover that take it on.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,52 +10,135 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
-use super::Runtime;
-use super::agent_task::{RunFiles, Started};
 use super::event_log::{EventLog, LogError};
+use super::git::GitError;
 use super::liveness::HEARTBEAT_FILE;
-use crate::credentials::{self, run::RunContext};
+use super::runtime::Runtime;
+use crate::credentials::{
+    self,
+    run::{RunContext, RunError},
+};
 use crate::domain::{Agent, AgentStatus, Project};
 use crate::events::STATUS_EVENT;
-use crate::process::{self, Launch, Running};
-use crate::providers::{self, Provider};
-use crate::sandbox;
-use crate::store::ProcessRecord;
+use crate::process::{self, ProcessError, Running};
+use crate::providers::{self, Provider, ProviderError};
+use crate::sandbox::{self, PolicyError};
+use crate::store::{ProcessRecord, StoreError};
 
+/// Why an agent's process did not start. Each failure keeps its cause; it becomes the
+/// agent's failure reason (its `to_string`) where the agent is finished.
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The agent is no longer this worker's: nothing is recorded for it.
+    #[error("the agent is no longer this worker's")]
     Fenced,
-    Failed(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    /// The agent's worktree could not be prepared.
+    #[error("{0}")]
+    Worktree(#[source] GitError),
+    #[error("cannot write the agent's files: {0}")]
+    Inputs(#[source] InputError),
+    #[error("cannot write the prompt file: {0}")]
+    PromptFile(#[source] std::io::Error),
+    /// The provider's command is not runnable on this worker.
+    #[error("{0}")]
+    Command(#[from] PolicyError),
+    /// The agent's account could not be picked or prepared.
+    #[error("{0}")]
+    Account(#[from] RunError),
+    #[error("cannot prepare the agent's folders: {0}")]
+    Folders(#[source] std::io::Error),
+    #[error("cannot write the heartbeat file: {0}")]
+    Heartbeat(#[source] std::io::Error),
+    #[error("{0}")]
+    Process(#[from] ProcessError),
 }
 
 impl From<LogError> for StartError {
     fn from(e: LogError) -> Self {
         match e {
             LogError::Fenced(_) => Self::Fenced,
-            LogError::Store(e) => Self::Failed(e.to_string()),
+            LogError::Store(e) => Self::Store(e),
         }
     }
 }
 
-/// Starts `provider` with `args` in `workdir` for `agent`, the prompt fed on stdin (argv is
-/// size-limited and visible to every user of the node) or placed as the CLI wants it.
-#[allow(clippy::too_many_arguments)]
+/// Why a request's input files could not be written into the checkout.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("input file name '{0}' is not allowed")]
+    NameNotAllowed(String),
+    #[error("the input task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    File(#[from] crate::agent_files::AgentFileError),
+}
+
+/// What a provider process is started with, for a first run, a resume or a failover.
+pub struct Launch<'a> {
+    pub agent: &'a Agent,
+    pub provider: &'a dyn Provider,
+    /// The provider's arguments for this kind of run (the configured ones are added).
+    pub args: Vec<String>,
+    pub prompt: &'a str,
+    pub project: Project,
+    /// The agent's checkout, where the process runs.
+    pub workdir: PathBuf,
+}
+
+/// The files a run leaves in its folder on the node.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub output: PathBuf,
+    pub stderr: PathBuf,
+    pub exit: PathBuf,
+}
+
+impl RunFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            output: dir.join("output.jsonl"),
+            stderr: dir.join("stderr.log"),
+            exit: dir.join("exit_code"),
+        }
+    }
+}
+
+/// An agent whose process runs, ready to be supervised.
+pub struct Started {
+    pub process: Running,
+    pub project: Project,
+    pub workdir: PathBuf,
+    pub files: RunFiles,
+}
+
+/// Starts the provider for the agent in its checkout, the prompt fed on stdin (argv is
+/// size-limited and visible to every user of the node) or placed as the CLI wants it. The
+/// run's files go to the agent's run folder.
 pub async fn start(
     rt: &Arc<Runtime>,
-    agent: &Agent,
-    provider: &dyn Provider,
-    mut args: Vec<String>,
-    prompt: &str,
-    project: Project,
-    workdir: PathBuf,
-    run_dir: &Path,
+    launch: Launch<'_>,
     log: &mut EventLog,
 ) -> Result<Started, StartError> {
+    let Launch {
+        agent,
+        provider,
+        mut args,
+        prompt,
+        project,
+        workdir,
+    } = launch;
+    let run_dir = rt.git.agent_dir(&agent.name).join("run");
+    let run_dir = run_dir.as_path();
     let store = &rt.fleet.store;
     write_prompt(run_dir, prompt)
         .await
-        .map_err(|e| StartError::Failed(format!("cannot write the prompt file: {e}")))?;
+        .map_err(StartError::PromptFile)?;
     // A signal file is a run's own report: the last run's must not speak for this one.
-    let _ = crate::agent_files::remove_file(&workdir, Path::new(super::supervisor::SIGNAL_FILE));
+    let _ = crate::agent_files::remove_file(&workdir, Path::new(super::signal_file::SIGNAL_FILE));
     let settings = rt.fleet.settings.provider(provider.name());
     args.extend(settings.args.iter().cloned());
     let args = providers::place_prompt(args, provider.prompt_via(), prompt);
@@ -62,8 +147,7 @@ pub async fn start(
         .command
         .clone()
         .unwrap_or_else(|| provider.name().to_string());
-    let command = sandbox::resolve_command(provider.name(), &command, path_var)
-        .map_err(|e| StartError::Failed(e.to_string()))?;
+    let command = sandbox::resolve_command(provider.name(), &command, path_var)?;
     // The account: its config dir and API key reach the process through its environment
     // only (never its command line), after the configured env so they win.
     let account = prepare_account(rt, agent, provider).await?;
@@ -77,7 +161,7 @@ pub async fn start(
     }
     let paths = rt
         .agent_paths(&agent.name, &project, &workdir, account.config_dir.clone())
-        .map_err(|e| StartError::Failed(format!("cannot prepare the agent's folders: {e}")))?;
+        .map_err(StartError::Folders)?;
     let sandboxed = rt.sandbox.enabled;
     let env = sandbox::build_env(
         rt.sandbox.worker_env.iter().cloned(),
@@ -107,12 +191,12 @@ pub async fn start(
     let heartbeat = run_dir.join(HEARTBEAT_FILE);
     rt.liveness
         .watch(agent.id, heartbeat.clone())
-        .map_err(|e| StartError::Failed(format!("cannot write the heartbeat file: {e}")))?;
+        .map_err(StartError::Heartbeat)?;
     let deadman = sandbox::DeadMan {
         heartbeat,
         grace_ms: rt.fleet.settings.worker.orphan_grace.as_millis() as u64,
     };
-    let launch = Launch {
+    let launch = process::Launch {
         helper: rt.sandbox.helper.clone(),
         spec: sandbox::Spec {
             command,
@@ -132,7 +216,7 @@ pub async fn start(
         .in_scope(|| process::start(&launch))
         .map_err(|e| {
             rt.liveness.unwatch(agent.id);
-            StartError::Failed(e.to_string())
+            StartError::Process(e)
         })?;
     let record = ProcessRecord {
         pid: started.pid,
@@ -150,7 +234,7 @@ pub async fn start(
         running.terminate(Duration::from_secs(1)).await;
         rt.liveness.unwatch(agent.id);
         return Err(match marked {
-            Err(e) => StartError::Failed(e.to_string()),
+            Err(e) => StartError::Store(e),
             _ => StartError::Fenced,
         });
     }
@@ -188,7 +272,7 @@ async fn prepare_account(
     agent: &Agent,
     provider: &dyn Provider,
 ) -> Result<credentials::run::AccountRun, StartError> {
-    let agent_dir = rt.agent_dir(&agent.name);
+    let agent_dir = rt.git.agent_dir(&agent.name);
     let ctx = RunContext {
         settings: &rt.fleet.settings,
         store: &rt.fleet.store,
@@ -200,7 +284,7 @@ async fn prepare_account(
             .instrument(tracing::info_span!("credentials", agentfleet.agent.id = %agent.id))
     })
     .await
-    .map_err(|e| StartError::Failed(e.to_string()))
+    .map_err(StartError::Account)
 }
 
 /// The prompt file, in the run folder (out of the agent's reach), never through a link.

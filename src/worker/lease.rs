@@ -1,5 +1,6 @@
-//! The lease heartbeat: renews this worker's lease every `worker.heartbeat_interval` and
-//! keeps its agents' heartbeat files fresh (`liveness`). It runs on an OS thread of its own
+//! The lease heartbeat, a maintenance service (`service.rs`): renews this worker's lease
+//! every `worker.heartbeat_interval` and keeps its agents' heartbeat files fresh
+//! (`liveness`). It runs on an OS thread of its own
 //! with a current-thread runtime and, on Postgres, its own connection, so no amount of
 //! output work on the worker's runtime delays a renewal.
 //!
@@ -10,11 +11,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::Runtime;
+use super::runtime::Runtime;
+use super::service::{self, Service};
 use crate::store::{Store, StoreKind};
 
 /// Starts the heartbeat on its own thread; the future ends when the heartbeat does.
@@ -64,56 +67,108 @@ async fn own_store(rt: &Runtime) -> Store {
     rt.fleet.store.clone()
 }
 
-async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
-    let settings = &rt.fleet.settings.worker;
-    let store = own_store(&rt).await;
-    // A renewal that hangs (a partition, not a refused connection) must not hold up the
-    // heartbeat files or the partition timeout.
-    let answer_within = (settings.lease_ttl / 3).max(settings.heartbeat_interval);
-    let mut tick = tokio::time::interval(settings.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+/// The heartbeat's configuration, and the store it renews through.
+struct Heartbeat {
+    store: Store,
+    interval: Duration,
+    ttl: Duration,
+    /// A renewal that hangs (a partition, not a refused connection) must not hold up the
+    /// heartbeat files or the partition timeout.
+    answer_within: Duration,
+    partition_timeout: Duration,
+}
+
+/// What one beat did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Beat {
+    /// The store renewed the lease.
+    Renewed,
+    /// The store did not answer or failed; agents keep running.
+    Failed,
+    /// The lease is gone (taken over, or no renewal for the partition timeout): the worker
+    /// lets go of every agent, and the heartbeat ends.
+    Lost,
+}
+
+impl Heartbeat {
+    async fn new(rt: &Runtime) -> Self {
+        let settings = &rt.fleet.settings.worker;
+        Self {
+            store: own_store(rt).await,
+            interval: settings.heartbeat_interval,
+            ttl: settings.lease_ttl,
+            answer_within: (settings.lease_ttl / 3).max(settings.heartbeat_interval),
+            partition_timeout: settings.partition_timeout(),
         }
+    }
+}
+
+impl Service for Heartbeat {
+    type Report = Beat;
+    const NAME: &'static str = "lease";
+    const MISSED_TICK: MissedTickBehavior = MissedTickBehavior::Delay;
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn run_once(&self, rt: &Arc<Runtime>) -> Beat {
         let running = rt.running_agents() as i32;
         crate::metrics::worker_slots(&rt.owner.worker_id, running as usize, rt.slots.free());
         let (sent_at, sent) = (SystemTime::now(), Instant::now());
         let renewal = tokio::time::timeout(
-            answer_within,
-            store.renew_lease(&rt.owner, settings.lease_ttl, running),
+            self.answer_within,
+            self.store.renew_lease(&rt.owner, self.ttl, running),
         )
         .await;
-        match renewal {
-            Ok(Ok(true)) => rt.liveness.renewed(sent_at, sent),
+        let beat = match renewal {
+            Ok(Ok(true)) => {
+                rt.liveness.renewed(sent_at, sent);
+                Beat::Renewed
+            }
             Ok(Ok(false)) => {
                 tracing::error!(worker_id = %rt.owner.worker_id, "lease lost: taken over or ended");
                 rt.lease_lost.cancel();
-                return;
+                return Beat::Lost;
             }
-            Ok(Err(e)) => renewal_failed(&rt, &e.to_string()),
-            Err(_) => renewal_failed(&rt, "no answer in time"),
-        }
-        if rt.liveness.without_renewal() >= settings.partition_timeout() {
+            Ok(Err(e)) => {
+                renewal_failed(rt, &e);
+                Beat::Failed
+            }
+            Err(_) => {
+                renewal_failed(rt, &"no answer in time");
+                Beat::Failed
+            }
+        };
+        if rt.liveness.without_renewal() >= self.partition_timeout {
             tracing::error!(
                 worker_id = %rt.owner.worker_id,
-                partition_timeout = ?settings.partition_timeout(),
+                partition_timeout = ?self.partition_timeout,
                 "lease lost: no renewal for worker.partition_timeout; letting go of every agent"
             );
             rt.lease_lost.cancel();
-            return;
+            return Beat::Lost;
         }
         rt.liveness.touch_all();
+        beat
+    }
+
+    fn ends_after(&self, beat: &Beat) -> bool {
+        *beat == Beat::Lost
     }
 }
 
-fn renewal_failed(rt: &Runtime, error: &str) {
+async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
+    let heartbeat = Heartbeat::new(&rt).await;
+    service::run(heartbeat, rt, stop).await;
+}
+
+fn renewal_failed(rt: &Runtime, error: &dyn std::fmt::Display) {
     rt.liveness.store_failed();
     let without = rt.liveness.without_renewal();
     tracing::warn!(
         worker_id = %rt.owner.worker_id,
-        error,
+        %error,
         without_renewal_ms = without.as_millis() as u64,
         "lease renewal failed; agents keep running"
     );

@@ -7,11 +7,24 @@
 //! Shutdown is one tree: a soft stop stops fetching, then leaves running agents to the next
 //! worker on the node (or stops them, `worker.on_shutdown = "stop"`); a hard stop stops them
 //! at once. A lost lease lets go of everything.
+//!
+//! This file starts the worker and holds that tree; what its jobs and services share is the
+//! [`Runtime`] (`runtime.rs`). A spawn job is `dispatch.rs` (with `retry.rs` through store
+//! outages): it prepares the checkout (`git.rs`) and starts the process (`launch.rs`), then
+//! `agent_task.rs` supervises it (`supervisor.rs`: the tail loop; `stream_facts.rs`,
+//! `signal_file.rs` and `outcome.rs`: how the run ended), publishes its branch and records
+//! its end; `failover.rs` and `resume.rs` start it again. The maintenance services share
+//! one shape (`service.rs`): `lease.rs` (with `liveness.rs`), `sweeper.rs` (with
+//! `node_scan.rs`), `redispatch.rs` and `cleanup.rs`; `disk.rs` and the control consumer
+//! (`control.rs`) keep loops of their own. An agent's events go through `event_log.rs` to
+//! the batching `event_writer.rs`; `output_watch.rs` wakes supervisors when output grows,
+//! `output_reader.rs` splits it into lines; `health.rs` serves the probes and metrics.
 
 mod agent_task;
 mod cleanup;
 mod control;
 mod disk;
+mod dispatch;
 mod event_log;
 mod event_writer;
 mod failover;
@@ -21,220 +34,41 @@ mod launch;
 mod lease;
 mod liveness;
 mod node_scan;
+mod outcome;
 pub mod output_reader;
 mod output_watch;
+mod redispatch;
 mod resume;
 mod retry;
-mod spawn;
+mod runtime;
+mod service;
+mod signal_file;
+mod stream_facts;
 mod supervisor;
 mod sweeper;
-mod verdict;
 
 pub use cleanup::{CleanupReport, cleanup_workspace};
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use uuid::Uuid;
 
-use crate::config::{OnShutdown, SandboxMode};
+use crate::config::OnShutdown;
 use crate::fleet::Fleet;
-use crate::queue::{JobHandler, Slots};
-use crate::sandbox;
-use crate::store::{NewWorker, Owner};
-use crate::workspace::Workspace;
+use crate::queue::JobHandler;
 
-use git::ProjectGit;
-
-/// What every job handler and service of this worker shares.
-pub struct Runtime {
-    pub fleet: Fleet,
-    pub owner: Owner,
-    pub node_id: String,
-    pub slots: Slots,
-    workspace: Arc<Workspace>,
-    workspace_root: PathBuf,
-    /// One git operation at a time per project mirror, and when its last fetch began.
-    project_locks: Mutex<HashMap<Uuid, Arc<Mutex<ProjectGit>>>>,
-    /// The agents this worker supervises, with the token that stops each.
-    agents: std::sync::Mutex<HashMap<Uuid, CancellationToken>>,
-    /// Every agent task, so shutdown can wait for them.
-    agent_tasks: TaskTracker,
-    /// Cancelled on a hard stop (or a drain with `on_shutdown = "stop"`): agents are stopped.
-    pub hard_stop: CancellationToken,
-    /// Cancelled on a drain that leaves agents running: supervisors let go.
-    pub detach: CancellationToken,
-    /// Cancelled when the lease is lost: supervisors let go at once.
-    pub lease_lost: CancellationToken,
-    /// Stores every agent's events, many agents per transaction.
-    event_writer: event_writer::EventWriter,
-    /// Wakes supervisors when their agent writes output (None: they poll).
-    output_watch: Option<Arc<output_watch::OutputWatch>>,
-    /// How provider processes are isolated on this worker.
-    pub sandbox: SandboxRuntime,
-    /// The lease as this worker knows it, and its agents' heartbeat files.
-    liveness: liveness::Liveness,
-}
-
-/// The sandbox as this worker runs it: the helper binary and what the host enforces.
-#[derive(Debug, Clone)]
-pub struct SandboxRuntime {
-    pub enabled: bool,
-    /// The agentfleet binary, started as the sandbox helper for every provider process.
-    pub helper: PathBuf,
-    pub report: sandbox::Report,
-    /// The worker's environment as it started: what agents' allow-listed environments
-    /// and command look-ups draw from.
-    pub worker_env: Vec<(String, String)>,
-}
-
-impl SandboxRuntime {
-    /// Finds out what this host enforces; with the sandbox on, a missing required layer is
-    /// an error that names it (the worker does not start).
-    pub fn for_settings(settings: &crate::config::Settings) -> anyhow::Result<Self> {
-        let helper = std::env::current_exe()
-            .and_then(|p| p.canonicalize())
-            .map_err(|e| anyhow::anyhow!("cannot find the agentfleet binary: {e}"))?;
-        let enabled = settings.sandbox.mode == SandboxMode::On;
-        let report = sandbox::probe_for(&helper, settings);
-        let worker_env = std::env::vars().collect();
-        if !enabled {
-            return Ok(Self {
-                enabled,
-                helper,
-                report: report.switched_off(),
-                worker_env,
-            });
-        }
-        let missing = report.missing();
-        if !missing.is_empty() {
-            let what: Vec<String> = missing
-                .iter()
-                .map(|l| format!("{}: {}", l.name, l.detail))
-                .collect();
-            anyhow::bail!(
-                "the sandbox cannot be enforced on this host ({}); run `agentfleet doctor`, \
-                 or set sandbox.mode = \"off\" to run agents with the worker's powers",
-                what.join("; ")
-            );
-        }
-        Ok(Self {
-            enabled,
-            helper,
-            report,
-            worker_env,
-        })
-    }
-
-    /// The worker's PATH, where provider commands are looked up.
-    pub fn path_var(&self) -> &str {
-        self.worker_env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default()
-    }
-}
-
-impl std::fmt::Debug for Runtime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime")
-            .field("owner", &self.owner)
-            .field("node_id", &self.node_id)
-            .finish()
-    }
-}
+use cleanup::Cleanup;
+use redispatch::Redispatch;
+use runtime::{Runtime, SandboxRuntime};
+use sweeper::Sweeper;
 
 /// Signals from outside: `soft` stops taking work, `hard` stops running agents.
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
     pub soft: CancellationToken,
     pub hard: CancellationToken,
-}
-
-impl Runtime {
-    /// The agent's event log, continuing after its last stored event, written through the
-    /// worker's batching writer.
-    async fn open_event_log(
-        &self,
-        agent_id: Uuid,
-    ) -> Result<event_log::EventLog, crate::store::StoreError> {
-        event_log::EventLog::open(
-            agent_id,
-            self.owner.clone(),
-            &self.fleet.store,
-            self.event_writer.clone(),
-            self.fleet.events.clone(),
-        )
-        .await
-    }
-
-    fn agent_dir(&self, name: &str) -> PathBuf {
-        self.workspace_root.join("agents").join(name)
-    }
-
-    /// The places one agent's sandbox is built from; creates its private HOME and TMPDIR.
-    fn agent_paths(
-        &self,
-        name: &str,
-        project: &crate::domain::Project,
-        workdir: &std::path::Path,
-        config_dir: Option<PathBuf>,
-    ) -> std::io::Result<sandbox::AgentPaths> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = self.agent_dir(name);
-        let (home, tmp) = (dir.join("home"), dir.join("tmp"));
-        for private in [&home, &tmp] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(private)?;
-        }
-        Ok(sandbox::AgentPaths {
-            workdir: workdir.to_path_buf(),
-            git_dir: self.workspace.agent_git_dir(name),
-            home,
-            tmp,
-            config_dir,
-            shared: vec![self.workspace.mirror_objects(&project.id.to_string())],
-            workspace_root: self.workspace_root.clone(),
-        })
-    }
-
-    /// Registers an agent under supervision; its token stops it.
-    fn track_agent(&self, agent_id: Uuid) -> CancellationToken {
-        let token = CancellationToken::new();
-        if let Ok(mut agents) = self.agents.lock() {
-            agents.insert(agent_id, token.clone());
-        }
-        token
-    }
-
-    /// Ends supervision of an agent: its heartbeat goes stale, so a process nobody else
-    /// takes over stops itself after `worker.orphan_grace`.
-    fn untrack_agent(&self, agent_id: Uuid) {
-        if let Ok(mut agents) = self.agents.lock() {
-            agents.remove(&agent_id);
-        }
-        self.liveness.unwatch(agent_id);
-    }
-
-    /// Asks the supervisor of `agent_id` to stop it; false if this worker does not run it.
-    fn stop_agent(&self, agent_id: Uuid) -> bool {
-        match self.agents.lock() {
-            Ok(agents) => agents.get(&agent_id).map(|t| t.cancel()).is_some(),
-            Err(_) => false,
-        }
-    }
-
-    fn running_agents(&self) -> usize {
-        self.agents.lock().map(|a| a.len()).unwrap_or(0)
-    }
 }
 
 /// A unique worker id: host, pid and a random suffix (apalis-redis needs unique names).
@@ -251,29 +85,9 @@ pub fn new_worker_id() -> String {
 pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     let settings = fleet.settings.clone();
     let sandbox = SandboxRuntime::for_settings(&settings)?;
-    let worker_id = new_worker_id();
-    let node_id = settings.node_id();
-    let capacity = settings.worker.capacity as usize;
-    let pid = std::process::id() as i32;
-    let (registered_at, registered) = (std::time::SystemTime::now(), std::time::Instant::now());
-    let epoch = fleet
-        .store
-        .register_worker(
-            &NewWorker {
-                id: &worker_id,
-                node_id: &node_id,
-                host: &crate::config::hostname(),
-                pid,
-                pid_start_time: crate::process::start_time(pid),
-                capacity: capacity as i32,
-            },
-            settings.worker.lease_ttl,
-        )
-        .await?;
-    let owner = Owner {
-        worker_id: worker_id.clone(),
-        epoch,
-    };
+    let (owner, registered) = runtime::register(&fleet).await?;
+    let (worker_id, epoch) = (owner.worker_id.clone(), owner.epoch);
+    let (node_id, capacity) = (settings.node_id(), settings.worker.capacity);
     std::fs::create_dir_all(&settings.worker.workspace_root)?;
     let workspace_root = std::fs::canonicalize(&settings.worker.workspace_root)?;
     let mode = match fleet.store.kind() {
@@ -286,24 +100,14 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         workspace = %workspace_root.display(),
         "worker registered"
     );
-    let rt = Arc::new(Runtime {
-        fleet: fleet.clone(),
-        owner: owner.clone(),
-        node_id,
-        slots: Slots::new(capacity),
-        workspace: Arc::new(Workspace::new(workspace_root.clone())),
+    let rt = Arc::new(Runtime::new(
+        fleet.clone(),
+        owner.clone(),
         workspace_root,
-        project_locks: Mutex::default(),
-        agents: std::sync::Mutex::default(),
-        agent_tasks: TaskTracker::new(),
-        hard_stop: shutdown.hard.child_token(),
-        detach: CancellationToken::new(),
-        lease_lost: CancellationToken::new(),
-        event_writer: event_writer::EventWriter::start(fleet.store.clone()),
-        output_watch: output_watch::OutputWatch::start(),
         sandbox,
-        liveness: liveness::Liveness::new(settings.worker.lease_ttl, registered_at, registered),
-    });
+        shutdown.hard.child_token(),
+        registered,
+    ));
     if rt.sandbox.enabled {
         tracing::info!(helper = %rt.sandbox.helper.display(), "agents run in the sandbox");
     } else {
@@ -318,10 +122,22 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
     rt.check_disk().await;
     services.spawn(disk::run(rt.clone(), stop_services.clone()));
     services.spawn(lease::start(rt.clone(), stop_services.clone()));
-    services.spawn(sweeper::run(rt.clone(), stop_services.clone()));
-    services.spawn(control::run_redispatch(rt.clone(), stop_services.clone()));
+    services.spawn(service::run(
+        Sweeper::from_settings(&settings),
+        rt.clone(),
+        stop_services.clone(),
+    ));
+    services.spawn(service::run(
+        Redispatch::from_settings(&settings),
+        rt.clone(),
+        stop_services.clone(),
+    ));
     services.spawn(control::run(rt.clone(), stop_services.clone()));
-    services.spawn(cleanup::run(rt.clone(), stop_services.clone()));
+    services.spawn(service::run(
+        Cleanup::from_settings(&settings),
+        rt.clone(),
+        stop_services.clone(),
+    ));
     services.spawn(health::run(
         rt.clone(),
         settings.worker_metrics_bind()?,
@@ -400,13 +216,13 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 /// Takes jobs from the queue (apalis on Redis, or the embedded queue over the store's
-/// pending requests) and runs each through `spawn::handle`. A consumer that fails (Redis
+/// pending requests) and runs each through `dispatch::handle`. A consumer that fails (Redis
 /// gone, say) is started again under a new name (apalis refuses a name reused inside its
 /// orphan window).
 async fn consume(rt: Arc<Runtime>, stop: CancellationToken) -> anyhow::Result<()> {
     let handler: JobHandler = {
         let rt = rt.clone();
-        JobHandler::new(move |job| spawn::handle(rt.clone(), job))
+        JobHandler::new(move |job| dispatch::handle(rt.clone(), job))
     };
     let mut generation = 0u32;
     let mut backoff = Duration::from_millis(500);

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Runtime;
+use super::runtime::Runtime;
 use crate::domain::{Agent, AgentStatus};
 use crate::process::{self, Running};
 use crate::sandbox;
@@ -25,7 +25,7 @@ struct Found {
 /// Stops every process of this node whose agent is not owned here. `known_dead`: workers
 /// of this node whose process is gone (their `starting` agents are re-queued).
 pub async fn kill_unowned(rt: &Arc<Runtime>, known_dead: &[String]) {
-    let agents_dir = rt.workspace_root.join("agents");
+    let agents_dir = rt.git.root().join("agents");
     let found = tokio::task::spawn_blocking(move || helper_processes(&agents_dir))
         .await
         .unwrap_or_default();

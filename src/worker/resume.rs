@@ -7,88 +7,82 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Runtime;
 use super::agent_task;
-use super::launch::{self, StartError};
-use crate::providers::{self, SpawnOptions};
-use crate::store::ControlRequest;
+use super::launch::{self, Launch, StartError};
+use super::runtime::Runtime;
+use crate::providers::{self, ProviderError, SpawnOptions};
+use crate::store::{ControlRequest, StoreError};
 
-/// Starts the resumed run. Ok(true) when the agent runs again (its run closes the request);
-/// an error says why it could not.
-pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), String> {
+/// Why an agent could not be resumed; its `to_string` closes the resume request.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("the resume request carries no answers")]
+    NoAnswers,
+    #[error("the agent has no session to resume")]
+    NoSession,
+    #[error("the agent's worktree is not on this node")]
+    NotOnThisNode,
+    #[error("agent '{0}' is no longer waiting for input")]
+    NotWaiting(String),
+    #[error("the agent was taken over while resuming")]
+    TakenOver,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    /// The resumed process did not start (the agent is finished with this reason).
+    #[error("{0}")]
+    Start(#[source] StartError),
+}
+
+/// Starts the resumed run. Ok when the agent runs again (its run closes the request); an
+/// error says why it could not.
+pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ResumeError> {
     let store = &rt.fleet.store;
     let answers: BTreeMap<String, String> = control
         .payload
         .get("answers")
         .cloned()
         .and_then(|a| serde_json::from_value(a).ok())
-        .ok_or("the resume request carries no answers")?;
-    let agent = store
-        .agent_by_id(control.agent_id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let provider = rt
-        .fleet
-        .providers
-        .get(&agent.provider)
-        .map_err(|e| e.to_string())?;
-    let session = agent
-        .session_id
-        .clone()
-        .ok_or("the agent has no session to resume")?;
+        .ok_or(ResumeError::NoAnswers)?;
+    let agent = store.agent_by_id(control.agent_id).await?;
+    let provider = rt.fleet.providers.get(&agent.provider)?;
+    let session = agent.session_id.clone().ok_or(ResumeError::NoSession)?;
     let opts = SpawnOptions {
         mode: agent.mode,
         ..Default::default()
     };
-    let args = provider
-        .resume_args(&session, &opts)
-        .map_err(|e| e.to_string())?;
+    let args = provider.resume_args(&session, &opts)?;
     let workdir = agent
         .workdir
         .clone()
         .map(PathBuf::from)
         .filter(|w| w.exists())
-        .ok_or("the agent's worktree is not on this node")?;
-    let project = store
-        .project(&agent.project)
-        .await
-        .map_err(|e| e.to_string())?;
+        .ok_or(ResumeError::NotOnThisNode)?;
+    let project = store.project(&agent.project).await?;
     // A resumed agent runs in a slot like any other.
     let slot = rt.slots.acquire().await;
-    if !store
-        .claim_resume(agent.id, &rt.owner, &rt.node_id)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        return Err(format!(
-            "agent '{}' is no longer waiting for input",
-            agent.name
-        ));
+    if !store.claim_resume(agent.id, &rt.owner, &rt.node_id).await? {
+        return Err(ResumeError::NotWaiting(agent.name));
     }
-    let agent = store
-        .agent_by_id(agent.id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut log = rt
-        .open_event_log(agent.id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let agent = store.agent_by_id(agent.id).await?;
+    let mut log = rt.open_event_log(agent.id).await?;
     log.push(
         "agent.resumed",
         serde_json::json!({"kind": "agent.resumed", "session_id": session,
                            "answers": answers.len(), "worker_id": rt.owner.worker_id}),
     );
     let prompt = providers::format_answers(&answers);
-    let run_dir = rt.agent_dir(&agent.name).join("run");
     match launch::start(
         rt,
-        &agent,
-        provider.as_ref(),
-        args,
-        &prompt,
-        project,
-        workdir,
-        &run_dir,
+        Launch {
+            agent: &agent,
+            provider: provider.as_ref(),
+            args,
+            prompt: &prompt,
+            project,
+            workdir,
+        },
         &mut log,
     )
     .await
@@ -98,10 +92,11 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), S
             agent_task::spawn(rt.clone(), agent, started, log, Some(slot), Duration::ZERO);
             Ok(())
         }
-        Err(StartError::Fenced) => Err("the agent was taken over while resuming".into()),
-        Err(StartError::Failed(reason)) => {
-            agent_task::finish(rt, &agent, agent_task::failed(reason.clone()), &mut log).await;
-            Err(reason)
+        Err(StartError::Fenced) => Err(ResumeError::TakenOver),
+        Err(failed) => {
+            let reason = failed.to_string();
+            agent_task::finish(rt, &agent, agent_task::failed(reason), &mut log).await;
+            Err(ResumeError::Start(failed))
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::Runtime;
+use super::runtime::Runtime;
 use crate::credentials::{CredentialError, run::RunError};
 use crate::store::StoreError;
 

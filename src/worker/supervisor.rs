@@ -1,7 +1,11 @@
 //! The supervisor of one running agent: tails the process's output file as it grows, turns
 //! each line into normalised events with the provider's parser, writes them to the event log
-//! in batches, and when the process ends decides the agent's outcome (the signal file wins
-//! over the parsed stream).
+//! in batches, and when the process ends gathers what decides the agent's outcome. This file
+//! is the loop and its I/O (reading, flushing, waiting for a store that is away); what the
+//! stream said is kept in `stream_facts.rs`, the signal file is read in `signal_file.rs`,
+//! and the outcome is decided from them in `outcome.rs`. The loop and the steps it takes
+//! (read a step, flush or keep, store through an outage, read the rest) share the tail's
+//! state and stay together here, a little past 400 lines.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -11,15 +15,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::event_log::{EventLog, LogError};
+use super::event_log::{EventLog, LogError, stored_result};
+use super::outcome::{Interrupt, decide};
 use super::output_reader::{Line, OutputReader};
 use super::output_watch::{OutputWatch, Watched};
-use super::verdict::{StreamFacts, decide};
+use super::signal_file::read_signal;
+use super::stream_facts::{AccountTrouble, StreamFacts};
 use crate::agent_files;
 use crate::domain::AgentOutcome;
-use crate::events::{STATUS_EVENT, make_storable_text, storable_line};
+use crate::events::{make_storable_text, storable_line};
 use crate::process::Running;
-use crate::providers::{self, AgentEvent, StreamParser};
+use crate::providers::StreamParser;
 use crate::store::{Owner, Store};
 
 /// How often the output is read when writes to it cannot be watched.
@@ -29,12 +35,8 @@ const WATCHED_READ_EVERY: Duration = Duration::from_secs(1);
 /// How long to wait before writing to an unavailable store again.
 pub const STORE_RETRY: Duration = Duration::from_millis(500);
 const STDERR_TAIL_BYTES: u64 = 2048;
-/// Where in its checkout an agent may say how it finished.
-pub const SIGNAL_FILE: &str = ".agentfleet/output/signal.json";
-/// A signal file is a few lines of JSON; a larger one is refused unread.
-const MAX_SIGNAL_BYTES: u64 = 1024 * 1024;
-/// The signal file is read without blocking on it; this bounds a stalled filesystem.
-const SIGNAL_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The stderr tail is read without blocking on it; this bounds a stalled filesystem.
+const STDERR_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The event that says why a signal file the agent left was not used.
 const SIGNAL_IGNORED_EVENT: &str = "signal.ignored";
 /// The event that says the agent's output reached `agent.max_output_bytes`.
@@ -47,43 +49,8 @@ const FLUSH_BYTES: usize = 1024 * 1024;
 /// Reading pauses while the store has not taken this much of what was read (it is away):
 /// what waits in memory for it stays bounded.
 const MAX_UNFLUSHED: usize = FLUSH_BYTES + 2 * STEP_BYTES;
-/// The kind of the event a stream's result is stored as.
-const RESULT_EVENT: &str = "result";
-/// How many of an adopted agent's last stored events are searched for its result (only
-/// usage and status events follow one).
-const RESULT_LOOKBACK: i64 = 16;
 /// How much of each recent line is kept in memory.
 const RECENT_LINE_BYTES: usize = 1024;
-
-/// Why supervision ended other than by the process's own exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Interrupt {
-    /// Someone asked to stop the agent.
-    StopRequested,
-    /// The worker is shutting down and stops its agents.
-    Shutdown,
-    /// No output for `idle_timeout`.
-    IdleTimeout,
-    /// Ran past `max_runtime`.
-    MaxRuntime,
-    /// Printed more than `max_output_bytes`.
-    OutputLimit,
-    /// The stream reported a usage/rate limit or refused credentials; the CLI would only
-    /// keep retrying, so it is stopped at once.
-    AccountTrouble,
-}
-
-/// What the stream said about the account the agent runs on.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AccountTrouble {
-    /// A usage or rate limit; the provider's retry delay, if it gave one.
-    Exhausted {
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    /// The credentials were refused.
-    Refused { message: String },
-}
 
 /// How supervision ended.
 #[derive(Debug)]
@@ -414,47 +381,8 @@ impl Supervisor<'_> {
         }
         recent.push_back(text[..end].to_string());
         for event in self.parser.parse_line(&text) {
-            match &event {
-                AgentEvent::SessionStarted { session_id, .. }
-                    if facts.session_id.as_deref() != Some(session_id.as_str()) =>
-                {
-                    facts.session_id = Some(session_id.clone());
-                    facts.session_unsaved = true;
-                    self.save_session(facts).await?;
-                }
-                AgentEvent::AssistantText { text } => facts.last_text = Some(text.clone()),
-                AgentEvent::Result {
-                    success,
-                    text,
-                    session_id,
-                } => {
-                    facts.result = Some((*success, text.clone()));
-                    if facts.session_id.is_none() {
-                        facts.session_id = session_id.clone();
-                    }
-                }
-                AgentEvent::Error { message } => facts.last_error = Some(message.clone()),
-                AgentEvent::AuthFailed { message } => {
-                    facts.last_error = Some(message.clone());
-                    facts
-                        .account_trouble
-                        .get_or_insert(AccountTrouble::Refused {
-                            message: message.clone(),
-                        });
-                }
-                AgentEvent::RateLimited {
-                    message,
-                    retry_after_ms,
-                } => {
-                    facts.last_error = Some(format!("rate limited: {message}"));
-                    facts
-                        .account_trouble
-                        .get_or_insert(AccountTrouble::Exhausted {
-                            message: message.clone(),
-                            retry_after: retry_after_ms.map(Duration::from_millis),
-                        });
-                }
-                _ => {}
+            if facts.observe(&event) {
+                self.save_session(facts).await?;
             }
             let mut data = serde_json::to_value(&event).unwrap_or_default();
             if let (Some(full), Some(fields)) = (line.cut_from, data.as_object_mut()) {
@@ -473,26 +401,6 @@ impl Supervisor<'_> {
     }
 }
 
-/// An adopted agent's result, if the worker before read it already: adoption reads on
-/// after the stored events, and the result is among the last of them.
-async fn stored_result(
-    store: &Store,
-    agent_id: Uuid,
-    last_seq: i64,
-) -> Option<(bool, Option<String>)> {
-    let after = (last_seq - RESULT_LOOKBACK).max(0);
-    let events = store.events_after(agent_id, after).await.ok()?;
-    // This run's only: an earlier run's result (before a resume) lies before the status
-    // event that says this run started.
-    let mut this_run = events
-        .iter()
-        .rev()
-        .take_while(|e| !(e.kind == STATUS_EVENT && e.data["status"] == "running"));
-    let result = this_run.find(|e| e.kind == RESULT_EVENT)?;
-    let success = result.data["success"].as_bool().unwrap_or(false);
-    Some((success, result.data["text"].as_str().map(String::from)))
-}
-
 /// The end of the process's stderr: only that much is read, however much it wrote.
 async fn tail_of(path: &Path) -> String {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
@@ -501,31 +409,10 @@ async fn tail_of(path: &Path) -> String {
     let (dir, name) = (dir.to_path_buf(), PathBuf::from(name));
     let read =
         tokio::task::spawn_blocking(move || agent_files::read_tail(&dir, &name, STDERR_TAIL_BYTES));
-    match tokio::time::timeout(SIGNAL_READ_TIMEOUT, read).await {
+    match tokio::time::timeout(STDERR_READ_TIMEOUT, read).await {
         Ok(Ok(Ok(Some(bytes)))) => String::from_utf8_lossy(&bytes).trim().to_string(),
         _ => String::new(),
     }
-}
-
-/// The signal file, if the agent wrote one: Some(Err) with the reason when it is refused (a
-/// symlink on its path, not a regular file, too large) or malformed. Never blocks: a FIFO
-/// is refused at open, and a stalled read is given up after `SIGNAL_READ_TIMEOUT`.
-async fn read_signal(workdir: &Path) -> Option<Result<providers::Signal, String>> {
-    let dir = workdir.to_path_buf();
-    let read = tokio::task::spawn_blocking(move || {
-        agent_files::read_regular(&dir, Path::new(SIGNAL_FILE), MAX_SIGNAL_BYTES)
-    });
-    let bytes = match tokio::time::timeout(SIGNAL_READ_TIMEOUT, read).await {
-        Ok(Ok(Ok(bytes))) => bytes?,
-        Ok(Ok(Err(e))) => return Some(Err(format!("signal file refused: {e}"))),
-        Ok(Err(e)) => return Some(Err(format!("signal file not read: {e}"))),
-        Err(_) => {
-            return Some(Err(format!(
-                "signal file not read within {SIGNAL_READ_TIMEOUT:?}"
-            )));
-        }
-    };
-    Some(providers::parse_signal(&bytes))
 }
 
 /// Resolves when the watched output was written; never without a watch.
@@ -533,36 +420,5 @@ async fn written(watched: &Option<Watched>) {
     match watched {
         Some(w) => w.changed().await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_planted_signal_file_is_refused_promptly() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (workdir, outside) = (tmp.path().join("workdir"), tmp.path().join("outside.json"));
-        std::fs::create_dir_all(workdir.join(".agentfleet/output")).unwrap();
-        let signal = workdir.join(SIGNAL_FILE);
-        // Absent: nothing to say.
-        assert!(read_signal(&workdir).await.is_none());
-        // A FIFO: refused at once, not waited on.
-        nix::unistd::mkfifo(&signal, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        let read = tokio::time::timeout(Duration::from_secs(2), read_signal(&workdir)).await;
-        let reason = read.expect("blocked on a FIFO").unwrap().unwrap_err();
-        assert!(reason.contains("FIFO"), "{reason}");
-        // A symlink to a forged result elsewhere: refused, not read.
-        std::fs::remove_file(&signal).unwrap();
-        std::fs::write(&outside, r#"{"status":"done","result":"forged"}"#).unwrap();
-        std::os::unix::fs::symlink(&outside, &signal).unwrap();
-        let reason = read_signal(&workdir).await.unwrap().unwrap_err();
-        assert!(reason.contains("symlink"), "{reason}");
-        // A plain one is read.
-        std::fs::remove_file(&signal).unwrap();
-        std::fs::write(&signal, r#"{"status":"done","result":"mine"}"#).unwrap();
-        let ok = read_signal(&workdir).await.unwrap().unwrap();
-        assert_eq!(ok.result, Some(serde_json::json!("mine")));
     }
 }

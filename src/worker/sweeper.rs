@@ -1,42 +1,81 @@
-//! Two maintenance services. The sweeper reconciles dead workers: every worker runs it,
-//! the store lets exactly one act on a given dead worker; a dead worker on this node has
-//! its agents adopted here, one on another node has them re-queued or marked crashed. The
-//! re-dispatcher (`control::run_redispatch`) sends again the requests the queue seems to have
-//! lost.
+//! The sweeper, a maintenance service (`service.rs`): reconciles dead workers. Every worker
+//! runs it, the store lets exactly one act on a given dead worker; a dead worker on this
+//! node has its agents adopted here, one on another node has them re-queued (and sent again
+//! at once, `redispatch.rs`) or marked crashed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::{Runtime, agent_task, node_scan};
+use super::redispatch;
+use super::runtime::Runtime;
+use super::service::Service;
+use super::{agent_task, node_scan};
 use crate::events::STATUS_EVENT;
 use crate::process;
-use crate::queue::SpawnJob;
 use crate::store::{ReconcilePolicy, Reconciled};
 
-pub async fn run(rt: Arc<Runtime>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(rt.fleet.settings.worker.sweep_interval);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+/// The sweeper's configuration: how often it looks for dead workers.
+pub(super) struct Sweeper {
+    pub interval: Duration,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct SweepReport {
+    /// The lease was lost: this worker judges nobody any more, and the sweeper ends.
+    pub lease_lost: bool,
+    /// The store was away less than a lease ago (or failed now): nobody was judged.
+    pub skipped: bool,
+    /// Dead workers reconciled by this worker.
+    pub reconciled: usize,
+    pub adopted: usize,
+    pub requeued: usize,
+    pub crashed: usize,
+}
+
+impl Sweeper {
+    pub(super) fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            interval: settings.worker.sweep_interval,
         }
+    }
+}
+
+impl Service for Sweeper {
+    type Report = SweepReport;
+    const NAME: &'static str = "sweeper";
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn run_once(&self, rt: &Arc<Runtime>) -> SweepReport {
         if rt.lease_lost.is_cancelled() {
-            return;
+            return SweepReport {
+                lease_lost: true,
+                ..Default::default()
+            };
         }
-        sweep_once(&rt, false).await;
+        sweep_once(rt, false).await
+    }
+
+    fn ends_after(&self, report: &SweepReport) -> bool {
+        report.lease_lost
     }
 }
 
 /// Reconciles every dead worker there is right now. At start-up (and whenever a worker of
 /// this node is found gone) it first stops this node's processes whose agents are no longer
 /// owned here, so nothing it re-queues can run twice.
-pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) {
+pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) -> SweepReport {
     let store = &rt.fleet.store;
     // Leases that ran out while the store was away prove nothing about their workers.
     if !rt.liveness.may_judge_peers() {
         tracing::debug!("sweep: the store was away less than a lease ago; judging nobody yet");
-        return;
+        return SweepReport {
+            skipped: true,
+            ..Default::default()
+        };
     }
     // Same-node workers whose process is gone are dead now, whatever their lease says.
     let known_dead: Vec<String> = match store.peers_on_node(&rt.node_id, &rt.owner.worker_id).await
@@ -52,7 +91,10 @@ pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) {
         Err(e) => {
             rt.liveness.store_failed();
             tracing::warn!(error = %e, "sweep: cannot list peers");
-            return;
+            return SweepReport {
+                skipped: true,
+                ..Default::default()
+            };
         }
     };
     if starting_up || !known_dead.is_empty() {
@@ -62,6 +104,7 @@ pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) {
         max_attempts: rt.fleet.settings.queue.max_attempts,
         orphan_grace: rt.fleet.settings.worker.orphan_grace + crate::sandbox::DEADMAN_KILL_MARGIN,
     };
+    let mut report = SweepReport::default();
     loop {
         match store
             .reconcile_one(&crate::store::ReconcileParams {
@@ -72,7 +115,13 @@ pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) {
             })
             .await
         {
-            Ok(Some(done)) => apply(rt, done).await,
+            Ok(Some(done)) => {
+                report.reconciled += 1;
+                report.adopted += done.adopted.len();
+                report.requeued += done.requeued.len();
+                report.crashed += done.crashed.len();
+                apply(rt, done).await;
+            }
             Ok(None) => break,
             Err(e) => {
                 rt.liveness.store_failed();
@@ -81,6 +130,7 @@ pub async fn sweep_once(rt: &Arc<Runtime>, starting_up: bool) {
             }
         }
     }
+    report
 }
 
 async fn apply(rt: &Arc<Runtime>, done: Reconciled) {
@@ -127,43 +177,48 @@ async fn apply(rt: &Arc<Runtime>, done: Reconciled) {
         rt.fleet.record_unowned_event(*agent_id, &data).await;
     }
     if !done.requeued.is_empty() {
-        redispatch(rt).await;
+        redispatch::requeued(rt).await;
     }
 }
 
-async fn redispatch(rt: &Runtime) {
-    let due = match rt
-        .fleet
-        .store
-        .take_redispatch(rt.fleet.settings.queue.redispatch_after, 100)
-        .await
-    {
-        Ok(due) => due,
-        Err(e) => {
-            tracing::warn!(error = %e, "re-dispatch: cannot read pending requests");
-            return;
-        }
-    };
-    send_spawns(rt, due).await;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewWorker;
+    use crate::worker::runtime;
 
-/// Sends the jobs of these recorded spawn requests again.
-pub(super) async fn send_spawns(rt: &Runtime, due: Vec<uuid::Uuid>) {
-    for request_id in due {
-        // The caller's trace continues from the stored context, not from this sweep.
-        let trace_context = rt
-            .fleet
-            .store
-            .spawn_trace_context(request_id)
-            .await
-            .unwrap_or_default();
-        let job = SpawnJob {
-            request_id,
-            trace_context,
+    #[tokio::test]
+    async fn a_step_reconciles_a_worker_of_this_node_whose_process_is_gone_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime::for_test(dir.path()).await;
+        let gone = NewWorker {
+            id: "gone-worker",
+            node_id: &rt.node_id,
+            host: "here",
+            // No process has this pid (above the kernel's pid_max).
+            pid: i32::MAX,
+            pid_start_time: Some(1),
+            capacity: 1,
         };
-        match rt.fleet.queue.enqueue(&job).await {
-            Ok(()) => tracing::info!(%request_id, "request dispatched again"),
-            Err(e) => tracing::warn!(%request_id, error = %e, "re-dispatch failed"),
-        }
+        let lease = Duration::from_secs(3600);
+        rt.fleet.store.register_worker(&gone, lease).await.unwrap();
+        let sweeper = Sweeper { interval: lease };
+        let report = sweeper.run_once(&rt).await;
+        assert_eq!(report.reconciled, 1, "{report:?}");
+        assert!(!sweeper.ends_after(&report));
+        let again = sweeper.run_once(&rt).await;
+        assert_eq!(again, SweepReport::default());
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_ends_once_the_lease_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime::for_test(dir.path()).await;
+        rt.lease_lost.cancel();
+        let sweeper = Sweeper {
+            interval: Duration::from_secs(3600),
+        };
+        let report = sweeper.run_once(&rt).await;
+        assert!(report.lease_lost && sweeper.ends_after(&report));
     }
 }

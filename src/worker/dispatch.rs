@@ -1,6 +1,7 @@
-//! The spawn job: decode, claim the request in the store (a duplicate delivery stops here),
-//! prepare the worktree, start the provider process, and hand the agent (with the job's
-//! slot) to its agent task. The job ends there, so a queue delivery is short.
+//! Dispatching a spawn job: decode, claim the request in the store (a duplicate delivery
+//! stops here), prepare the worktree, start the provider process, and hand the agent (with
+//! the job's slot) to its agent task. The dispatch ends there, so a queue delivery is short;
+//! the `agent.dispatch` event says how long each step took.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,12 +10,12 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::Runtime;
-use super::agent_task::{self, Started};
+use super::agent_task;
 use super::event_log::EventLog;
-use super::launch::{self, StartError};
+use super::launch::{self, InputError, Launch, StartError, Started};
 use super::retry;
-use super::supervisor::SIGNAL_FILE;
+use super::runtime::Runtime;
+use super::signal_file::SIGNAL_FILE;
 use crate::agent_files;
 use crate::domain::{Agent, SpawnRequest, StoredPayload};
 use crate::fleet::validate_input_name;
@@ -25,8 +26,8 @@ use crate::telemetry;
 /// Where in the checkout the request's input files go.
 const INPUT_DIR: &str = ".agentfleet/input";
 
-/// Handles one delivered job. Never fails: every outcome is recorded in the store, so apalis
-/// has nothing to retry.
+/// Dispatches one delivered spawn job. Never fails: every outcome is recorded in the store,
+/// so apalis has nothing to retry.
 pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
     let job: SpawnJob = match serde_json::from_value(job.clone()) {
         Ok(job) => job,
@@ -61,7 +62,7 @@ pub async fn handle(rt: Arc<Runtime>, job: serde_json::Value) {
         &job.trace_context,
         &rt.owner.worker_id,
     );
-    let _ = tracing::Instrument::instrument(run(rt, job.request_id), span).await;
+    let _ = tracing::Instrument::instrument(dispatch(rt, job.request_id), span).await;
 }
 
 /// How long each step from delivery to a started process took (the `agent.dispatch`
@@ -83,7 +84,8 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
-async fn run(rt: Arc<Runtime>, request_id: Uuid) {
+/// Claims the request and starts its agent; every failure ends in the store.
+async fn dispatch(rt: Arc<Runtime>, request_id: Uuid) {
     let slot = take_handed_slot();
     let store = &rt.fleet.store;
     let delivered = Instant::now();
@@ -157,10 +159,11 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
         Err(StartError::Fenced) => {
             tracing::warn!(agent_id = %agent.id, "lost ownership of the agent before it started");
         }
-        Err(StartError::Failed(reason)) => {
-            if hand_back_on_full_disk(&rt, request_id, &reason).await {
+        Err(failed) => {
+            if hand_back_on_full_disk(&rt, request_id, &failed).await {
                 return;
             }
+            let reason = failed.to_string();
             agent_task::finish(&rt, &agent, agent_task::failed(reason), &mut log).await;
         }
     }
@@ -169,7 +172,7 @@ async fn run(rt: Arc<Runtime>, request_id: Uuid) {
 /// A start that failed because this worker cannot write its workspace is no fault of the
 /// request: the slots close and the request goes back to the queue for a worker that can
 /// (the re-dispatch sweep sends it again). Whether it was handed back.
-async fn hand_back_on_full_disk(rt: &Arc<Runtime>, request_id: Uuid, reason: &str) -> bool {
+async fn hand_back_on_full_disk(rt: &Arc<Runtime>, request_id: Uuid, reason: &StartError) -> bool {
     if rt.check_disk().await {
         return false;
     }
@@ -195,20 +198,16 @@ async fn start_agent(
     delivered: Instant,
     timings: &mut DispatchTimings,
 ) -> Result<Started, StartError> {
-    let provider = rt
-        .fleet
-        .providers
-        .get(&agent.provider)
-        .map_err(|e| StartError::Failed(e.to_string()))?;
+    let provider = rt.fleet.providers.get(&agent.provider)?;
     let project = retry::store(rt, "load the project", || {
         rt.fleet.store.project(&agent.project)
     })
-    .await
-    .map_err(|e| StartError::Failed(e.to_string()))?;
+    .await?;
     let prepared = rt
+        .git
         .prepare_worktree(&project, &agent.name, &agent.branch, delivered)
         .await
-        .map_err(StartError::Failed)?;
+        .map_err(StartError::Worktree)?;
     (
         timings.git_lock,
         timings.fetched,
@@ -222,10 +221,9 @@ async fn start_agent(
     );
     let workdir = prepared.workdir;
     let step = Instant::now();
-    let run_dir = rt.agent_dir(&agent.name).join("run");
     write_inputs(&workdir, request)
         .await
-        .map_err(|e| StartError::Failed(format!("cannot write the agent's files: {e}")))?;
+        .map_err(StartError::Inputs)?;
     let opts = SpawnOptions {
         mode: agent.mode,
         ..Default::default()
@@ -234,13 +232,14 @@ async fn start_agent(
     let prompt = providers::prompt_for_mode(agent.mode, &request.prompt);
     let started = launch::start(
         rt,
-        agent,
-        provider.as_ref(),
-        args,
-        &prompt,
-        project,
-        workdir,
-        &run_dir,
+        Launch {
+            agent,
+            provider: provider.as_ref(),
+            args,
+            prompt: &prompt,
+            project,
+            workdir,
+        },
         log,
     )
     .await;
@@ -251,14 +250,14 @@ async fn start_agent(
 /// Input files under `.agentfleet/input/`, and the signal folder. Written beneath the
 /// checkout without following a symlink the repository may hold on the way (`.agentfleet`
 /// committed as a link elsewhere is replaced by a folder), off the async threads.
-async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), String> {
+async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), InputError> {
     // Validated at enqueue; checked again because the payload crossed a queue.
     if let Some(bad) = request
         .inputs
         .iter()
         .find(|i| validate_input_name(&i.name).is_err())
     {
-        return Err(format!("input file name '{}' is not allowed", bad.name));
+        return Err(InputError::NameNotAllowed(bad.name.clone()));
     }
     let workdir = workdir.to_path_buf();
     let inputs: Vec<(PathBuf, Vec<u8>)> = request
@@ -281,8 +280,8 @@ async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), Stri
         Ok::<_, agent_files::AgentFileError>(())
     })
     .await
-    .map_err(|e| format!("the input task failed: {e}"))?
-    .map_err(|e| e.to_string())
+    .map_err(InputError::Task)??;
+    Ok(())
 }
 
 #[cfg(test)]

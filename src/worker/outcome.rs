@@ -1,26 +1,30 @@
-//! How a supervised agent ended: its outcome from the process's exit, an interrupt, the
-//! signal file the agent may have left and what its output stream said, in that order of
-//! precedence.
+//! How a supervised run ended, decided without I/O: the interrupts that can end a run, and
+//! `decide`, which weighs the process's exit, an interrupt, the signal file the agent may
+//! have left (`signal_file.rs`) and what its output stream said (`stream_facts.rs`), in that
+//! order of precedence, into the agent's outcome. The supervisor (`supervisor.rs`) gathers
+//! all of these and stores what is decided here.
 
-use super::supervisor::{AccountTrouble, Interrupt};
+use super::stream_facts::{AccountTrouble, StreamFacts};
 use crate::domain::{AgentOutcome, AgentStatus, PendingQuestion};
 use crate::process::Exit;
 use crate::providers::{self, SignalStatus};
 
-/// What the stream told us, kept as it goes.
-#[derive(Default)]
-pub(super) struct StreamFacts {
-    pub(super) session_id: Option<String>,
-    /// The session id is known but not yet in the store.
-    pub(super) session_unsaved: bool,
-    pub(super) result: Option<(bool, Option<String>)>,
-    pub(super) last_text: Option<String>,
-    pub(super) last_error: Option<String>,
-    pub(super) account_trouble: Option<AccountTrouble>,
-    /// The provider's parser reports the end of a run with a result event: without one, the
-    /// stream was cut short. (The `lines` parser of a configured command has none; there
-    /// the exit code is the outcome.)
-    pub(super) result_expected: bool,
+/// Why supervision ended other than by the process's own exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// Someone asked to stop the agent.
+    StopRequested,
+    /// The worker is shutting down and stops its agents.
+    Shutdown,
+    /// No output for `idle_timeout`.
+    IdleTimeout,
+    /// Ran past `max_runtime`.
+    MaxRuntime,
+    /// Printed more than `max_output_bytes`.
+    OutputLimit,
+    /// The stream reported a usage/rate limit or refused credentials; the CLI would only
+    /// keep retrying, so it is stopped at once.
+    AccountTrouble,
 }
 
 /// The agent's outcome. Precedence: an interrupt, a limit the sandbox enforced, the signal
