@@ -11,7 +11,6 @@ use serde::Deserialize;
 use super::ApiError;
 use super::error::ErrorBody;
 use super::extract::{self, BodyError, PathParam};
-use super::openapi::Removed;
 use crate::credentials::{self, AccountInput, CredentialError};
 use crate::domain::Account;
 use crate::fleet::{Fleet, FleetError};
@@ -141,4 +140,11 @@ pub async fn reset_account(
     PathParam(label): PathParam,
 ) -> Result<Response, ApiError> {
     Ok(Json(fleet.store.reset_account(&label).await?).into_response())
+}
+
+/// `DELETE /v1/accounts/{label}`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Removed {
+    /// The removed account's label.
+    pub removed: String,
 }

@@ -23,7 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use super::server::ConnectionLimits;
+/// The connection limits, from `api.*` (`ConnectionLimits::from_settings`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
 
 /// How long a connection with nothing in flight stays with hyper before it is parked.
 const PARK_AFTER: Duration = Duration::from_millis(250);

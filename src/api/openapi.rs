@@ -77,40 +77,6 @@ pub async fn serve_document() -> Response {
     Json(ApiDoc::openapi()).into_response()
 }
 
-/// `DELETE /v1/agents/{agent}`'s answer.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Deleted {
-    /// The deleted agent's name.
-    pub deleted: String,
-}
-
-/// `DELETE /v1/accounts/{label}`'s answer.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Removed {
-    /// The removed account's label.
-    pub removed: String,
-}
-
-/// `GET /healthz`'s answer.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Health {
-    /// Always `ok`.
-    pub status: String,
-}
-
-/// `GET /readyz`'s answer.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct Readiness {
-    /// `ready` or `unavailable`.
-    pub status: String,
-    /// `embedded` or `distributed`.
-    pub mode: String,
-    /// `ok`, or why the store cannot be reached.
-    pub store: String,
-    /// `ok`, or why the event bus (Redis) cannot be reached.
-    pub events: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

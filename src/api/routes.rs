@@ -13,7 +13,6 @@ use serde::Deserialize;
 use super::ApiError;
 use super::error::ErrorBody;
 use super::extract::{self, BodyError, PathParam, Query};
-use super::openapi::{Deleted, Health, Readiness};
 use crate::domain::SpawnRequest;
 use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
 use crate::events;
@@ -375,4 +374,31 @@ pub async fn readyz(State(fleet): State<Fleet>) -> Response {
 
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// `DELETE /v1/agents/{agent}`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    /// The deleted agent's name.
+    pub deleted: String,
+}
+
+/// `GET /healthz`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /readyz`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: String,
+    /// `embedded` or `distributed`.
+    pub mode: String,
+    /// `ok`, or why the store cannot be reached.
+    pub store: String,
+    /// `ok`, or why the event bus (Redis) cannot be reached.
+    pub events: String,
 }

@@ -16,16 +16,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use super::connection::ConnectionLimits;
 use super::connection::{ReturnFreed, serve_connection};
 use crate::config::ApiSettings;
-
-/// The connection limits, from `api.*`.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    pub header_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
 
 impl ConnectionLimits {
     /// The configured limits, `max_connections` lowered to what the process's open-files
