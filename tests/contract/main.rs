@@ -4,7 +4,8 @@
 //! for the CLIs checked against their `--help` only, and `fleet` and `failover` with the
 //! real claude as a worker's provider through the whole fleet.
 
-/// The parts of the tests' shared harness (`tests/common/`) used here.
+/// The parts of the tests' shared harness (`tests/common/`) used here: each binary declares
+/// only the modules it uses whole, so a helper no test uses still warns.
 #[path = "../common"]
 mod common {
     pub mod databases;

@@ -4,7 +4,8 @@
 //! provider. The soak test is ignored by default; run it with
 //! `cargo nextest run --test fleet --run-ignored ignored-only --no-capture soak::`.
 
-/// The parts of the tests' shared harness (`tests/common/`) used here.
+/// The parts of the tests' shared harness (`tests/common/`) used here: each binary declares
+/// only the modules it uses whole, so a helper no test uses still warns.
 #[path = "../common"]
 mod common {
     pub mod api;
