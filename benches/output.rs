@@ -4,7 +4,7 @@
 //! chooses, comma-separated). It reports the throughput on one core, the time per MB (flat
 //! when reading is linear in the output's size) and how much the process's peak memory grew
 //! (bounded whatever the size). The store's writes are not in it: the flood test of
-//! tests/output_limits.rs measures them end to end.
+//! tests/fleet/output_limits.rs measures them end to end.
 
 #[path = "machine/mod.rs"]
 mod machine;

@@ -10,8 +10,20 @@
 //! Postgres (127.0.0.1:5432) and Redis (127.0.0.1:6379) must be running; each benchmark
 //! uses a fresh database and Redis key prefix and removes them at the end.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+/// The tests' harness (`tests/common/`), of which the benchmarks use a part (the lint stays
+/// on for the test binaries, each of which declares only the modules it uses whole).
+#[allow(dead_code)]
+#[path = "../../tests/common"]
+mod common {
+    pub mod databases;
+    pub mod env;
+    pub mod services;
+    pub mod workers;
+
+    pub use databases::{REDIS_URL, delete_redis_keys};
+    pub use env::TestEnv;
+}
+
 #[path = "../machine/mod.rs"]
 mod machine;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::TestEnv;
+use super::env::TestEnv;
 use super::services::free_port;
 
 pub const TOKEN: &str = "test-token-7f3a";

@@ -187,7 +187,7 @@ impl PrivatePostgres {
             .and_then(|f| f.lines().next()?.trim().parse().ok());
         if let Some(postmaster) = postmaster {
             let mut pids = vec![postmaster];
-            pids.extend(super::descendants(postmaster));
+            pids.extend(super::workers::descendants(postmaster));
             signal_all(&pids, frozen);
         }
     }
