@@ -5,7 +5,7 @@
 //! (0.61.0 accepts "latest", an index or a session UUID). `GEMINI_CLI_HOME` relocates the
 //! home under which it keeps `.gemini/` (settings, credentials, sessions).
 //! Command lines, stream shapes, resume by UUID and the error `result` lines verified
-//! against the real gemini 0.61.0 (tests/contract_gemini.rs, transcripts
+//! against the real gemini 0.61.0 (tests/contract/gemini.rs, transcripts
 //! tests/fixtures/transcripts/gemini-0.61.0-*.jsonl). A per-day-quota 429 and a 401 end
 //! the run at once; a plain 429 it retries (10 attempts, backoff) logging only on stderr,
 //! unless the settings' `general.maxAttempts` is lowered.

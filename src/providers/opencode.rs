@@ -4,7 +4,7 @@
 //! the run) and `error`. The prompt is read from stdin when it is not a terminal; resume
 //! is `--session ID`. Credentials and sessions live under `$XDG_DATA_HOME/opencode`.
 //! Command lines, stream shapes, resume and the 429 / 401 `error` events verified against
-//! the real opencode 1.18.33 (tests/contract_opencode.rs, transcripts
+//! the real opencode 1.18.33 (tests/contract/opencode.rs, transcripts
 //! tests/fixtures/transcripts/opencode-1.18.33-*.jsonl). It retries a 429 five times
 //! (per `retry-after`, else 2 s doubling to 30 s) before the `error` line, printing
 //! nothing meanwhile.

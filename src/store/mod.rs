@@ -15,7 +15,7 @@
 //! To add an operation: write it once in `shared/<group>.rs` when its SQL can be one text
 //! (`$N` placeholders, the adapters' time macros), else as an inherent `pub async fn` with
 //! the same signature in `postgres/<group>.rs` and `sqlite/<group>.rs`; add its signature
-//! to the list in `store_operations!`, and a test of it to `tests/store_conformance.rs`
+//! to the list in `store_operations!`, and a test of it to `tests/conformance/store.rs`
 //! (it runs against both adapters). The list is the port: a method missing from either
 //! adapter does not compile.
 
