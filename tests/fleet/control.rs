@@ -493,13 +493,19 @@ async fn dismiss_and_cleanup_are_pushed_and_free_an_ended_agents_checkout() {
     assert_eq!(*pushes.borrow(), 1, "the cleanup was pushed");
     let kept = store.agent("done-otter").await.unwrap();
     assert_status(&kept, AgentStatus::Completed);
-    let events = store.events_after(done.id, 0).await.unwrap();
-    assert!(
-        events
+    // The worker records `checkout.removed` just after the folder is gone.
+    let started = Instant::now();
+    loop {
+        let events = store.events_after(done.id, 0).await.unwrap();
+        if events
             .iter()
-            .any(|e| e.kind == "checkout.removed" && e.data["request"] == "cleanup"),
-        "{events:?}"
-    );
+            .any(|e| e.kind == "checkout.removed" && e.data["request"] == "cleanup")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         has_folder(&env, "holding-otter"),
         "only its own folder went"
@@ -515,9 +521,12 @@ async fn dismiss_and_cleanup_are_pushed_and_free_an_ended_agents_checkout() {
     .await;
     assert_eq!(*pushes.borrow(), 2, "the dismiss was pushed");
     assert!(store.agent("other-otter").await.unwrap().dismissed);
-    // Both requests are done: nothing pending shows.
-    let shown: serde_json::Value =
-        serde_json::from_str(&env.cli_ok(&["get", "other-otter", "--json"])).unwrap();
-    assert_eq!(shown["pending_requests"], serde_json::json!([]));
+    // Both requests are done (just after the folder went): nothing pending shows.
+    wait_until("the dismiss request's end", Duration::from_secs(5), || {
+        let shown: serde_json::Value =
+            serde_json::from_str(&env.cli_ok(&["get", "other-otter", "--json"])).unwrap();
+        shown["pending_requests"] == serde_json::json!([])
+    })
+    .await;
     env.stop_workers();
 }
