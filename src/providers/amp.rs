@@ -21,13 +21,8 @@ pub struct Amp;
 
 impl Amp {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
-        let mut args: Vec<String> = vec!["-x".into(), "--stream-json".into()];
-        args.extend(self.mode_args(opts.mode));
-        if let Some(mode) = &opts.model {
-            // Amp picks models by agent mode (low, medium, high, ...), not by model id.
-            args.extend(["--mode".to_string(), mode.clone()]);
-        }
-        args
+        // Amp picks models by agent mode (low, medium, high, ...), not by model id.
+        super::run_flags(self, &["-x", "--stream-json"], "--mode", opts)
     }
 }
 

@@ -21,14 +21,12 @@ pub struct Auggie;
 
 impl Auggie {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
-        let mut args: Vec<String> = ["--print", "--output-format", "json"]
-            .map(String::from)
-            .to_vec();
-        args.extend(self.mode_args(opts.mode));
-        if let Some(model) = &opts.model {
-            args.extend(["--model".to_string(), model.clone()]);
-        }
-        args
+        super::run_flags(
+            self,
+            &["--print", "--output-format", "json"],
+            "--model",
+            opts,
+        )
     }
 }
 
@@ -46,9 +44,11 @@ impl Provider for Auggie {
         session_id: &str,
         opts: &SpawnOptions,
     ) -> Result<Vec<String>, ProviderError> {
-        let mut args = self.flags(opts);
-        args.extend(["--resume".to_string(), session_id.to_string()]);
-        Ok(args)
+        Ok(super::with_session(
+            self.flags(opts),
+            "--resume",
+            session_id,
+        ))
     }
 
     /// The instruction is appended as the last argument by the worker.

@@ -19,14 +19,12 @@ pub struct Cursor;
 
 impl Cursor {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
-        let mut args: Vec<String> = ["-p", "--output-format", "stream-json"]
-            .map(String::from)
-            .to_vec();
-        args.extend(self.mode_args(opts.mode));
-        if let Some(model) = &opts.model {
-            args.extend(["--model".to_string(), model.clone()]);
-        }
-        args
+        super::run_flags(
+            self,
+            &["-p", "--output-format", "stream-json"],
+            "--model",
+            opts,
+        )
     }
 }
 
@@ -44,9 +42,11 @@ impl Provider for Cursor {
         session_id: &str,
         opts: &SpawnOptions,
     ) -> Result<Vec<String>, ProviderError> {
-        let mut args = self.flags(opts);
-        args.extend(["--resume".to_string(), session_id.to_string()]);
-        Ok(args)
+        Ok(super::with_session(
+            self.flags(opts),
+            "--resume",
+            session_id,
+        ))
     }
 
     /// The prompt is appended as the last argument by the worker.

@@ -22,17 +22,9 @@ pub struct Gemini;
 
 impl Gemini {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
-        let mut args: Vec<String> = vec![
-            "--output-format".into(),
-            "stream-json".into(),
-            // The worktree is ours; without this a fresh config dir asks to trust it.
-            "--skip-trust".into(),
-        ];
-        args.extend(self.mode_args(opts.mode));
-        if let Some(model) = &opts.model {
-            args.extend(["-m".to_string(), model.clone()]);
-        }
-        args
+        // `--skip-trust`: the worktree is ours; without it a fresh config dir asks to trust it.
+        let base = ["--output-format", "stream-json", "--skip-trust"];
+        super::run_flags(self, &base, "-m", opts)
     }
 }
 
@@ -50,9 +42,11 @@ impl Provider for Gemini {
         session_id: &str,
         opts: &SpawnOptions,
     ) -> Result<Vec<String>, ProviderError> {
-        let mut args = self.flags(opts);
-        args.extend(["--resume".to_string(), session_id.to_string()]);
-        Ok(args)
+        Ok(super::with_session(
+            self.flags(opts),
+            "--resume",
+            session_id,
+        ))
     }
 
     fn mode_args(&self, mode: AgentMode) -> Vec<String> {

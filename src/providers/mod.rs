@@ -154,6 +154,28 @@ pub trait Provider: Send + Sync {
     fn parser(&self) -> Box<dyn StreamParser>;
 }
 
+/// The flags of a headless run that most CLIs share: `base`, then the mode's permission
+/// flags, then `model_flag MODEL` when a model is asked for.
+fn run_flags(
+    provider: &dyn Provider,
+    base: &[&str],
+    model_flag: &str,
+    opts: &SpawnOptions,
+) -> Vec<String> {
+    let mut args: Vec<String> = base.iter().map(|a| a.to_string()).collect();
+    args.extend(provider.mode_args(opts.mode));
+    if let Some(model) = &opts.model {
+        args.extend([model_flag.to_string(), model.clone()]);
+    }
+    args
+}
+
+/// `args` followed by `flag SESSION`: how most CLIs continue a session.
+fn with_session(mut args: Vec<String>, flag: &str, session_id: &str) -> Vec<String> {
+    args.extend([flag.to_string(), session_id.to_string()]);
+    args
+}
+
 /// What varies between two runs of the same provider.
 #[derive(Debug, Clone, Default)]
 pub struct SpawnOptions {

@@ -21,12 +21,7 @@ pub struct Opencode;
 
 impl Opencode {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
-        let mut args: Vec<String> = vec!["run".into(), "--format".into(), "json".into()];
-        args.extend(self.mode_args(opts.mode));
-        if let Some(model) = &opts.model {
-            args.extend(["-m".to_string(), model.clone()]);
-        }
-        args
+        super::run_flags(self, &["run", "--format", "json"], "-m", opts)
     }
 }
 
@@ -44,9 +39,11 @@ impl Provider for Opencode {
         session_id: &str,
         opts: &SpawnOptions,
     ) -> Result<Vec<String>, ProviderError> {
-        let mut args = self.flags(opts);
-        args.extend(["--session".to_string(), session_id.to_string()]);
-        Ok(args)
+        Ok(super::with_session(
+            self.flags(opts),
+            "--session",
+            session_id,
+        ))
     }
 
     fn mode_args(&self, mode: AgentMode) -> Vec<String> {

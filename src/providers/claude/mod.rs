@@ -24,14 +24,8 @@ impl Claude {
     fn common(&self, opts: &SpawnOptions) -> Vec<String> {
         // No prompt argument: with `-p` and none given, claude reads it from stdin.
         // `--verbose` is required by claude for stream-json in print mode.
-        let mut args: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
-            .map(String::from)
-            .to_vec();
-        args.extend(self.mode_args(opts.mode));
-        if let Some(model) = &opts.model {
-            args.extend(["--model".to_string(), model.clone()]);
-        }
-        args
+        let base = ["-p", "--output-format", "stream-json", "--verbose"];
+        super::run_flags(self, &base, "--model", opts)
     }
 }
 
@@ -50,9 +44,11 @@ impl Provider for Claude {
         session_id: &str,
         opts: &SpawnOptions,
     ) -> Result<Vec<String>, ProviderError> {
-        let mut args = self.common(opts);
-        args.extend(["--resume".to_string(), session_id.to_string()]);
-        Ok(args)
+        Ok(super::with_session(
+            self.common(opts),
+            "--resume",
+            session_id,
+        ))
     }
 
     fn mode_args(&self, mode: AgentMode) -> Vec<String> {

@@ -17,12 +17,7 @@ pub struct Codex;
 
 impl Codex {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
-        let mut args: Vec<String> = vec!["--json".into(), "--skip-git-repo-check".into()];
-        args.extend(self.mode_args(opts.mode));
-        if let Some(model) = &opts.model {
-            args.extend(["-m".to_string(), model.clone()]);
-        }
-        args
+        super::run_flags(self, &["--json", "--skip-git-repo-check"], "-m", opts)
     }
 }
 
