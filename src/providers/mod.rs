@@ -14,6 +14,7 @@
 pub mod amp;
 pub mod auggie;
 mod catalog;
+mod channel;
 pub mod claude;
 pub mod codex;
 pub mod command;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::AgentMode;
 
 pub use catalog::{BUILT_IN, BuiltIn, ProviderSettings, Providers, built_in};
+pub use channel::{QUESTION_CHANNEL, with_question_channel};
 pub use command::{CommandProvider, CommandSpec, ParserKind};
 pub use mode::{format_answers, mode_preamble, prompt_for_mode};
 pub use signal::{Question, Signal, SignalStatus, parse_signal};
@@ -126,6 +128,12 @@ pub trait Provider: Send + Sync {
         session_id: &str,
         opts: &SpawnOptions,
     ) -> Result<Vec<String>, ProviderError>;
+    /// Args that append `text` to the CLI's system prompt (claude:
+    /// `--append-system-prompt`); None when it has no such flag, and the text goes before
+    /// the prompt instead (see [`with_question_channel`]).
+    fn system_prompt_args(&self, _text: &str) -> Option<Vec<String>> {
+        None
+    }
     /// Whether the CLI reads the prompt from stdin or needs it as an argument.
     fn prompt_via(&self) -> PromptVia {
         PromptVia::Stdin

@@ -126,11 +126,14 @@ pub async fn start(
     let Launch {
         agent,
         provider,
-        mut args,
+        args,
         prompt,
         project,
         workdir,
     } = launch;
+    // Every run is told how to ask (the signal file): a real model knows it only so.
+    let (mut args, prompt) = providers::with_question_channel(provider, args, prompt);
+    let prompt = prompt.as_str();
     let run_dir = rt.git.agent_dir(&agent.name).join("run");
     let run_dir = run_dir.as_path();
     let store = &rt.fleet.store;

@@ -1,5 +1,6 @@
 //! Contract test through the whole fleet: the real `claude` CLI (from npm) as the provider
-//! of a worker process, against a scripted mock of the Anthropic API on 127.0.0.1. The
+//! of a worker process, against a scripted mock of the Anthropic API on 127.0.0.1. Told
+//! by the fleet how to ask (the mock asks only then, as a model would), the
 //! agent writes its signal file asking a question, waits for input, is resumed with the
 //! answer in the same session and worktree, writes a file, completes, and its branch with
 //! that file is on the remote.
@@ -63,8 +64,17 @@ async fn real_claude_asks_is_resumed_and_pushes_its_work() {
         Some(content),
         "the file the real CLI wrote is on the pushed branch"
     );
-    // The answers reached the model inside the resumed session.
+    // The answers reached the model inside the resumed session, and every request told the
+    // model how to ask (in claude's system prompt, the user's prompt left as it was).
     let requests = mock.requests.lock().unwrap().clone();
+    for (_, body) in requests.iter().filter(|(_, b)| b["messages"].is_array()) {
+        assert!(
+            body["system"]
+                .to_string()
+                .contains(".agentfleet/output/signal.json"),
+            "{body}"
+        );
+    }
     assert!(
         requests
             .iter()

@@ -51,6 +51,10 @@ impl Provider for Claude {
         ))
     }
 
+    fn system_prompt_args(&self, text: &str) -> Option<Vec<String>> {
+        Some(vec!["--append-system-prompt".into(), text.into()])
+    }
+
     fn mode_args(&self, mode: AgentMode) -> Vec<String> {
         match mode {
             AgentMode::Plan | AgentMode::Review | AgentMode::Discuss => {

@@ -35,8 +35,10 @@ pub enum Behaviour {
     /// Requests that carry [`EXHAUSTED_KEY`] as their API key fail with this status (an
     /// account out of quota); the others get [`Behaviour::Script`].
     FailForKey(u16),
-    /// claude only: the first turn writes [`QUESTIONS_SIGNAL`] as the agent's signal file
-    /// (it asks a question); a resume writes [`FILE`] with the content, then final text.
+    /// claude only: when the request's system prompt tells how to ask (it names
+    /// [`SIGNAL_FILE`]), the first turn writes [`QUESTIONS_SIGNAL`] as the agent's signal
+    /// file (it asks a question) and a resume writes [`FILE`] with the content, then final
+    /// text; a request that does not tell it gets [`Behaviour::Script`].
     AskThenWrite,
 }
 
@@ -161,7 +163,10 @@ async fn handle(
     } else {
         openai_turn(&request)
     };
-    let asking = mock.behaviour == Behaviour::AskThenWrite;
+    // A model asks only when it was told how (the fleet's question channel in the system
+    // prompt), as a real one would.
+    let asking = mock.behaviour == Behaviour::AskThenWrite
+        && request["system"].to_string().contains(SIGNAL_FILE);
     let events = match (turn, anthropic) {
         (Turn::Tool, true) if asking => {
             anthropic_tool_to(SIGNAL_FILE, QUESTIONS_SIGNAL, "toolu_mock_1")
