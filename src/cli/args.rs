@@ -131,11 +131,32 @@ pub enum Command {
 pub enum ProjectCommand {
     /// Register a git repository.
     Add {
+        /// The project's name (letters, digits, `-`, `_`, `.`).
         name: String,
+        /// The git remote agents clone from and push to.
         #[arg(long)]
         remote: String,
+        /// The branch agents start from.
         #[arg(long, default_value = "main")]
         branch: String,
+    },
+    /// Change a project's remote or default branch (agents spawned from now on use them).
+    Update {
+        name: String,
+        /// The new git remote.
+        #[arg(long)]
+        remote: Option<String>,
+        /// The new branch agents start from.
+        #[arg(long)]
+        branch: Option<String>,
+    },
+    /// Remove a project with its agents' records (their pushed branches stay on the
+    /// remote); refused while any of its agents is pending or running.
+    Remove {
+        name: String,
+        /// Stop its pending and running agents first.
+        #[arg(long)]
+        force: bool,
     },
     /// List projects.
     List {

@@ -67,6 +67,24 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
                 .map_err(user)?;
             println!("project {} added ({})", project.name, project.remote_url);
         }
+        Command::Project(ProjectCommand::Update {
+            name,
+            remote,
+            branch,
+        }) => {
+            let project = fleet
+                .update_project(&name, remote.as_deref(), branch.as_deref())
+                .await
+                .map_err(user)?;
+            println!(
+                "project {} updated ({}, branch {})",
+                project.name, project.remote_url, project.default_branch
+            );
+        }
+        Command::Project(ProjectCommand::Remove { name, force }) => {
+            let agents = fleet.remove_project(&name, force).await.map_err(user)?;
+            println!("project {name} removed (with {agents} agent record(s))");
+        }
         Command::Project(ProjectCommand::List { json }) => {
             output::projects(&fleet.list_projects().await.map_err(user)?, json)
         }

@@ -45,6 +45,7 @@ impl From<StoreError> for FleetError {
             StoreError::NameTaken(_)
             | StoreError::ResumeRefused(_)
             | StoreError::ProjectExists(_)
+            | StoreError::ProjectBusy { .. }
             | StoreError::AccountExists(_) => Self::Conflict(e.to_string()),
             StoreError::UnknownProject(_)
             | StoreError::UnknownAgent(_)
@@ -137,6 +138,63 @@ impl Fleet {
         }
         let project = self.store.add_project(name, remote, branch).await?;
         Ok(shown(project))
+    }
+
+    /// Changes a project's remote and/or default branch; agents spawned from now on use
+    /// them (running agents keep theirs).
+    pub async fn update_project(
+        &self,
+        name: &str,
+        remote: Option<&str>,
+        branch: Option<&str>,
+    ) -> Result<Project, FleetError> {
+        checks::no_nul("name", name)?;
+        if remote.is_none() && branch.is_none() {
+            return Err(FleetError::Invalid(
+                "nothing to change: give a remote URL or a default branch".into(),
+            ));
+        }
+        if let Some(remote) = remote {
+            checks::no_nul("remote_url", remote)?;
+            if remote.trim().is_empty() {
+                return Err(FleetError::Invalid("remote URL must not be empty".into()));
+            }
+        }
+        if let Some(branch) = branch {
+            checks::no_nul("default_branch", branch)?;
+            if !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+                return Err(FleetError::Invalid(format!(
+                    "'{branch}' is not a valid branch name"
+                )));
+            }
+        }
+        let project = self.store.update_project(name, remote, branch).await?;
+        Ok(shown(project))
+    }
+
+    /// Removes a project with its agents' records (their pushed branches stay on the
+    /// remote; files left on nodes go with `cleanup`). Refused while any of its agents is
+    /// pending or running, unless `force`: then they are stopped first. Returns how many
+    /// agents' records went.
+    pub async fn remove_project(&self, name: &str, force: bool) -> Result<i64, FleetError> {
+        checks::no_nul("name", name)?;
+        let project = self.store.project(name).await?;
+        if force {
+            let live = self
+                .store
+                .list_agents(true)
+                .await?
+                .into_iter()
+                .filter(|a| a.project == project.name && !a.status.is_final());
+            for agent in live {
+                match self.stop(&agent.id.to_string(), true).await {
+                    // It ended on its own in between.
+                    Ok(_) | Err(FleetError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(self.store.remove_project(name).await?)
     }
 
     /// The projects as callers see them (see [`shown`]).

@@ -17,6 +17,11 @@ pub enum StoreError {
     ProjectExists(String),
     #[error("unknown project '{0}'")]
     UnknownProject(String),
+    #[error(
+        "project '{name}' has {live} agent(s) pending or running; stop them first \
+         (project remove --force stops them)"
+    )]
+    ProjectBusy { name: String, live: i64 },
     #[error("no agent with id or name '{0}'")]
     UnknownAgent(String),
     #[error("an account labelled '{0}' already exists")]

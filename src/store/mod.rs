@@ -198,6 +198,11 @@ store_operations! {
     fn project(&self, name: &str) -> Project;
     fn project_by_id(&self, id: Uuid) -> Project;
     fn list_projects(&self) -> Vec<Project>;
+    /// Changes a project's remote and/or default branch (None: kept as it is).
+    fn update_project(&self, name: &str, remote_url: Option<&str>, default_branch: Option<&str>) -> Project;
+    /// Removes a project and its agents' records; `ProjectBusy` (nothing removed) while any
+    /// of its agents is pending, starting or running. Returns how many agents' records went.
+    fn remove_project(&self, name: &str) -> i64;
 
     // ---- requests and agents
     /// Records a spawn: the agent row (status `pending`) and its request, atomically. An

@@ -117,6 +117,81 @@ async fn projects_are_added_once_found_and_listed(store: &Store) {
     ));
 }
 
+async fn projects_are_updated_and_removed_with_their_ended_agents_only(store: &Store) {
+    with_project(store).await;
+    let moved = store
+        .update_project("demo", Some("/r/moved.git"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (moved.remote_url.as_str(), moved.default_branch.as_str()),
+        ("/r/moved.git", "main")
+    );
+    let moved = store
+        .update_project("demo", None, Some("trunk"))
+        .await
+        .unwrap();
+    assert_eq!(moved.remote_url, "/r/moved.git");
+    assert_eq!(store.project("demo").await.unwrap(), moved);
+    assert!(matches!(
+        store.update_project("ghost", Some("/x.git"), None).await,
+        Err(StoreError::UnknownProject(name)) if name == "ghost"
+    ));
+
+    // A running agent keeps the project, and nothing is removed.
+    let (running, owner) = claimed_agent(store, "busy-otter").await;
+    let ended = store
+        .record_spawn(spawn_of("done-otter", None))
+        .await
+        .unwrap();
+    store
+        .finish_unowned(ended.agent.id, "completed", "")
+        .await
+        .unwrap();
+    store
+        .append_event_unowned(ended.agent.id, "note", &json!({"kind": "note"}))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.remove_project("demo").await,
+        Err(StoreError::ProjectBusy { name, live: 1 }) if name == "demo"
+    ));
+    assert!(store.agent_by_id(ended.agent.id).await.is_ok());
+    assert!(store.project("demo").await.is_ok());
+
+    // Once it has ended, the project goes with both agents' records.
+    let outcome = AgentOutcome {
+        status: AgentStatus::Stopped,
+        result: None,
+        questions: Vec::new(),
+        error: None,
+        exit_code: None,
+        session_id: None,
+    };
+    assert!(store.finish_agent(running, &owner, &outcome).await.unwrap());
+    assert_eq!(store.remove_project("demo").await.unwrap(), 2);
+    assert!(matches!(
+        store.project("demo").await,
+        Err(StoreError::UnknownProject(_))
+    ));
+    for id in [running, ended.agent.id] {
+        assert!(matches!(
+            store.agent_by_id(id).await,
+            Err(StoreError::UnknownAgent(_))
+        ));
+        assert!(store.events_after(id, 0).await.unwrap().is_empty());
+    }
+    assert!(matches!(
+        store.remove_project("demo").await,
+        Err(StoreError::UnknownProject(_))
+    ));
+    // The name is free again.
+    store
+        .add_project("demo", "/r/new.git", "main")
+        .await
+        .unwrap();
+}
+
 async fn record_spawn_is_idempotent_per_key(store: &Store) {
     with_project(store).await;
     let first = store
@@ -1324,6 +1399,7 @@ macro_rules! conformance {
 
 conformance!(
     projects_are_added_once_found_and_listed,
+    projects_are_updated_and_removed_with_their_ended_agents_only,
     control_requests_are_claimed_once_and_resent_to_their_owner,
     record_spawn_is_idempotent_per_key,
     concurrent_retries_of_a_keyed_spawn_get_one_agent,

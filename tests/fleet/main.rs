@@ -23,6 +23,7 @@ mod cli_bad_input;
 mod cli_first_run;
 mod embedded;
 mod process;
+mod projects;
 mod resume;
 mod spine;
 

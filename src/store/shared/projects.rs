@@ -59,6 +59,72 @@ macro_rules! shared_projects {
                     .ok_or_else(|| StoreError::UnknownProject(id.to_string()))
                 }
 
+                /// Changes a project's remote and/or default branch (None: kept).
+                pub async fn update_project(
+                    &self,
+                    name: &str,
+                    remote_url: Option<&str>,
+                    default_branch: Option<&str>,
+                ) -> Result<Project, StoreError> {
+                    sqlx::query(
+                        "UPDATE projects SET \
+                         remote_url = COALESCE(CAST($2 AS TEXT), remote_url), \
+                         default_branch = COALESCE(CAST($3 AS TEXT), default_branch) \
+                         WHERE name = $1 \
+                         RETURNING id, name, remote_url, default_branch, created_at",
+                    )
+                    .bind(name)
+                    .bind(remote_url)
+                    .bind(default_branch)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| project_from_row(&r))
+                    .transpose()?
+                    .ok_or_else(|| StoreError::UnknownProject(name.to_string()))
+                }
+
+                /// Removes a project with the records of its agents (events, requests,
+                /// agents), in one transaction; refused (`ProjectBusy`, nothing removed)
+                /// while any of its agents is pending, starting or running. Returns how
+                /// many agents' records went.
+                pub async fn remove_project(&self, name: &str) -> Result<i64, StoreError> {
+                    let mut tx = self.begin_write().await?;
+                    let id: Uuid = sqlx::query_scalar("SELECT id FROM projects WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .ok_or_else(|| StoreError::UnknownProject(name.to_string()))?;
+                    let live: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM agents WHERE project_id = $1 \
+                         AND status IN ('pending', 'starting', 'running')",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if live > 0 {
+                        return Err(StoreError::ProjectBusy {
+                            name: name.to_string(),
+                            live,
+                        });
+                    }
+                    let mut agents = 0;
+                    for sql in [
+                        "DELETE FROM agent_events WHERE agent_id IN \
+                         (SELECT id FROM agents WHERE project_id = $1)",
+                        "DELETE FROM requests WHERE agent_id IN \
+                         (SELECT id FROM agents WHERE project_id = $1)",
+                        "DELETE FROM agents WHERE project_id = $1",
+                        "DELETE FROM projects WHERE id = $1",
+                    ] {
+                        let done = sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+                        if sql.starts_with("DELETE FROM agents") {
+                            agents = done.rows_affected() as i64;
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(agents)
+                }
+
                 pub async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
                     let rows = sqlx::query(
                         "SELECT id, name, remote_url, default_branch, created_at FROM projects \

@@ -1,0 +1,62 @@
+//! Projects from the command line: a project's remote and branch change for the agents
+//! spawned after; a project with a running agent is removed only with `--force`, which
+//! stops the agent first, and its agents' records go with it.
+
+use std::time::Duration;
+
+use agentfleet::domain::AgentStatus;
+
+use crate::common::env::TestEnv;
+
+fn fails_with(env: &TestEnv, args: &[&str], needle: &str) {
+    let out = env.cli(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_are_updated_and_removed_only_with_force_while_an_agent_runs() {
+    let mut env = TestEnv::new().await;
+    let listed = |env: &TestEnv| -> serde_json::Value {
+        serde_json::from_str(&env.cli_ok(&["project", "list", "--json"])).unwrap()
+    };
+    let remote = listed(&env)[0]["remote_url"].as_str().unwrap().to_string();
+    let out = env.cli_ok(&["project", "update", "demo", "--branch", "trunk"]);
+    assert!(out.contains("branch trunk"), "{out}");
+    assert_eq!(listed(&env)[0]["default_branch"], "trunk");
+    assert_eq!(listed(&env)[0]["remote_url"], remote.as_str());
+    env.cli_ok(&["project", "update", "demo", "--branch", "main"]);
+    fails_with(&env, &["project", "update", "demo"], "nothing to change");
+    fails_with(
+        &env,
+        &["project", "update", "demo", "--branch", "bad..branch"],
+        "not a valid branch name",
+    );
+    fails_with(
+        &env,
+        &["project", "update", "ghost", "--branch", "x"],
+        "unknown project 'ghost'",
+    );
+
+    env.start_worker(&[]);
+    let agent = env.spawn(&["--name", "busy-otter"], "hold on\n#hold 120");
+    env.wait_agent(agent.id, Duration::from_secs(60), "running", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await;
+    fails_with(
+        &env,
+        &["project", "remove", "demo"],
+        "project 'demo' has 1 agent(s) pending or running",
+    );
+    assert_eq!(listed(&env).as_array().unwrap().len(), 1, "nothing removed");
+    let out = env.cli_ok(&["project", "remove", "demo", "--force"]);
+    assert!(out.contains("with 1 agent record(s)"), "{out}");
+    assert_eq!(listed(&env), serde_json::json!([]));
+    fails_with(&env, &["get", "busy-otter"], "no agent with id or name");
+    // The agent's process was stopped, not left running without a record.
+    let store = env.store().await;
+    assert!(store.list_agents(true).await.unwrap().is_empty());
+    env.stop_workers();
+}
