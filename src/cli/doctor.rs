@@ -38,7 +38,7 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<i32> {
         let command = settings
             .provider(&name)
             .command
-            .unwrap_or_else(|| default_command(&name).to_string());
+            .unwrap_or_else(|| crate::providers::default_command(&name).to_string());
         let check = match sandbox::resolve_command(&name, &command, &path_var) {
             Err(e) => Err(format!("{e} ({})", install_hint(&name))),
             Ok(path) => version_inside(
@@ -102,13 +102,6 @@ pub fn run(settings: &Settings, json: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(if failed { 1 } else { 0 })
-}
-
-fn default_command(provider: &str) -> &str {
-    match provider {
-        "cursor" => "cursor-agent",
-        other => other,
-    }
 }
 
 /// Runs `command --version` as an agent would run it (in the sandbox when `sandboxed`), in

@@ -52,6 +52,8 @@ pub struct ProviderSettings {
 /// A CLI the fleet knows without configuration.
 pub struct BuiltIn {
     pub name: &'static str,
+    /// The executable run when `providers.<name>.command` is not set.
+    pub command: &'static str,
     /// Where its CLI comes from (`agentfleet doctor` says it when the command is missing).
     pub install: &'static str,
     make: fn() -> Box<dyn Provider>,
@@ -61,40 +63,56 @@ pub struct BuiltIn {
 pub const BUILT_IN: &[BuiltIn] = &[
     BuiltIn {
         name: "claude",
+        command: "claude",
         install: "npm install -g @anthropic-ai/claude-code",
         make: || Box::new(claude::Claude),
     },
     BuiltIn {
         name: "codex",
+        command: "codex",
         install: "npm install -g @openai/codex",
         make: || Box::new(codex::Codex),
     },
     BuiltIn {
         name: "gemini",
+        command: "gemini",
         install: "npm install -g @google/gemini-cli",
         make: || Box::new(gemini::Gemini),
     },
     BuiltIn {
         name: "cursor",
+        command: "cursor-agent",
         install: "install cursor-agent (see cursor.com/cli)",
         make: || Box::new(cursor::Cursor),
     },
     BuiltIn {
         name: "auggie",
+        command: "auggie",
         install: "npm install -g @augmentcode/auggie",
         make: || Box::new(auggie::Auggie),
     },
     BuiltIn {
         name: "amp",
+        command: "amp",
         install: "npm install -g @ampcode/cli",
         make: || Box::new(amp::Amp),
     },
     BuiltIn {
         name: "opencode",
+        command: "opencode",
         install: "npm install -g opencode-ai",
         make: || Box::new(opencode::Opencode),
     },
 ];
+
+/// The executable a provider runs when its `command` is not configured: the built-in's
+/// (`cursor-agent` for cursor), else the provider's name.
+pub fn default_command(name: &str) -> &str {
+    BUILT_IN
+        .iter()
+        .find(|b| b.name == name)
+        .map_or(name, |b| b.command)
+}
 
 /// The built-in provider of that name.
 pub fn built_in(name: &str) -> Option<Box<dyn Provider>> {
@@ -168,6 +186,13 @@ mod tests {
             "unknown provider 'nope' (known providers: \
              claude, codex, gemini, cursor, auggie, amp, opencode)"
         );
+    }
+
+    #[test]
+    fn cursor_runs_cursor_agent_and_the_others_their_own_name() {
+        assert_eq!(default_command("cursor"), "cursor-agent");
+        assert_eq!(default_command("claude"), "claude");
+        assert_eq!(default_command("mycli"), "mycli");
     }
 
     #[test]

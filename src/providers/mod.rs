@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::AgentMode;
 
-pub use catalog::{BUILT_IN, BuiltIn, ProviderSettings, Providers, built_in};
+pub use catalog::{BUILT_IN, BuiltIn, ProviderSettings, Providers, built_in, default_command};
 pub use channel::{QUESTION_CHANNEL, with_question_channel};
 pub use command::{CommandProvider, CommandSpec, ParserKind};
 pub use mode::{format_answers, mode_preamble, prompt_for_mode};

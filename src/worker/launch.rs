@@ -149,7 +149,7 @@ pub async fn start(
     let command = settings
         .command
         .clone()
-        .unwrap_or_else(|| provider.name().to_string());
+        .unwrap_or_else(|| providers::default_command(provider.name()).to_string());
     let command = sandbox::resolve_command(provider.name(), &command, path_var)?;
     // The account: its config dir and API key reach the process through its environment
     // only (never its command line), after the configured env so they win.
