@@ -35,6 +35,7 @@ pub enum Command {
     /// Say what the agents' sandbox enforces on this host and whether each provider's
     /// command runs inside it; exits 1 when something required is missing.
     Doctor {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -54,13 +55,16 @@ pub enum Command {
     Spawn(SpawnArgs),
     /// List agents (dismissed ones with --all).
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also dismissed agents (marked).
         #[arg(long)]
         all: bool,
     },
     /// Stop a running agent (its worker sends SIGTERM, then SIGKILL after worker.stop_grace).
     Stop {
+        /// The agent's id or name.
         agent: String,
         /// Return at once instead of waiting for the agent to stop.
         #[arg(long)]
@@ -68,6 +72,7 @@ pub enum Command {
     },
     /// Delete an agent: stop it, remove its worktree, local branch, files and records.
     Delete {
+        /// The agent's id or name.
         agent: String,
         /// Also delete the agent's branch on the project's remote.
         #[arg(long)]
@@ -75,6 +80,7 @@ pub enum Command {
     },
     /// Answer an agent's questions: its provider resumes the same session in its worktree.
     Resume {
+        /// The agent's id or name.
         agent: String,
         /// An answer, as QUESTION_ID=TEXT (repeatable).
         #[arg(long = "answer", value_name = "ID=TEXT")]
@@ -88,26 +94,36 @@ pub enum Command {
     },
     /// Hide an agent from `list` (it stays in the store); an ended one's checkout is freed
     /// on its node.
-    Dismiss { agent: String },
+    Dismiss {
+        /// The agent's id or name.
+        agent: String,
+    },
     /// With AGENT: free that ended agent's checkout on its node (its record and pushed
     /// branch stay). Without: remove worktrees, branches and files under this node's
     /// workspace that belong to no agent.
     Cleanup {
+        /// The agent's id or name.
         agent: Option<String>,
+        /// Say what would be removed; remove nothing.
         #[arg(long, conflicts_with = "agent")]
         dry_run: bool,
     },
     /// Show one agent by id or name.
     Get {
+        /// The agent's id or name.
         agent: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show an agent's normalised output; -f follows it until the agent ends.
     Logs {
+        /// The agent's id or name.
         agent: String,
+        /// Follow the output until the agent ends.
         #[arg(short, long)]
         follow: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -116,12 +132,14 @@ pub enum Command {
         /// Also workers that ended more than ten minutes ago.
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show the queue: pending depth, oldest pending request, requests per kind and status,
     /// and the control queues per node (pending stop, delete and resume requests).
     Queue {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -142,6 +160,7 @@ pub enum ProjectCommand {
     },
     /// Change a project's remote or default branch (agents spawned from now on use them).
     Update {
+        /// The project's name.
         name: String,
         /// The new git remote.
         #[arg(long)]
@@ -153,6 +172,7 @@ pub enum ProjectCommand {
     /// Remove a project with its agents' records (their pushed branches stay on the
     /// remote); refused while any of its agents is pending or running.
     Remove {
+        /// The project's name.
         name: String,
         /// Stop its pending and running agents first.
         #[arg(long)]
@@ -160,6 +180,7 @@ pub enum ProjectCommand {
     },
     /// List projects.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -170,8 +191,10 @@ pub enum AccountCommand {
     /// Add an account: an API key (from an env var or a file) or a provider credentials
     /// file (OAuth tokens, e.g. claude's .credentials.json).
     Add {
+        /// The provider the account is for (claude, codex, gemini, ...).
         #[arg(long)]
         provider: String,
+        /// The account's label.
         #[arg(long)]
         label: String,
         #[command(flatten)]
@@ -179,21 +202,30 @@ pub enum AccountCommand {
         /// At most this many agents on the account at once.
         #[arg(long)]
         max_concurrent: Option<i32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// List accounts with a fingerprint of their credentials (never the credentials).
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Remove an account.
-    Remove { label: String },
+    Remove {
+        /// The account's label.
+        label: String,
+    },
     /// Make an exhausted or invalid account usable again.
-    Reset { label: String },
+    Reset {
+        /// The account's label.
+        label: String,
+    },
     /// Re-seal every account's credentials under a new key (read from the file; a fresh
     /// key is generated into it if it does not exist). Then configure that key.
     RotateKey {
+        /// The file holding the new key (generated into it when it does not exist).
         #[arg(long)]
         new_key_file: PathBuf,
     },
@@ -216,16 +248,24 @@ pub struct SecretSource {
 
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
+    /// The CLI to run: claude, codex, gemini, cursor, auggie, amp, opencode, or a provider
+    /// configured with kind = "command".
     #[arg(long, default_value = "claude")]
     pub provider: String,
+    /// The project (git repository) the agent works on.
     #[arg(long)]
     pub project: String,
+    /// The agent's name (default: a generated one); not shaped like an agent id.
     #[arg(long)]
     pub name: Option<String>,
-    #[arg(long)]
+    /// How the agent works: execute (the default) edits and runs anything in its
+    /// checkout; plan, review and discuss change no file.
+    #[arg(long, value_parser = ["execute", "plan", "review", "discuss"])]
     pub mode: Option<String>,
+    /// Your own id for the task, kept on the agent.
     #[arg(long)]
     pub task_id: Option<String>,
+    /// Retries with the same key and request get the same agent, run once.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// A file handed to the agent under .agentfleet/input/ (repeatable).
@@ -240,7 +280,65 @@ pub struct SpawnArgs {
     /// Run the request again (up to N times) if its worker is lost.
     #[arg(long)]
     pub retries: Option<u32>,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The task (or --prompt-file).
     pub prompt: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn all_commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            all_commands(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_option_of_every_command_has_help() {
+        let mut commands = Vec::new();
+        all_commands(&Cli::command(), "agentfleet".into(), &mut commands);
+        for (path, cmd) in &commands {
+            for arg in cmd.get_arguments() {
+                if matches!(arg.get_id().as_str(), "help" | "version") {
+                    continue;
+                }
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{path}`: `{}` has no help text",
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mode_and_provider_say_their_values() {
+        let cli = Cli::command();
+        let spawn = cli.find_subcommand("spawn").unwrap();
+        let arg = |id: &str| {
+            spawn
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap()
+                .clone()
+        };
+        let modes: Vec<String> = arg("mode")
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        let all: Vec<&str> = crate::domain::AgentMode::ALL.map(|m| m.as_str()).to_vec();
+        assert_eq!(modes, all);
+        let help = arg("provider").get_help().unwrap().to_string();
+        for b in crate::providers::BUILT_IN {
+            assert!(help.contains(b.name), "{help}");
+        }
+    }
 }
