@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -73,11 +74,37 @@ pub fn router(fleet: Fleet) -> Router {
         .layer(middleware::map_response(move |response: Response| {
             error::into_json_error(response, max_body_bytes)
         }))
+        // Outermost: every response, whoever made it, carries the request's id.
+        .layer(middleware::from_fn(request_id))
         .with_state(fleet)
 }
 
-/// A SERVER span per request, named by its route; a caller's W3C `traceparent` (and
-/// `tracestate`) header makes it part of the caller's trace. No other header is read.
+/// The header that names a request.
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// A request's id: the caller's `x-request-id` when it is 1 to 128 visible ASCII
+/// characters, else a new one (a UUID). Every response carries it back, and the request's
+/// span (so its log lines) names it.
+#[derive(Clone)]
+struct RequestId(HeaderValue);
+
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(X_REQUEST_ID)
+        .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic))
+        .cloned();
+    let id = given.unwrap_or_else(|| {
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a header")
+    });
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(X_REQUEST_ID, id);
+    response
+}
+
+/// A SERVER span per request, named by its route, with the request's id; a caller's W3C
+/// `traceparent` (and `tracestate`) header makes it part of the caller's trace.
 async fn trace_request(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let route = request
@@ -91,8 +118,14 @@ async fn trace_request(request: Request, next: Next) -> Response {
         otel.kind = "server",
         http.request.method = %method,
         http.route = %route,
+        http.request.id = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
+    if let Some(RequestId(id)) = request.extensions().get::<RequestId>()
+        && let Ok(id) = id.to_str()
+    {
+        span.record("http.request.id", id);
+    }
     let headers = request.headers();
     crate::telemetry::set_parent(
         &span,

@@ -27,6 +27,12 @@ async fn assert_json_error(resp: reqwest::Response, status: StatusCode, what: &s
         content_type.starts_with("application/json"),
         "{what}: content-type {content_type:?}"
     );
+    assert!(
+        resp.headers()
+            .get("x-request-id")
+            .is_some_and(|v| !v.is_empty()),
+        "{what}: no x-request-id"
+    );
     let text = resp.text().await.unwrap();
     let body: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text:?}"));
@@ -119,6 +125,45 @@ async fn every_error_has_the_json_shape() {
 
     // Nothing was written by any of them.
     assert_eq!(api.get_json("/v1/agents?all=true").await, json!([]));
+}
+
+/// Every response names its request: the caller's `x-request-id` when it sends a sane
+/// one, a fresh one for each request otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_carries_a_request_id_and_a_callers_is_kept() {
+    let env = TestEnv::new().await;
+    let api = serve(&env).await;
+    let id_of = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let first = api.get("/v1/agents").send().await.unwrap();
+    let second = api.get("/healthz").send().await.unwrap();
+    let (first, second) = (id_of(&first).unwrap(), id_of(&second).unwrap());
+    assert_ne!(first, second, "one id per request");
+    assert!(uuid::Uuid::parse_str(&first).is_ok(), "{first}");
+
+    let kept = api
+        .get("/v1/agents/nobody")
+        .header("x-request-id", "caller-7f3a.42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::NOT_FOUND);
+    assert_eq!(id_of(&kept).as_deref(), Some("caller-7f3a.42"));
+    // Unauthenticated, and an id that is not a sane token (too long): a fresh one.
+    let unauthenticated = api
+        .client
+        .get(format!("{}/v1/agents", api.base))
+        .header("x-request-id", "x".repeat(129))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    let fresh = id_of(&unauthenticated).unwrap();
+    assert!(uuid::Uuid::parse_str(&fresh).is_ok(), "{fresh}");
 }
 
 /// A spawn with an input of the largest allowed size, whose JSON escaping doubles it, is
