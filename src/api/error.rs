@@ -22,7 +22,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// What kind of error: `invalid_request`, `unauthorized`, `not_found`,
     /// `method_not_allowed`, `conflict`, `body_too_large`, `unsupported_media_type`,
-    /// `invalid`, `idempotency_key_reused`, `unavailable`, `internal`.
+    /// `invalid`, `idempotency_key_reused`, `rate_limited`, `unavailable`, `internal`.
     pub code: String,
     /// What went wrong, naming the field or the agent; never a secret.
     pub message: String,

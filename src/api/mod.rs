@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -57,8 +57,16 @@ pub fn router(fleet: Fleet) -> Router {
             "/v1/accounts/{label}",
             axum::routing::delete(accounts::remove_account),
         )
-        .route("/v1/accounts/{label}/reset", post(accounts::reset_account))
-        .layer(middleware::from_fn_with_state(fleet.clone(), require_token));
+        .route("/v1/accounts/{label}/reset", post(accounts::reset_account));
+    // Inside the token check: a request is counted against the token it proved.
+    let v1 = match RateLimit::from_settings(&fleet.settings.api) {
+        Some(limit) => v1.layer(middleware::from_fn(move |request: Request, next: Next| {
+            let limit = limit.clone();
+            async move { limit.check(request, next).await }
+        })),
+        None => v1,
+    }
+    .layer(middleware::from_fn_with_state(fleet.clone(), require_token));
     let max_body_bytes = fleet.settings.api.max_body_bytes;
     Router::new()
         .merge(v1)
@@ -77,6 +85,55 @@ pub fn router(fleet: Fleet) -> Router {
         // Outermost: every response, whoever made it, carries the request's id.
         .layer(middleware::from_fn(request_id))
         .with_state(fleet)
+}
+
+/// `api.rate_limit`: requests per second per bearer token (one budget for all callers when
+/// no tokens are set), with bursts of `api.rate_limit_burst`; over it, 429 with
+/// `retry-after`.
+#[derive(Clone)]
+struct RateLimit(std::sync::Arc<governor::DefaultKeyedRateLimiter<String>>);
+
+impl RateLimit {
+    fn from_settings(api: &crate::config::ApiSettings) -> Option<Self> {
+        let rate = std::num::NonZeroU32::new(api.rate_limit)?;
+        let burst = std::num::NonZeroU32::new(api.rate_limit_burst).unwrap_or(rate);
+        let quota = governor::Quota::per_second(rate).allow_burst(burst);
+        Some(Self(std::sync::Arc::new(governor::RateLimiter::keyed(
+            quota,
+        ))))
+    }
+
+    async fn check(self, request: Request, next: Next) -> Response {
+        let token = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .unwrap_or_default()
+            .to_string();
+        match self.0.check_key(&token) {
+            Ok(()) => next.run(request).await,
+            Err(not_until) => {
+                use governor::clock::{Clock, DefaultClock};
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                let mut response = ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "over api.rate_limit for this token; retry in {} s",
+                        seconds.max(1)
+                    ),
+                )
+                .into_response();
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    HeaderValue::from(seconds.max(1)),
+                );
+                response
+            }
+        }
+    }
 }
 
 /// The header that names a request.

@@ -230,6 +230,10 @@ pub struct ApiSettings {
     pub idle_timeout: Duration,
     /// Open connections at most; further ones are answered 503 and closed.
     pub max_connections: usize,
+    /// Requests per second per token on /v1 (0: no limit).
+    pub rate_limit: u32,
+    /// How many requests a token may make at once above its rate.
+    pub rate_limit_burst: u32,
 }
 
 impl ApiSettings {

@@ -166,6 +166,55 @@ async fn every_response_carries_a_request_id_and_a_callers_is_kept() {
     assert!(uuid::Uuid::parse_str(&fresh).is_ok(), "{fresh}");
 }
 
+/// `api.rate_limit` per token: over its burst a token gets 429 with `retry-after` (in the
+/// API's error shape) while another token and the health routes are not held back.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_token_has_its_own_rate_limit() {
+    let env = TestEnv::new().await;
+    let other = "other-token-91c2";
+    let api = serve_with(
+        &env,
+        &[
+            ("AGENTFLEET__API__TOKENS", &format!("{TOKEN},{other}")),
+            ("AGENTFLEET__API__RATE_LIMIT", "1"),
+            ("AGENTFLEET__API__RATE_LIMIT_BURST", "3"),
+        ],
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            api.get("/v1/agents").send().await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    let limited = api.get("/v1/agents").send().await.unwrap();
+    let retry_after: u64 = limited
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let message = assert_json_error(limited, StatusCode::TOO_MANY_REQUESTS, "429").await;
+    assert!(message.contains("api.rate_limit"), "{message}");
+    let by_other = api
+        .client
+        .get(format!("{}/v1/agents", api.base))
+        .bearer_auth(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_other.status(), StatusCode::OK, "another token's budget");
+    let health = api.client.get(format!("{}/healthz", api.base)).send().await;
+    assert_eq!(health.unwrap().status(), StatusCode::OK);
+    // The budget refills at its rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        api.get("/v1/agents").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
 /// A spawn with an input of the largest allowed size, whose JSON escaping doubles it, is
 /// within the default body limit (the 2 MiB limit refused it).
 #[tokio::test(flavor = "multi_thread")]
