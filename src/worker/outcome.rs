@@ -78,7 +78,12 @@ pub(super) fn decide(
         Some(Interrupt::AccountTrouble) => {
             outcome.status = AgentStatus::Failed;
             outcome.error = Some(match &facts.account_trouble {
-                Some(AccountTrouble::Refused { message }) => format!("auth_failed: {message}"),
+                // With an account of ours the failover words it; here the CLI ran on its
+                // own login on the worker.
+                Some(AccountTrouble::Refused { message }) => format!(
+                    "auth_failed: {message} (the CLI's own login on the worker; add an \
+                     account with `agentfleet account add`, or log the CLI in there)"
+                ),
                 Some(AccountTrouble::Exhausted { message, .. }) => {
                     format!("rate_limited: {message}")
                 }
