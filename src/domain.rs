@@ -184,31 +184,88 @@ impl WorkerInfo {
 
 /// An input file the caller hands the agent; written under `.agentfleet/input/`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InputFile {
+    /// A relative path inside the input folder: 1 to 255 bytes, segments joined by single
+    /// slashes, none `.` or `..`, no backslash.
+    #[schema(
+        min_length = 1,
+        pattern = r"^(?!/)(?![\s\S]*//)(?![\s\S]*/$)(?!([\s\S]*/)?\.\.?(/|$))[^\u0000\\]+$"
+    )]
     pub name: String,
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub content: String,
 }
 
-/// What a caller asks for when it spawns an agent (HTTP body and CLI flags alike).
+/// What a caller asks for when it spawns an agent (HTTP body and CLI flags alike). The
+/// patterns say what the front door accepts: names as `workspace::validate_name` has them,
+/// no NUL in any string, a prompt that is not blank.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnRequest {
+    /// A provider of the fleet's catalog: a built-in one or one configured under
+    /// `providers`.
+    #[schema(pattern = r"^[^\u0000]+$")]
     pub provider: String,
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub project: String,
+    /// At most `limits.max_prompt_bytes` bytes (256 KiB unless configured).
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub prompt: String,
+    /// The agent's name (generated when absent): 1 to 64 of `[A-Za-z0-9._-]`, as a git
+    /// branch name allows, not shaped like an agent id.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(?![0-9A-Fa-f]{32}$)(?![0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$)(?!.*\.\.)(?!.*\.lock$)(?!.*\.$)[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"
+    )]
     pub name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<AgentMode>)]
     pub mode: Option<String>,
     #[serde(default)]
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub task_id: Option<String>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000]*$")]
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub inputs: Vec<InputFile>,
     /// How many times the fleet may run the request again if its worker is lost.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral::option")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)]
     pub retries: Option<u32>,
+}
+
+/// Integers a JSON number with no fraction gives (`822.0` as well as `822`): JSON Schema's
+/// `integer` counts both, and clients that build bodies from floats send the first.
+pub mod integral {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    /// An optional integer field (`null` and absent are `None`).
+    pub fn option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i64> + TryFrom<u64>,
+    {
+        let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        let out_of_range = || D::Error::custom(format!("{number} is not an integer in range"));
+        if let Some(n) = number.as_u64() {
+            return T::try_from(n).map(Some).map_err(|_| out_of_range());
+        }
+        if let Some(n) = number.as_i64() {
+            return T::try_from(n).map(Some).map_err(|_| out_of_range());
+        }
+        match number.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 2f64.powi(63) => {
+                T::try_from(f as i64).map(Some).map_err(|_| out_of_range())
+            }
+            _ => Err(out_of_range()),
+        }
+    }
 }
 
 /// A request's payload as the store keeps it: the request's own fields (a spawn's
@@ -362,6 +419,27 @@ mod tests {
         let stored = StoredPayload::<SpawnRequest>::from_json(bare.clone()).unwrap();
         assert!(stored.trace_context.is_empty());
         assert!(stored.to_json().unwrap().get("trace_context").is_none());
+    }
+
+    #[test]
+    fn an_integer_may_come_as_a_number_without_a_fraction() {
+        let spawn = |retries: serde_json::Value| {
+            serde_json::from_value::<SpawnRequest>(serde_json::json!({
+                "provider": "claude", "project": "demo", "prompt": "hi", "retries": retries,
+            }))
+            .map(|r| r.retries)
+        };
+        assert_eq!(spawn(serde_json::json!(822)).unwrap(), Some(822));
+        assert_eq!(spawn(serde_json::json!(822.0)).unwrap(), Some(822));
+        assert_eq!(spawn(serde_json::Value::Null).unwrap(), None);
+        for bad in [
+            serde_json::json!(822.5),
+            serde_json::json!(-1),
+            serde_json::json!(4294967296_u64),
+            serde_json::json!("3"),
+        ] {
+            assert!(spawn(bad.clone()).is_err(), "{bad}");
+        }
     }
 
     #[test]

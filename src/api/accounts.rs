@@ -19,13 +19,22 @@ use crate::fleet::{Fleet, FleetError};
 #[serde(deny_unknown_fields)]
 pub struct NewAccountBody {
     provider: String,
+    /// 1 to 64 of `[A-Za-z0-9._-]`, as a git branch name allows.
+    #[schema(pattern = r"^(?!.*\.\.)(?!.*\.lock$)(?!.*\.$)[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
     label: String,
+    /// The key, without spaces or control characters (surrounding white space is trimmed).
     #[serde(default)]
+    #[schema(
+        pattern = r"^[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0000-\u001f\u007f-\u009f]+[\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     api_key: Option<String>,
     /// The provider's credentials file: a JSON object, or its text.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     credentials: Option<serde_json::Value>,
-    #[serde(default)]
+    /// How many agents may hold it at once (no limit when absent).
+    #[serde(default, deserialize_with = "crate::domain::integral::option")]
+    #[schema(minimum = 1)]
     max_concurrent: Option<i32>,
 }
 
@@ -106,7 +115,7 @@ pub async fn list_accounts(State(fleet): State<Fleet>) -> Result<Response, ApiEr
 }
 
 #[utoipa::path(
-    delete, path = "/v1/accounts/{label}", tag = "accounts", params(("label" = String, Path, description = "the account's label")),
+    delete, path = "/v1/accounts/{label}", tag = "accounts", params(("label" = String, Path, pattern = r"^[^\u0000]*$", description = "the account's label")),
     responses(
         (status = 200, description = "removed: `{\"removed\": LABEL}`", body = Removed),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
@@ -125,7 +134,7 @@ pub async fn remove_account(
 }
 
 #[utoipa::path(
-    post, path = "/v1/accounts/{label}/reset", tag = "accounts", params(("label" = String, Path, description = "the account's label")),
+    post, path = "/v1/accounts/{label}/reset", tag = "accounts", params(("label" = String, Path, pattern = r"^[^\u0000]*$", description = "the account's label")),
     responses(
         (status = 200, description = "exhaustion and invalidity cleared", body = Account),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),

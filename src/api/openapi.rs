@@ -1,13 +1,23 @@
 //! The API's OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]`
 //! annotations and the types they take and return: served at `GET /openapi.json` and kept
 //! in `docs/openapi.json` (a test fails when the two differ; `agentfleet openapi` prints it).
+//! What the derives cannot say is added to the generated JSON here: the providers a body
+//! may name (the fleet's catalog, so the served document names the configured ones too),
+//! which of them take an API key or a credentials file, and the shape of one Server-Sent
+//! Event. The document is the contract schemathesis checks the server against
+//! (`tests/fleet/openapi.rs`): a request it calls valid is accepted, one it calls invalid
+//! refused.
 
 use axum::Json;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{accounts, routes};
+use crate::fleet::Fleet;
+use crate::providers::{Provider, Providers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -63,18 +73,137 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as JSON text, as `docs/openapi.json` holds it.
+/// The document of a fleet with the built-in providers only, as JSON text: what
+/// `docs/openapi.json` holds and `agentfleet openapi` prints.
 pub fn document() -> String {
-    let mut text = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes");
+    let doc = with_catalog(&Providers::default(), |p| p.api_key_env().is_some());
+    let mut text = serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes");
     text.push('\n');
     text
 }
 
-/// `GET /openapi.json`.
-pub async fn serve_document() -> Response {
-    Json(ApiDoc::openapi()).into_response()
+/// `GET /openapi.json`: the document of this fleet's catalog (a provider configured under
+/// `providers`, or an API key variable given to one, is in it).
+pub async fn serve_document(State(fleet): State<Fleet>) -> Response {
+    let settings = &fleet.settings;
+    let doc = with_catalog(&fleet.providers, |p| {
+        crate::credentials::run::api_key_env(settings, p).is_some()
+    });
+    Json(doc).into_response()
+}
+
+/// The generated document with the provider names of `providers` where a body names one:
+/// a spawn any of them, a new account one that takes what it brings (`takes_api_key`: one
+/// whose key has a variable to go in; a credentials file: one that reads it from a config
+/// dir). Exactly one of `api_key` and `credentials` is given (`oneOf`).
+fn with_catalog(providers: &Providers, takes_api_key: impl Fn(&dyn Provider) -> bool) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let names = providers.names();
+    let taking = |takes: &dyn Fn(&dyn Provider) -> bool| -> Vec<&String> {
+        names
+            .iter()
+            .filter(|name| providers.get(name).is_ok_and(|p| takes(p.as_ref())))
+            .collect()
+    };
+    let with_key = taking(&takes_api_key);
+    let with_file = taking(&|p| p.credentials_file().is_some() && p.config_dir_env().is_some());
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["SpawnRequest"]["properties"]["provider"]["enum"] = json!(names);
+    let account = &mut schemas["NewAccountBody"];
+    account["properties"]["provider"]["enum"] = json!(names);
+    let api_key = account["properties"]["api_key"]["pattern"].clone();
+    account["oneOf"] = json!([
+        {
+            "title": "an API key",
+            "required": ["api_key"],
+            "properties": {
+                "provider": {"enum": with_key},
+                "api_key": {"type": "string", "pattern": api_key},
+                "credentials": {"type": "null"},
+            },
+        },
+        {
+            "title": "a credentials file",
+            "required": ["credentials"],
+            "properties": {
+                "provider": {"enum": with_file},
+                "credentials": {"$ref": "#/components/schemas/CredentialsFile"},
+                "api_key": {"type": "null"},
+            },
+        },
+    ]);
+    schemas["CredentialsFile"] = credentials_file();
+    schemas["JsonWithoutNul"] = json_without_nul();
+    let answers = &mut schemas["ResumeBody"]["properties"]["answers"];
+    answers["minProperties"] = json!(1);
+    answers["propertyNames"] = json!({"pattern": NO_NUL});
+    answers["additionalProperties"]["pattern"] = json!(NO_NUL);
+    let events = "/v1/agents/{agent}/events";
+    doc["paths"][events]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] =
+        event_message();
+    doc
+}
+
+/// A provider's credentials file as an account brings it: a JSON object with OAuth tokens
+/// (`accessToken` or `refreshToken`, camel or snake case) at its top level.
+fn credentials_file() -> Value {
+    let tokens = [
+        "accessToken",
+        "access_token",
+        "refreshToken",
+        "refresh_token",
+    ];
+    json!({
+        "type": "object",
+        "description": "The provider's credentials file, a JSON object with its OAuth tokens \
+            (`accessToken` or `refreshToken`, camel or snake case) at its top level or in one \
+            object there (as Claude's `claudeAiOauth`); its text as a JSON string is accepted \
+            too.",
+        "anyOf": tokens.map(|t| json!({"required": [t]})),
+        "propertyNames": {"pattern": NO_NUL},
+        "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"},
+    })
+}
+
+/// A string without NUL (the store cannot hold one; the API refuses it anywhere in a body).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Any JSON value with no NUL in a string or an object key, at any depth.
+fn json_without_nul() -> Value {
+    let this = json!({"$ref": "#/components/schemas/JsonWithoutNul"});
+    json!({
+        "description": "Any JSON value without a NUL character in a string or a key.",
+        "anyOf": [
+            {"type": ["null", "boolean", "number"]},
+            {"type": "string", "pattern": NO_NUL},
+            {"type": "array", "items": this},
+            {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": this},
+        ],
+    })
+}
+
+/// One Server-Sent Event of an agent's stream, as an OpenAPI 3.1 `text/event-stream`
+/// schema describes each event: `id` its sequence number, `event` its kind, `data` the
+/// stored event as JSON; an `error` event (no `id`) carries an `ErrorBody`.
+fn event_message() -> Value {
+    json!({
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "event": {"type": "string"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/StoredEvent"},
+                        {"$ref": "#/components/schemas/ErrorBody"},
+                    ],
+                },
+            },
+        },
+    })
 }
 
 #[cfg(test)]

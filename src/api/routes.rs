@@ -66,7 +66,7 @@ pub async fn list_agents(
 }
 
 #[utoipa::path(
-    get, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    get, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, pattern = r"^[^\u0000]*$", description = "the agent's id or name")),
     responses(
         (status = 200, description = "the agent, its prompt and its pending requests", body = AgentDetail),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
@@ -84,7 +84,7 @@ pub async fn get_agent(
 }
 
 #[utoipa::path(
-    post, path = "/v1/agents/{agent}/stop", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    post, path = "/v1/agents/{agent}/stop", tag = "agents", params(("agent" = String, Path, pattern = r"^[^\u0000]*$", description = "the agent's id or name")),
     responses(
         (status = 200, description = "the agent, stopped", body = Agent),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
@@ -106,14 +106,14 @@ pub async fn stop_agent(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeBody {
-    /// Question id → answer.
+    /// Question id → answer; at least one, no NUL in either.
     answers: std::collections::BTreeMap<String, String>,
 }
 
 impl BodyError for ResumeBody {}
 
 #[utoipa::path(
-    post, path = "/v1/agents/{agent}/resume", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    post, path = "/v1/agents/{agent}/resume", tag = "agents", params(("agent" = String, Path, pattern = r"^[^\u0000]*$", description = "the agent's id or name")),
     request_body = ResumeBody,
     responses(
         (status = 202, description = "recorded; the worker on the agent's node resumes it", body = Agent),
@@ -145,7 +145,7 @@ pub struct DeleteQuery {
 }
 
 #[utoipa::path(
-    delete, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name"), DeleteQuery),
+    delete, path = "/v1/agents/{agent}", tag = "agents", params(("agent" = String, Path, pattern = r"^[^\u0000]*$", description = "the agent's id or name"), DeleteQuery),
     responses(
         (status = 200, description = "deleted: `{\"deleted\": NAME}`", body = Deleted),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
@@ -165,7 +165,7 @@ pub async fn delete_agent(
 }
 
 #[utoipa::path(
-    post, path = "/v1/agents/{agent}/dismiss", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    post, path = "/v1/agents/{agent}/dismiss", tag = "agents", params(("agent" = String, Path, pattern = r"^[^\u0000]*$", description = "the agent's id or name")),
     responses(
         (status = 200, description = "hidden from lists", body = Agent),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
@@ -183,7 +183,7 @@ pub async fn dismiss_agent(
 }
 
 #[utoipa::path(
-    post, path = "/v1/agents/{agent}/cleanup", tag = "agents", params(("agent" = String, Path, description = "the agent's id or name")),
+    post, path = "/v1/agents/{agent}/cleanup", tag = "agents", params(("agent" = String, Path, pattern = r"^[^\u0000]*$", description = "the agent's id or name")),
     responses(
         (status = 202, description = "recorded; the agent's node frees its checkout", body = Agent),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
@@ -213,7 +213,7 @@ pub struct ListQuery {
 
 #[utoipa::path(
     get, path = "/v1/agents/{agent}/events", tag = "agents",
-    params(("agent" = String, Path, description = "the agent's id or name"), ("last-event-id" = Option<i64>, Header, description = "resume after this event sequence number")),
+    params(("agent" = String, Path, pattern = r"^[^\u0000]*$", description = "the agent's id or name"), ("last-event-id" = Option<i64>, Header, nullable = false, minimum = 0, maximum = 9223372036854775807_i64, description = "resume after this event sequence number")),
     responses(
         (status = 200, content_type = "text/event-stream", body = StoredEvent, description = "Server-Sent Events: the stored backlog after `Last-Event-ID`, then live. Each event has `id` (its sequence number), `event` (its kind) and `data` (the stored event as JSON); an `error` event carries `{\"error\": {\"code\": \"unavailable\", \"message\"}}`"),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
@@ -280,9 +280,19 @@ pub async fn list_workers(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
+    /// 1 to 64 of `[A-Za-z0-9._-]`, as a git branch name allows.
+    #[schema(pattern = r"^(?!.*\.\.)(?!.*\.lock$)(?!.*\.$)[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
     name: String,
+    /// Not blank.
+    #[schema(
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     remote_url: String,
+    /// A valid git branch name; `main` when absent.
     #[serde(default)]
+    #[schema(
+        pattern = r"^(?!@$)(?![\s\S]*@\{)(?![\s\S]*\.\.)(?![\s\S]*//)(?!/)(?![\s\S]*/$)(?![\s\S]*\.$)(?!([\s\S]*/)?\.)(?![\s\S]*\.lock(/|$))[^\u0000-\u0020\u007f~^:?*\[\\]+$"
+    )]
     default_branch: Option<String>,
 }
 

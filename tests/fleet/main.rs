@@ -33,6 +33,7 @@ mod api_limits;
 mod control;
 mod front_door;
 mod observability;
+mod openapi;
 
 // Faults injected: processes, services, disks, output and agents that misbehave.
 mod api_outages;
