@@ -138,6 +138,28 @@ fn with_catalog(providers: &Providers, takes_api_key: impl Fn(&dyn Provider) -> 
     answers["minProperties"] = json!(1);
     answers["propertyNames"] = json!({"pattern": NO_NUL});
     answers["additionalProperties"]["pattern"] = json!(NO_NUL);
+    // `api.rate_limit` answers any /v1 route 429 over a token's budget.
+    for (path, item) in doc["paths"].as_object_mut().into_iter().flatten() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for operation in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+        {
+            operation["responses"]["429"] = json!({
+                "description": "over `api.rate_limit` for this token (`rate_limited`)",
+                "headers": {"retry-after": {
+                    "description": "seconds until the token may try again",
+                    "schema": {"type": "integer", "minimum": 1},
+                }},
+                "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ErrorBody"},
+                }},
+            });
+        }
+    }
     let events = "/v1/agents/{agent}/events";
     doc["paths"][events]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] =
         event_message();
