@@ -7,6 +7,7 @@ mod connection;
 mod error;
 mod extract;
 pub mod openapi;
+mod projects;
 pub mod readiness;
 mod routes;
 mod server;
@@ -47,7 +48,11 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/v1/workers", get(routes::list_workers))
         .route(
             "/v1/projects",
-            post(routes::add_project).get(routes::list_projects),
+            post(projects::add_project).get(projects::list_projects),
+        )
+        .route(
+            "/v1/projects/{name}",
+            axum::routing::patch(projects::update_project).delete(projects::remove_project),
         )
         .route(
             "/v1/accounts",

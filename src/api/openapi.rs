@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, routes};
+use super::{accounts, projects, routes};
 use crate::fleet::Fleet;
 use crate::providers::{Provider, Providers};
 
@@ -37,8 +37,10 @@ use crate::providers::{Provider, Providers};
         routes::cleanup_agent,
         routes::agent_events,
         routes::list_workers,
-        routes::add_project,
-        routes::list_projects,
+        projects::add_project,
+        projects::list_projects,
+        projects::update_project,
+        projects::remove_project,
         accounts::add_account,
         accounts::list_accounts,
         accounts::remove_account,
@@ -134,6 +136,7 @@ fn with_catalog(providers: &Providers, takes_api_key: impl Fn(&dyn Provider) -> 
     ]);
     schemas["CredentialsFile"] = credentials_file();
     schemas["JsonWithoutNul"] = json_without_nul();
+    schemas["ProjectUpdate"]["minProperties"] = json!(1);
     let answers = &mut schemas["ResumeBody"]["properties"]["answers"];
     answers["minProperties"] = json!(1);
     answers["propertyNames"] = json!({"pattern": NO_NUL});

@@ -14,7 +14,7 @@ use super::ApiError;
 use super::error::ErrorBody;
 use super::extract::{self, BodyError, PathParam, Query};
 use crate::domain::SpawnRequest;
-use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
+use crate::domain::{Agent, StoredEvent, WorkerInfo};
 use crate::events;
 use crate::fleet::AgentDetail;
 use crate::fleet::Fleet;
@@ -275,65 +275,6 @@ pub async fn list_workers(
         workers.retain(crate::domain::WorkerInfo::recently_seen);
     }
     Ok(Json(workers).into_response())
-}
-
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewProject {
-    /// 1 to 64 of `[A-Za-z0-9._-]`, as a git branch name allows.
-    #[schema(pattern = r"^(?!.*\.\.)(?!.*\.lock$)(?!.*\.$)[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
-    name: String,
-    /// Not blank.
-    #[schema(
-        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
-    remote_url: String,
-    /// A valid git branch name; `main` when absent.
-    #[serde(default)]
-    #[schema(
-        pattern = r"^(?!@$)(?![\s\S]*@\{)(?![\s\S]*\.\.)(?![\s\S]*//)(?!/)(?![\s\S]*/$)(?![\s\S]*\.$)(?!([\s\S]*/)?\.)(?![\s\S]*\.lock(/|$))[^\u0000-\u0020\u007f~^:?*\[\\]+$"
-    )]
-    default_branch: Option<String>,
-}
-
-impl BodyError for NewProject {}
-
-#[utoipa::path(
-    post, path = "/v1/projects", tag = "projects", request_body = NewProject,
-    responses(
-        (status = 201, description = "the project (its URL without credentials)", body = Project),
-        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
-        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
-        (status = 409, description = "a project of that name exists (`conflict`)", body = ErrorBody),
-        (status = 413, description = "the body is over `api.max_body_bytes` (`body_too_large`)", body = ErrorBody),
-        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
-        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
-    )
-)]
-pub async fn add_project(
-    State(fleet): State<Fleet>,
-    extract::Json(p): extract::Json<NewProject>,
-) -> Result<Response, ApiError> {
-    let project = fleet
-        .add_project(
-            &p.name,
-            &p.remote_url,
-            p.default_branch.as_deref().unwrap_or("main"),
-        )
-        .await?;
-    Ok((StatusCode::CREATED, Json(project)).into_response())
-}
-
-#[utoipa::path(
-    get, path = "/v1/projects", tag = "projects",
-    responses(
-        (status = 200, description = "projects (URLs without credentials)", body = Vec<Project>),
-        (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
-        (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
-    )
-)]
-pub async fn list_projects(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
-    Ok(Json(fleet.list_projects().await?).into_response())
 }
 
 #[utoipa::path(

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use agentfleet::domain::AgentStatus;
 
+use reqwest::StatusCode;
+
+use crate::common::api::{TOKEN, error_of, json_of, serve};
 use crate::common::env::TestEnv;
 
 fn fails_with(env: &TestEnv, args: &[&str], needle: &str) {
@@ -58,5 +61,60 @@ async fn projects_are_updated_and_removed_only_with_force_while_an_agent_runs() 
     // The agent's process was stopped, not left running without a record.
     let store = env.store().await;
     assert!(store.list_agents(true).await.unwrap().is_empty());
+    env.stop_workers();
+}
+
+/// The same over HTTP: `PATCH /v1/projects/{name}` and `DELETE /v1/projects/{name}`
+/// (`?force=true` stops the running agent first).
+#[tokio::test(flavor = "multi_thread")]
+async fn projects_are_updated_and_removed_over_http() {
+    let mut env = TestEnv::new().await;
+    let api = serve(&env).await;
+    let patch = |body: serde_json::Value| {
+        api.client
+            .patch(format!("{}/v1/projects/demo", api.base))
+            .bearer_auth(TOKEN)
+            .json(&body)
+    };
+    let project = json_of(patch(serde_json::json!({"default_branch": "trunk"}))).await;
+    assert_eq!(project["default_branch"], "trunk");
+    json_of(patch(serde_json::json!({"default_branch": "main"}))).await;
+    let (status, code, _) = error_of(patch(serde_json::json!({})).send().await.unwrap()).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+    let (status, _, _) = error_of(
+        patch(serde_json::json!({"remote_url": null}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    env.start_worker(&[]);
+    let agent = env.spawn(&["--name", "busy-otter"], "hold on\n#hold 120");
+    env.wait_agent(agent.id, Duration::from_secs(60), "running", |a| {
+        a.status == AgentStatus::Running
+    })
+    .await;
+    let delete = |query: &str| {
+        api.client
+            .delete(format!("{}/v1/projects/demo{query}", api.base))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let (status, code, message) = error_of(delete("").await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "conflict"));
+    assert!(
+        message.contains("1 agent(s) pending or running"),
+        "{message}"
+    );
+    let removed: serde_json::Value = delete("?force=true").await.unwrap().json().await.unwrap();
+    assert_eq!(removed, serde_json::json!({"removed": "demo", "agents": 1}));
+    assert_eq!(api.get_json("/v1/projects").await, serde_json::json!([]));
+    let (status, _, _) = error_of(delete("").await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     env.stop_workers();
 }
