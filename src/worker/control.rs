@@ -170,11 +170,31 @@ async fn act_on(rt: &Arc<Runtime>, control: ControlRequest) {
 }
 
 async fn stop(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
-    if rt.stop_agent(control.agent_id) {
+    if stop_tracked(rt, control.agent_id).await {
         wait_untracked(rt, control.agent_id).await;
         return Ok(());
     }
     Err(ControlError::NotRunning)
+}
+
+/// Stops the agent's supervisor; an agent this worker has claimed but not yet started is
+/// supervised only once its process runs, so that moment is waited for (a stop or delete
+/// sent between the claim and the start would otherwise miss it).
+async fn stop_tracked(rt: &Runtime, agent_id: uuid::Uuid) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if rt.stop_agent(agent_id) {
+            return true;
+        }
+        let starting_here = rt.fleet.store.agent_by_id(agent_id).await.is_ok_and(|a| {
+            a.status == AgentStatus::Starting
+                && a.worker_id.as_deref() == Some(rt.owner.worker_id.as_str())
+        });
+        if !starting_here || tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn wait_untracked(rt: &Runtime, agent_id: uuid::Uuid) {
@@ -217,7 +237,7 @@ async fn remove_files(
 
 async fn delete(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), ControlError> {
     let store = &rt.fleet.store;
-    if rt.stop_agent(control.agent_id) {
+    if stop_tracked(rt, control.agent_id).await {
         wait_untracked(rt, control.agent_id).await;
     }
     let agent = store.agent_by_id(control.agent_id).await?;
