@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures::task::AtomicWaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -110,13 +110,27 @@ impl Slots {
 }
 
 /// Wakes the consumer task that polls the gate, so that it asks the queue for a job now
-/// instead of at its next poll.
+/// instead of at its next poll. The task's waker stays registered after a wake: a push
+/// announced while the task is still busy with the previous job wakes it again (a waker
+/// taken by the first wake, as `AtomicWaker` does, would leave that push to the poll).
 #[derive(Clone, Debug, Default)]
-pub struct Wakeup(Arc<AtomicWaker>);
+pub struct Wakeup(Arc<std::sync::Mutex<Option<Waker>>>);
 
 impl Wakeup {
     pub fn wake(&self) {
-        self.0.wake();
+        if let Ok(waker) = self.0.lock()
+            && let Some(waker) = waker.as_ref()
+        {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        if let Ok(mut registered) = self.0.lock()
+            && !registered.as_ref().is_some_and(|w| w.will_wake(waker))
+        {
+            *registered = Some(waker.clone());
+        }
     }
 }
 
@@ -188,7 +202,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The consumer polls the gate, then the queue, in the same task: waking it makes it
         // fetch again.
-        self.wakeup.0.register(cx.waker());
+        self.wakeup.register(cx.waker());
         if self.slots.closed.borrow().is_some() {
             self.slots.reopened.register(cx.waker());
             // Opened between the look and the registration, its wake-up went elsewhere:
