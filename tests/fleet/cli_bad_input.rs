@@ -2,7 +2,8 @@
 
 use crate::common::env::TestEnv;
 
-fn fails_with(env: &TestEnv, args: &[&str], want: &str) {
+/// Runs the CLI and asserts it failed, saying `want`, without a panic.
+pub(crate) fn fails_with(env: &TestEnv, args: &[&str], want: &str) {
     let out = env.cli(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");

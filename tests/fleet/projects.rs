@@ -5,18 +5,11 @@
 use std::time::Duration;
 
 use agentfleet::domain::AgentStatus;
-
 use reqwest::StatusCode;
 
+use crate::cli_bad_input::fails_with;
 use crate::common::api::{TOKEN, error_of, json_of, serve};
 use crate::common::env::TestEnv;
-
-fn fails_with(env: &TestEnv, args: &[&str], needle: &str) {
-    let out = env.cli(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(stderr.contains(needle), "{args:?}: {stderr}");
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn projects_are_updated_and_removed_only_with_force_while_an_agent_runs() {
