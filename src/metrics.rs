@@ -30,6 +30,8 @@ struct Metrics {
     worker_running: IntGaugeVec,
     worker_free_slots: IntGaugeVec,
     api_connections: IntGaugeVec,
+    tokens: IntCounterVec,
+    cost: prometheus::CounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -121,9 +123,22 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Open API connections: active (hyper serving them) or parked (idle, holding no buffers).",
             &["state"],
         ),
+        tokens: counter(
+            "agentfleet_tokens_total",
+            "Tokens the agents supervised here used, by provider and kind (input, output, cache_read, cache_write).",
+            &["provider", "kind"],
+        ),
+        cost: prometheus::CounterVec::new(
+            Opts::new(
+                "agentfleet_cost_usd_total",
+                "What the agents supervised here cost in US dollars (reported, or estimated from pricing), by provider.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric"),
     };
     let r = &m.registry;
-    let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+    let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
         Box::new(m.requests.clone()),
         Box::new(m.spawn_latency.clone()),
         Box::new(m.agent_run.clone()),
@@ -137,6 +152,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.worker_running.clone()),
         Box::new(m.worker_free_slots.clone()),
         Box::new(m.api_connections.clone()),
+        Box::new(m.tokens.clone()),
+        Box::new(m.cost.clone()),
     ];
     for c in collectors {
         r.register(c).expect("metric registered once");
@@ -196,6 +213,21 @@ pub fn reconciled(adopted: usize, requeued: usize, crashed: usize) {
             .reconciled_agents
             .with_label_values(&[action])
             .inc_by(n as u64);
+    }
+}
+
+/// An agent of `provider` used `usage` (what one usage event added).
+pub fn usage(provider: &str, usage: &crate::domain::Usage) {
+    for (kind, n) in usage.by_kind() {
+        if n > 0 {
+            METRICS
+                .tokens
+                .with_label_values(&[provider, kind])
+                .inc_by(n as u64);
+        }
+    }
+    if let Some(cost) = usage.cost_usd.filter(|c| *c > 0.0) {
+        METRICS.cost.with_label_values(&[provider]).inc_by(cost);
     }
 }
 

@@ -11,6 +11,7 @@ mod projects;
 pub mod readiness;
 mod routes;
 mod server;
+mod usage;
 
 pub(crate) use server::{ConnectionLimits, serve as serve_router};
 
@@ -46,6 +47,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/v1/agents/{agent}/cleanup", post(routes::cleanup_agent))
         .route("/v1/agents/{agent}/events", get(routes::agent_events))
         .route("/v1/workers", get(routes::list_workers))
+        .route("/v1/usage", get(usage::usage))
         .route(
             "/v1/projects",
             post(projects::add_project).get(projects::list_projects),

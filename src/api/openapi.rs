@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, projects, routes};
+use super::{accounts, projects, routes, usage};
 use crate::fleet::Fleet;
 use crate::providers::{Provider, Providers};
 
@@ -37,6 +37,7 @@ use crate::providers::{Provider, Providers};
         routes::cleanup_agent,
         routes::agent_events,
         routes::list_workers,
+        usage::usage,
         projects::add_project,
         projects::list_projects,
         projects::update_project,
@@ -56,6 +57,7 @@ use crate::providers::{Provider, Providers};
         (name = "projects", description = "Git remotes agents work on"),
         (name = "accounts", description = "Provider accounts, sealed at rest"),
         (name = "workers", description = "Workers and their leases"),
+        (name = "usage", description = "Tokens and cost the agents used"),
         (name = "health", description = "Liveness, readiness and metrics (no token needed)"),
     )
 )]

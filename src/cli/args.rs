@@ -136,6 +136,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the agents used (tokens, cost, turns), summed by project, account, provider
+    /// or UTC day.
+    Usage {
+        /// What to sum by: project, account, provider or day.
+        #[arg(long, default_value = "project", value_parser = parse_group)]
+        by: crate::domain::UsageGroup,
+        /// Only usage recorded since this long ago: a number and a unit (s, m, h, d, w),
+        /// e.g. 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the queue: pending depth, oldest pending request, requests per kind and status,
     /// and the control queues per node (pending stop, delete and resume requests).
     Queue {
@@ -285,6 +299,12 @@ pub struct SpawnArgs {
     pub json: bool,
     /// The task (or --prompt-file).
     pub prompt: Option<String>,
+}
+
+/// `--by`: one of the usage groups.
+fn parse_group(text: &str) -> Result<crate::domain::UsageGroup, String> {
+    crate::domain::UsageGroup::parse(text)
+        .ok_or_else(|| "expected one of project, account, provider, day".to_string())
 }
 
 #[cfg(test)]

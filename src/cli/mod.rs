@@ -6,6 +6,7 @@ mod agents;
 mod args;
 mod doctor;
 mod output;
+mod usage;
 
 pub use args::{AccountCommand, Cli, Command, ProjectCommand, SecretSource, SpawnArgs};
 
@@ -179,6 +180,9 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
                 workers.retain(crate::domain::WorkerInfo::recently_seen);
             }
             output::workers(&workers, json)
+        }
+        Command::Usage { by, since, json } => {
+            usage::report(&fleet.store, by, since.as_deref(), json).await?
         }
         Command::Queue { json } => output::queue(
             &fleet.store.queue_stats().await?,

@@ -15,8 +15,8 @@ pub fn agents(agents: &[Agent], as_json: bool) {
         return json(&agents);
     }
     println!(
-        "{:<36}  {:<24}  {:<8}  {:<18}  WORKER",
-        "ID", "NAME", "PROVIDER", "STATUS"
+        "{:<36}  {:<24}  {:<8}  {:<18}  {:<36}  USAGE",
+        "ID", "NAME", "PROVIDER", "STATUS", "WORKER"
     );
     for a in agents {
         // `list --all` shows dismissed agents too, marked.
@@ -26,12 +26,13 @@ pub fn agents(agents: &[Agent], as_json: bool) {
             a.status.to_string()
         };
         println!(
-            "{:<36}  {:<24}  {:<8}  {:<18}  {}",
+            "{:<36}  {:<24}  {:<8}  {:<18}  {:<36}  {}",
             a.id,
             a.name,
             a.provider,
             status,
-            a.worker_id.as_deref().unwrap_or("-")
+            a.worker_id.as_deref().unwrap_or("-"),
+            super::usage::brief(&a.usage)
         );
     }
 }
@@ -67,6 +68,18 @@ pub fn agent(detail: &AgentDetail, as_json: bool) {
     }
     if let Some(e) = &a.error {
         println!("error:     {e}");
+    }
+    let u = &a.usage;
+    if !u.is_empty() {
+        println!(
+            "usage:     {} input, {} output, {} cache read, {} cache write tokens; {} turns; cost {}",
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.turns,
+            super::usage::cost(u)
+        );
     }
     if let Some(prompt) = &detail.prompt {
         // Every line of it, the later ones under the first.

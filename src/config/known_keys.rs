@@ -17,6 +17,8 @@ use super::{DEFAULTS, ProviderSettings};
 
 /// The table whose next key level is a free-form name (a provider's).
 const PROVIDERS: &str = "providers";
+/// `pricing.<provider>.<model>`: free-form names, see `is_known`.
+const PRICING: &str = "pricing";
 /// A provider's table of environment variables, whose keys are free-form.
 const PROVIDER_ENV: &str = "env";
 
@@ -69,6 +71,9 @@ impl KnownKeys {
             [PROVIDERS] | [PROVIDERS, _] => true,
             [PROVIDERS, _, field] => self.provider_fields.contains(field),
             [PROVIDERS, _, PROVIDER_ENV, ..] => true,
+            // Provider and model names are free-form (a model's may hold dots); a price's
+            // fields are checked when it is read (`domain::Price` refuses unknown ones).
+            [PRICING, ..] => true,
             _ => self.paths.contains(path),
         }
     }

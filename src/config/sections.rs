@@ -32,6 +32,10 @@ pub struct Settings {
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
     pub sandbox: SandboxSettings,
+    /// Prices per million tokens, by provider then model (`default`: the provider's other
+    /// models), for the costs of providers that report tokens only.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, BTreeMap<String, crate::domain::Price>>,
     /// The configuration file the settings were read from (`--config` or
     /// `AGENTFLEET_CONFIG`), hidden from agents.
     #[serde(skip)]

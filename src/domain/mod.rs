@@ -8,8 +8,12 @@ use uuid::Uuid;
 
 pub mod integral;
 mod payload;
+mod usage;
 
 pub use payload::{ControlArgs, StoredPayload};
+pub use usage::{
+    AGO_PATTERN, DEFAULT_PRICE, Price, Usage, UsageGroup, UsageReport, UsageTotal, parse_ago,
+};
 
 /// Where an agent is in its life. `pending` is recorded at enqueue; a worker moves it to
 /// `starting` when it claims the request and to `running` once the process is up.
@@ -146,6 +150,9 @@ pub struct Agent {
     /// The account it runs (or last ran) on; `None` runs on the CLI's own login.
     #[serde(default)]
     pub account_id: Option<Uuid>,
+    /// What it used so far, over all its runs (kept current while it runs).
+    #[serde(default)]
+    pub usage: Usage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

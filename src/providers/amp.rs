@@ -100,8 +100,10 @@ mod tests {
             [
                 "session_started",
                 "tool_use",
+                "usage",
                 "tool_result",
                 "assistant_text",
+                "usage",
                 "usage",
                 "result"
             ]
@@ -111,7 +113,7 @@ mod tests {
         assert_eq!(events[1]["name"], "create_file");
         let result =
             json!({"kind": "result", "success": true, "text": "All done.", "session_id": id});
-        assert_eq!(events[5], result);
+        assert_eq!(events[7], result);
     }
 
     #[test]

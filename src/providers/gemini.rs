@@ -13,7 +13,7 @@
 use serde_json::Value;
 
 use super::json::{classify_text, parse_line, raw, str_at, text_of, u64_at};
-use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser};
+use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser, UsageScope};
 use crate::domain::AgentMode;
 
 /// The `gemini` CLI as a [`Provider`].
@@ -167,10 +167,19 @@ impl GeminiParser {
     fn result(&self, v: &Value) -> Vec<AgentEvent> {
         let mut events = Vec::new();
         if let Some(stats) = v.get("stats").filter(|s| s.is_object()) {
+            // The run's totals; `cached` is the part of the input read from the cache,
+            // which our input count leaves out.
+            let cached = u64_at(stats, "cached").unwrap_or(0);
             events.push(AgentEvent::Usage {
-                input_tokens: u64_at(stats, "input_tokens").unwrap_or(0),
+                input_tokens: u64_at(stats, "input_tokens")
+                    .unwrap_or(0)
+                    .saturating_sub(cached),
                 output_tokens: u64_at(stats, "output_tokens").unwrap_or(0),
+                cache_read_tokens: cached,
+                cache_write_tokens: 0,
                 cost_usd: None,
+                turns: 1,
+                scope: UsageScope::Run,
             });
         }
         let success = str_at(v, "status") == Some("success");

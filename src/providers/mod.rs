@@ -56,10 +56,21 @@ pub enum AgentEvent {
         content: String,
         is_error: bool,
     },
+    /// Tokens (and cost, where the CLI reports it) as the CLI counts them; `scope` says
+    /// what the numbers cover, so each token is counted once (see [`UsageScope`]).
     Usage {
         input_tokens: u64,
         output_tokens: u64,
+        #[serde(default)]
+        cache_read_tokens: u64,
+        #[serde(default)]
+        cache_write_tokens: u64,
         cost_usd: Option<f64>,
+        /// Model turns (API responses) these numbers add.
+        #[serde(default)]
+        turns: u64,
+        #[serde(default)]
+        scope: UsageScope,
     },
     Result {
         success: bool,
@@ -86,6 +97,20 @@ pub enum AgentEvent {
     },
 }
 
+/// What the numbers of an [`AgentEvent::Usage`] cover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageScope {
+    /// What one message or step added.
+    #[default]
+    Delta,
+    /// Everything this run of the CLI used so far (claude's and gemini's final totals).
+    Run,
+    /// Everything the session used so far, earlier runs of it included (codex's
+    /// `turn.completed`).
+    Session,
+}
+
 /// A streaming parser: fed one line (without trailing newline) at a time,
 /// returns zero or more events. Must never panic, whatever bytes.
 pub trait StreamParser: Send {
@@ -94,6 +119,11 @@ pub trait StreamParser: Send {
     /// ends without one was cut short. Formats without results say so.
     fn reports_result(&self) -> bool {
         true
+    }
+    /// Whether the format reports what a run cost (claude's `total_cost_usd`, opencode's
+    /// `cost`); for those that do not, cost is estimated from the configured prices.
+    fn reports_cost(&self) -> bool {
+        false
     }
 }
 

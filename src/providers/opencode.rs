@@ -12,7 +12,7 @@
 use serde_json::Value;
 
 use super::json::{classify, parse_line, raw, str_at, text_of, u64_at};
-use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser};
+use super::{AgentEvent, Provider, ProviderError, SpawnOptions, StreamParser, UsageScope};
 use crate::domain::AgentMode;
 
 /// The `opencode` CLI as a [`Provider`].
@@ -77,6 +77,11 @@ pub struct OpencodeParser {
 }
 
 impl StreamParser for OpencodeParser {
+    /// Each `step_finish` carries the step's cost.
+    fn reports_cost(&self) -> bool {
+        true
+    }
+
     fn parse_line(&mut self, line: &str) -> Vec<AgentEvent> {
         let value = match parse_line(line) {
             Ok(value) => value,
@@ -130,10 +135,20 @@ impl OpencodeParser {
                 let part = part?;
                 let tokens = part.get("tokens");
                 let count = |key| tokens.and_then(|t| u64_at(t, key)).unwrap_or(0);
+                let cache = |key| {
+                    tokens
+                        .and_then(|t| t.get("cache"))
+                        .and_then(|c| u64_at(c, key))
+                        .unwrap_or(0)
+                };
                 let mut events = vec![AgentEvent::Usage {
                     input_tokens: count("input"),
                     output_tokens: count("output"),
+                    cache_read_tokens: cache("read"),
+                    cache_write_tokens: cache("write"),
                     cost_usd: part.get("cost").and_then(Value::as_f64),
+                    turns: 1,
+                    scope: UsageScope::Delta,
                 }];
                 if str_at(part, "reason") == Some("stop") {
                     events.push(AgentEvent::Result {

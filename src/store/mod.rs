@@ -40,7 +40,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{Account, Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
+use crate::domain::{
+    Account, Agent, AgentOutcome, Project, QueueStats, StoredEvent, UsageTotal, WorkerInfo,
+};
 
 /// The store, as one of its adapters.
 #[derive(Clone, Debug)]
@@ -364,6 +366,10 @@ store_operations! {
     /// Puts a running agent back to `starting` for a new process in the same run (a
     /// failover to another account): no pid, output read from its start; fenced.
     fn restart_run(&self, agent_id: Uuid, owner: &Owner) -> bool;
+
+    // ---- usage (recorded with the events: `append_events_many`)
+    /// What the usage records of `query`'s period add up to, per group, ordered by key.
+    fn usage_totals(&self, query: &UsageQuery) -> Vec<UsageTotal>;
 }
 
 #[cfg(test)]

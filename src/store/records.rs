@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{Account, AccountKind, Agent, AgentMode};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Account, AccountKind, Agent, AgentMode, Usage, UsageGroup};
 
 /// A worker's claim on the agents it runs: its id and the epoch of its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,13 +50,32 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
-/// One agent's share of a batched event write: its new events and the output offset
-/// they reach.
+/// One agent's share of a batched event write: its new events, the output offset they
+/// reach, and what its usage events among them add to its usage.
 #[derive(Debug, Clone)]
 pub struct EventAppend {
     pub agent_id: Uuid,
     pub events: Vec<NewEvent>,
     pub output_offset: i64,
+    pub usage: Vec<UsageEntry>,
+}
+
+/// What one usage event (`seq`, among the same append's events) adds to the agent's usage;
+/// counted once however often the append is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageEntry {
+    pub seq: i64,
+    /// The model the provider said it ran, else the one asked for.
+    pub model: Option<String>,
+    pub usage: Usage,
+}
+
+/// Which usage records `usage_totals` sums, and by what.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageQuery {
+    pub group_by: UsageGroup,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// The fields of a spawn the store records at enqueue.

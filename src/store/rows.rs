@@ -8,7 +8,7 @@ use sqlx::{Decode, Postgres, Row, Sqlite, Type};
 use super::{ControlKind, ControlQueueStats, ControlRequest, PendingControl, StoreError};
 use crate::domain::{
     Account, AccountKind, Agent, AgentMode, AgentStatus, PendingQuestion, Project, StoredEvent,
-    WorkerInfo,
+    Usage, UsageTotal, WorkerInfo,
 };
 
 /// A column value both drivers can decode.
@@ -91,6 +91,15 @@ pub(super) fn agent_from_row(r: &impl StoreRow) -> Result<Agent, StoreError> {
         output_offset: r.col("output_offset")?,
         pid_start_time: r.col("pid_start_time")?,
         account_id: r.col("account_id")?,
+        usage: Usage {
+            input_tokens: r.col("usage_input_tokens")?,
+            output_tokens: r.col("usage_output_tokens")?,
+            cache_read_tokens: r.col("usage_cache_read_tokens")?,
+            cache_write_tokens: r.col("usage_cache_write_tokens")?,
+            cost_usd: r.col("usage_cost_usd")?,
+            cost_estimated: r.col("usage_cost_estimated")?,
+            turns: r.col("usage_turns")?,
+        },
     })
 }
 
@@ -110,6 +119,24 @@ pub(super) fn account_from_row(r: &impl StoreRow) -> Result<Account, StoreError>
         created_at: r.col("created_at")?,
         sealed: r.col("sealed")?,
         key_id: r.col("key_id")?,
+    })
+}
+
+/// One group's sums (`usage_totals_sql!`).
+pub(super) fn usage_total_from_row(r: &impl StoreRow) -> Result<UsageTotal, StoreError> {
+    let estimated: i64 = r.col("cost_estimated")?;
+    Ok(UsageTotal {
+        key: r.col::<Option<String>>("key")?.unwrap_or_default(),
+        agents: r.col("agents")?,
+        usage: Usage {
+            input_tokens: r.col("input_tokens")?,
+            output_tokens: r.col("output_tokens")?,
+            cache_read_tokens: r.col("cache_read_tokens")?,
+            cache_write_tokens: r.col("cache_write_tokens")?,
+            cost_usd: r.col("cost_usd")?,
+            cost_estimated: estimated > 0,
+            turns: r.col("turns")?,
+        },
     })
 }
 

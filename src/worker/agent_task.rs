@@ -9,11 +9,12 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::event_log::{EventLog, LogError};
+use super::event_log::{EventLog, LogError, stored_run_usage};
 use super::failover::{self, Failover};
 use super::launch::{RunFiles, Started};
 use super::runtime::Runtime;
 use super::supervisor::{Controls, Limits, Supervised, Supervisor};
+use super::usage_meter::UsageMeter;
 use crate::domain::{Agent, AgentOutcome, AgentStatus};
 use crate::events::STATUS_EVENT;
 use crate::process::{self, Running};
@@ -60,15 +61,28 @@ async fn supervise(
         }
     };
     let began = std::time::Instant::now().checked_sub(ran_for);
+    let prices = settings
+        .pricing
+        .get(&agent.provider)
+        .cloned()
+        .unwrap_or_default();
     tracing::info!(agent_id = %agent.id, status = %AgentStatus::Running, "agent supervised");
     // One pass per process: a failover to another account starts a new one.
     let mut outcome = loop {
+        let stream = parser.parser();
+        let mut meter = UsageMeter::new(agent.usage, stream.reports_cost(), prices.clone(), None);
+        if agent.output_offset > 0 {
+            // Adopted mid-run: what the run stored already is in the agent's totals.
+            meter = meter.with_run_stored(stored_run_usage(&rt.fleet.store, agent.id).await);
+        }
         let supervisor = Supervisor {
             agent_id: agent.id,
             owner: &rt.owner,
             store: &rt.fleet.store,
             log: &mut log,
-            parser: parser.parser(),
+            parser: stream,
+            meter,
+            provider: agent.provider.clone(),
             output: started.files.output.clone(),
             stderr: started.files.stderr.clone(),
             workdir: started.workdir.clone(),

@@ -8,10 +8,12 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::event_writer::EventWriter;
-use crate::domain::StoredEvent;
+use crate::domain::{StoredEvent, Usage};
 use crate::events::{EventBus, STATUS_EVENT, make_storable, storable_text};
-use crate::store::{NewEvent, Owner, Store, StoreError};
+use crate::store::{NewEvent, Owner, Store, StoreError, UsageEntry};
 
+/// The kind of the events that say what the agent used (see [`EventLog::push_usage`]).
+pub const USAGE_EVENT: &str = "usage";
 /// The kind of the event a stream's result is stored as.
 const RESULT_EVENT: &str = "result";
 /// How many of an adopted agent's last stored events are searched for its result (only
@@ -33,6 +35,8 @@ pub struct EventLog {
     bus: EventBus,
     next_seq: i64,
     pending: Vec<NewEvent>,
+    /// The usage the pending events carry (kept, like them, until the store takes them).
+    pending_usage: Vec<UsageEntry>,
     stored_offset: u64,
 }
 
@@ -53,6 +57,7 @@ impl EventLog {
             bus,
             next_seq: last + 1,
             pending: Vec::new(),
+            pending_usage: Vec::new(),
             stored_offset: 0,
         })
     }
@@ -73,6 +78,22 @@ impl EventLog {
         self.next_seq += 1;
     }
 
+    /// Adds a usage event to the next flush: what `usage` adds to the agent's totals, stored
+    /// with the event in one transaction.
+    pub fn push_usage(&mut self, usage: Usage, model: Option<&str>) {
+        let mut data = serde_json::to_value(usage).unwrap_or_default();
+        if let Some(fields) = data.as_object_mut() {
+            fields.insert("kind".into(), USAGE_EVENT.into());
+            fields.insert("model".into(), model.into());
+        }
+        self.pending_usage.push(UsageEntry {
+            seq: self.next_seq,
+            model: model.map(String::from),
+            usage,
+        });
+        self.push(USAGE_EVENT, data);
+    }
+
     /// Stores the pending events without moving the output offset.
     pub async fn flush_events(&mut self) -> Result<(), LogError> {
         self.flush(self.stored_offset).await
@@ -85,14 +106,22 @@ impl EventLog {
             return Ok(());
         }
         let events = std::mem::take(&mut self.pending);
+        let usage = self.pending_usage.clone();
         let (events, taken) = self
             .writer
-            .append(&self.owner, self.agent_id, events, output_offset as i64)
+            .append(
+                &self.owner,
+                self.agent_id,
+                events,
+                output_offset as i64,
+                usage,
+            )
             .await;
         self.pending = events;
         if !taken? {
             return Err(LogError::Fenced(self.agent_id));
         }
+        self.pending_usage.clear();
         self.stored_offset = output_offset;
         let now = Utc::now();
         for event in self.pending.drain(..) {
@@ -129,4 +158,19 @@ pub(super) async fn stored_result(
     let result = this_run.find(|e| e.kind == RESULT_EVENT)?;
     let success = result.data["success"].as_bool().unwrap_or(false);
     Some((success, result.data["text"].as_str().map(String::from)))
+}
+
+/// What an adopted agent's current run already stored of its usage (the usage events after
+/// the status event that says the run started), so its run totals are not counted twice.
+pub(super) async fn stored_run_usage(store: &Store, agent_id: Uuid) -> Usage {
+    let Ok(events) = store.events_after(agent_id, 0).await else {
+        return Usage::default();
+    };
+    events
+        .iter()
+        .rev()
+        .take_while(|e| !(e.kind == STATUS_EVENT && e.data["status"] == "running"))
+        .filter(|e| e.kind == USAGE_EVENT)
+        .filter_map(|e| serde_json::from_value::<Usage>(e.data.clone()).ok())
+        .fold(Usage::default(), |sum, u| sum.plus(&u))
 }

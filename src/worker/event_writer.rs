@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::store::{EventAppend, NewEvent, Owner, Store, StoreError};
+use crate::store::{EventAppend, NewEvent, Owner, Store, StoreError, UsageEntry};
 
 /// Most agents written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -44,13 +44,15 @@ impl EventWriter {
         Self { tx }
     }
 
-    /// Stores `events` and `output_offset` for the agent while `owner` owns it.
+    /// Stores `events`, `output_offset` and the `usage` they carry for the agent while
+    /// `owner` owns it.
     pub async fn append(
         &self,
         owner: &Owner,
         agent_id: Uuid,
         events: Vec<NewEvent>,
         output_offset: i64,
+        usage: Vec<UsageEntry>,
     ) -> Reply {
         let (reply, answer) = oneshot::channel();
         let member = Member {
@@ -59,6 +61,7 @@ impl EventWriter {
                 agent_id,
                 events,
                 output_offset,
+                usage,
             },
             reply,
         };
@@ -157,6 +160,7 @@ async fn replace_refused(
             agent_id: append.agent_id,
             events: vec![event.clone()],
             output_offset: 0,
+            usage: Vec::new(),
         };
         match store.append_events_many(owner, &[one]).await {
             Ok(taken) if taken.is_empty() => return Ok(taken),
@@ -270,7 +274,7 @@ mod tests {
             event(2, json!({"line": "nul \u{0} inside"})),
             event(3, json!({"line": "after"})),
         ];
-        let (returned, taken) = writer.append(&owner, agent, events, 42).await;
+        let (returned, taken) = writer.append(&owner, agent, events, 42, Vec::new()).await;
         assert!(taken.expect("stored, not failed"));
         let stored = store.events_after(agent, 0).await.unwrap();
         let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();

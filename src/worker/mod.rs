@@ -46,6 +46,7 @@ mod signal_file;
 mod stream_facts;
 mod supervisor;
 mod sweeper;
+mod usage_meter;
 
 pub use cleanup::{CleanupReport, cleanup_workspace};
 

@@ -21,11 +21,12 @@ use super::output_reader::{Line, OutputReader};
 use super::output_watch::{OutputWatch, Watched};
 use super::signal_file::read_signal;
 use super::stream_facts::{AccountTrouble, StreamFacts};
+use super::usage_meter::UsageMeter;
 use crate::agent_files;
 use crate::domain::AgentOutcome;
 use crate::events::{make_storable_text, storable_line};
 use crate::process::Running;
-use crate::providers::StreamParser;
+use crate::providers::{AgentEvent, StreamParser};
 use crate::store::{Owner, Store};
 
 /// How often the output is read when writes to it cannot be watched.
@@ -110,6 +111,9 @@ pub struct Supervisor<'a> {
     pub ran_for: Duration,
     /// The worker's watcher of output files, if inotify works here.
     pub watch: Option<std::sync::Arc<OutputWatch>>,
+    /// Counts what the agent uses (its totals before this run within).
+    pub meter: UsageMeter,
+    pub provider: String,
 }
 
 /// The tail of the output file as it grows.
@@ -383,6 +387,20 @@ impl Supervisor<'_> {
         for event in self.parser.parse_line(&text) {
             if facts.observe(&event) {
                 self.save_session(facts).await?;
+            }
+            if let AgentEvent::SessionStarted {
+                model: Some(model), ..
+            } = &event
+            {
+                self.meter.observe_model(model);
+            }
+            if let AgentEvent::Usage { .. } = &event {
+                // Stored as what it adds to the agent's usage (nothing when already counted).
+                if let Some(added) = self.meter.count(&event) {
+                    crate::metrics::usage(&self.provider, &added);
+                    self.log.push_usage(added, self.meter.model.as_deref());
+                }
+                continue;
             }
             let mut data = serde_json::to_value(&event).unwrap_or_default();
             if let (Some(full), Some(fields)) = (line.cut_from, data.as_object_mut()) {

@@ -9,7 +9,8 @@ use agentfleet::domain::AccountKind;
 use agentfleet::domain::{AgentMode, AgentOutcome, AgentStatus, PendingQuestion};
 use agentfleet::store::{
     AcquireParams, ControlKind, EventAppend, JobFailure, NewAccount, NewEvent, Owner,
-    ProcessRecord, ReconcileParams, ReconcilePolicy, SpawnRecord, Store, StoreError,
+    ProcessRecord, ReconcileParams, ReconcilePolicy, SpawnRecord, Store, StoreError, UsageEntry,
+    UsageQuery,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -597,17 +598,20 @@ async fn batched_appends_store_owned_agents_and_fence_the_rest(store: &Store) {
             agent_id: mine,
             events: vec![event(1, "a", json!("one")), event(2, "b", json!({"n": 2}))],
             output_offset: 120,
+            usage: Vec::new(),
         },
         EventAppend {
             agent_id: theirs,
             events: vec![event(1, "x", json!("not mine"))],
             output_offset: 999,
+            usage: Vec::new(),
         },
         EventAppend {
             agent_id: also,
             // seq 1 is stored already: kept as it was; the offset never goes back.
             events: vec![event(1, "a", json!("again")), event(2, "c", json!(null))],
             output_offset: 5,
+            usage: Vec::new(),
         },
     ];
     let taken = store.append_events_many(&owner, &appends).await.unwrap();
@@ -1367,6 +1371,145 @@ async fn control_requests_are_claimed_once_and_resent_to_their_owner(store: &Sto
     assert_eq!(claimed.kind, ControlKind::Cleanup);
 }
 
+fn usage_entry(seq: i64, input: i64, cost: Option<f64>, estimated: bool) -> UsageEntry {
+    UsageEntry {
+        seq,
+        model: Some("m-1".into()),
+        usage: agentfleet::domain::Usage {
+            input_tokens: input,
+            output_tokens: 2 * input,
+            cache_read_tokens: 3,
+            cache_write_tokens: 1,
+            cost_usd: cost,
+            cost_estimated: estimated,
+            turns: 1,
+        },
+    }
+}
+
+async fn usage_is_counted_once_per_event_and_summed_by_group(store: &Store) {
+    use agentfleet::domain::UsageGroup;
+    with_project(store).await;
+    let (agent, owner) = claimed_agent(store, "usage-a").await;
+    let append = |usage: Vec<UsageEntry>, seqs: &[i64]| EventAppend {
+        agent_id: agent,
+        events: seqs.iter().map(|s| event(*s, "usage", json!({}))).collect(),
+        output_offset: 0,
+        usage,
+    };
+    let first = append(
+        vec![
+            usage_entry(1, 10, None, false),
+            usage_entry(2, 5, Some(0.25), false),
+        ],
+        &[1, 2],
+    );
+    assert!(
+        !store
+            .append_events_many(&owner, std::slice::from_ref(&first))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The same batch again (its commit's answer was lost): counted once.
+    store.append_events_many(&owner, &[first]).await.unwrap();
+    let usage = store.agent_by_id(agent).await.unwrap().usage;
+    assert_eq!(
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens
+        ),
+        (15, 30, 6)
+    );
+    assert_eq!((usage.cache_write_tokens, usage.turns), (2, 2));
+    assert_eq!(usage.cost_usd, Some(0.25));
+    assert!(!usage.cost_estimated);
+    // A fenced write adds nothing.
+    for wrong in wrong_owners(store, &owner).await {
+        let fenced = append(vec![usage_entry(3, 1000, Some(9.0), true)], &[3]);
+        assert!(
+            store
+                .append_events_many(&wrong, &[fenced])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(store.agent_by_id(agent).await.unwrap().usage, usage);
+    // An estimate marks the totals estimated.
+    store
+        .append_events_many(
+            &owner,
+            &[append(vec![usage_entry(3, 1, Some(0.5), true)], &[3])],
+        )
+        .await
+        .unwrap();
+    let usage = store.agent_by_id(agent).await.unwrap().usage;
+    assert_eq!(usage.input_tokens, 16);
+    assert_eq!(usage.cost_usd, Some(0.75));
+    assert!(usage.cost_estimated);
+
+    // A second agent, of another provider's records, in the same project.
+    let (other, other_owner) = claimed_agent(store, "usage-b").await;
+    let b = EventAppend {
+        agent_id: other,
+        events: vec![event(1, "usage", json!({}))],
+        output_offset: 0,
+        usage: vec![usage_entry(1, 100, None, false)],
+    };
+    store.append_events_many(&other_owner, &[b]).await.unwrap();
+    let totals = |group_by| async move {
+        store
+            .usage_totals(&UsageQuery {
+                group_by,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    let by_project = totals(UsageGroup::Project).await;
+    assert_eq!(by_project.len(), 1);
+    assert_eq!(by_project[0].key, "demo");
+    assert_eq!(by_project[0].agents, 2);
+    assert_eq!(by_project[0].usage.input_tokens, 116);
+    assert_eq!(by_project[0].usage.turns, 4);
+    assert_eq!(by_project[0].usage.cost_usd, Some(0.75));
+    assert!(by_project[0].usage.cost_estimated);
+    let by_day = totals(UsageGroup::Day).await;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(by_day.len(), 1);
+    assert!(by_day[0].key <= today, "a UTC day: {}", by_day[0].key);
+    assert_eq!(by_day[0].key.len(), 10);
+    let by_provider = totals(UsageGroup::Provider).await;
+    assert_eq!(by_provider[0].key, "claude");
+    let by_account = totals(UsageGroup::Account).await;
+    assert_eq!(by_account[0].key, "", "the CLI's own login");
+    // The period: nothing recorded after now, everything since an hour ago.
+    let now = chrono::Utc::now();
+    let later = store
+        .usage_totals(&UsageQuery {
+            group_by: UsageGroup::Project,
+            since: Some(now + chrono::TimeDelta::seconds(60)),
+            until: None,
+        })
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+    let recent = store
+        .usage_totals(&UsageQuery {
+            group_by: UsageGroup::Project,
+            since: Some(now - chrono::TimeDelta::seconds(3600)),
+            until: Some(now + chrono::TimeDelta::seconds(60)),
+        })
+        .await
+        .unwrap();
+    assert_eq!(recent[0].usage.input_tokens, 116);
+    // The records outlive the agent's.
+    store.delete_agent_rows(other).await.unwrap();
+    assert_eq!(totals(UsageGroup::Project).await[0].usage.input_tokens, 116);
+}
+
 /// One test per operation group, for each adapter.
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
@@ -1425,4 +1568,5 @@ conformance!(
     ping_and_migrate_again,
     queue_stats_count_the_backlog_and_requests_by_kind,
     spawn_trace_context_is_read_from_the_stored_payload,
+    usage_is_counted_once_per_event_and_summed_by_group,
 );

@@ -3,7 +3,7 @@
 //! by the fleet how to ask (the mock asks only then, as a model would), the
 //! agent writes its signal file asking a question, waits for input, is resumed with the
 //! answer in the same session and worktree, writes a file, completes, and its branch with
-//! that file is on the remote.
+//! that file is on the remote. The usage the CLI reports lands on the agent.
 
 use std::time::Duration;
 
@@ -59,6 +59,21 @@ async fn real_claude_asks_is_resumed_and_pushes_its_work() {
         "same session"
     );
     assert_eq!(done.result.as_deref(), Some(FINAL_TEXT));
+    // The usage the real CLI reported landed on the agent, and the resumed run's added to
+    // the first's.
+    let (first, both) = (waiting.usage, done.usage);
+    assert!(first.input_tokens > 0 && first.turns > 0, "{first:?}");
+    assert!(
+        first.cost_usd.is_some_and(|c| c > 0.0),
+        "claude reports its cost: {first:?}"
+    );
+    assert!(!both.cost_estimated);
+    assert!(
+        both.input_tokens > first.input_tokens,
+        "{first:?} then {both:?}"
+    );
+    assert!(both.output_tokens > first.output_tokens && both.turns > first.turns);
+    assert!(both.cost_usd > first.cost_usd);
     assert_eq!(
         env.remote_file("agent/real-otter", FILE).as_deref(),
         Some(content),

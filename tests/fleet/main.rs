@@ -26,6 +26,7 @@ mod process;
 mod projects;
 mod resume;
 mod spine;
+mod usage;
 
 // The API's and the control plane's contracts.
 mod api;

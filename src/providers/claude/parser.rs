@@ -1,11 +1,18 @@
 //! Claude's stream-json lines as [`AgentEvent`]s: `system/init` (the session id),
 //! `assistant` and `user` turns with their content blocks, `system/api_retry` (a rate limit
 //! or a refused key while the CLI keeps retrying) and the final `result`.
+//!
+//! Usage: claude prints a message once per content block, each with the message's usage
+//! as known so far (the output count grows, or stays at its first value), and the run's
+//! totals and cost in `result`. Each message's usage is reported once, as what it adds to
+//! the highest counts seen for its id (a message is one turn), and the result as the run's
+//! totals ([`UsageScope::Run`]), of which only what the messages did not already report
+//! is counted.
 
 use serde_json::Value;
 
 use super::super::json::{classify, classify_text, parse_line, raw, str_at, u64_at};
-use super::super::{AgentEvent, StreamParser};
+use super::super::{AgentEvent, StreamParser, UsageScope};
 
 /// Turns claude's stream-json lines into [`AgentEvent`]s. Amp and cursor-agent write the
 /// same ("Claude Code-compatible") format, so their parsers build on this one.
@@ -14,6 +21,23 @@ pub struct ClaudeParser {
     /// Remembered from `system/init` so a `result` line that lacks its own
     /// session id can still be tied to the session to resume.
     session_id: Option<String>,
+    /// The highest usage seen per message id, so a message repeated per content block
+    /// counts once.
+    messages: std::collections::HashMap<String, Tokens>,
+}
+
+/// One message's token counts: input, output, cache read, cache write.
+type Tokens = [u64; 4];
+
+/// The token counts of a usage object (claude's `usage`, with its cache fields).
+fn tokens_of(usage: &Value) -> Tokens {
+    let n = |key| u64_at(usage, key).unwrap_or(0);
+    [
+        n("input_tokens"),
+        n("output_tokens"),
+        n("cache_read_input_tokens"),
+        n("cache_creation_input_tokens"),
+    ]
 }
 
 impl StreamParser for ClaudeParser {
@@ -26,6 +50,10 @@ impl StreamParser for ClaudeParser {
         // rather than guess at its meaning.
         self.parse_value(&value).unwrap_or_else(|| raw(line))
     }
+
+    fn reports_cost(&self) -> bool {
+        true
+    }
 }
 
 impl ClaudeParser {
@@ -33,7 +61,11 @@ impl ClaudeParser {
     pub(crate) fn parse_value(&mut self, value: &Value) -> Option<Vec<AgentEvent>> {
         match str_at(value, "type") {
             Some("system") => self.system(value),
-            Some("assistant") => assistant(value),
+            Some("assistant") => {
+                let mut events = assistant(value)?;
+                events.extend(self.message_usage(value));
+                Some(events)
+            }
             Some("user") => user(value),
             Some("result") => Some(self.result(value)),
             _ => None,
@@ -53,16 +85,52 @@ impl ClaudeParser {
         }
     }
 
+    /// What an assistant message's usage adds to what its id reported before (None when
+    /// nothing: a repeat of the same counts). A message seen for the first time is a turn.
+    fn message_usage(&mut self, v: &Value) -> Option<AgentEvent> {
+        let message = v.get("message")?;
+        let usage = message.get("usage").filter(|u| u.is_object())?;
+        let now = tokens_of(usage);
+        // A message without an id (amp's, cursor's) cannot be told from the next one: each
+        // counts as it is.
+        let id =
+            str_at(message, "id").map_or_else(|| format!("#{}", self.messages.len()), String::from);
+        let first = !self.messages.contains_key(&id);
+        let seen = self.messages.entry(id).or_default();
+        let mut added = [0; 4];
+        for i in 0..4 {
+            added[i] = now[i].saturating_sub(seen[i]);
+            seen[i] = seen[i].max(now[i]);
+        }
+        if !first && added == [0; 4] {
+            return None;
+        }
+        Some(AgentEvent::Usage {
+            input_tokens: added[0],
+            output_tokens: added[1],
+            cache_read_tokens: added[2],
+            cache_write_tokens: added[3],
+            cost_usd: None,
+            turns: u64::from(first),
+            scope: UsageScope::Delta,
+        })
+    }
+
     fn result(&self, v: &Value) -> Vec<AgentEvent> {
         let mut events = Vec::with_capacity(2);
         let usage = v.get("usage").filter(|u| u.is_object());
         let cost_usd = v.get("total_cost_usd").and_then(Value::as_f64);
         if usage.is_some() || cost_usd.is_some() {
-            let tokens = |key| usage.and_then(|u| u64_at(u, key)).unwrap_or(0);
+            let [input, output, cache_read, cache_write] = usage.map(tokens_of).unwrap_or_default();
             events.push(AgentEvent::Usage {
-                input_tokens: tokens("input_tokens"),
-                output_tokens: tokens("output_tokens"),
+                input_tokens: input,
+                output_tokens: output,
+                cache_read_tokens: cache_read,
+                cache_write_tokens: cache_write,
                 cost_usd,
+                // The messages counted the turns; a run without any still had one.
+                turns: u64::from(self.messages.is_empty()),
+                scope: UsageScope::Run,
             });
         }
         let is_error = v.get("is_error").and_then(Value::as_bool).unwrap_or(false);
@@ -237,9 +305,16 @@ mod tests {
             {"kind": "session_started", "session_id": SESSION, "model": "claude-opus-4-8[1m]"},
             {"kind": "tool_use", "id": tool, "name": "Write",
              "input": {"file_path": "MOCK_RESULT.txt", "content": "written by the real claude CLI\n"}},
+            // Each message's usage once, as claude knew it when it printed the message...
+            {"kind": "usage", "input_tokens": 12, "output_tokens": 1, "cache_read_tokens": 0,
+             "cache_write_tokens": 0, "cost_usd": null, "turns": 1, "scope": "delta"},
             {"kind": "tool_result", "tool_use_id": tool, "content": written, "is_error": false},
             {"kind": "assistant_text", "text": "All done."},
-            {"kind": "usage", "input_tokens": 24, "output_tokens": 23, "cost_usd": 0.0006950000000000001},
+            {"kind": "usage", "input_tokens": 12, "output_tokens": 1, "cache_read_tokens": 0,
+             "cache_write_tokens": 0, "cost_usd": null, "turns": 1, "scope": "delta"},
+            // ...and the run's totals with its cost.
+            {"kind": "usage", "input_tokens": 24, "output_tokens": 23, "cache_read_tokens": 0,
+             "cache_write_tokens": 0, "cost_usd": 0.0006950000000000001, "turns": 0, "scope": "run"},
             {"kind": "result", "success": true, "text": "All done.", "session_id": SESSION},
         ]);
         assert_eq!(parse(fixture!("claude-2.1.197-write-file.jsonl")), expected);
@@ -278,11 +353,17 @@ mod tests {
         let events = parse(fixture!("claude-2.1.197-resume.jsonl"));
         assert_eq!(
             kinds(&events),
-            ["session_started", "assistant_text", "usage", "result"]
+            [
+                "session_started",
+                "assistant_text",
+                "usage",
+                "usage",
+                "result"
+            ]
         );
         assert_eq!(events[0]["session_id"], SESSION);
-        assert_eq!(events[3]["session_id"], SESSION);
-        assert_eq!(events[3]["success"], true);
+        assert_eq!(events[4]["session_id"], SESSION);
+        assert_eq!(events[4]["success"], true);
     }
 
     #[test]
@@ -338,9 +419,53 @@ mod tests {
 {"type":"user","message":[]}"#;
         assert_eq!(kinds(&parse(strange)), ["raw"; 8]);
         let odd = r#"{"type":"result","usage":{"input_tokens":"x","output_tokens":-1},"total_cost_usd":"?"}"#;
-        let usage =
-            json!({"kind": "usage", "input_tokens": 0, "output_tokens": 0, "cost_usd": null});
+        let usage = json!({"kind": "usage", "input_tokens": 0, "output_tokens": 0,
+            "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": null, "turns": 1,
+            "scope": "run"});
         assert_eq!(parse(odd)[0], usage);
+    }
+
+    /// Claude prints a message once per content block, each time with the usage known so
+    /// far: the message counts once, with its highest counts, as one turn.
+    #[test]
+    fn a_message_repeated_per_block_counts_once_with_its_highest_usage() {
+        let block = |text: &str, output: u64| {
+            format!(
+                r#"{{"type":"assistant","message":{{"id":"msg_1","content":[{{"type":"text","text":"{text}"}}],"usage":{{"input_tokens":100,"output_tokens":{output},"cache_read_input_tokens":7,"cache_creation_input_tokens":3}}}}}}"#
+            )
+        };
+        let lines = [block("a", 1), block("b", 1), block("c", 40)].join("\n");
+        let usage: Vec<Value> = parse(&lines)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "usage")
+            .cloned()
+            .collect();
+        assert_eq!(
+            usage.len(),
+            2,
+            "the repeat with the same counts adds nothing"
+        );
+        assert_eq!(
+            (
+                &usage[0]["input_tokens"],
+                &usage[0]["output_tokens"],
+                &usage[0]["turns"]
+            ),
+            (&json!(100), &json!(1), &json!(1))
+        );
+        assert_eq!(usage[0]["cache_read_tokens"], 7);
+        assert_eq!(usage[0]["cache_write_tokens"], 3);
+        assert_eq!(
+            (
+                &usage[1]["input_tokens"],
+                &usage[1]["output_tokens"],
+                &usage[1]["turns"]
+            ),
+            (&json!(0), &json!(39), &json!(0)),
+            "only what the later block adds, and no new turn"
+        );
     }
 
     #[test]

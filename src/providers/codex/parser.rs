@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 
 use super::super::json::{classify_text, parse_line, raw, str_at, text_of, u64_at};
-use super::super::{AgentEvent, StreamParser};
+use super::super::{AgentEvent, StreamParser, UsageScope};
 
 /// Turns codex's JSON lines into [`AgentEvent`]s.
 #[derive(Debug, Default)]
@@ -51,10 +51,17 @@ impl CodexParser {
                 let usage = v.get("usage").filter(|u| u.is_object());
                 let tokens = |key| usage.and_then(|u| u64_at(u, key)).unwrap_or(0);
                 Some(vec![
+                    // The thread's totals so far, earlier runs of the session included.
+                    // Its input count includes the cached part; ours does not.
                     AgentEvent::Usage {
-                        input_tokens: tokens("input_tokens"),
+                        input_tokens: tokens("input_tokens")
+                            .saturating_sub(tokens("cached_input_tokens")),
                         output_tokens: tokens("output_tokens"),
+                        cache_read_tokens: tokens("cached_input_tokens"),
+                        cache_write_tokens: tokens("cache_write_input_tokens"),
                         cost_usd: None,
+                        turns: 1,
+                        scope: UsageScope::Session,
                     },
                     AgentEvent::Result {
                         success: true,

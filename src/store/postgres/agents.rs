@@ -54,6 +54,7 @@ impl PgStore {
             agent_id,
             events: events.to_vec(),
             output_offset,
+            usage: Vec::new(),
         };
         let taken = self.append_events_many(owner, &[append]).await?;
         Ok(taken.contains(&agent_id))
@@ -103,6 +104,9 @@ impl PgStore {
             .bind(&data)
             .execute(&mut *tx)
             .await?;
+        }
+        for a in appends.iter().filter(|a| owned.contains(&a.agent_id)) {
+            Self::record_usage_in(&mut tx, a.agent_id, &a.usage).await?;
         }
         tx.commit().await?;
         Ok(owned)

@@ -20,7 +20,9 @@ macro_rules! select_agents {
             "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
             "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
             "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time, a.account_id ",
+            "a.pid_start_time, a.account_id, ",
+            "a.usage_input_tokens, a.usage_output_tokens, a.usage_cache_read_tokens, ",
+            "a.usage_cache_write_tokens, a.usage_cost_usd, a.usage_cost_estimated, a.usage_turns ",
             "FROM agents a JOIN projects p ON p.id = a.project_id ",
             $rest
         )
@@ -87,5 +89,7 @@ mod agents;
 mod controls;
 #[macro_use]
 mod projects;
+#[macro_use]
+mod usage;
 #[macro_use]
 pub(super) mod workers;

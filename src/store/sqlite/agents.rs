@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::SqliteStore;
 use crate::domain::Agent;
-use crate::store::{EventAppend, NewEvent, Owner, StoreError};
+use crate::store::{EventAppend, NewEvent, Owner, StoreError, UsageEntry};
 
 shared_agents!(SqliteStore, sqlx::Sqlite);
 
@@ -48,7 +48,7 @@ impl SqliteStore {
         output_offset: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let owned = append_in(&mut tx, agent_id, owner, events, output_offset).await?;
+        let owned = append_in(&mut tx, agent_id, owner, events, output_offset, &[]).await?;
         if owned {
             tx.commit().await?;
         }
@@ -64,7 +64,16 @@ impl SqliteStore {
         let mut tx = self.begin_write().await?;
         let mut owned = HashSet::new();
         for a in appends {
-            if append_in(&mut tx, a.agent_id, owner, &a.events, a.output_offset).await? {
+            if append_in(
+                &mut tx,
+                a.agent_id,
+                owner,
+                &a.events,
+                a.output_offset,
+                &a.usage,
+            )
+            .await?
+            {
                 owned.insert(a.agent_id);
             }
         }
@@ -88,13 +97,15 @@ impl SqliteStore {
     }
 }
 
-/// Records `events` and the output offset they reach if `owner` owns the agent (in `tx`).
+/// Records `events`, the output offset they reach and the `usage` they carry if `owner`
+/// owns the agent (in `tx`).
 async fn append_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     agent_id: Uuid,
     owner: &Owner,
     events: &[NewEvent],
     output_offset: i64,
+    usage: &[UsageEntry],
 ) -> Result<bool, StoreError> {
     let owned = sqlx::query(concat!(
         "UPDATE agents SET output_offset = max(output_offset, $4) WHERE ",
@@ -127,5 +138,6 @@ async fn append_in(
         .execute(&mut **tx)
         .await?;
     }
+    SqliteStore::record_usage_in(tx, agent_id, usage).await?;
     Ok(true)
 }

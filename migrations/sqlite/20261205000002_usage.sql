@@ -1,0 +1,30 @@
+-- What agents used (see migrations/postgres): per-agent running totals, and one
+-- usage_records row per usage event, keyed like the event, outliving the agent.
+ALTER TABLE agents ADD COLUMN usage_input_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN usage_output_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN usage_cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN usage_cache_write_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN usage_cost_usd REAL;
+ALTER TABLE agents ADD COLUMN usage_cost_estimated INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN usage_turns INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE usage_records (
+    agent_id           BLOB NOT NULL,
+    seq                INTEGER NOT NULL,
+    project_id         BLOB NOT NULL,
+    project            TEXT NOT NULL,
+    provider           TEXT NOT NULL,
+    account_id         BLOB,
+    model              TEXT,
+    input_tokens       INTEGER NOT NULL,
+    output_tokens      INTEGER NOT NULL,
+    cache_read_tokens  INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    cost_usd           REAL,
+    cost_estimated     INTEGER NOT NULL,
+    turns              INTEGER NOT NULL,
+    recorded_at        TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    PRIMARY KEY (agent_id, seq)
+);
+CREATE INDEX usage_records_recorded_at ON usage_records (recorded_at);
+CREATE INDEX usage_records_project_day ON usage_records (project_id, recorded_at);
