@@ -106,6 +106,7 @@ pub fn request(prompt: &str) -> SpawnRequest {
         idempotency_key: None,
         inputs: Vec::new(),
         retries: None,
+        model: None,
     }
 }
 

@@ -11,6 +11,9 @@ ALTER TABLE agents ADD COLUMN usage_cost_usd DOUBLE PRECISION;
 ALTER TABLE agents ADD COLUMN usage_cost_estimated BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE agents ADD COLUMN usage_turns BIGINT NOT NULL DEFAULT 0;
 
+-- The model an agent runs: asked for at spawn, or its provider's configured default.
+ALTER TABLE agents ADD COLUMN model TEXT;
+
 CREATE TABLE usage_records (
     agent_id           UUID NOT NULL,
     seq                BIGINT NOT NULL,

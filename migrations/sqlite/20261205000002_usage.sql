@@ -8,6 +8,9 @@ ALTER TABLE agents ADD COLUMN usage_cost_usd REAL;
 ALTER TABLE agents ADD COLUMN usage_cost_estimated INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE agents ADD COLUMN usage_turns INTEGER NOT NULL DEFAULT 0;
 
+-- The model an agent runs: asked for at spawn, or its provider's configured default.
+ALTER TABLE agents ADD COLUMN model TEXT;
+
 CREATE TABLE usage_records (
     agent_id           BLOB NOT NULL,
     seq                INTEGER NOT NULL,

@@ -67,6 +67,7 @@ pub(super) async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32>
             idempotency_key: args.idempotency_key,
             inputs,
             retries: args.retries,
+            model: args.model,
         })
         .await
         .map_err(user)?;

@@ -294,6 +294,9 @@ pub struct SpawnArgs {
     /// Run the request again (up to N times) if its worker is lost.
     #[arg(long)]
     pub retries: Option<u32>,
+    /// The model to run (default: providers.<name>.model, else the CLI's own choice).
+    #[arg(long)]
+    pub model: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -153,6 +153,10 @@ pub struct Agent {
     /// What it used so far, over all its runs (kept current while it runs).
     #[serde(default)]
     pub usage: Usage,
+    /// The model it runs (asked for, or its provider's configured default); None: the
+    /// CLI's own choice.
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -246,6 +250,12 @@ pub struct SpawnRequest {
     #[serde(default, deserialize_with = "integral::option")]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)]
     pub retries: Option<u32>,
+    /// The model to run, passed to the CLI by its own flag (the provider's
+    /// `providers.<name>.model` when absent); refused for a CLI without one. 1 to 200 of
+    /// letters, digits and `_.:/@+[]-`, not starting with `-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9_.:/@+\[\]][A-Za-z0-9_.:/@+\[\]-]{0,199}$")]
+    pub model: Option<String>,
 }
 
 /// One normalised event in an agent's durable log.

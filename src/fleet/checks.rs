@@ -84,6 +84,7 @@ pub fn spawn_strings(req: &SpawnRequest) -> Result<(), FleetError> {
         ("mode", &req.mode),
         ("task_id", &req.task_id),
         ("idempotency_key", &req.idempotency_key),
+        ("model", &req.model),
     ] {
         if let Some(value) = value {
             no_nul(field, value)?;
@@ -154,6 +155,23 @@ pub fn validate_inputs(inputs: &[InputFile], max_file_bytes: usize) -> Result<()
                 "input file '{folder}' is also the folder of input file '{name}'"
             )));
         }
+    }
+    Ok(())
+}
+
+/// A model name as the front door takes it: 1 to 200 of letters, digits and `_.:/@+[]-`,
+/// not starting with `-` (it is one argument of the CLI's command line, never an option).
+pub fn validate_model(model: &str) -> Result<(), FleetError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:/@+[]-".contains(c);
+    if model.is_empty()
+        || model.len() > 200
+        || model.starts_with('-')
+        || !model.chars().all(allowed)
+    {
+        return Err(FleetError::Invalid(format!(
+            "model: {model:?} is not a model name (1 to 200 of letters, digits and _.:/@+[]-, \
+             not starting with -)"
+        )));
     }
     Ok(())
 }
@@ -242,6 +260,7 @@ mod tests {
             idempotency_key: Some("k1".into()),
             inputs: vec![],
             retries: None,
+            model: None,
         };
         let other_key = SpawnRequest {
             idempotency_key: Some("k2".into()),

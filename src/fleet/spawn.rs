@@ -40,6 +40,7 @@ impl Fleet {
             None => self.unique_alias().await?,
         };
         let request_hash = checks::request_hash(&req, mode);
+        let model = self.model_for(&req);
         let span = telemetry::producer_span(
             self.queue.messaging_system(),
             self.queue.queue_name(),
@@ -67,6 +68,7 @@ impl Fleet {
                     idempotency_key: req.idempotency_key.as_deref(),
                     request_hash: &request_hash,
                     payload: payload.clone(),
+                    model: model.as_deref(),
                 })
                 .instrument(span.clone())
                 .await;
@@ -103,9 +105,19 @@ impl Fleet {
 
     fn validate(&self, req: &SpawnRequest) -> Result<AgentMode, FleetError> {
         checks::spawn_strings(req)?;
-        self.providers
+        let provider = self
+            .providers
             .get(&req.provider)
             .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        if let Some(model) = &req.model {
+            checks::validate_model(model)?;
+            if !provider.takes_model() {
+                return Err(FleetError::Invalid(format!(
+                    "model: provider '{}' has no way to choose a model",
+                    req.provider
+                )));
+            }
+        }
         let mode = match req.mode.as_deref() {
             None => AgentMode::Execute,
             Some(m) => AgentMode::parse(m).ok_or_else(|| {
@@ -145,6 +157,16 @@ impl Fleet {
         }
         checks::validate_inputs(&req.inputs, self.settings.limits.max_input_file_bytes)?;
         Ok(mode)
+    }
+
+    /// The model a spawn runs: the one asked for, else the provider's configured default
+    /// (for a provider that can choose one).
+    fn model_for(&self, req: &SpawnRequest) -> Option<String> {
+        req.model.clone().or_else(|| {
+            let default = self.settings.providers.get(&req.provider)?.model.clone()?;
+            let provider = self.providers.get(&req.provider).ok()?;
+            provider.takes_model().then_some(default)
+        })
     }
 
     /// A free generated name, asked of the store in one query per round: short names

@@ -21,14 +21,23 @@ pub struct Amp;
 
 impl Amp {
     fn flags(&self, opts: &SpawnOptions) -> Vec<String> {
-        // Amp picks models by agent mode (low, medium, high, ...), not by model id.
-        super::run_flags(self, &["-x", "--stream-json"], "--mode", opts)
+        // Amp picks models by agent mode (low, medium, high, ...), not by model id: it takes
+        // no model (`takes_model`).
+        let opts = SpawnOptions {
+            model: None,
+            ..opts.clone()
+        };
+        super::run_flags(self, &["-x", "--stream-json"], "", &opts)
     }
 }
 
 impl Provider for Amp {
     fn name(&self) -> &str {
         "amp"
+    }
+
+    fn takes_model(&self) -> bool {
+        false
     }
 
     fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String> {

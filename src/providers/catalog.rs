@@ -47,6 +47,9 @@ pub struct ProviderSettings {
     /// OAuth client id sent with a refresh.
     #[serde(default)]
     pub oauth_client_id: Option<String>,
+    /// The model agents run when a spawn names none (for a CLI that can choose one).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// A CLI the fleet knows without configuration.

@@ -160,6 +160,11 @@ impl Provider for CommandProvider {
         &self.spec.name
     }
 
+    /// Only where its arguments have a `{model}` placeholder.
+    fn takes_model(&self) -> bool {
+        self.spec.spawn_args.iter().any(|a| a.contains("{model}"))
+    }
+
     fn spawn_args(&self, opts: &SpawnOptions) -> Vec<String> {
         self.fill(&self.spec.spawn_args, "", opts)
     }

@@ -164,6 +164,12 @@ pub trait Provider: Send + Sync {
     fn system_prompt_args(&self, _text: &str) -> Option<Vec<String>> {
         None
     }
+    /// Whether the CLI can be told which model to run (a spawn's `model` is refused
+    /// otherwise); it then gets it by its own flag in [`Self::spawn_args`] and
+    /// [`Self::resume_args`].
+    fn takes_model(&self) -> bool {
+        true
+    }
     /// Whether the CLI reads the prompt from stdin or needs it as an argument.
     fn prompt_via(&self) -> PromptVia {
         PromptVia::Stdin

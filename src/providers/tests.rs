@@ -24,6 +24,47 @@ fn every_known_provider_can_resume_and_keeps_its_mode_flags() {
     }
 }
 
+/// Each CLI gets a spawn's model by its own flag, on spawns and resumes alike; amp, which
+/// picks models by agent mode, takes none.
+#[test]
+fn a_model_goes_to_each_cli_by_its_own_flag() {
+    let opts = SpawnOptions {
+        model: Some("the-model".into()),
+        mode: AgentMode::Execute,
+    };
+    let flags = [
+        ("claude", "--model"),
+        ("codex", "-m"),
+        ("gemini", "-m"),
+        ("cursor", "--model"),
+        ("auggie", "--model"),
+        ("opencode", "-m"),
+    ];
+    for b in BUILT_IN {
+        let p = built_in(b.name).unwrap();
+        let spawn = p.spawn_args(&opts);
+        let resume = p.resume_args("sess-1", &opts).unwrap();
+        match flags.iter().find(|(name, _)| *name == b.name) {
+            Some((name, flag)) => {
+                assert!(p.takes_model(), "{name}");
+                for args in [&spawn, &resume] {
+                    let at = args.iter().position(|a| a == flag);
+                    assert_eq!(
+                        at.map(|i| args[i + 1].as_str()),
+                        Some("the-model"),
+                        "{name}: {args:?}"
+                    );
+                }
+            }
+            None => {
+                assert_eq!(b.name, "amp");
+                assert!(!p.takes_model());
+                assert!(!spawn.iter().chain(&resume).any(|a| a == "the-model"));
+            }
+        }
+    }
+}
+
 #[test]
 fn the_prompt_replaces_its_placeholder_or_comes_last() {
     let args = vec![

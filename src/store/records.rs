@@ -90,6 +90,8 @@ pub struct SpawnRecord<'a> {
     /// Fingerprint of the request without its key, kept with the key.
     pub request_hash: &'a str,
     pub payload: serde_json::Value,
+    /// The model it runs (None: the CLI's own choice).
+    pub model: Option<&'a str>,
 }
 
 /// A worker process as it registers.

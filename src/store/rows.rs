@@ -100,6 +100,7 @@ pub(super) fn agent_from_row(r: &impl StoreRow) -> Result<Agent, StoreError> {
             cost_estimated: r.col("usage_cost_estimated")?,
             turns: r.col("usage_turns")?,
         },
+        model: r.col("model")?,
     })
 }
 

@@ -70,7 +70,12 @@ async fn supervise(
     // One pass per process: a failover to another account starts a new one.
     let mut outcome = loop {
         let stream = parser.parser();
-        let mut meter = UsageMeter::new(agent.usage, stream.reports_cost(), prices.clone(), None);
+        let mut meter = UsageMeter::new(
+            agent.usage,
+            stream.reports_cost(),
+            prices.clone(),
+            agent.model.clone(),
+        );
         if agent.output_offset > 0 {
             // Adopted mid-run: what the run stored already is in the agent's totals.
             meter = meter.with_run_stored(stored_run_usage(&rt.fleet.store, agent.id).await);

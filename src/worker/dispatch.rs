@@ -226,7 +226,7 @@ async fn start_agent(
         .map_err(StartError::Inputs)?;
     let opts = SpawnOptions {
         mode: agent.mode,
-        ..Default::default()
+        model: agent.model.clone(),
     };
     let args = provider.spawn_args(&opts);
     let prompt = providers::prompt_for_mode(agent.mode, &request.prompt);

@@ -226,6 +226,7 @@ mod tests {
                 idempotency_key: None,
                 request_hash: "",
                 payload: json!({"prompt": "p"}),
+                model: None,
             })
             .await
             .unwrap();

@@ -106,7 +106,7 @@ pub async fn after_trouble(
     };
     let opts = SpawnOptions {
         mode: agent.mode,
-        ..Default::default()
+        model: agent.model.clone(),
     };
     let args = match provider.resume_args(&session, &opts) {
         Ok(args) => args,

@@ -50,7 +50,7 @@ pub async fn resume(rt: &Arc<Runtime>, control: &ControlRequest) -> Result<(), R
     let session = agent.session_id.clone().ok_or(ResumeError::NoSession)?;
     let opts = SpawnOptions {
         mode: agent.mode,
-        ..Default::default()
+        model: agent.model.clone(),
     };
     let args = provider.resume_args(&session, &opts)?;
     let workdir = agent

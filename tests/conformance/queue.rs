@@ -101,6 +101,7 @@ impl Harness {
                 idempotency_key: None,
                 request_hash: "",
                 payload: serde_json::json!({}),
+                model: None,
             })
             .await
             .unwrap();

@@ -34,6 +34,7 @@ fn spawn_of<'a>(name: &'a str, key: Option<&'a str>) -> SpawnRecord<'a> {
         idempotency_key: key,
         request_hash: "the-same-request",
         payload: json!({"prompt": format!("work of {name}"), "nested": {"n": 1}}),
+        model: None,
     }
 }
 

@@ -371,6 +371,7 @@ async fn embedded_bus_yields_local_and_stored_events_once_in_order() {
             idempotency_key: None,
             request_hash: "",
             payload: serde_json::json!({}),
+            model: None,
         })
         .await
         .unwrap();

@@ -150,3 +150,76 @@ async fn usage_of_each_message_is_counted_once_and_adds_up_everywhere() {
     );
     assert!((line(r#"agentfleet_cost_usd_total{provider="claude"}"#) - 0.051).abs() < 1e-9);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spawns_model_reaches_the_cli_by_its_flag_and_is_recorded() {
+    let mut env = TestEnv::new().await;
+    // The provider's default model (the config file ends with [providers.claude]).
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str("model = \"fake-default\"\n");
+    env.set_config(&config);
+    env.start_worker(&[]);
+    env.wait_workers(1).await;
+
+    let chosen = env.spawn(
+        &["--name", "chosen", "--model", "fake-opus[1m]"],
+        "#usage 1\nwork",
+    );
+    let default = env.spawn(&["--name", "defaulted"], "#usage 1\nwork");
+    assert_eq!(chosen.model.as_deref(), Some("fake-opus[1m]"));
+    assert_eq!(default.model.as_deref(), Some("fake-default"));
+    let store = env.store().await;
+    for (agent, model) in [(chosen, "fake-opus[1m]"), (default, "fake-default")] {
+        let done = env.wait_final(agent.id, Duration::from_secs(60)).await;
+        assert_status(&done, AgentStatus::Completed);
+        // The stand-in names the model its `--model` argument gave it.
+        let events = store.events_after(agent.id, 0).await.unwrap();
+        let started = events.iter().find(|e| e.kind == "session_started").unwrap();
+        assert_eq!(started.data["model"], model);
+        let usage = events.iter().find(|e| e.kind == "usage").unwrap();
+        assert_eq!(usage.data["model"], model);
+    }
+
+    // A CLI without a model flag, and names that are no model, are refused up front.
+    let server = api::serve(&env).await;
+    for (provider, model, says) in [
+        ("amp", "smart", "no way to choose a model"),
+        ("claude", "-rf", "not a model name"),
+        ("claude", "a b", "not a model name"),
+    ] {
+        let resp = server
+            .post("/v1/agents")
+            .json(&serde_json::json!({"provider": provider, "project": "demo",
+                                      "prompt": "p", "model": model}))
+            .send()
+            .await
+            .unwrap();
+        let (status, code, message) = api::error_of(resp).await;
+        assert_eq!(
+            (status.as_u16(), code.as_str()),
+            (422, "invalid"),
+            "{message}"
+        );
+        assert!(
+            message.contains("model") && message.contains(says),
+            "{message}"
+        );
+    }
+    let out = env.cli(&[
+        "spawn",
+        "--project",
+        "demo",
+        "--provider",
+        "amp",
+        "--model",
+        "x",
+        "p",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no way to choose a model"));
+    assert_eq!(
+        store.list_agents(true).await.unwrap().len(),
+        2,
+        "nothing recorded"
+    );
+}

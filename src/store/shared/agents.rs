@@ -66,7 +66,7 @@ macro_rules! shared_agents {
                     let agent_id = Uuid::now_v7();
                     let inserted = sqlx::query(
                         "INSERT INTO agents (id, name, provider, mode, project_id, task_id, status, \
-                         branch) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) \
+                         branch, model) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8) \
                          ON CONFLICT (name) DO NOTHING",
                     )
                     .bind(agent_id)
@@ -76,6 +76,7 @@ macro_rules! shared_agents {
                     .bind(project_id)
                     .bind(spawn.task_id)
                     .bind(format!("agent/{}", spawn.name))
+                    .bind(spawn.model)
                     .execute(&mut *tx)
                     .await?;
                     if inserted.rows_affected() == 0 {

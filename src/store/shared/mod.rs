@@ -22,7 +22,8 @@ macro_rules! select_agents {
             "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
             "a.pid_start_time, a.account_id, ",
             "a.usage_input_tokens, a.usage_output_tokens, a.usage_cache_read_tokens, ",
-            "a.usage_cache_write_tokens, a.usage_cost_usd, a.usage_cost_estimated, a.usage_turns ",
+            "a.usage_cache_write_tokens, a.usage_cost_usd, a.usage_cost_estimated, a.usage_turns, ",
+            "a.model ",
             "FROM agents a JOIN projects p ON p.id = a.project_id ",
             $rest
         )
