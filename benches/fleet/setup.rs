@@ -107,6 +107,7 @@ pub fn request(prompt: &str) -> SpawnRequest {
         inputs: Vec::new(),
         retries: None,
         model: None,
+        budget: None,
     }
 }
 

@@ -13,6 +13,14 @@ ALTER TABLE agents ADD COLUMN usage_turns BIGINT NOT NULL DEFAULT 0;
 
 -- The model an agent runs: asked for at spawn, or its provider's configured default.
 ALTER TABLE agents ADD COLUMN model TEXT;
+-- An agent's budget (NULL: no such limit); going over one stops it.
+ALTER TABLE agents ADD COLUMN budget_max_tokens BIGINT;
+ALTER TABLE agents ADD COLUMN budget_max_cost_usd DOUBLE PRECISION;
+ALTER TABLE agents ADD COLUMN budget_max_turns BIGINT;
+
+-- A project's daily budget in US dollars (NULL: none), over its agents' usage records of
+-- the UTC day.
+ALTER TABLE projects ADD COLUMN daily_cost_usd DOUBLE PRECISION;
 
 CREATE TABLE usage_records (
     agent_id           UUID NOT NULL,

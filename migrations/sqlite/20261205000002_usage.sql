@@ -10,6 +10,14 @@ ALTER TABLE agents ADD COLUMN usage_turns INTEGER NOT NULL DEFAULT 0;
 
 -- The model an agent runs: asked for at spawn, or its provider's configured default.
 ALTER TABLE agents ADD COLUMN model TEXT;
+-- An agent's budget (NULL: no such limit); going over one stops it.
+ALTER TABLE agents ADD COLUMN budget_max_tokens INTEGER;
+ALTER TABLE agents ADD COLUMN budget_max_cost_usd REAL;
+ALTER TABLE agents ADD COLUMN budget_max_turns INTEGER;
+
+-- A project's daily budget in US dollars (NULL: none), over its agents' usage records of
+-- the UTC day.
+ALTER TABLE projects ADD COLUMN daily_cost_usd REAL;
 
 CREATE TABLE usage_records (
     agent_id           BLOB NOT NULL,

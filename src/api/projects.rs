@@ -92,9 +92,19 @@ pub struct ProjectUpdate {
         pattern = r"^(?!@$)(?![\s\S]*@\{)(?![\s\S]*\.\.)(?![\s\S]*//)(?!/)(?![\s\S]*/$)(?![\s\S]*\.$)(?!([\s\S]*/)?\.)(?![\s\S]*\.lock(/|$))[^\u0000-\u0020\u007f~^:?*\[\\]+$"
     )]
     default_branch: Option<String>,
+    /// What the project's agents may cost in a UTC day, in US dollars; `null` removes the
+    /// budget.
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0.0)]
+    daily_cost_usd: Option<Option<f64>>,
 }
 
 impl BodyError for ProjectUpdate {}
+
+/// A field that may be left out (outer None) or given as `null` (inner None).
+fn given<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(de).map(Some)
+}
 
 /// A field that may be left out but not given as `null` (the document says a string).
 fn present<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
@@ -120,13 +130,26 @@ pub async fn update_project(
     PathParam(name): PathParam,
     extract::Json(update): extract::Json<ProjectUpdate>,
 ) -> Result<Response, ApiError> {
-    let project = fleet
-        .update_project(
-            &name,
-            update.remote_url.as_deref(),
-            update.default_branch.as_deref(),
-        )
-        .await?;
+    let moved = update.remote_url.is_some() || update.default_branch.is_some();
+    // Every field is checked before anything is written.
+    if let Some(daily) = update.daily_cost_usd {
+        Fleet::check_daily_budget(daily)?;
+    }
+    let mut project = None;
+    if moved || update.daily_cost_usd.is_none() {
+        project = Some(
+            fleet
+                .update_project(
+                    &name,
+                    update.remote_url.as_deref(),
+                    update.default_branch.as_deref(),
+                )
+                .await?,
+        );
+    }
+    if let Some(daily) = update.daily_cost_usd {
+        project = Some(fleet.set_project_daily_budget(&name, daily).await?);
+    }
     Ok(Json(project).into_response())
 }
 

@@ -68,6 +68,12 @@ pub(super) async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32>
             inputs,
             retries: args.retries,
             model: args.model,
+            budget: Some(crate::domain::Budget {
+                max_tokens: args.max_tokens,
+                max_cost_usd: args.max_cost_usd,
+                max_turns: args.max_turns,
+            })
+            .filter(|b| !b.is_empty()),
         })
         .await
         .map_err(user)?;

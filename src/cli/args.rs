@@ -172,7 +172,9 @@ pub enum ProjectCommand {
         #[arg(long, default_value = "main")]
         branch: String,
     },
-    /// Change a project's remote or default branch (agents spawned from now on use them).
+    /// Change a project's remote, default branch (agents spawned from now on use them) or
+    /// daily budget.
+    #[command(alias = "set")]
     Update {
         /// The project's name.
         name: String,
@@ -182,6 +184,11 @@ pub enum ProjectCommand {
         /// The new branch agents start from.
         #[arg(long)]
         branch: Option<String>,
+        /// What the project's agents may cost in a UTC day, in US dollars ("none" removes
+        /// the budget); a spawn is refused once it is spent, and a running agent that goes
+        /// over it is stopped.
+        #[arg(long)]
+        daily_cost_usd: Option<String>,
     },
     /// Remove a project with its agents' records (their pushed branches stay on the
     /// remote); refused while any of its agents is pending or running.
@@ -297,6 +304,15 @@ pub struct SpawnArgs {
     /// The model to run (default: providers.<name>.model, else the CLI's own choice).
     #[arg(long)]
     pub model: Option<String>,
+    /// Stop the agent once it used more tokens than this (all kinds, all its runs).
+    #[arg(long)]
+    pub max_tokens: Option<i64>,
+    /// Stop the agent once it cost more than this many US dollars.
+    #[arg(long)]
+    pub max_cost_usd: Option<f64>,
+    /// Stop the agent once it took more model turns than this.
+    #[arg(long)]
+    pub max_turns: Option<i64>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -72,11 +72,41 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             name,
             remote,
             branch,
+            daily_cost_usd,
         }) => {
-            let project = fleet
-                .update_project(&name, remote.as_deref(), branch.as_deref())
-                .await
-                .map_err(user)?;
+            let daily = match daily_cost_usd.as_deref() {
+                None => None,
+                Some("none") => Some(None),
+                Some(text) => Some(Some(text.parse::<f64>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--daily-cost-usd must be a number of US dollars, or none; got {text:?}"
+                    )
+                })?)),
+            };
+            if let Some(daily) = daily {
+                crate::fleet::Fleet::check_daily_budget(daily).map_err(user)?;
+            }
+            let mut project = None;
+            if remote.is_some() || branch.is_some() || daily.is_none() {
+                project = Some(
+                    fleet
+                        .update_project(&name, remote.as_deref(), branch.as_deref())
+                        .await
+                        .map_err(user)?,
+                );
+            }
+            if let Some(daily) = daily {
+                project = Some(
+                    fleet
+                        .set_project_daily_budget(&name, daily)
+                        .await
+                        .map_err(user)?,
+                );
+            }
+            let project = project.expect("one of the two ran");
+            if let Some(daily) = project.daily_cost_usd {
+                println!("project {} daily budget: {daily} US dollars", project.name);
+            }
             println!(
                 "project {} updated ({}, branch {})",
                 project.name, project.remote_url, project.default_branch

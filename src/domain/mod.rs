@@ -12,7 +12,8 @@ mod usage;
 
 pub use payload::{ControlArgs, StoredPayload};
 pub use usage::{
-    AGO_PATTERN, DEFAULT_PRICE, Price, Usage, UsageGroup, UsageReport, UsageTotal, parse_ago,
+    AGO_PATTERN, Budget, DEFAULT_PRICE, PROJECT_DAILY_COST, Price, Usage, UsageGroup, UsageReport,
+    UsageTotal, budget_reason, parse_ago, start_of_utc_day,
 };
 
 /// Where an agent is in its life. `pending` is recorded at enqueue; a worker moves it to
@@ -157,6 +158,9 @@ pub struct Agent {
     /// CLI's own choice.
     #[serde(default)]
     pub model: Option<String>,
+    /// Its limits (None: none).
+    #[serde(default)]
+    pub budget: Option<Budget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -166,6 +170,9 @@ pub struct Project {
     pub remote_url: String,
     pub default_branch: String,
     pub created_at: DateTime<Utc>,
+    /// What its agents may cost in a UTC day, in US dollars (None: no limit).
+    #[serde(default)]
+    pub daily_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -256,6 +263,9 @@ pub struct SpawnRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = r"^[A-Za-z0-9_.:/@+\[\]][A-Za-z0-9_.:/@+\[\]-]{0,199}$")]
     pub model: Option<String>,
+    /// Limits on what the agent may use; going over one stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// One normalised event in an agent's durable log.

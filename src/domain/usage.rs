@@ -79,6 +79,88 @@ impl Usage {
     }
 }
 
+/// Limits on what one agent may use, over all its runs; one it goes over stops it
+/// (`stopped`, `budget_exceeded:<which>`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Tokens of all four kinds together.
+    #[serde(
+        default,
+        deserialize_with = "super::integral::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 9223372036854775807_i64)]
+    pub max_tokens: Option<i64>,
+    /// US dollars, reported or estimated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0)]
+    pub max_cost_usd: Option<f64>,
+    /// Model turns.
+    #[serde(
+        default,
+        deserialize_with = "super::integral::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 9223372036854775807_i64)]
+    pub max_turns: Option<i64>,
+}
+
+impl Budget {
+    /// No limit set.
+    pub fn is_empty(&self) -> bool {
+        self.max_tokens.is_none() && self.max_cost_usd.is_none() && self.max_turns.is_none()
+    }
+
+    /// The first limit `used` is over (`tokens`, `cost`, `turns`), if any.
+    pub fn exceeded(&self, used: &Usage) -> Option<&'static str> {
+        if self.max_tokens.is_some_and(|max| used.tokens() > max) {
+            return Some("tokens");
+        }
+        if self
+            .max_cost_usd
+            .is_some_and(|max| used.cost_usd.unwrap_or(0.0) > max)
+        {
+            return Some("cost");
+        }
+        if self.max_turns.is_some_and(|max| used.turns > max) {
+            return Some("turns");
+        }
+        None
+    }
+
+    /// Why the budget cannot be taken (a limit not above zero), naming the field.
+    pub fn invalid(&self) -> Option<String> {
+        for (field, value) in [
+            ("max_tokens", self.max_tokens),
+            ("max_turns", self.max_turns),
+        ] {
+            if value.is_some_and(|v| v < 1) {
+                return Some(format!("budget.{field} must be at least 1"));
+            }
+        }
+        match self.max_cost_usd {
+            Some(c) if !(c.is_finite() && c > 0.0) => {
+                Some("budget.max_cost_usd must be a positive number".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Midnight (UTC) of `now`'s day: where a project's daily budget starts counting.
+pub fn start_of_utc_day(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.date_naive().and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
+/// The limit of a project's daily budget, as stop reasons name it.
+pub const PROJECT_DAILY_COST: &str = "project_daily_cost";
+
+/// The stop reason of an agent that went over its budget's `which` limit.
+pub fn budget_reason(which: &str) -> String {
+    format!("budget_exceeded:{which}")
+}
+
 /// A model's prices in US dollars per million tokens (`[pricing.<provider>.<model>]`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +312,37 @@ mod tests {
         for bad in ["", "d", "7", "7y", "-1d", "1.5h", "1234567d", "7 d", "٧d"] {
             assert_eq!(at(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_budget_is_exceeded_once_usage_goes_over_a_limit() {
+        let budget = Budget {
+            max_tokens: Some(100),
+            max_cost_usd: Some(1.0),
+            max_turns: Some(2),
+        };
+        let mut used = Usage {
+            input_tokens: 60,
+            output_tokens: 40,
+            cost_usd: Some(1.0),
+            turns: 2,
+            ..Default::default()
+        };
+        assert_eq!(budget.exceeded(&used), None, "at a limit is not over it");
+        used.cache_read_tokens = 1;
+        assert_eq!(budget.exceeded(&used), Some("tokens"));
+        used.cache_read_tokens = 0;
+        used.cost_usd = Some(1.01);
+        assert_eq!(budget.exceeded(&used), Some("cost"));
+        used.cost_usd = None;
+        used.turns = 3;
+        assert_eq!(budget.exceeded(&used), Some("turns"));
+        assert!(Budget::default().exceeded(&used).is_none());
+        let bad = Budget {
+            max_cost_usd: Some(0.0),
+            ..Default::default()
+        };
+        assert!(bad.invalid().unwrap().contains("budget.max_cost_usd"));
     }
 
     #[test]

@@ -261,6 +261,7 @@ mod tests {
             inputs: vec![],
             retries: None,
             model: None,
+            budget: None,
         };
         let other_key = SpawnRequest {
             idempotency_key: Some("k2".into()),

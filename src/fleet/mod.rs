@@ -172,6 +172,32 @@ impl Fleet {
         Ok(shown(project))
     }
 
+    /// Sets (None: removes) a project's daily budget: what its agents may cost in a UTC
+    /// day, in US dollars (a positive number).
+    pub async fn set_project_daily_budget(
+        &self,
+        name: &str,
+        daily_cost_usd: Option<f64>,
+    ) -> Result<Project, FleetError> {
+        checks::no_nul("name", name)?;
+        Self::check_daily_budget(daily_cost_usd)?;
+        let project = self
+            .store
+            .set_project_daily_budget(name, daily_cost_usd)
+            .await?;
+        Ok(shown(project))
+    }
+
+    /// A daily budget is a positive number of US dollars (None: no budget).
+    pub fn check_daily_budget(daily_cost_usd: Option<f64>) -> Result<(), FleetError> {
+        if daily_cost_usd.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            return Err(FleetError::Invalid(
+                "daily_cost_usd must be a positive number (or null to remove the budget)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Removes a project with its agents' records (their pushed branches stay on the
     /// remote; files left on nodes go with `cleanup`). Refused while any of its agents is
     /// pending or running, unless `force`: then they are stopped first. Returns how many

@@ -32,7 +32,8 @@ impl Fleet {
     /// that rebuilds jobs from the store (embedded, re-dispatch) continues the same trace.
     async fn record_and_enqueue(&self, req: SpawnRequest) -> Result<RecordedSpawn, FleetError> {
         let mode = self.validate(&req)?;
-        self.store.project(&req.project).await?;
+        let project = self.store.project(&req.project).await?;
+        self.refuse_when_spent(&project).await?;
         // A taken name is found by the store while it records, after the idempotency key:
         // a retry of a spawn that named its agent is the same spawn, not a conflict.
         let name = match &req.name {
@@ -69,6 +70,7 @@ impl Fleet {
                     request_hash: &request_hash,
                     payload: payload.clone(),
                     model: model.as_deref(),
+                    budget: req.budget.filter(|b| !b.is_empty()),
                 })
                 .instrument(span.clone())
                 .await;
@@ -136,6 +138,9 @@ impl Fleet {
                 )));
             }
         }
+        if let Some(why) = req.budget.as_ref().and_then(|b| b.invalid()) {
+            return Err(FleetError::Invalid(why));
+        }
         if req.prompt.trim().is_empty() {
             return Err(FleetError::Invalid("the prompt is empty".into()));
         }
@@ -157,6 +162,23 @@ impl Fleet {
         }
         checks::validate_inputs(&req.inputs, self.settings.limits.max_input_file_bytes)?;
         Ok(mode)
+    }
+
+    /// Refuses a spawn on a project whose daily budget its agents spent already today.
+    async fn refuse_when_spent(&self, project: &crate::domain::Project) -> Result<(), FleetError> {
+        let Some(limit) = project.daily_cost_usd else {
+            return Ok(());
+        };
+        let today = crate::domain::start_of_utc_day(chrono::Utc::now());
+        let spent = self.store.project_cost_since(project.id, today).await?;
+        if spent >= limit {
+            return Err(FleetError::Invalid(format!(
+                "project: '{}' spent its daily budget ({spent:.4} of {limit:.4} US dollars \
+                 today, UTC); try again tomorrow or raise it (project update --daily-cost-usd)",
+                project.name
+            )));
+        }
+        Ok(())
     }
 
     /// The model a spawn runs: the one asked for, else the provider's configured default

@@ -205,6 +205,8 @@ store_operations! {
     /// Removes a project and its agents' records; `ProjectBusy` (nothing removed) while any
     /// of its agents is pending, starting or running. Returns how many agents' records went.
     fn remove_project(&self, name: &str) -> i64;
+    /// Sets (None: removes) a project's daily budget in US dollars.
+    fn set_project_daily_budget(&self, name: &str, daily_cost_usd: Option<f64>) -> Project;
 
     // ---- requests and agents
     /// Records a spawn: the agent row (status `pending`) and its request, atomically. An
@@ -370,6 +372,8 @@ store_operations! {
     // ---- usage (recorded with the events: `append_events_many`)
     /// What the usage records of `query`'s period add up to, per group, ordered by key.
     fn usage_totals(&self, query: &UsageQuery) -> Vec<UsageTotal>;
+    /// What the usage records of a project cost since `since` (its daily budget's count).
+    fn project_cost_since(&self, project_id: Uuid, since: chrono::DateTime<chrono::Utc>) -> f64;
 }
 
 #[cfg(test)]

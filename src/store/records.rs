@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Account, AccountKind, Agent, AgentMode, Usage, UsageGroup};
+use crate::domain::{Account, AccountKind, Agent, AgentMode, Budget, Usage, UsageGroup};
 
 /// A worker's claim on the agents it runs: its id and the epoch of its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,7 @@ pub struct SpawnRecord<'a> {
     pub payload: serde_json::Value,
     /// The model it runs (None: the CLI's own choice).
     pub model: Option<&'a str>,
+    pub budget: Option<Budget>,
 }
 
 /// A worker process as it registers.

@@ -7,8 +7,8 @@ use sqlx::{Decode, Postgres, Row, Sqlite, Type};
 
 use super::{ControlKind, ControlQueueStats, ControlRequest, PendingControl, StoreError};
 use crate::domain::{
-    Account, AccountKind, Agent, AgentMode, AgentStatus, PendingQuestion, Project, StoredEvent,
-    Usage, UsageTotal, WorkerInfo,
+    Account, AccountKind, Agent, AgentMode, AgentStatus, Budget, PendingQuestion, Project,
+    StoredEvent, Usage, UsageTotal, WorkerInfo,
 };
 
 /// A column value both drivers can decode.
@@ -53,6 +53,7 @@ pub(super) fn project_from_row(r: &impl StoreRow) -> Result<Project, StoreError>
         remote_url: r.col("remote_url")?,
         default_branch: r.col("default_branch")?,
         created_at: r.col("created_at")?,
+        daily_cost_usd: r.col("daily_cost_usd")?,
     })
 }
 
@@ -101,6 +102,12 @@ pub(super) fn agent_from_row(r: &impl StoreRow) -> Result<Agent, StoreError> {
             turns: r.col("usage_turns")?,
         },
         model: r.col("model")?,
+        budget: Some(Budget {
+            max_tokens: r.col("budget_max_tokens")?,
+            max_cost_usd: r.col("budget_max_cost_usd")?,
+            max_turns: r.col("budget_max_turns")?,
+        })
+        .filter(|b| !b.is_empty()),
     })
 }
 

@@ -88,6 +88,11 @@ async fn supervise(
             parser: stream,
             meter,
             provider: agent.provider.clone(),
+            budget: agent.budget,
+            project_budget: started
+                .project
+                .daily_cost_usd
+                .map(|limit| (started.project.id, limit)),
             output: started.files.output.clone(),
             stderr: started.files.stderr.clone(),
             workdir: started.workdir.clone(),

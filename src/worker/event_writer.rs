@@ -227,6 +227,7 @@ mod tests {
                 request_hash: "",
                 payload: json!({"prompt": "p"}),
                 model: None,
+                budget: None,
             })
             .await
             .unwrap();

@@ -25,6 +25,8 @@ pub enum Interrupt {
     /// The stream reported a usage/rate limit or refused credentials; the CLI would only
     /// keep retrying, so it is stopped at once.
     AccountTrouble,
+    /// The agent went over a limit of its budget (`StreamFacts::over_budget`).
+    OverBudget,
 }
 
 /// The agent's outcome. Precedence: an interrupt, a limit the sandbox enforced, the signal
@@ -73,6 +75,12 @@ pub(super) fn decide(
                  output is in its output file on the node"
                     .into(),
             );
+            return outcome;
+        }
+        Some(Interrupt::OverBudget) => {
+            outcome.status = AgentStatus::Stopped;
+            let which = facts.over_budget.as_deref().unwrap_or("budget");
+            outcome.error = Some(crate::domain::budget_reason(which));
             return outcome;
         }
         Some(Interrupt::AccountTrouble) => {

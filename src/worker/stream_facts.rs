@@ -34,6 +34,9 @@ pub(super) struct StreamFacts {
     /// stream was cut short. (The `lines` parser of a configured command has none; there
     /// the exit code is the outcome.)
     pub(super) result_expected: bool,
+    /// The limit of the agent's budget its usage went over (`tokens`, `cost`, `turns`,
+    /// `project_daily_cost`): it is stopped at once.
+    pub(super) over_budget: Option<String>,
 }
 
 impl StreamFacts {

@@ -23,7 +23,7 @@ use super::signal_file::read_signal;
 use super::stream_facts::{AccountTrouble, StreamFacts};
 use super::usage_meter::UsageMeter;
 use crate::agent_files;
-use crate::domain::AgentOutcome;
+use crate::domain::{AgentOutcome, Budget};
 use crate::events::{make_storable_text, storable_line};
 use crate::process::Running;
 use crate::providers::{AgentEvent, StreamParser};
@@ -114,6 +114,11 @@ pub struct Supervisor<'a> {
     /// Counts what the agent uses (its totals before this run within).
     pub meter: UsageMeter,
     pub provider: String,
+    /// The agent's limits, checked against the meter at each usage event.
+    pub budget: Option<Budget>,
+    /// The project's id and daily budget (US dollars), checked against the store's count
+    /// of the day at each usage event with a cost.
+    pub project_budget: Option<(Uuid, f64)>,
 }
 
 /// The tail of the output file as it grows.
@@ -205,6 +210,9 @@ impl Supervisor<'_> {
             }
             if interrupted.is_none() && facts.account_trouble.is_some() {
                 interrupted = Some(Interrupt::AccountTrouble);
+            }
+            if interrupted.is_none() && facts.over_budget.is_some() {
+                interrupted = Some(Interrupt::OverBudget);
             }
             if interrupted.is_some() {
                 break process.terminate(self.limits.stop_grace).await;
@@ -399,6 +407,16 @@ impl Supervisor<'_> {
                 if let Some(added) = self.meter.count(&event) {
                     crate::metrics::usage(&self.provider, &added);
                     self.log.push_usage(added, self.meter.model.as_deref());
+                    let total = self.meter.total();
+                    if let Some(which) = self.budget.and_then(|b| b.exceeded(&total))
+                        && facts.over_budget.is_none()
+                    {
+                        tracing::warn!(agent_id = %self.agent_id, which, "over budget; stopping the agent");
+                        facts.over_budget = Some(which.to_string());
+                    }
+                    if added.cost_usd.is_some_and(|c| c > 0.0) && facts.over_budget.is_none() {
+                        self.check_project_budget(facts).await?;
+                    }
                 }
                 continue;
             }
@@ -414,6 +432,35 @@ impl Supervisor<'_> {
                 .unwrap_or("raw")
                 .to_string();
             self.log.push(&kind, data);
+        }
+        Ok(())
+    }
+}
+
+impl Supervisor<'_> {
+    /// Whether the project's agents, this one's cost just stored among them, went over the
+    /// project's daily budget. A store that is away leaves the check to the next cost.
+    async fn check_project_budget(&mut self, facts: &mut StreamFacts) -> Result<(), LogError> {
+        let Some((project_id, limit)) = self.project_budget else {
+            return Ok(());
+        };
+        match self.log.flush_events().await {
+            Err(LogError::Store(e)) => {
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "cannot check the project's daily budget yet");
+                return Ok(());
+            }
+            other => other?,
+        }
+        let today = crate::domain::start_of_utc_day(chrono::Utc::now());
+        match self.store.project_cost_since(project_id, today).await {
+            Ok(spent) if spent > limit => {
+                tracing::warn!(agent_id = %self.agent_id, spent, limit, "project over its daily budget; stopping the agent");
+                facts.over_budget = Some(crate::domain::PROJECT_DAILY_COST.to_string());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(agent_id = %self.agent_id, error = %e, "cannot check the project's daily budget");
+            }
         }
         Ok(())
     }

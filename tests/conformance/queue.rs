@@ -102,6 +102,7 @@ impl Harness {
                 request_hash: "",
                 payload: serde_json::json!({}),
                 model: None,
+                budget: None,
             })
             .await
             .unwrap();

@@ -35,6 +35,7 @@ fn spawn_of<'a>(name: &'a str, key: Option<&'a str>) -> SpawnRecord<'a> {
         request_hash: "the-same-request",
         payload: json!({"prompt": format!("work of {name}"), "nested": {"n": 1}}),
         model: None,
+        budget: None,
     }
 }
 
@@ -1509,6 +1510,28 @@ async fn usage_is_counted_once_per_event_and_summed_by_group(store: &Store) {
     // The records outlive the agent's.
     store.delete_agent_rows(other).await.unwrap();
     assert_eq!(totals(UsageGroup::Project).await[0].usage.input_tokens, 116);
+
+    // A project's daily budget, and its cost of the day so far.
+    let project = store.project("demo").await.unwrap();
+    assert_eq!(project.daily_cost_usd, None);
+    let spent = |since| async move { store.project_cost_since(project.id, since).await.unwrap() };
+    assert!((spent(now - chrono::TimeDelta::seconds(3600)).await - 0.75).abs() < 1e-12);
+    assert_eq!(spent(now + chrono::TimeDelta::seconds(60)).await, 0.0);
+    let budgeted = store
+        .set_project_daily_budget("demo", Some(2.5))
+        .await
+        .unwrap();
+    assert_eq!(budgeted.daily_cost_usd, Some(2.5));
+    assert_eq!(
+        store.project("demo").await.unwrap().daily_cost_usd,
+        Some(2.5)
+    );
+    let cleared = store.set_project_daily_budget("demo", None).await.unwrap();
+    assert_eq!(cleared.daily_cost_usd, None);
+    assert!(matches!(
+        store.set_project_daily_budget("nope", Some(1.0)).await,
+        Err(StoreError::UnknownProject(_))
+    ));
 }
 
 /// One test per operation group, for each adapter.

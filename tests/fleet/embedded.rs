@@ -372,6 +372,7 @@ async fn embedded_bus_yields_local_and_stored_events_once_in_order() {
             request_hash: "",
             payload: serde_json::json!({}),
             model: None,
+            budget: None,
         })
         .await
         .unwrap();

@@ -223,3 +223,164 @@ async fn a_spawns_model_reaches_the_cli_by_its_flag_and_is_recorded() {
         "nothing recorded"
     );
 }
+
+/// The agent of a spawn the API accepted.
+async fn accepted(
+    sent: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+) -> agentfleet::domain::Agent {
+    let resp = sent.await.unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    resp.json().await.unwrap()
+}
+
+/// 117 tokens per message of the stand-in's `#usage` (100 in, 10 out, 5 + 2 cache).
+const MESSAGE_TOKENS: i64 = 117;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_over_its_budget_is_stopped_within_one_event() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    env.wait_workers(1).await;
+    let script = "#usage 10\n#sleep 0.3\nspend";
+
+    // Tokens, from the command line: the third message goes over 300.
+    let tokens = env.spawn(&["--name", "tokens", "--max-tokens", "300"], script);
+    assert_eq!(tokens.budget.unwrap().max_tokens, Some(300));
+    // Turns and cost, over HTTP.
+    let server = api::serve(&env).await;
+    let spawn = |name: &str, budget: serde_json::Value| {
+        server
+            .post("/v1/agents")
+            .json(
+                &serde_json::json!({"provider": "claude", "project": "demo", "name": name,
+                                      "prompt": script, "budget": budget}),
+            )
+            .send()
+    };
+    let turns: agentfleet::domain::Agent =
+        accepted(spawn("turns", serde_json::json!({"max_turns": 2}))).await;
+    // Claude reports its cost with its result: the run's last event goes over.
+    let cost: agentfleet::domain::Agent =
+        accepted(spawn("cost", serde_json::json!({"max_cost_usd": 0.05}))).await;
+    let cheap: agentfleet::domain::Agent = accepted(spawn(
+        "cheap",
+        serde_json::json!({"max_cost_usd": 0.5, "max_tokens": 5000, "max_turns": 10}),
+    ))
+    .await;
+
+    let tokens = env.wait_final(tokens.id, Duration::from_secs(60)).await;
+    assert_eq!(tokens.status, AgentStatus::Stopped);
+    assert_eq!(tokens.error.as_deref(), Some("budget_exceeded:tokens"));
+    assert_eq!(
+        tokens.usage.tokens(),
+        3 * MESSAGE_TOKENS,
+        "stopped at the event that crossed"
+    );
+    let turns = env.wait_final(turns.id, Duration::from_secs(60)).await;
+    assert_eq!(turns.error.as_deref(), Some("budget_exceeded:turns"));
+    assert_eq!(turns.usage.turns, 3);
+    let cost = env.wait_final(cost.id, Duration::from_secs(60)).await;
+    assert_eq!(cost.status, AgentStatus::Stopped);
+    assert_eq!(cost.error.as_deref(), Some("budget_exceeded:cost"));
+    assert!((cost.usage.cost_usd.unwrap() - 0.10).abs() < 1e-9);
+    let cheap = env.wait_final(cheap.id, Duration::from_secs(60)).await;
+    assert_status(&cheap, AgentStatus::Completed);
+    assert_eq!(cheap.usage.tokens(), 10 * MESSAGE_TOKENS);
+
+    // Limits that are no limits are refused, naming the field; nothing is recorded.
+    for (budget, field) in [
+        (serde_json::json!({"max_tokens": 0}), "budget.max_tokens"),
+        (
+            serde_json::json!({"max_cost_usd": -1.0}),
+            "budget.max_cost_usd",
+        ),
+        (
+            serde_json::json!({"max_cost_usd": 0}),
+            "budget.max_cost_usd",
+        ),
+    ] {
+        let (status, code, message) = api::error_of(spawn("refused", budget).await.unwrap()).await;
+        assert_eq!(
+            (status.as_u16(), code.as_str()),
+            (422, "invalid"),
+            "{message}"
+        );
+        assert!(message.contains(field), "{message}");
+    }
+    let resp = spawn("refused", serde_json::json!({"max_tokenz": 1}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(env.store().await.list_agents(true).await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_projects_daily_budget_stops_its_agents_and_refuses_spawns_once_spent() {
+    let mut env = TestEnv::new().await;
+    env.start_worker(&[]);
+    env.wait_workers(1).await;
+    let out = env.cli_ok(&["project", "set", "demo", "--daily-cost-usd", "0.025"]);
+    assert!(out.contains("daily budget: 0.025"), "{out}");
+
+    // Its cost ($0.05, with its result) goes over the project's day.
+    let first = env.spawn(&["--name", "spender"], "#usage 5\n#sleep 0.05\nspend");
+    let first = env.wait_final(first.id, Duration::from_secs(60)).await;
+    assert_eq!(first.status, AgentStatus::Stopped);
+    assert_eq!(
+        first.error.as_deref(),
+        Some("budget_exceeded:project_daily_cost")
+    );
+
+    // Spent: the next spawn is refused, over HTTP and on the command line.
+    let server = api::serve(&env).await;
+    let resp = server
+        .post("/v1/agents")
+        .json(&serde_json::json!({"provider": "claude", "project": "demo", "prompt": "p"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, message) = api::error_of(resp).await;
+    assert_eq!(
+        (status.as_u16(), code.as_str()),
+        (422, "invalid"),
+        "{message}"
+    );
+    assert!(message.contains("daily budget"), "{message}");
+    let out = env.cli(&["spawn", "--project", "demo", "p"]);
+    assert!(!out.status.success());
+
+    // PATCH raises it (a non-positive one is refused), and null removes it.
+    let patch = |body: serde_json::Value| {
+        server
+            .client
+            .patch(format!("{}/v1/projects/demo", server.base))
+            .bearer_auth(api::TOKEN)
+            .json(&body)
+            .send()
+    };
+    let (status, _, message) = api::error_of(
+        patch(serde_json::json!({"daily_cost_usd": 0}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.as_u16(), 422, "{message}");
+    assert!(message.contains("daily_cost_usd"), "{message}");
+    let raised: serde_json::Value = patch(serde_json::json!({"daily_cost_usd": 1.0}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(raised["daily_cost_usd"], 1.0);
+    let second = env.spawn(&["--name", "within"], "#usage 5\nspend");
+    let second = env.wait_final(second.id, Duration::from_secs(60)).await;
+    assert_status(&second, AgentStatus::Completed);
+    let removed: serde_json::Value = patch(serde_json::json!({"daily_cost_usd": null}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(removed["daily_cost_usd"], serde_json::Value::Null);
+}

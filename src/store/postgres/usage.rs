@@ -28,4 +28,19 @@ impl PgStore {
             .await?;
         rows.iter().map(usage_total_from_row).collect()
     }
+
+    pub async fn project_cost_since(
+        &self,
+        project_id: uuid::Uuid,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<f64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(sum(cost_usd), 0) FROM usage_records \
+             WHERE project_id = $1 AND recorded_at >= $2",
+        )
+        .bind(project_id)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
 }

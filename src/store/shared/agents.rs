@@ -66,7 +66,8 @@ macro_rules! shared_agents {
                     let agent_id = Uuid::now_v7();
                     let inserted = sqlx::query(
                         "INSERT INTO agents (id, name, provider, mode, project_id, task_id, status, \
-                         branch, model) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8) \
+                         branch, model, budget_max_tokens, budget_max_cost_usd, budget_max_turns) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11) \
                          ON CONFLICT (name) DO NOTHING",
                     )
                     .bind(agent_id)
@@ -77,6 +78,9 @@ macro_rules! shared_agents {
                     .bind(spawn.task_id)
                     .bind(format!("agent/{}", spawn.name))
                     .bind(spawn.model)
+                    .bind(spawn.budget.and_then(|b| b.max_tokens))
+                    .bind(spawn.budget.and_then(|b| b.max_cost_usd))
+                    .bind(spawn.budget.and_then(|b| b.max_turns))
                     .execute(&mut *tx)
                     .await?;
                     if inserted.rows_affected() == 0 {

@@ -34,4 +34,19 @@ impl SqliteStore {
             .await?;
         rows.iter().map(usage_total_from_row).collect()
     }
+
+    pub async fn project_cost_since(
+        &self,
+        project_id: uuid::Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<f64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT CAST(COALESCE(sum(cost_usd), 0) AS REAL) FROM usage_records \
+             WHERE project_id = $1 AND recorded_at >= $2",
+        )
+        .bind(project_id)
+        .bind(timestamp(since))
+        .fetch_one(&self.pool)
+        .await?)
+    }
 }
