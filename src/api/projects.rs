@@ -73,7 +73,7 @@ pub async fn list_projects(State(fleet): State<Fleet>) -> Result<Response, ApiEr
     Ok(Json(fleet.list_projects().await?).into_response())
 }
 
-/// A project's new remote and/or default branch; at least one (`minProperties`, set in
+/// A project's new remote, default branch and/or daily budget; at least one (`minProperties`, set in
 /// `openapi.rs`: utoipa's `min_properties` comes out as `maxProperties`).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

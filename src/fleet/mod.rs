@@ -151,7 +151,7 @@ impl Fleet {
         checks::no_nul("name", name)?;
         if remote.is_none() && branch.is_none() {
             return Err(FleetError::Invalid(
-                "nothing to change: give a remote URL or a default branch".into(),
+                "nothing to change: give a remote URL, a default branch or a daily budget".into(),
             ));
         }
         if let Some(remote) = remote {
