@@ -50,6 +50,10 @@ pub struct ProviderSettings {
     /// The model agents run when a spawn names none (for a CLI that can choose one).
     #[serde(default)]
     pub model: Option<String>,
+    /// Most agents of this provider starting or running at once, fleet-wide; further
+    /// spawns wait, in order.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 /// A CLI the fleet knows without configuration.

@@ -225,6 +225,16 @@ store_operations! {
     /// Claims a pending request for a worker that holds its lease, in one statement: a job
     /// delivered twice (or to two workers) is claimed once.
     fn claim_request(&self, request_id: Uuid, owner: &Owner, node_id: &str) -> Option<ClaimedRequest>;
+    /// `claim_request` under the fleet-wide cap of its provider's agents starting or running
+    /// (`provider_caps`, by provider; older pending spawns counted first); None leaves the
+    /// request pending.
+    fn claim_request_within(
+        &self,
+        request_id: Uuid,
+        owner: &Owner,
+        node_id: &str,
+        provider_caps: &std::collections::BTreeMap<String, i64>,
+    ) -> Option<ClaimedRequest>;
     /// Hands a claimed request back (pending again, its agent too, the attempt not
     /// counted), fenced on the claiming owner: for a worker that cannot start it now.
     fn release_request(&self, request_id: Uuid, owner: &Owner) -> bool;

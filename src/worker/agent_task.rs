@@ -184,6 +184,7 @@ async fn supervise(
     }
     let status = outcome.status;
     finish(rt, &agent, outcome, &mut log).await;
+    super::dispatch::wake_held_spawns(rt, &agent.provider).await;
     if let Some(began) = began {
         crate::metrics::agent_run(&agent.provider, &status.to_string(), began.elapsed());
     }

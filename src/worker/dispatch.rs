@@ -96,15 +96,16 @@ async fn dispatch(rt: Arc<Runtime>, request_id: Uuid) {
         tracing::warn!(%reason, "taking no spawns; request left for another worker");
         return;
     }
+    let caps = provider_caps(&rt);
     let claimed = match retry::store(&rt, "claim the request", || {
-        store.claim_request(request_id, &rt.owner, &rt.node_id)
+        store.claim_request_within(request_id, &rt.owner, &rt.node_id, &caps)
     })
     .instrument(tracing::info_span!("claim"))
     .await
     {
         Ok(Some(claimed)) => claimed,
         Ok(None) => {
-            tracing::info!("request already claimed or gone; duplicate delivery ignored");
+            tracing::info!("request already claimed, gone, or held by its provider's cap");
             return;
         }
         Err(e) => {
@@ -282,6 +283,42 @@ async fn write_inputs(workdir: &Path, request: &SpawnRequest) -> Result<(), Inpu
     .await
     .map_err(InputError::Task)??;
     Ok(())
+}
+
+/// `providers.<name>.max_concurrent` of every provider that has one.
+fn provider_caps(rt: &Runtime) -> std::collections::BTreeMap<String, i64> {
+    rt.fleet
+        .settings
+        .providers
+        .iter()
+        .filter_map(|(name, p)| Some((name.clone(), i64::from(p.max_concurrent?))))
+        .collect()
+}
+
+/// After an agent of a capped provider ended: the spawns its cap held back are sent again
+/// at once (oldest first; claims keep the cap and the order), rather than at the next
+/// re-dispatch sweep.
+pub(super) async fn wake_held_spawns(rt: &Runtime, provider: &str) {
+    if !provider_caps(rt).contains_key(provider) {
+        return;
+    }
+    let store = &rt.fleet.store;
+    let Ok(pending) = store.pending_requests(32).await else {
+        return;
+    };
+    for request_id in pending {
+        let trace_context = store
+            .spawn_trace_context(request_id)
+            .await
+            .unwrap_or_default();
+        let job = crate::queue::SpawnJob {
+            request_id,
+            trace_context,
+        };
+        if let Err(e) = rt.fleet.queue.enqueue(&job).await {
+            tracing::warn!(%request_id, error = %e, "cannot send a held spawn again");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1534,6 +1534,58 @@ async fn usage_is_counted_once_per_event_and_summed_by_group(store: &Store) {
     ));
 }
 
+async fn a_capped_provider_is_claimed_up_to_its_cap_oldest_first(store: &Store) {
+    with_project(store).await;
+    let owner = worker(store, "w-capped", LEASE).await;
+    let caps = std::collections::BTreeMap::from([("claude".to_string(), 1_i64)]);
+    let mut requests = Vec::new();
+    for name in ["cap-a", "cap-b", "cap-c"] {
+        requests.push(
+            store
+                .record_spawn(spawn_of(name, None))
+                .await
+                .unwrap()
+                .request_id,
+        );
+    }
+    // The newest cannot go before the older pending one (the cap's one slot is its).
+    let claim = |id| {
+        let (owner, caps) = (&owner, &caps);
+        async move {
+            store
+                .claim_request_within(id, owner, "node-a", caps)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(claim(requests[1]).await.is_none(), "cap-a is older");
+    let first = claim(requests[0]).await.expect("the oldest takes the slot");
+    assert!(claim(requests[1]).await.is_none(), "the slot is taken");
+    assert_eq!(
+        store.queue_stats().await.unwrap().depth,
+        2,
+        "held requests stay pending"
+    );
+    // Another provider's cap, or none, does not hold it back.
+    assert!(
+        store
+            .claim_request(requests[2], &owner, "node-a")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store
+        .finish_agent(first.agent.id, &owner, &outcome(AgentStatus::Completed))
+        .await
+        .unwrap();
+    let finished = store.agent("cap-c").await.unwrap().id;
+    store
+        .finish_agent(finished, &owner, &outcome(AgentStatus::Completed))
+        .await
+        .unwrap();
+    assert!(claim(requests[1]).await.is_some(), "a slot came free");
+}
+
 /// One test per operation group, for each adapter.
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
@@ -1593,4 +1645,5 @@ conformance!(
     queue_stats_count_the_backlog_and_requests_by_kind,
     spawn_trace_context_is_read_from_the_stored_payload,
     usage_is_counted_once_per_event_and_summed_by_group,
+    a_capped_provider_is_claimed_up_to_its_cap_oldest_first,
 );

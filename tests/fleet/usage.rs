@@ -384,3 +384,50 @@ async fn a_projects_daily_budget_stops_its_agents_and_refuses_spawns_once_spent(
         .unwrap();
     assert_eq!(removed["daily_cost_usd"], serde_json::Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_never_runs_more_of_a_provider_than_its_cap_and_all_complete() {
+    let mut env = TestEnv::new().await;
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str("max_concurrent = 2\n");
+    env.set_config(&config);
+    for _ in 0..2 {
+        env.start_worker(&[("AGENTFLEET__WORKER__CAPACITY", "4")]);
+    }
+    env.wait_workers(2).await;
+    let ids: Vec<uuid::Uuid> = (0..20)
+        .map(|i| {
+            env.spawn(&["--name", &format!("capped-{i}")], "#sleep 0.1\nwork")
+                .id
+        })
+        .collect();
+    let store = env.store().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut most = 0;
+    loop {
+        let agents = store.list_agents(true).await.unwrap();
+        let running = agents
+            .iter()
+            .filter(|a| matches!(a.status, AgentStatus::Starting | AgentStatus::Running))
+            .count();
+        most = most.max(running);
+        assert!(
+            running <= 2,
+            "{running} agents of the capped provider at once"
+        );
+        if agents.iter().all(|a| a.status.is_final()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all ended:\n{}",
+            env.worker_log(0)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most, 2, "the cap was used");
+    for id in ids {
+        let agent = store.agent_by_id(id).await.unwrap();
+        assert_status(&agent, AgentStatus::Completed);
+    }
+}

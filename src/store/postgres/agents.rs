@@ -15,6 +15,8 @@ use crate::store::{EventAppend, NewEvent, Owner, StoreError};
 /// The first key of the advisory locks that serialise spawns sharing an idempotency key
 /// (the second is the key's hash), apart from any other advisory lock.
 const IDEMPOTENCY_LOCK_CLASS: i32 = 0x1d3e;
+/// The advisory lock that serialises claims under a concurrency cap.
+const CAPPED_CLAIM_LOCK_CLASS: i32 = 0x1d3f;
 
 shared_agents!(PgStore, sqlx::Postgres);
 
@@ -26,6 +28,18 @@ impl PgStore {
             .bind(IDEMPOTENCY_LOCK_CLASS)
             .bind(key)
             .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes capped claims wait for each other until the first commits (its agent then
+    /// counts as starting).
+    async fn order_capped_claims(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(CAPPED_CLAIM_LOCK_CLASS)
+            .execute(&mut **tx)
             .await?;
         Ok(())
     }

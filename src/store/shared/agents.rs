@@ -188,7 +188,52 @@ macro_rules! shared_agents {
                     owner: &Owner,
                     node_id: &str,
                 ) -> Result<Option<ClaimedRequest>, StoreError> {
+                    let uncapped = std::collections::BTreeMap::new();
+                    self.claim_request_within(request_id, owner, node_id, &uncapped)
+                        .await
+                }
+
+                /// `claim_request`, but none while the agent's provider has its cap in
+                /// `provider_caps` of agents starting or running fleet-wide, counting the
+                /// older spawns of it still pending (they go first): the request stays
+                /// pending.
+                pub async fn claim_request_within(
+                    &self,
+                    request_id: Uuid,
+                    owner: &Owner,
+                    node_id: &str,
+                    provider_caps: &std::collections::BTreeMap<String, i64>,
+                ) -> Result<Option<ClaimedRequest>, StoreError> {
                     let mut tx = self.begin_write().await?;
+                    let provider: Option<String> = match provider_caps.is_empty() {
+                        true => None,
+                        false => sqlx::query_scalar(
+                            "SELECT a.provider FROM requests r JOIN agents a ON a.id = r.agent_id \
+                             WHERE r.id = $1",
+                        )
+                        .bind(request_id)
+                        .fetch_optional(&mut *tx)
+                        .await?,
+                    };
+                    if let Some(&max) = provider.and_then(|p| provider_caps.get(&p)) {
+                        // Capped claims one at a time, so two cannot both take the last slot.
+                        Self::order_capped_claims(&mut tx).await?;
+                        let taken: Option<i64> = sqlx::query_scalar(
+                            "SELECT (SELECT count(*) FROM agents b WHERE b.provider = a.provider \
+                             AND b.status IN ('starting', 'running')) + (SELECT count(*) \
+                             FROM requests r2 JOIN agents c ON c.id = r2.agent_id \
+                             WHERE r2.kind = 'spawn' AND r2.status = 'pending' \
+                             AND c.provider = a.provider AND r2.created_at < r.created_at) \
+                             FROM requests r JOIN agents a ON a.id = r.agent_id \
+                             WHERE r.id = $1 AND r.status = 'pending'",
+                        )
+                        .bind(request_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if taken.is_some_and(|taken| taken >= max) {
+                            return Ok(None);
+                        }
+                    }
                     let row = sqlx::query(concat!(
                         "UPDATE requests SET status = 'claimed', claimed_by = $2, claimed_at = ",
                         now!(),

@@ -24,6 +24,13 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Nothing to do: the write lock `begin_write` took orders capped claims.
+    async fn order_capped_claims(
+        _: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Agents by id (few at a time: the ones a reconciliation touched).
     pub async fn agents_by_id(&self, ids: &[Uuid]) -> Result<Vec<Agent>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
