@@ -21,6 +21,8 @@ ALTER TABLE agents ADD COLUMN budget_max_turns BIGINT;
 -- A project's daily budget in US dollars (NULL: none), over its agents' usage records of
 -- the UTC day.
 ALTER TABLE projects ADD COLUMN daily_cost_usd DOUBLE PRECISION;
+-- Most of a project's agents starting or running at once, fleet-wide (NULL: no cap).
+ALTER TABLE projects ADD COLUMN max_concurrent INTEGER;
 
 CREATE TABLE usage_records (
     agent_id           UUID NOT NULL,

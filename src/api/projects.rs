@@ -97,6 +97,15 @@ pub struct ProjectUpdate {
     #[serde(default, deserialize_with = "given")]
     #[schema(value_type = Option<f64>, exclusive_minimum = 0.0)]
     daily_cost_usd: Option<Option<f64>>,
+    /// Most of its agents starting or running at once, fleet-wide; `null` removes the cap.
+    #[serde(default, deserialize_with = "given_count")]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 2147483647)]
+    max_concurrent: Option<Option<i64>>,
+}
+
+/// An integer field that may be left out (outer None) or given as `null` (inner None).
+fn given_count<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Option<i64>>, D::Error> {
+    crate::domain::integral::option(de).map(Some)
 }
 
 impl BodyError for ProjectUpdate {}
@@ -135,8 +144,12 @@ pub async fn update_project(
     if let Some(daily) = update.daily_cost_usd {
         Fleet::check_daily_budget(daily)?;
     }
+    let cap = update
+        .max_concurrent
+        .map(Fleet::check_project_cap)
+        .transpose()?;
     let mut project = None;
-    if moved || update.daily_cost_usd.is_none() {
+    if moved || (update.daily_cost_usd.is_none() && cap.is_none()) {
         project = Some(
             fleet
                 .update_project(
@@ -149,6 +162,9 @@ pub async fn update_project(
     }
     if let Some(daily) = update.daily_cost_usd {
         project = Some(fleet.set_project_daily_budget(&name, daily).await?);
+    }
+    if let Some(cap) = cap {
+        project = Some(fleet.set_project_max_concurrent(&name, cap).await?);
     }
     Ok(Json(project).into_response())
 }

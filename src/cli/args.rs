@@ -189,6 +189,10 @@ pub enum ProjectCommand {
         /// over it is stopped.
         #[arg(long)]
         daily_cost_usd: Option<String>,
+        /// Most of the project's agents starting or running at once, fleet-wide ("none"
+        /// removes the cap); further spawns wait, in order.
+        #[arg(long)]
+        max_concurrent: Option<String>,
     },
     /// Remove a project with its agents' records (their pushed branches stay on the
     /// remote); refused while any of its agents is pending or running.

@@ -73,6 +73,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             remote,
             branch,
             daily_cost_usd,
+            max_concurrent,
         }) => {
             let daily = match daily_cost_usd.as_deref() {
                 None => None,
@@ -86,8 +87,22 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             if let Some(daily) = daily {
                 crate::fleet::Fleet::check_daily_budget(daily).map_err(user)?;
             }
+            let cap = match max_concurrent.as_deref() {
+                None => None,
+                Some("none") => Some(None),
+                Some(text) => Some(
+                    crate::fleet::Fleet::check_project_cap(Some(text.parse::<i64>().map_err(
+                        |_| {
+                            anyhow::anyhow!(
+                                "--max-concurrent must be a number, or none; got {text:?}"
+                            )
+                        },
+                    )?))
+                    .map_err(user)?,
+                ),
+            };
             let mut project = None;
-            if remote.is_some() || branch.is_some() || daily.is_none() {
+            if remote.is_some() || branch.is_some() || (daily.is_none() && cap.is_none()) {
                 project = Some(
                     fleet
                         .update_project(&name, remote.as_deref(), branch.as_deref())
@@ -103,7 +118,18 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
                         .map_err(user)?,
                 );
             }
-            let project = project.expect("one of the two ran");
+            if let Some(cap) = cap {
+                project = Some(
+                    fleet
+                        .set_project_max_concurrent(&name, cap)
+                        .await
+                        .map_err(user)?,
+                );
+            }
+            let project = project.expect("one of them ran");
+            if let Some(cap) = project.max_concurrent {
+                println!("project {} runs at most {cap} agents at once", project.name);
+            }
             if let Some(daily) = project.daily_cost_usd {
                 println!("project {} daily budget: {daily} US dollars", project.name);
             }

@@ -173,6 +173,9 @@ pub struct Project {
     /// What its agents may cost in a UTC day, in US dollars (None: no limit).
     #[serde(default)]
     pub daily_cost_usd: Option<f64>,
+    /// Most of its agents starting or running at once, fleet-wide (None: no cap).
+    #[serde(default)]
+    pub max_concurrent: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -151,7 +151,8 @@ impl Fleet {
         checks::no_nul("name", name)?;
         if remote.is_none() && branch.is_none() {
             return Err(FleetError::Invalid(
-                "nothing to change: give a remote URL, a default branch or a daily budget".into(),
+                "nothing to change: give a remote URL, a default branch, a daily budget or a cap"
+                    .into(),
             ));
         }
         if let Some(remote) = remote {
@@ -186,6 +187,32 @@ impl Fleet {
             .set_project_daily_budget(name, daily_cost_usd)
             .await?;
         Ok(shown(project))
+    }
+
+    /// Sets (None: removes) a project's cap on its agents starting or running at once.
+    pub async fn set_project_max_concurrent(
+        &self,
+        name: &str,
+        max_concurrent: Option<i32>,
+    ) -> Result<Project, FleetError> {
+        checks::no_nul("name", name)?;
+        let project = self
+            .store
+            .set_project_max_concurrent(name, max_concurrent)
+            .await?;
+        Ok(shown(project))
+    }
+
+    /// A project's cap is 1 or more (None: no cap).
+    pub fn check_project_cap(max_concurrent: Option<i64>) -> Result<Option<i32>, FleetError> {
+        match max_concurrent {
+            None => Ok(None),
+            Some(n) => i32::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .map(Some)
+                .ok_or_else(|| FleetError::Invalid("max_concurrent must be at least 1".into())),
+        }
     }
 
     /// A daily budget is a positive number of US dollars (None: no budget).

@@ -207,6 +207,8 @@ store_operations! {
     fn remove_project(&self, name: &str) -> i64;
     /// Sets (None: removes) a project's daily budget in US dollars.
     fn set_project_daily_budget(&self, name: &str, daily_cost_usd: Option<f64>) -> Project;
+    /// Sets (None: removes) a project's cap on its agents starting or running at once.
+    fn set_project_max_concurrent(&self, name: &str, max_concurrent: Option<i32>) -> Project;
 
     // ---- requests and agents
     /// Records a spawn: the agent row (status `pending`) and its request, atomically. An
@@ -225,9 +227,9 @@ store_operations! {
     /// Claims a pending request for a worker that holds its lease, in one statement: a job
     /// delivered twice (or to two workers) is claimed once.
     fn claim_request(&self, request_id: Uuid, owner: &Owner, node_id: &str) -> Option<ClaimedRequest>;
-    /// `claim_request` under the fleet-wide cap of its provider's agents starting or running
-    /// (`provider_caps`, by provider; older pending spawns counted first); None leaves the
-    /// request pending.
+    /// `claim_request` under the fleet-wide caps of agents starting or running: its
+    /// provider's (`provider_caps`, by provider) and its project's (`max_concurrent`); older
+    /// pending spawns are counted first. None leaves the request pending.
     fn claim_request_within(
         &self,
         request_id: Uuid,

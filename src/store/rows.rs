@@ -54,6 +54,7 @@ pub(super) fn project_from_row(r: &impl StoreRow) -> Result<Project, StoreError>
         default_branch: r.col("default_branch")?,
         created_at: r.col("created_at")?,
         daily_cost_usd: r.col("daily_cost_usd")?,
+        max_concurrent: r.col("max_concurrent")?,
     })
 }
 

@@ -184,7 +184,8 @@ async fn supervise(
     }
     let status = outcome.status;
     finish(rt, &agent, outcome, &mut log).await;
-    super::dispatch::wake_held_spawns(rt, &agent.provider).await;
+    let project_capped = started.project.max_concurrent.is_some();
+    super::dispatch::wake_held_spawns(rt, &agent.provider, project_capped).await;
     if let Some(began) = began {
         crate::metrics::agent_run(&agent.provider, &status.to_string(), began.elapsed());
     }

@@ -295,11 +295,11 @@ fn provider_caps(rt: &Runtime) -> std::collections::BTreeMap<String, i64> {
         .collect()
 }
 
-/// After an agent of a capped provider ended: the spawns its cap held back are sent again
+/// After an agent of a capped provider or project ended: the spawns its cap held back are sent again
 /// at once (oldest first; claims keep the cap and the order), rather than at the next
 /// re-dispatch sweep.
-pub(super) async fn wake_held_spawns(rt: &Runtime, provider: &str) {
-    if !provider_caps(rt).contains_key(provider) {
+pub(super) async fn wake_held_spawns(rt: &Runtime, provider: &str, project_capped: bool) {
+    if !project_capped && !provider_caps(rt).contains_key(provider) {
         return;
     }
     let store = &rt.fleet.store;

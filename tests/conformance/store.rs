@@ -1584,6 +1584,33 @@ async fn a_capped_provider_is_claimed_up_to_its_cap_oldest_first(store: &Store) 
         .await
         .unwrap();
     assert!(claim(requests[1]).await.is_some(), "a slot came free");
+
+    // A project's cap holds every provider's spawns of it, with no provider cap given.
+    let project = store
+        .set_project_max_concurrent("demo", Some(1))
+        .await
+        .unwrap();
+    assert_eq!(project.max_concurrent, Some(1));
+    let held = store.record_spawn(spawn_of("cap-d", None)).await.unwrap();
+    assert!(
+        store
+            .claim_request(held.request_id, &owner, "node-a")
+            .await
+            .unwrap()
+            .is_none(),
+        "cap-b runs"
+    );
+    store
+        .set_project_max_concurrent("demo", None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_request(held.request_id, &owner, "node-a")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// One test per operation group, for each adapter.

@@ -431,3 +431,63 @@ async fn a_burst_never_runs_more_of_a_provider_than_its_cap_and_all_complete() {
         assert_status(&agent, AgentStatus::Completed);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_projects_cap_holds_its_spawns_in_order_until_a_slot_frees() {
+    let mut env = TestEnv::new().await;
+    for _ in 0..2 {
+        env.start_worker(&[]);
+    }
+    env.wait_workers(2).await;
+    let out = env.cli_ok(&["project", "set", "demo", "--max-concurrent", "1"]);
+    assert!(out.contains("at most 1 agents"), "{out}");
+    let ids: Vec<uuid::Uuid> = (0..4)
+        .map(|i| {
+            env.spawn(
+                &["--name", &format!("one-at-a-time-{i}")],
+                "#sleep 0.1\nwork",
+            )
+            .id
+        })
+        .collect();
+    let store = env.store().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut started_order = Vec::new();
+    loop {
+        let agents = store.list_agents(true).await.unwrap();
+        let running: Vec<_> = agents
+            .iter()
+            .filter(|a| matches!(a.status, AgentStatus::Starting | AgentStatus::Running))
+            .collect();
+        assert!(
+            running.len() <= 1,
+            "{} of the project at once",
+            running.len()
+        );
+        for a in running {
+            if !started_order.contains(&a.id) {
+                started_order.push(a.id);
+            }
+        }
+        if agents.iter().all(|a| a.status.is_final()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not all ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &ids {
+        assert_status(
+            &store.agent_by_id(*id).await.unwrap(),
+            AgentStatus::Completed,
+        );
+    }
+    // Each seen while it ran came after the ones spawned before it.
+    let seen: Vec<usize> = started_order
+        .iter()
+        .map(|id| ids.iter().position(|i| i == id).unwrap())
+        .collect();
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "started in order: {seen:?}"
+    );
+}

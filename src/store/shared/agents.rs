@@ -194,9 +194,9 @@ macro_rules! shared_agents {
                 }
 
                 /// `claim_request`, but none while the agent's provider has its cap in
-                /// `provider_caps` of agents starting or running fleet-wide, counting the
-                /// older spawns of it still pending (they go first): the request stays
-                /// pending.
+                /// `provider_caps` of agents starting or running fleet-wide, or its project
+                /// its `max_concurrent`, counting the older spawns of it still pending (they
+                /// go first): the request stays pending.
                 pub async fn claim_request_within(
                     &self,
                     request_id: Uuid,
@@ -205,19 +205,42 @@ macro_rules! shared_agents {
                     provider_caps: &std::collections::BTreeMap<String, i64>,
                 ) -> Result<Option<ClaimedRequest>, StoreError> {
                     let mut tx = self.begin_write().await?;
-                    let provider: Option<String> = match provider_caps.is_empty() {
-                        true => None,
-                        false => sqlx::query_scalar(
-                            "SELECT a.provider FROM requests r JOIN agents a ON a.id = r.agent_id \
-                             WHERE r.id = $1",
+                    let caps: Option<(String, Option<i32>)> = sqlx::query_as(
+                        "SELECT a.provider, p.max_concurrent FROM requests r \
+                         JOIN agents a ON a.id = r.agent_id JOIN projects p ON p.id = a.project_id \
+                         WHERE r.id = $1",
+                    )
+                    .bind(request_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let (provider_max, project_max) = match &caps {
+                        Some((provider, project)) => {
+                            (provider_caps.get(provider).copied(), project.map(i64::from))
+                        }
+                        None => (None, None),
+                    };
+                    if provider_max.is_some() || project_max.is_some() {
+                        // Capped claims one at a time, so two cannot both take the last slot.
+                        Self::order_capped_claims(&mut tx).await?;
+                    }
+                    if let Some(max) = project_max {
+                        let taken: Option<i64> = sqlx::query_scalar(
+                            "SELECT (SELECT count(*) FROM agents b WHERE b.project_id = a.project_id \
+                             AND b.status IN ('starting', 'running')) + (SELECT count(*) \
+                             FROM requests r2 JOIN agents c ON c.id = r2.agent_id \
+                             WHERE r2.kind = 'spawn' AND r2.status = 'pending' \
+                             AND c.project_id = a.project_id AND r2.created_at < r.created_at) \
+                             FROM requests r JOIN agents a ON a.id = r.agent_id \
+                             WHERE r.id = $1 AND r.status = 'pending'",
                         )
                         .bind(request_id)
                         .fetch_optional(&mut *tx)
-                        .await?,
-                    };
-                    if let Some(&max) = provider.and_then(|p| provider_caps.get(&p)) {
-                        // Capped claims one at a time, so two cannot both take the last slot.
-                        Self::order_capped_claims(&mut tx).await?;
+                        .await?;
+                        if taken.is_some_and(|taken| taken >= max) {
+                            return Ok(None);
+                        }
+                    }
+                    if let Some(max) = provider_max {
                         let taken: Option<i64> = sqlx::query_scalar(
                             "SELECT (SELECT count(*) FROM agents b WHERE b.provider = a.provider \
                              AND b.status IN ('starting', 'running')) + (SELECT count(*) \

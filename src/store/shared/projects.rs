@@ -20,7 +20,7 @@ macro_rules! shared_projects {
                     let row = sqlx::query(
                         "INSERT INTO projects (id, name, remote_url, default_branch) \
                          VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING \
-                         RETURNING id, name, remote_url, default_branch, created_at, daily_cost_usd",
+                         RETURNING id, name, remote_url, default_branch, created_at, daily_cost_usd, max_concurrent",
                     )
                     .bind(Uuid::now_v7())
                     .bind(name)
@@ -35,7 +35,7 @@ macro_rules! shared_projects {
 
                 pub async fn project(&self, name: &str) -> Result<Project, StoreError> {
                     sqlx::query(
-                        "SELECT id, name, remote_url, default_branch, created_at, daily_cost_usd FROM projects \
+                        "SELECT id, name, remote_url, default_branch, created_at, daily_cost_usd, max_concurrent FROM projects \
                          WHERE name = $1",
                     )
                     .bind(name)
@@ -48,7 +48,7 @@ macro_rules! shared_projects {
 
                 pub async fn project_by_id(&self, id: Uuid) -> Result<Project, StoreError> {
                     sqlx::query(
-                        "SELECT id, name, remote_url, default_branch, created_at, daily_cost_usd FROM projects \
+                        "SELECT id, name, remote_url, default_branch, created_at, daily_cost_usd, max_concurrent FROM projects \
                          WHERE id = $1",
                     )
                     .bind(id)
@@ -71,7 +71,7 @@ macro_rules! shared_projects {
                          remote_url = COALESCE(CAST($2 AS TEXT), remote_url), \
                          default_branch = COALESCE(CAST($3 AS TEXT), default_branch) \
                          WHERE name = $1 \
-                         RETURNING id, name, remote_url, default_branch, created_at, daily_cost_usd",
+                         RETURNING id, name, remote_url, default_branch, created_at, daily_cost_usd, max_concurrent",
                     )
                     .bind(name)
                     .bind(remote_url)
@@ -91,10 +91,30 @@ macro_rules! shared_projects {
                 ) -> Result<Project, StoreError> {
                     sqlx::query(
                         "UPDATE projects SET daily_cost_usd = $2 WHERE name = $1 \
-                         RETURNING id, name, remote_url, default_branch, created_at, daily_cost_usd",
+                         RETURNING id, name, remote_url, default_branch, created_at, daily_cost_usd, max_concurrent",
                     )
                     .bind(name)
                     .bind(daily_cost_usd)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| project_from_row(&r))
+                    .transpose()?
+                    .ok_or_else(|| StoreError::UnknownProject(name.to_string()))
+                }
+
+                /// Sets (or with None, removes) a project's cap on its agents running at once.
+                pub async fn set_project_max_concurrent(
+                    &self,
+                    name: &str,
+                    max_concurrent: Option<i32>,
+                ) -> Result<Project, StoreError> {
+                    sqlx::query(
+                        "UPDATE projects SET max_concurrent = $2 WHERE name = $1 \
+                         RETURNING id, name, remote_url, default_branch, created_at, \
+                         daily_cost_usd, max_concurrent",
+                    )
+                    .bind(name)
+                    .bind(max_concurrent)
                     .fetch_optional(&self.pool)
                     .await?
                     .map(|r| project_from_row(&r))
@@ -146,7 +166,7 @@ macro_rules! shared_projects {
 
                 pub async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
                     let rows = sqlx::query(
-                        "SELECT id, name, remote_url, default_branch, created_at, daily_cost_usd FROM projects \
+                        "SELECT id, name, remote_url, default_branch, created_at, daily_cost_usd, max_concurrent FROM projects \
                          ORDER BY name",
                     )
                     .fetch_all(&self.pool)
