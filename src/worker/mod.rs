@@ -21,6 +21,7 @@
 //! `output_reader.rs` splits it into lines; `health.rs` serves the probes and metrics.
 
 mod agent_task;
+mod budget;
 mod cleanup;
 mod control;
 mod disk;

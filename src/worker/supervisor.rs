@@ -2,7 +2,8 @@
 //! each line into normalised events with the provider's parser, writes them to the event log
 //! in batches, and when the process ends gathers what decides the agent's outcome. This file
 //! is the loop and its I/O (reading, flushing, waiting for a store that is away); what the
-//! stream said is kept in `stream_facts.rs`, the signal file is read in `signal_file.rs`,
+//! stream said is kept in `stream_facts.rs`, its usage is counted and its budgets checked
+//! in `budget.rs`, the signal file is read in `signal_file.rs`,
 //! and the outcome is decided from them in `outcome.rs`. The loop and the steps it takes
 //! (read a step, flush or keep, store through an outage, read the rest) share the tail's
 //! state and stay together here, a little past 400 lines.
@@ -403,21 +404,7 @@ impl Supervisor<'_> {
                 self.meter.observe_model(model);
             }
             if let AgentEvent::Usage { .. } = &event {
-                // Stored as what it adds to the agent's usage (nothing when already counted).
-                if let Some(added) = self.meter.count(&event) {
-                    crate::metrics::usage(&self.provider, &added);
-                    self.log.push_usage(added, self.meter.model.as_deref());
-                    let total = self.meter.total();
-                    if let Some(which) = self.budget.and_then(|b| b.exceeded(&total))
-                        && facts.over_budget.is_none()
-                    {
-                        tracing::warn!(agent_id = %self.agent_id, which, "over budget; stopping the agent");
-                        facts.over_budget = Some(which.to_string());
-                    }
-                    if added.cost_usd.is_some_and(|c| c > 0.0) && facts.over_budget.is_none() {
-                        self.check_project_budget(facts).await?;
-                    }
-                }
+                self.take_usage(&event, facts).await?;
                 continue;
             }
             let mut data = serde_json::to_value(&event).unwrap_or_default();
@@ -432,35 +419,6 @@ impl Supervisor<'_> {
                 .unwrap_or("raw")
                 .to_string();
             self.log.push(&kind, data);
-        }
-        Ok(())
-    }
-}
-
-impl Supervisor<'_> {
-    /// Whether the project's agents, this one's cost just stored among them, went over the
-    /// project's daily budget. A store that is away leaves the check to the next cost.
-    async fn check_project_budget(&mut self, facts: &mut StreamFacts) -> Result<(), LogError> {
-        let Some((project_id, limit)) = self.project_budget else {
-            return Ok(());
-        };
-        match self.log.flush_events().await {
-            Err(LogError::Store(e)) => {
-                tracing::warn!(agent_id = %self.agent_id, error = %e, "cannot check the project's daily budget yet");
-                return Ok(());
-            }
-            other => other?,
-        }
-        let today = crate::domain::start_of_utc_day(chrono::Utc::now());
-        match self.store.project_cost_since(project_id, today).await {
-            Ok(spent) if spent > limit => {
-                tracing::warn!(agent_id = %self.agent_id, spent, limit, "project over its daily budget; stopping the agent");
-                facts.over_budget = Some(crate::domain::PROJECT_DAILY_COST.to_string());
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(agent_id = %self.agent_id, error = %e, "cannot check the project's daily budget");
-            }
         }
         Ok(())
     }
