@@ -105,7 +105,9 @@ async fn dispatch(rt: Arc<Runtime>, request_id: Uuid) {
     {
         Ok(Some(claimed)) => claimed,
         Ok(None) => {
-            tracing::info!("request already claimed, gone, or held by its provider's cap");
+            tracing::info!(
+                "request already claimed or gone, or held back by a concurrency cap; duplicate delivery ignored"
+            );
             return;
         }
         Err(e) => {
