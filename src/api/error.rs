@@ -4,7 +4,7 @@
 //! are given the same shape, so a client parses every error one way.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -50,6 +50,11 @@ impl ApiError {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// A value the caller sent is not one the API takes; the message names it.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
     }
 
     /// The body was over `api.max_body_bytes`.
@@ -104,13 +109,6 @@ impl From<FleetError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         FleetError::from(e).into()
-    }
-}
-
-/// `?all=maybe`: axum's text names the parameter and what it expected.
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        Self::bad_request(e.body_text())
     }
 }
 

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+
+use crate::domain::AgentStatus;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,15 +56,8 @@ pub enum Command {
     Up,
     /// Ask for a new agent.
     Spawn(SpawnArgs),
-    /// List agents (dismissed ones with --all).
-    List {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Also dismissed agents (marked).
-        #[arg(long)]
-        all: bool,
-    },
+    /// List agents, newest first, one page at a time (dismissed ones with --all).
+    List(ListArgs),
     /// Stop a running agent (its worker sends SIGTERM, then SIGKILL after worker.stop_grace).
     Stop {
         /// The agent's id or name.
@@ -184,6 +180,65 @@ pub enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which agents `list` shows: every filter given must hold.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of text: {"items": [...], "next_cursor": ...}.
+    #[arg(long)]
+    pub json: bool,
+    /// Also dismissed agents (marked).
+    #[arg(long)]
+    pub all: bool,
+    /// Only agents in this status (repeatable).
+    #[arg(long, value_parser = agent_status)]
+    pub status: Vec<AgentStatus>,
+    /// Only the agents of this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only agents of this provider.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only agents spawned with this task id.
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Only agents whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub name: Option<String>,
+    /// Only agents created since this time: RFC 3339, or an age such as 2h or 7d.
+    #[arg(long, value_name = "TIME", value_parser = time_or_age)]
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only agents created before this time: RFC 3339, or an age such as 2h or 7d.
+    #[arg(long, value_name = "TIME", value_parser = time_or_age)]
+    pub created_before: Option<DateTime<Utc>>,
+    /// How many to show (at most 1000).
+    #[arg(long, default_value_t = crate::domain::page::DEFAULT_PAGE, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::domain::page::MAX_PAGE)))]
+    pub limit: u32,
+    /// Show the page after the one that printed this cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+/// A status by its name (`running`, `waiting_for_input`, ...).
+fn agent_status(s: &str) -> Result<AgentStatus, String> {
+    AgentStatus::parse(s).ok_or_else(|| {
+        let names: Vec<_> = AgentStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!("not a status; one of {}", names.join(", "))
+    })
+}
+
+/// A time given as RFC 3339, or as an age back from now (`90s`, `2h`, `7d`).
+pub fn time_or_age(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(s) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let age = humantime::parse_duration(s)
+        .map_err(|_| "not a time (RFC 3339) nor an age such as 2h or 7d".to_string())?;
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| "that age reaches too far back".to_string())
 }
 
 #[derive(Debug, Subcommand)]

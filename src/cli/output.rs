@@ -3,17 +3,14 @@
 use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
 use crate::fleet::AgentDetail;
 
-fn json<T: serde::Serialize>(value: &T) {
+pub fn json<T: serde::Serialize>(value: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     );
 }
 
-pub fn agents(agents: &[Agent], as_json: bool) {
-    if as_json {
-        return json(&agents);
-    }
+pub fn agents(agents: &[Agent]) {
     println!(
         "{:<36}  {:<24}  {:<8}  {:<18}  WORKER",
         "ID", "NAME", "PROVIDER", "STATUS"

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod integral;
+pub mod page;
 mod payload;
 
+pub use page::{Cursor, Page, PageRequest};
 pub use payload::{ControlArgs, StoredPayload};
 
 /// Where an agent is in its life. `pending` is recorded at enqueue; a worker moves it to

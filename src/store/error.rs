@@ -22,6 +22,9 @@ pub enum StoreError {
          (project remove --force stops them)"
     )]
     ProjectBusy { name: String, live: i64 },
+    /// A list's filters or cursor the store cannot use; says which.
+    #[error("{0}")]
+    InvalidQuery(String),
     #[error("no agent with id or name '{0}'")]
     UnknownAgent(String),
     #[error("an account labelled '{0}' already exists")]

@@ -40,7 +40,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{Account, Agent, AgentOutcome, Project, QueueStats, StoredEvent, WorkerInfo};
+use crate::domain::{
+    Account, Agent, AgentOutcome, Page, Project, QueueStats, StoredEvent, WorkerInfo,
+};
 
 /// The store, as one of its adapters.
 #[derive(Clone, Debug)]
@@ -128,6 +130,20 @@ pub fn redact(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
         _ => url.to_string(),
     }
+}
+
+/// A LIKE pattern matching the names that start with `prefix` (its `%`, `_` and `\\`
+/// taken literally, with `ESCAPE '\\'`).
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Whether a spawn under an idempotency key already recorded is a retry of that request:
@@ -234,8 +250,8 @@ store_operations! {
     /// references a person gave.
     fn agent(&self, id_or_name: &str) -> Agent;
     fn agent_by_id(&self, id: Uuid) -> Agent;
-    /// Agents, oldest first; dismissed ones only when asked for.
-    fn list_agents(&self, include_dismissed: bool) -> Vec<Agent>;
+    /// One page of the agents the query selects, newest first (by creation time, then id).
+    fn list_agents(&self, query: &AgentQuery) -> Page<Agent>;
     fn count_agents(&self) -> i64;
     /// Agents by id, in one query.
     fn agents_by_id(&self, ids: &[Uuid]) -> Vec<Agent>;

@@ -5,13 +5,55 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::domain::{Account, AccountKind, Agent, AgentMode};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Account, AccountKind, Agent, AgentMode, AgentStatus, PageRequest};
 
 /// A worker's claim on the agents it runs: its id and the epoch of its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub worker_id: String,
     pub epoch: i64,
+}
+
+/// Which agents a list shows (every filter given must hold), and which page of them,
+/// newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AgentQuery {
+    /// Any of these statuses (empty: any status).
+    pub statuses: Vec<AgentStatus>,
+    pub project: Option<String>,
+    pub provider: Option<String>,
+    pub task_id: Option<String>,
+    /// Names that start with this.
+    pub name_prefix: Option<String>,
+    /// Created at or after this.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before this.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Dismissed agents too.
+    pub include_dismissed: bool,
+    pub page: PageRequest,
+}
+
+impl AgentQuery {
+    /// The first page (of the most a page holds) of every agent, dismissed ones too.
+    pub fn with_dismissed() -> Self {
+        Self {
+            include_dismissed: true,
+            page: PageRequest::all(),
+            ..Self::default()
+        }
+    }
+
+    /// The agents of one project, dismissed ones too.
+    pub fn of_project(project: &str) -> Self {
+        Self {
+            project: Some(project.to_string()),
+            include_dismissed: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// What a caller gets back from recording a spawn.

@@ -32,6 +32,7 @@ mod api;
 mod api_limits;
 mod control;
 mod front_door;
+mod lists;
 mod observability;
 mod openapi;
 

@@ -111,6 +111,11 @@ impl PgStore {
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
+
+    /// A time to compare with a timestamp column, as this dialect binds it.
+    pub(super) fn time_param(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        at
+    }
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {

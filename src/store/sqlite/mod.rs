@@ -135,6 +135,12 @@ impl SqliteStore {
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+
+    /// A time to compare with a timestamp column: text in the schema's format (see
+    /// `now!`), which orders as the times do.
+    pub(super) fn time_param(at: chrono::DateTime<chrono::Utc>) -> String {
+        at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
 }
 
 fn create_dir(dir: &Path) -> Result<(), StoreError> {
