@@ -132,20 +132,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// A LIKE pattern matching the names that start with `prefix` (its `%`, `_` and `\\`
-/// taken literally, with `ESCAPE '\\'`).
-fn like_prefix(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 /// Whether a spawn under an idempotency key already recorded is a retry of that request:
 /// its hash matches the stored one (requests stored before hashes were kept match any).
 fn same_request(key: &str, stored: Option<String>, hash: &str) -> Result<(), StoreError> {

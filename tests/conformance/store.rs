@@ -167,6 +167,7 @@ async fn agent_lists_filter_and_page_newest_first(store: &Store) {
     // LIKE's wildcards in a prefix are taken literally.
     let literal = spawned(store, "x_y-1", "demo", "claude", "t").await;
     spawned(store, "xzy-2", "demo", "claude", "t").await;
+    spawned(store, "X-case", "demo", "claude", "t").await;
     store
         .finish_unowned(ids[1], "failed", "broke")
         .await
@@ -192,9 +193,9 @@ async fn agent_lists_filter_and_page_newest_first(store: &Store) {
     })
     .await
     .concat();
-    assert_eq!(names.len(), 25, "{names:?}");
+    assert_eq!(names.len(), 26, "{names:?}");
     let listed: HashSet<_> = names.iter().collect();
-    assert_eq!(listed.len(), 25, "an agent shown twice: {names:?}");
+    assert_eq!(listed.len(), 26, "an agent shown twice: {names:?}");
     assert!(names.iter().all(|n| !n.starts_with("late-")), "{names:?}");
     let everyone = store
         .list_agents(&AgentQuery::with_dismissed())
@@ -261,6 +262,14 @@ async fn agent_lists_filter_and_page_newest_first(store: &Store) {
     })
     .await;
     assert_eq!(prefixed, ["x_y-1"]);
+    // Case-sensitive in both dialects.
+    for (prefix, expected) in [("X", vec!["X-case"]), ("x-", vec![])] {
+        let q = AgentQuery {
+            name_prefix: Some(prefix.into()),
+            ..AgentQuery::default()
+        };
+        assert_eq!(query(q).await, expected, "{prefix}");
+    }
     assert_eq!(store.agent_by_id(literal).await.unwrap().name, "x_y-1");
     // A window of creation times: [after, before).
     let at = |i: usize| everyone.iter().find(|a| a.id == ids[i]).unwrap().created_at;

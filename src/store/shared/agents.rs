@@ -387,9 +387,7 @@ macro_rules! shared_agents {
                         sql.push(" AND a.task_id = ").push_bind(task_id.clone());
                     }
                     if let Some(prefix) = &query.name_prefix {
-                        sql.push(" AND a.name LIKE ")
-                            .push_bind(crate::store::like_prefix(prefix))
-                            .push(" ESCAPE '\\'");
+                        Self::push_name_prefix(&mut sql, prefix);
                     }
                     if let Some(after) = query.created_after {
                         sql.push(" AND a.created_at >= ").push_bind(Self::time_param(after));
