@@ -94,7 +94,7 @@ async fn a_spawn_appears_and_its_output_streams_live() {
         ("#/", "overview", "#ov-workers", "1"),
         ("#/agents", "agents", "#agents-table", "live-lynx"),
         ("#/queue", "queue", "#q-depth", "0"),
-        ("#/workers", "workers", "main table", "active"),
+        ("#/workers", "workers", "main table", "alive"),
         ("#/accounts", "accounts", "main", "No accounts"),
         ("#/projects", "projects", "main table", "demo"),
     ] {

@@ -245,7 +245,7 @@ export function workers(ctx) {
     body.replaceChildren(table([
       { label: "Node", cell: (w) => w.node_id },
       { label: "Worker", cell: (w) => h("span", { class: "mono" }, w.id) },
-      { label: "Status", cell: (w) => h("span", { class: `status s-${w.status === "active" ? "running" : w.status === "draining" ? "waiting_for_input" : "stopped"}` }, w.status) },
+      { label: "Status", cell: (w) => h("span", { class: `status s-${w.status === "alive" || w.status === "active" ? "running" : w.status === "draining" ? "waiting_for_input" : "stopped"}` }, w.status) },
       { label: "Lease age", cell: (w) => `${w.lease_age_seconds.toFixed(1)} s`, num: true },
       { label: "Capacity", cell: (w) => String(w.capacity), num: true },
       { label: "Running", cell: (w) => String(w.running), num: true },
