@@ -21,5 +21,6 @@ pub mod queue;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 pub mod worker;
 pub mod workspace;

@@ -20,7 +20,7 @@ pub struct ErrorBody {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// What kind of error: `invalid_request`, `unauthorized`, `not_found`,
+    /// What kind of error: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `method_not_allowed`, `conflict`, `body_too_large`, `unsupported_media_type`,
     /// `invalid`, `idempotency_key_reused`, `rate_limited`, `unavailable`, `internal`.
     pub code: String,
@@ -71,6 +71,7 @@ impl ApiError {
         match status {
             StatusCode::BAD_REQUEST => "invalid_request",
             StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, projects, routes};
+use super::{accounts, projects, queue, routes};
 use crate::fleet::Fleet;
 use crate::providers::{Provider, Providers};
 
@@ -37,6 +37,7 @@ use crate::providers::{Provider, Providers};
         routes::cleanup_agent,
         routes::agent_events,
         routes::list_workers,
+        queue::queue,
         projects::add_project,
         projects::list_projects,
         projects::update_project,
@@ -146,11 +147,17 @@ fn with_catalog(providers: &Providers, takes_api_key: impl Fn(&dyn Provider) -> 
         if !path.starts_with("/v1/") {
             continue;
         }
-        for operation in item
-            .as_object_mut()
-            .into_iter()
-            .flat_map(|i| i.values_mut())
-        {
+        for (method, operation) in item.as_object_mut().into_iter().flatten() {
+            // A read-only token (or a signed-in page without its CSRF token) may change
+            // nothing.
+            if method != "get" {
+                operation["responses"]["403"] = json!({
+                    "description": "a read-only token, a dashboard session without its `x-csrf-token`, or a change sent from another site's page (`forbidden`)",
+                    "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/ErrorBody"},
+                    }},
+                });
+            }
             operation["responses"]["429"] = json!({
                 "description": "over `api.rate_limit` for this token (`rate_limited`)",
                 "headers": {"retry-after": {

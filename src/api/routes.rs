@@ -71,6 +71,7 @@ pub async fn list_agents(
         provider: q.provider,
         task_id: q.task_id,
         name_prefix: q.name,
+        search: q.search,
         created_after: q.created_after,
         created_before: q.created_before,
         include_dismissed: q.all,
@@ -235,6 +236,8 @@ pub struct AgentListQuery {
     task_id: Option<String>,
     /// Only agents whose name starts with this.
     name: Option<String>,
+    /// Only agents whose name starts with this or whose task id is this.
+    search: Option<String>,
     /// Only agents created at or after this time (RFC 3339).
     created_after: Option<DateTime<Utc>>,
     /// Only agents created before this time (RFC 3339).

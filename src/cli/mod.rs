@@ -199,6 +199,7 @@ async fn list(fleet: &Fleet, args: ListArgs) -> anyhow::Result<()> {
         provider: args.provider,
         task_id: args.task_id,
         name_prefix: args.name,
+        search: None,
         created_after: args.created_after,
         created_before: args.created_before,
         include_dismissed: args.all,

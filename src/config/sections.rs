@@ -218,6 +218,9 @@ pub struct AgentSettings {
 pub struct ApiSettings {
     pub bind: String,
     pub tokens: Vec<String>,
+    /// Tokens that may read but change nothing (mutations answer 403 `forbidden`).
+    #[serde(default)]
+    pub read_only_tokens: Vec<String>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// A connection that has not sent a whole request header this long after it opened (or

@@ -128,6 +128,28 @@ impl Settings {
         if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(invalid("api.tokens", "tokens must not be empty strings"));
         }
+        if self
+            .api
+            .read_only_tokens
+            .iter()
+            .any(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                "api.read_only_tokens",
+                "tokens must not be empty strings",
+            ));
+        }
+        if self
+            .api
+            .read_only_tokens
+            .iter()
+            .any(|t| self.api.tokens.contains(t))
+        {
+            return Err(invalid(
+                "api.read_only_tokens",
+                "a token is in both api.tokens and api.read_only_tokens",
+            ));
+        }
         self.validate_sandbox()
     }
 

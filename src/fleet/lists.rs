@@ -15,6 +15,7 @@ impl Fleet {
             ("provider", &query.provider),
             ("task_id", &query.task_id),
             ("name", &query.name_prefix),
+            ("search", &query.search),
         ] {
             if let Some(value) = value {
                 checks::no_nul(field, value)?;

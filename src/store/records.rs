@@ -27,6 +27,8 @@ pub struct AgentQuery {
     pub task_id: Option<String>,
     /// Names that start with this.
     pub name_prefix: Option<String>,
+    /// Names that start with this, or this task id (a person's search box).
+    pub search: Option<String>,
     /// Created at or after this.
     pub created_after: Option<DateTime<Utc>>,
     /// Created before this.

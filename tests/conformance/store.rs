@@ -262,6 +262,22 @@ async fn agent_lists_filter_and_page_newest_first(store: &Store) {
     })
     .await;
     assert_eq!(prefixed, ["x_y-1"]);
+    let searched = query(AgentQuery {
+        search: Some("task-3".into()),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(searched, task, "a task id");
+    let searched = query(AgentQuery {
+        search: Some("agent-2".into()),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(
+        searched,
+        ["agent-20", "agent-21", "agent-22"],
+        "a name prefix"
+    );
     // Case-sensitive in both dialects.
     for (prefix, expected) in [("X", vec!["X-case"]), ("x-", vec![])] {
         let q = AgentQuery {

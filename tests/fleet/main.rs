@@ -9,6 +9,7 @@
 #[path = "../common"]
 mod common {
     pub mod api;
+    pub mod browser;
     pub mod databases;
     pub mod env;
     pub mod fresh_store;
@@ -31,6 +32,7 @@ mod spine;
 mod api;
 mod api_limits;
 mod control;
+mod dashboard;
 mod front_door;
 mod lists;
 mod observability;

@@ -112,7 +112,7 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
-    /// `AND` the agent's name starts with `prefix`: LIKE (case-sensitive here), its
+    /// That the agent's name starts with `prefix`: LIKE (case-sensitive here), its
     /// wildcards escaped; `agents_name_prefix_idx` (text_pattern_ops) answers it.
     pub(super) fn push_name_prefix(sql: &mut sqlx::QueryBuilder<sqlx::Postgres>, prefix: &str) {
         let mut pattern = String::with_capacity(prefix.len() + 1);
@@ -123,7 +123,7 @@ impl PgStore {
             pattern.push(c);
         }
         pattern.push('%');
-        sql.push(" AND a.name LIKE ")
+        sql.push("a.name LIKE ")
             .push_bind(pattern)
             .push(" ESCAPE '\\'");
     }

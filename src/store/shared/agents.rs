@@ -387,7 +387,13 @@ macro_rules! shared_agents {
                         sql.push(" AND a.task_id = ").push_bind(task_id.clone());
                     }
                     if let Some(prefix) = &query.name_prefix {
+                        sql.push(" AND ");
                         Self::push_name_prefix(&mut sql, prefix);
+                    }
+                    if let Some(text) = &query.search {
+                        sql.push(" AND (");
+                        Self::push_name_prefix(&mut sql, text);
+                        sql.push(" OR a.task_id = ").push_bind(text.clone()).push(")");
                     }
                     if let Some(after) = query.created_after {
                         sql.push(" AND a.created_at >= ").push_bind(Self::time_param(after));

@@ -136,7 +136,7 @@ impl SqliteStore {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// `AND` the agent's name starts with `prefix`: GLOB, which is case-sensitive as
+    /// That the agent's name starts with `prefix`: GLOB, which is case-sensitive as
     /// Postgres' LIKE is (SQLite's LIKE is not) and uses the names' index; its wildcards
     /// are taken literally by putting each in brackets.
     pub(super) fn push_name_prefix(sql: &mut sqlx::QueryBuilder<sqlx::Sqlite>, prefix: &str) {
@@ -152,7 +152,7 @@ impl SqliteStore {
             }
         }
         pattern.push('*');
-        sql.push(" AND a.name GLOB ").push_bind(pattern);
+        sql.push("a.name GLOB ").push_bind(pattern);
     }
 
     /// A time to compare with a timestamp column: text in the schema's format (see
