@@ -49,7 +49,9 @@ impl From<StoreError> for FleetError {
             | StoreError::AccountExists(_) => Self::Conflict(e.to_string()),
             StoreError::UnknownProject(_)
             | StoreError::UnknownAgent(_)
-            | StoreError::UnknownAccount(_) => Self::NotFound(e.to_string()),
+            | StoreError::UnknownAccount(_)
+            | StoreError::UnknownWebhook(_)
+            | StoreError::UnknownDelivery(_) => Self::NotFound(e.to_string()),
             StoreError::Database(_)
             | StoreError::Shared(_)
             | StoreError::Migrate(_)
