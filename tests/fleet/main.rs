@@ -34,6 +34,7 @@ mod control;
 mod front_door;
 mod observability;
 mod openapi;
+mod webhooks;
 
 // Faults injected: processes, services, disks, output and agents that misbehave.
 mod api_outages;

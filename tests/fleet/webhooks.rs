@@ -1,0 +1,441 @@
+//! Webhooks end to end, in both modes: a receiver of the test's own (a real HTTP server on
+//! 127.0.0.1) that checks every request's Standard Webhooks signature with its own HMAC,
+//! answers the first attempts 500, and sees them sent again with the same `webhook-id`; an
+//! agent's start, end and deletion arrive in order with the agent as it was; a redelivery
+//! repeats an id. In the embedded mode `up` (SQLite, one process) delivers and the CLI
+//! subscribes; in the distributed mode a worker (Postgres, Redis) delivers and the API
+//! subscribes. Private targets are refused unless `webhooks.allow_private`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::StatusCode as ClientStatus;
+use serde_json::{Value, json};
+
+use crate::cli_bad_input::fails_with;
+use crate::common::api::{TOKEN, error_of, serve_with};
+use crate::common::env::TestEnv;
+use crate::common::services::free_port;
+
+const KEY_B64: &str = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=";
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    answered: u16,
+    body: Value,
+    signature_ok: bool,
+}
+
+/// A webhook receiver: refuses the first `fail_first` requests with 500, takes the rest.
+#[derive(Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    secret: Arc<Mutex<Option<Vec<u8>>>>,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Self {
+            addr: listener.local_addr().unwrap(),
+            secret: Arc::default(),
+            got: Arc::default(),
+        };
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move { state.take(&headers, &body, fail_first) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        receiver
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn take(&self, headers: &HeaderMap, body: &[u8], fail_first: usize) -> StatusCode {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (id, timestamp) = (header("webhook-id"), header("webhook-timestamp"));
+        let key = self.secret.lock().unwrap().clone().expect("secret set");
+        // Our own HMAC, per the spec: "id.timestamp.body", keyed with the secret's bytes.
+        let mac = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+            [id.as_bytes(), b".", timestamp.as_bytes(), b".", body]
+                .concat()
+                .as_slice(),
+        );
+        let expected = format!("v1,{}", STANDARD.encode(mac.as_ref()));
+        let signature_ok = header("webhook-signature")
+            .split(' ')
+            .any(|s| s == expected)
+            && (chrono::Utc::now().timestamp() - timestamp.parse::<i64>().unwrap_or(0)).abs() < 60;
+        let mut got = self.got.lock().unwrap();
+        let answered = if got.len() < fail_first { 500 } else { 204 };
+        got.push(Received {
+            id,
+            answered,
+            body: serde_json::from_slice(body).unwrap_or(Value::Null),
+            signature_ok,
+        });
+        StatusCode::from_u16(answered).unwrap()
+    }
+
+    fn set_secret(&self, text: &str) {
+        let b64 = text.strip_prefix("whsec_").expect("whsec_ secret");
+        *self.secret.lock().unwrap() = Some(STANDARD.decode(b64).unwrap());
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until a request of event `kind` was taken (answered 2xx).
+    async fn wait_for(&self, kind: &str, log: impl Fn() -> String) -> Received {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(r) = self
+                .received()
+                .into_iter()
+                .find(|r| r.answered < 300 && r.body["type"] == kind)
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {kind} delivered; got {:?}\n{}",
+                self.received(),
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Settings both modes share: fast polling and retries, the receiver on 127.0.0.1 allowed.
+fn fast_webhooks(env: &mut TestEnv) {
+    env.set_env("AGENTFLEET__SECRETS__KEY", KEY_B64);
+    env.set_env("AGENTFLEET__WEBHOOKS__ALLOW_PRIVATE", "true");
+    env.set_env("AGENTFLEET__WEBHOOKS__POLL_INTERVAL", "100ms");
+    env.set_env("AGENTFLEET__WEBHOOKS__RETRY_INITIAL", "200ms");
+}
+
+/// What both modes check once an agent ran, with `receiver` subscribed to every event
+/// (the first two requests refused) as `webhook`: order, retries, signatures, payloads.
+async fn check_deliveries(
+    env: &TestEnv,
+    receiver: &Receiver,
+    webhook: &str,
+    agent: &agentfleet::domain::Agent,
+    log: impl Fn() -> String,
+) {
+    let started = receiver.wait_for("agent.started", &log).await;
+    let completed = receiver.wait_for("agent.completed", &log).await;
+    let got = receiver.received();
+    assert!(
+        got.iter().all(|r| r.signature_ok),
+        "a bad signature: {got:?}"
+    );
+    // The first request (agent.started) was refused twice and then taken, under one id.
+    assert_eq!(got[0].id, started.id, "{got:?}");
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.id == started.id)
+            .map(|r| r.answered)
+            .collect::<Vec<_>>(),
+        [500, 500, 204]
+    );
+    let first_taken = |id: &str| got.iter().position(|r| r.id == id && r.answered < 300);
+    assert!(
+        first_taken(&started.id) < first_taken(&completed.id),
+        "in order: {got:?}"
+    );
+    assert_ne!(started.id, completed.id);
+    for (received, status) in [(&started, "running"), (&completed, "completed")] {
+        let data = &received.body["data"];
+        assert_eq!(data["id"], agent.id.to_string());
+        assert_eq!(data["name"], agent.name);
+        assert_eq!(data["project"], "demo");
+        assert_eq!(data["status"], status);
+        assert!(
+            received.body["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.contains('T'))
+        );
+    }
+    assert!(completed.body["data"]["finished_at"].is_string());
+    let deliveries: Value =
+        serde_json::from_str(&env.cli_ok(&["webhook", "deliveries", webhook, "--json"])).unwrap();
+    let of = |id: &str| {
+        deliveries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("delivery {id} listed: {deliveries}"))
+    };
+    let first = of(&started.id);
+    assert_eq!(
+        (&first["status"], &first["attempts"], &first["last_status"]),
+        (&json!("delivered"), &json!(3), &json!(204))
+    );
+    // Redelivered: the same id again.
+    let out = env.cli_ok(&["webhook", "redeliver", &completed.id]);
+    assert!(out.contains("will be sent again"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver
+        .received()
+        .iter()
+        .filter(|r| r.id == completed.id)
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redelivery never came\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_up_delivers_signed_events_in_order_and_retries_with_the_same_id() {
+    let mut env = TestEnv::new().await;
+    let db = env.dir.path().join("embedded.db");
+    env.set_env(
+        "AGENTFLEET__DATABASE__URL",
+        &format!("sqlite://{}", db.display()),
+    );
+    env.set_env("AGENTFLEET__REDIS__URL", "");
+    fast_webhooks(&mut env);
+    env.cli_ok(&[
+        "project",
+        "add",
+        "demo",
+        "--remote",
+        env.remote.to_str().unwrap(),
+    ]);
+    let receiver = Receiver::start(2).await;
+    let added: Value =
+        serde_json::from_str(&env.cli_ok(&["webhook", "add", &receiver.url(), "--json"])).unwrap();
+    let (webhook, secret) = (
+        added["id"].as_str().unwrap(),
+        added["secret"].as_str().unwrap(),
+    );
+    receiver.set_secret(secret);
+    // Only completions of another project: never called.
+    let elsewhere = Receiver::start(0).await;
+    env.cli_ok(&[
+        "project",
+        "add",
+        "other",
+        "--remote",
+        env.remote.to_str().unwrap(),
+    ]);
+    env.cli_ok(&[
+        "webhook",
+        "add",
+        &elsewhere.url(),
+        "--event",
+        "agent.completed",
+        "--project",
+        "other",
+    ]);
+    let listed = env.cli_ok(&["webhook", "list", "--json"]);
+    assert!(
+        !listed.contains(&secret[6..]),
+        "the secret is shown once: {listed}"
+    );
+
+    let log_path = env.dir.path().join("up.log");
+    let mut up: Child = env
+        .command(&["up"])
+        .env(
+            "AGENTFLEET__API__BIND",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("AGENTFLEET__WORKER__WORKSPACE_ROOT", env.worker_root(0))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let agent = env.spawn(&[], "say hello");
+    check_deliveries(&env, &receiver, webhook, &agent, log).await;
+    env.cli_ok(&["delete", &agent.name]);
+    let deleted = receiver.wait_for("agent.deleted", log).await;
+    assert_eq!(deleted.body["data"]["id"], agent.id.to_string());
+    assert!(elsewhere.received().is_empty());
+    let _ = up.kill();
+    let _ = up.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distributed_workers_deliver_signed_events_in_order_and_retry_with_the_same_id() {
+    let mut env = TestEnv::new().await;
+    fast_webhooks(&mut env);
+    let api = serve_with(&env, &[]).await;
+    let receiver = Receiver::start(2).await;
+    let added = api
+        .post("/v1/webhooks")
+        .json(&json!({"url": receiver.url(), "project": "demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), ClientStatus::CREATED);
+    let added: Value = added.json().await.unwrap();
+    receiver.set_secret(added["secret"].as_str().unwrap());
+    let webhook = added["id"].as_str().unwrap().to_string();
+    let shown = api.get_json(&format!("/v1/webhooks/{webhook}")).await;
+    assert_eq!(shown["project"], "demo");
+    assert!(shown.get("secret").is_none(), "{shown}");
+    let listed = api.get_json("/v1/webhooks").await;
+    assert_eq!(listed["items"][0]["id"], webhook.as_str());
+    assert_eq!(listed["next_cursor"], Value::Null);
+
+    env.start_worker(&[]);
+    let agent = env.spawn(&[], "say hello");
+    let log = || env.worker_log(0);
+    check_deliveries(&env, &receiver, &webhook, &agent, log).await;
+    let deliveries = api
+        .get_json(&format!("/v1/webhooks/{webhook}/deliveries"))
+        .await;
+    assert!(
+        deliveries["items"].as_array().unwrap().len() >= 2,
+        "{deliveries}"
+    );
+
+    // Removed: nothing more is sent, and the subscription is gone.
+    let removed = api
+        .client
+        .delete(format!("{}/v1/webhooks/{webhook}", api.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), ClientStatus::OK);
+    let gone = api
+        .get(&format!("/v1/webhooks/{webhook}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(gone).await.0, ClientStatus::NOT_FOUND);
+    env.stop_workers();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_targets_and_bad_subscriptions_are_refused() {
+    let mut env = TestEnv::new().await;
+    env.set_env("AGENTFLEET__SECRETS__KEY", KEY_B64);
+    fails_with(
+        &env,
+        &["webhook", "add", "http://127.0.0.1:9/hook"],
+        "webhooks.allow_private",
+    );
+    fails_with(
+        &env,
+        &[
+            "webhook",
+            "add",
+            "https://example.com/hook",
+            "--event",
+            "agent.exploded",
+        ],
+        "unknown event",
+    );
+    fails_with(
+        &env,
+        &[
+            "webhook",
+            "add",
+            "https://example.com/hook",
+            "--project",
+            "ghost",
+        ],
+        "unknown project 'ghost'",
+    );
+    fails_with(
+        &env,
+        &["webhook", "remove", "not-an-id"],
+        "no webhook 'not-an-id'",
+    );
+    let api = serve_with(&env, &[]).await;
+    for (body, status, says) in [
+        (
+            json!({"url": "http://169.254.169.254/latest"}),
+            422,
+            "webhooks.allow_private",
+        ),
+        (
+            json!({"url": "ftp://example.com/"}),
+            422,
+            "http:// or https://",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": []}),
+            422,
+            "at least one event",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": ["agent.nope"]}),
+            400,
+            "agent.nope",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": null}),
+            400,
+            "",
+        ),
+        (
+            json!({"url": "https://example.com/", "project": "ghost"}),
+            404,
+            "ghost",
+        ),
+        (
+            json!({"url": "https://example.com/", "extra": 1}),
+            400,
+            "extra",
+        ),
+    ] {
+        let resp = api.post("/v1/webhooks").json(&body).send().await.unwrap();
+        let (got, _, message) = error_of(resp).await;
+        assert_eq!(got.as_u16(), status, "{body}: {message}");
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let added = api
+        .post("/v1/webhooks")
+        .json(&json!({"url": "https://example.com/hook", "events": ["agent.completed", "agent.completed"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), ClientStatus::CREATED);
+    let added: Value = added.json().await.unwrap();
+    assert_eq!(added["events"], json!(["agent.completed"]));
+    assert!(added["secret"].as_str().unwrap().starts_with("whsec_"));
+    let missing = api
+        .post("/v1/webhook-deliveries/0190c5a0-0000-7000-8000-000000000000/redeliver")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(missing).await.0, ClientStatus::NOT_FOUND);
+}
