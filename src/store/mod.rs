@@ -391,6 +391,8 @@ store_operations! {
     fn release_webhook(&self, webhook_id: Uuid, worker: &str) -> ();
     /// Deliveries not delivered (nor failed) yet.
     fn webhook_outbox_depth(&self) -> i64;
+    /// Replaces a subscription's sealed secret if it is still `old` (key rotation).
+    fn reseal_webhook(&self, id: Uuid, old: &[u8], sealed: &[u8], key_id: &str) -> bool;
 }
 
 #[cfg(test)]

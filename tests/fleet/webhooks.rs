@@ -2,8 +2,8 @@
 //! 127.0.0.1) that checks every request's Standard Webhooks signature with its own HMAC,
 //! answers the first attempts 500, and sees them sent again with the same `webhook-id`; an
 //! agent's start, end and deletion arrive in order with the agent as it was; a redelivery
-//! repeats an id. In the embedded mode `up` (SQLite, one process) delivers and the CLI
-//! subscribes; in the distributed mode a worker (Postgres, Redis) delivers and the API
+//! repeats an id. In the embedded mode `up` (SQLite, one process) delivers (under a key
+//! rotated since the subscription) and the CLI subscribes; in the distributed mode a worker (Postgres, Redis) delivers and the API
 //! subscribes. Private targets are refused unless `webhooks.allow_private`.
 
 use std::net::SocketAddr;
@@ -266,6 +266,17 @@ async fn embedded_up_delivers_signed_events_in_order_and_retries_with_the_same_i
         !listed.contains(&secret[6..]),
         "the secret is shown once: {listed}"
     );
+    // A key rotation re-seals the secrets: the receiver's secret still verifies.
+    let new_key = env.dir.path().join("new.key");
+    let out = env.cli_ok(&[
+        "account",
+        "rotate-key",
+        "--new-key-file",
+        new_key.to_str().unwrap(),
+    ]);
+    assert!(out.contains("2 webhook secret(s) re-sealed"), "{out}");
+    let new_key = std::fs::read_to_string(&new_key).unwrap();
+    env.set_env("AGENTFLEET__SECRETS__KEY", new_key.trim());
 
     let log_path = env.dir.path().join("up.log");
     let mut up: Child = env

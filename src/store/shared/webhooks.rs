@@ -280,6 +280,26 @@ macro_rules! shared_webhooks {
                     Ok(())
                 }
 
+                /// Replaces a subscription's sealed secret if it is still `old` (key rotation).
+                pub async fn reseal_webhook(
+                    &self,
+                    id: Uuid,
+                    old: &[u8],
+                    sealed: &[u8],
+                    key_id: &str,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(
+                        "UPDATE webhooks SET sealed = $3, key_id = $4 WHERE id = $1 AND sealed = $2",
+                    )
+                    .bind(id)
+                    .bind(old)
+                    .bind(sealed)
+                    .bind(key_id)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
                 /// Deliveries not delivered yet (the outbox's depth).
                 pub async fn webhook_outbox_depth(&self) -> Result<i64, StoreError> {
                     Ok(sqlx::query_scalar(
