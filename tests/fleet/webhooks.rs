@@ -450,3 +450,207 @@ async fn private_targets_and_bad_subscriptions_are_refused() {
         .unwrap();
     assert_eq!(error_of(missing).await.0, ClientStatus::NOT_FOUND);
 }
+
+/// A subscription recorded straight in the store, its secret sealed with `keyring`; with
+/// the secret's text.
+async fn subscribe_in_store(
+    store: &agentfleet::store::Store,
+    keyring: &agentfleet::credentials::Keyring,
+    url: &str,
+) -> (uuid::Uuid, String) {
+    let secret = agentfleet::webhooks::SigningSecret::generate().unwrap();
+    let id = uuid::Uuid::now_v7();
+    let sealed = keyring.seal(id, secret.as_bytes()).unwrap();
+    store
+        .add_webhook(&agentfleet::store::NewWebhook {
+            id,
+            url,
+            events: None,
+            project: None,
+            sealed: &sealed,
+            key_id: keyring.id(),
+        })
+        .await
+        .unwrap();
+    (id, secret.to_text())
+}
+
+/// An agent of `demo` that started running (an `agent.started` for every subscription).
+async fn started_agent(store: &agentfleet::store::Store, name: &str) {
+    use agentfleet::store::{NewWorker, Owner, ProcessRecord, SpawnRecord};
+    let recorded = store
+        .record_spawn(SpawnRecord {
+            name,
+            provider: "claude",
+            mode: agentfleet::domain::AgentMode::Execute,
+            project: "demo",
+            task_id: None,
+            idempotency_key: None,
+            request_hash: "h",
+            payload: json!({"prompt": "p"}),
+        })
+        .await
+        .unwrap();
+    let worker = format!("w-{name}");
+    let new_worker = NewWorker {
+        id: &worker,
+        node_id: "n",
+        host: "h",
+        pid: 1,
+        pid_start_time: None,
+        capacity: 1,
+    };
+    let epoch = store
+        .register_worker(&new_worker, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let owner = Owner {
+        worker_id: worker.clone(),
+        epoch,
+    };
+    store
+        .claim_request(recorded.request_id, &owner, "n")
+        .await
+        .unwrap()
+        .unwrap();
+    let process = ProcessRecord {
+        pid: 7,
+        pid_start_time: 7,
+        output_path: "/tmp/o".into(),
+        workdir: "/tmp/w".into(),
+    };
+    assert!(
+        store
+            .mark_running(recorded.agent.id, &owner, &process)
+            .await
+            .unwrap()
+    );
+}
+
+fn webhook_settings(allow_private: bool) -> agentfleet::config::WebhookSettings {
+    agentfleet::config::WebhookSettings {
+        allow_private,
+        timeout: Duration::from_secs(2),
+        retry_initial: Duration::from_secs(5),
+        retry_max: Duration::from_secs(60),
+        retry_for: Duration::from_secs(3600),
+        poll_interval: Duration::from_millis(100),
+        concurrency: 4,
+    }
+}
+
+/// The sender's step against a SQLite store: a receiver that never answers holds up only
+/// its own subscription (the other is delivered at once; the slow one fails on
+/// `webhooks.timeout` and waits for its retry), and a host name that resolves to a private
+/// address is refused at delivery when private targets are not allowed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_receiver_holds_up_only_its_own_subscription_and_private_names_are_refused() {
+    use agentfleet::domain::DeliveryStatus;
+    use agentfleet::webhooks::Deliverer;
+    let fresh =
+        crate::common::fresh_store::FreshStore::new(agentfleet::store::StoreKind::Sqlite).await;
+    let store = fresh.store.clone();
+    store
+        .add_project("demo", "/tmp/demo.git", "main")
+        .await
+        .unwrap();
+    let keyring = agentfleet::credentials::Keyring::generate().unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    // Accepts connections and never answers.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let fast = Receiver::start(0).await;
+    let (slow_id, _) = subscribe_in_store(&store, &keyring, &silent_url).await;
+    let (fast_id, fast_secret) = subscribe_in_store(&store, &keyring, &fast.url()).await;
+    fast.set_secret(&fast_secret);
+    started_agent(&store, "one").await;
+
+    let deliverer = Arc::new(
+        Deliverer::new(
+            store.clone(),
+            webhook_settings(true),
+            Ok(keyring.clone()),
+            "sender-1".into(),
+        )
+        .unwrap(),
+    );
+    let began = Instant::now();
+    let report = deliverer.run_once().await;
+    assert_eq!((report.claimed, report.outbox), (2, 2));
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "the step waits for no receiver"
+    );
+    let taken = fast.wait_for("agent.started", String::new).await;
+    assert!(taken.signature_ok);
+    assert!(
+        began.elapsed() < Duration::from_millis(1500),
+        "the fast receiver waited for the slow one: {:?}",
+        began.elapsed()
+    );
+    let tasks = deliverer.tasks();
+    tasks.close();
+    tasks.wait().await;
+    let slow = store.list_deliveries(slow_id, 10).await.unwrap().remove(0);
+    assert_eq!((slow.status, slow.attempts), (DeliveryStatus::Pending, 1));
+    assert!(
+        slow.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("timed out")),
+        "{slow:?}"
+    );
+    assert!(slow.next_attempt_at > chrono::Utc::now());
+    let delivered = store.list_deliveries(fast_id, 10).await.unwrap().remove(0);
+    assert_eq!(delivered.status, DeliveryStatus::Delivered);
+
+    // A name (this machine's) that resolves to a private address: refused at delivery.
+    store.remove_webhook(slow_id).await.unwrap();
+    store.remove_webhook(fast_id).await.unwrap();
+    let host = hostname::get().unwrap().to_string_lossy().into_owned();
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .map(|a| a.collect())
+        .unwrap_or_default();
+    if resolved.is_empty()
+        || resolved
+            .iter()
+            .any(|a| !agentfleet::webhooks::target::is_private(a.ip()))
+    {
+        println!("{host} does not resolve to private addresses only ({resolved:?}): not checked");
+        return;
+    }
+    let url = format!("http://{host}:{}/hook", fast.addr.port());
+    assert!(
+        agentfleet::webhooks::target::check_url(&url, false).is_ok(),
+        "a plain name passes the literal check"
+    );
+    let (named_id, _) = subscribe_in_store(&store, &keyring, &url).await;
+    started_agent(&store, "two").await;
+    let strict = Arc::new(
+        Deliverer::new(
+            store.clone(),
+            webhook_settings(false),
+            Ok(keyring),
+            "sender-2".into(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(strict.run_once().await.claimed, 1);
+    let tasks = strict.tasks();
+    tasks.close();
+    tasks.wait().await;
+    let refused = store.list_deliveries(named_id, 10).await.unwrap().remove(0);
+    assert!(
+        refused
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("no public address")),
+        "{refused:?}"
+    );
+    assert_eq!(fast.received().len(), 1, "nothing reached the receiver");
+}
