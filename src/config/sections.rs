@@ -56,6 +56,9 @@ pub struct WebhookSettings {
     pub poll_interval: Duration,
     /// Subscriptions one worker delivers to at once.
     pub concurrency: u32,
+    /// How long delivered and failed deliveries are kept.
+    #[serde(with = "humantime_serde")]
+    pub keep_for: Duration,
 }
 
 /// The sandbox provider processes run in (see `sandbox`).

@@ -104,6 +104,7 @@ impl Settings {
             ("webhooks.retry_max", self.webhooks.retry_max),
             ("webhooks.retry_for", self.webhooks.retry_for),
             ("webhooks.poll_interval", self.webhooks.poll_interval),
+            ("webhooks.keep_for", self.webhooks.keep_for),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be above zero"));

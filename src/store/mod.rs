@@ -391,6 +391,8 @@ store_operations! {
     fn release_webhook(&self, webhook_id: Uuid, worker: &str) -> ();
     /// Deliveries not delivered (nor failed) yet.
     fn webhook_outbox_depth(&self) -> i64;
+    /// Removes delivered and failed deliveries older than `older_than`; returns how many.
+    fn prune_deliveries(&self, older_than: Duration) -> u64;
     /// Replaces a subscription's sealed secret if it is still `old` (key rotation).
     fn reseal_webhook(&self, id: Uuid, old: &[u8], sealed: &[u8], key_id: &str) -> bool;
 }

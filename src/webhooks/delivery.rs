@@ -30,6 +30,9 @@ use crate::store::{AttemptResult, DeliveryAttempt, DueDelivery, Store};
 /// Deliveries one claim sends at most before it lets go (so claims move around).
 const PER_CLAIM: usize = 100;
 
+/// How often a worker removes old delivered and failed deliveries.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
 /// What one step did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DeliveryReport {
@@ -49,6 +52,8 @@ pub struct Deliverer {
     worker_id: String,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
+    /// When it last pruned old deliveries (None: not yet).
+    pruned_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Deliverer {
@@ -75,6 +80,7 @@ impl Deliverer {
             keyring,
             worker_id,
             tasks: TaskTracker::new(),
+            pruned_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -92,6 +98,7 @@ impl Deliverer {
     /// starts a task for each; does not wait for them.
     pub async fn run_once(self: &Arc<Self>) -> DeliveryReport {
         let mut report = DeliveryReport::default();
+        self.prune_now_and_then().await;
         match self.store.webhook_outbox_depth().await {
             Ok(depth) => {
                 crate::metrics::webhook_outbox(depth);
@@ -141,6 +148,23 @@ impl Deliverer {
             );
         }
         report
+    }
+
+    /// Removes delivered and failed deliveries past `webhooks.keep_for`, at most once per
+    /// `PRUNE_EVERY` (any worker may; a second one finds little to remove).
+    async fn prune_now_and_then(&self) {
+        {
+            let mut pruned_at = self.pruned_at.lock().unwrap_or_else(|e| e.into_inner());
+            if pruned_at.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            *pruned_at = Some(tokio::time::Instant::now());
+        }
+        match self.store.prune_deliveries(self.settings.keep_for).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "webhooks: old deliveries removed"),
+            Err(e) => tracing::warn!(error = %e, "webhooks: cannot remove old deliveries"),
+        }
     }
 
     /// Sends a claimed subscription's due deliveries one by one, then lets go of it.
@@ -312,6 +336,7 @@ mod tests {
             retry_for: Duration::from_secs(86400),
             poll_interval: Duration::from_secs(1),
             concurrency: 4,
+            keep_for: Duration::from_secs(86400),
         }
     }
 

@@ -215,6 +215,9 @@ async fn status_changes_and_deletes_write_deliveries_for_matching_subscriptions(
     assert_eq!((second.event, &second.agent), (WaitingForInput, &waiting));
     assert_eq!(second.agent.pending_questions, asking.questions);
     assert_eq!(second.attempts, 0);
+    // Pruning removes the delivered one only; the pending ones stay.
+    assert_eq!(store.prune_deliveries(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(store.webhook_outbox_depth().await.unwrap(), 7);
 }
 
 async fn one_worker_delivers_for_a_subscription_in_order_per_agent(store: &Store) {
@@ -361,11 +364,24 @@ async fn failed_deliveries_keep_their_error_and_removal_drops_the_outbox(store: 
     assert_eq!(store.webhook_outbox_depth().await.unwrap(), 0);
     assert!(store.next_delivery(hook).await.unwrap().is_none());
 
+    // Pruning takes ended deliveries past their age only.
+    assert_eq!(
+        store
+            .prune_deliveries(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
     let listed_hooks = store.list_webhooks().await.unwrap();
     assert_eq!(listed_hooks.len(), 1);
     assert_eq!(listed_hooks[0].events, Some(vec![WebhookEvent::Started]));
     store.redeliver(due.id).await.unwrap();
     assert_eq!(store.webhook_outbox_depth().await.unwrap(), 1);
+    assert_eq!(
+        store.prune_deliveries(Duration::ZERO).await.unwrap(),
+        0,
+        "pending stays"
+    );
     store.remove_webhook(hook).await.unwrap();
     assert_eq!(store.webhook_outbox_depth().await.unwrap(), 0);
     assert!(matches!(

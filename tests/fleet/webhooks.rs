@@ -536,6 +536,7 @@ fn webhook_settings(allow_private: bool) -> agentfleet::config::WebhookSettings 
         retry_for: Duration::from_secs(3600),
         poll_interval: Duration::from_millis(100),
         concurrency: 4,
+        keep_for: Duration::from_secs(86400),
     }
 }
 

@@ -300,6 +300,22 @@ macro_rules! shared_webhooks {
                     Ok(done.rows_affected() == 1)
                 }
 
+                /// Removes delivered and failed deliveries older than `older_than`; returns
+                /// how many went.
+                pub async fn prune_deliveries(
+                    &self,
+                    older_than: std::time::Duration,
+                ) -> Result<u64, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < ",
+                        ago!("$1")
+                    ))
+                    .bind(older_than.as_secs_f64())
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected())
+                }
+
                 /// Deliveries not delivered yet (the outbox's depth).
                 pub async fn webhook_outbox_depth(&self) -> Result<i64, StoreError> {
                     Ok(sqlx::query_scalar(
