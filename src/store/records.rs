@@ -274,7 +274,9 @@ pub struct DueDelivery {
     pub id: Uuid,
     pub webhook_id: Uuid,
     pub event: crate::domain::WebhookEvent,
-    pub agent: Agent,
+    /// Err: the snapshot cannot be read as an agent (by this version), saying why; a
+    /// delivery that can never be sent.
+    pub agent: Result<Agent, String>,
     /// When the event happened.
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub attempts: i32,

@@ -189,11 +189,20 @@ impl Deliverer {
                     break;
                 }
             };
-            let result = match &secret {
-                Ok(secret) => self.send(webhook, secret, &due).await,
-                Err(why) => Err((format!("cannot open the webhook's secret: {why}"), None)),
+            let result = match (&secret, &due.agent) {
+                (_, Err(why)) => AttemptResult::Failed {
+                    error: why.clone(),
+                    status: None,
+                },
+                (Ok(secret), Ok(agent)) => {
+                    let sent = self.send(webhook, secret, &due, agent).await;
+                    self.judge(&due, sent)
+                }
+                (Err(why), Ok(_)) => {
+                    let why = format!("cannot open the webhook's secret: {why}");
+                    self.judge(&due, Err((why, None)))
+                }
             };
-            let result = self.judge(&due, result);
             let outcome = match &result {
                 AttemptResult::Delivered { .. } => "delivered",
                 AttemptResult::Retry { .. } => "retried",
@@ -250,12 +259,13 @@ impl Deliverer {
         webhook: &Webhook,
         secret: &SigningSecret,
         due: &DueDelivery,
+        agent: &crate::domain::Agent,
     ) -> Result<i32, (String, Option<i32>)> {
         let url = check_url(&webhook.url, self.settings.allow_private).map_err(|e| (e, None))?;
         let body = serde_json::json!({
             "type": due.event,
             "timestamp": due.created_at,
-            "data": due.agent,
+            "data": agent,
         });
         let body = serde_json::to_vec(&body).map_err(|e| (e.to_string(), None))?;
         let id = due.id.to_string();

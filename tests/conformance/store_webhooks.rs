@@ -199,7 +199,7 @@ async fn status_changes_and_deletes_write_deliveries_for_matching_subscriptions(
             == 2
     );
     let first = store.next_delivery(all).await.unwrap().expect("due");
-    assert_eq!((first.event, &first.agent), (Started, &running));
+    assert_eq!((first.event, first.agent.as_ref()), (Started, Ok(&running)));
     assert!(
         store
             .record_attempt(&attempt(
@@ -212,8 +212,11 @@ async fn status_changes_and_deletes_write_deliveries_for_matching_subscriptions(
             .unwrap()
     );
     let second = store.next_delivery(all).await.unwrap().expect("due");
-    assert_eq!((second.event, &second.agent), (WaitingForInput, &waiting));
-    assert_eq!(second.agent.pending_questions, asking.questions);
+    assert_eq!(
+        (second.event, second.agent.as_ref()),
+        (WaitingForInput, Ok(&waiting))
+    );
+    assert_eq!(second.agent.unwrap().pending_questions, asking.questions);
     assert_eq!(second.attempts, 0);
     // Pruning removes the delivered one only; the pending ones stay.
     assert_eq!(store.prune_deliveries(Duration::ZERO).await.unwrap(), 1);
@@ -251,7 +254,7 @@ async fn one_worker_delivers_for_a_subscription_in_order_per_agent(store: &Store
 
     let started_one = store.next_delivery(hook).await.unwrap().unwrap();
     assert_eq!(
-        (started_one.agent.id, started_one.event),
+        (started_one.agent.as_ref().unwrap().id, started_one.event),
         (one, WebhookEvent::Started)
     );
     // Another worker's attempt is refused: the claim is w1's.
@@ -274,7 +277,10 @@ async fn one_worker_delivers_for_a_subscription_in_order_per_agent(store: &Store
     );
     // Agent one's next event waits behind its failing one; agent two's goes on.
     let next = store.next_delivery(hook).await.unwrap().unwrap();
-    assert_eq!((next.agent.id, next.event), (two, WebhookEvent::Started));
+    assert_eq!(
+        (next.agent.as_ref().unwrap().id, next.event),
+        (two, WebhookEvent::Started)
+    );
     let listed = store.list_deliveries(hook, 10).await.unwrap();
     let retried = listed.iter().find(|d| d.id == started_one.id).unwrap();
     assert_eq!(

@@ -191,7 +191,11 @@ macro_rules! shared_webhooks {
                             format!("webhook event '{event}' is not known to this version").into(),
                         ))
                     })?;
-                    let agent = self.delivery_agent(id).await?;
+                    let agent = match self.delivery_agent(id).await {
+                        Ok(agent) => Ok(agent),
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => Err(format!("cannot read the agent's snapshot: {e}")),
+                    };
                     Ok(Some(DueDelivery {
                         id,
                         webhook_id,
