@@ -105,21 +105,17 @@ macro_rules! shared_webhooks {
                     .ok_or_else(|| StoreError::UnknownWebhook(id.to_string()))
                 }
 
-                /// Removes a subscription with its deliveries (pending ones are never sent).
+                /// Removes a subscription with its deliveries (pending ones are never sent):
+                /// the foreign key cascades, so the rows are locked subscription first, in
+                /// the order an attempt being recorded locks them.
                 pub async fn remove_webhook(&self, id: Uuid) -> Result<(), StoreError> {
-                    let mut tx = self.begin_write().await?;
-                    sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
                     let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
                         .bind(id)
-                        .execute(&mut *tx)
+                        .execute(&self.pool)
                         .await?;
                     if done.rows_affected() == 0 {
                         return Err(StoreError::UnknownWebhook(id.to_string()));
                     }
-                    tx.commit().await?;
                     Ok(())
                 }
 
