@@ -279,12 +279,10 @@ async fn embedded_up_delivers_signed_events_in_order_and_retries_with_the_same_i
     env.set_env("AGENTFLEET__SECRETS__KEY", new_key.trim());
 
     let log_path = env.dir.path().join("up.log");
+    let port = free_port();
     let mut up: Child = env
         .command(&["up"])
-        .env(
-            "AGENTFLEET__API__BIND",
-            format!("127.0.0.1:{}", free_port()),
-        )
+        .env("AGENTFLEET__API__BIND", format!("127.0.0.1:{port}"))
         .env("AGENTFLEET__WORKER__WORKSPACE_ROOT", env.worker_root(0))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
@@ -297,6 +295,21 @@ async fn embedded_up_delivers_signed_events_in_order_and_retries_with_the_same_i
     let deleted = receiver.wait_for("agent.deleted", log).await;
     assert_eq!(deleted.body["data"]["id"], agent.id.to_string());
     assert!(elsewhere.received().is_empty());
+    // `up` serves the sender's metrics: the two refused attempts, the deliveries, and their
+    // latency.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "agentfleet_webhook_deliveries_total{outcome=\"retried\"} 2",
+        "agentfleet_webhook_delivery_latency_seconds_count{event=\"agent.completed\"}",
+        "agentfleet_webhook_outbox_depth",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
     let _ = up.kill();
     let _ = up.wait();
 }
