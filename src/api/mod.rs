@@ -12,6 +12,7 @@ mod queue;
 pub mod readiness;
 mod routes;
 mod server;
+mod webhooks;
 
 pub(crate) use server::{ConnectionLimits, serve as serve_router};
 
@@ -64,7 +65,23 @@ pub fn router(fleet: Fleet) -> Router {
             "/v1/accounts/{label}",
             axum::routing::delete(accounts::remove_account),
         )
-        .route("/v1/accounts/{label}/reset", post(accounts::reset_account));
+        .route("/v1/accounts/{label}/reset", post(accounts::reset_account))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::add_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/v1/webhooks/{webhook}",
+            get(webhooks::get_webhook).delete(webhooks::remove_webhook),
+        )
+        .route(
+            "/v1/webhooks/{webhook}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/v1/webhook-deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        );
     // Inside the token check: a request is counted against the token it proved.
     let v1 = match RateLimit::from_settings(&fleet.settings.api) {
         Some(limit) => v1.layer(middleware::from_fn(move |request: Request, next: Next| {

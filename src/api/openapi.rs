@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, projects, queue, routes};
+use super::{accounts, projects, queue, routes, webhooks};
 use crate::fleet::Fleet;
 use crate::providers::{Provider, Providers};
 
@@ -46,6 +46,12 @@ use crate::providers::{Provider, Providers};
         accounts::list_accounts,
         accounts::remove_account,
         accounts::reset_account,
+        webhooks::add_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::remove_webhook,
+        webhooks::list_deliveries,
+        webhooks::redeliver,
         routes::healthz,
         routes::readyz,
         routes::metrics,
@@ -57,6 +63,7 @@ use crate::providers::{Provider, Providers};
         (name = "projects", description = "Git remotes agents work on"),
         (name = "accounts", description = "Provider accounts, sealed at rest"),
         (name = "workers", description = "Workers and their leases"),
+        (name = "webhooks", description = "Subscriptions to agents' status changes, signed per Standard Webhooks"),
         (name = "health", description = "Liveness, readiness and metrics (no token needed)"),
     )
 )]

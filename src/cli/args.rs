@@ -48,6 +48,9 @@ pub enum Command {
     /// Manage provider accounts (their credentials are stored sealed; never printed).
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Manage webhook subscriptions (agents' status changes POSTed to a URL, signed).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Run a worker: take spawn jobs and run their agents.
     Worker,
     /// Serve the HTTP API.
@@ -239,6 +242,61 @@ pub fn time_or_age(s: &str) -> Result<DateTime<Utc>, String> {
         .ok()
         .and_then(|age| Utc::now().checked_sub_signed(age))
         .ok_or_else(|| "that age reaches too far back".to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Subscribe a URL to agents' status changes; prints the subscription's id and its
+    /// signing secret (shown this once).
+    Add {
+        /// Where to POST the events (http:// or https://).
+        url: String,
+        /// An event to receive (repeat for more; all when none): agent.started,
+        /// agent.completed, agent.waiting_for_input, agent.failed, agent.crashed,
+        /// agent.stopped, agent.rate_limited, agent.account_exhausted, agent.deleted.
+        #[arg(long = "event", value_name = "EVENT", value_parser = parse_event)]
+        events: Vec<crate::domain::WebhookEvent>,
+        /// Only agents of this project.
+        #[arg(long)]
+        project: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List subscriptions (never their secrets).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a subscription; its deliveries not sent yet are dropped.
+    Remove {
+        /// The subscription's id.
+        id: String,
+    },
+    /// A subscription's recent deliveries: event, status, attempts, last error.
+    Deliveries {
+        /// The subscription's id.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again (also a failed one), with the same webhook-id.
+    Redeliver {
+        /// The delivery's id (its webhook-id header).
+        delivery_id: String,
+    },
+}
+
+fn parse_event(text: &str) -> Result<crate::domain::WebhookEvent, String> {
+    crate::domain::WebhookEvent::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = crate::domain::WebhookEvent::ALL
+            .iter()
+            .map(|e| e.as_str())
+            .collect();
+        format!("unknown event; one of {}", known.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]

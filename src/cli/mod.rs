@@ -6,8 +6,11 @@ mod agents;
 mod args;
 mod doctor;
 mod output;
+mod webhooks;
 
-pub use args::{AccountCommand, Cli, Command, ListArgs, ProjectCommand, SecretSource, SpawnArgs};
+pub use args::{
+    AccountCommand, Cli, Command, ListArgs, ProjectCommand, SecretSource, SpawnArgs, WebhookCommand,
+};
 
 use accounts::account;
 use agents::{follow_events, parse_answers, spawn, wait_for_end, wait_until_resumed};
@@ -89,6 +92,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             output::projects(&fleet.all_projects().await.map_err(user)?, json)
         }
         Command::Account(command) => account(&fleet, command).await?,
+        Command::Webhook(command) => webhooks::webhook(&fleet, command).await?,
         Command::Worker => run_until_signal(fleet, false).await?,
         Command::Serve => {
             let shutdown = signals();

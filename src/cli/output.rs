@@ -233,3 +233,48 @@ pub fn accounts(accounts: &[crate::domain::Account], as_json: bool) {
         );
     }
 }
+
+pub fn webhooks(webhooks: &[crate::domain::Webhook], as_json: bool) {
+    if as_json {
+        return json(&webhooks);
+    }
+    println!("{:<36}  {:<12}  {:<24}  URL", "ID", "PROJECT", "EVENTS");
+    for w in webhooks {
+        let events = match &w.events {
+            None => "all".to_string(),
+            Some(list) => list
+                .iter()
+                .map(|e| e.as_str().trim_start_matches("agent."))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        println!(
+            "{:<36}  {:<12}  {:<24}  {}",
+            w.id,
+            w.project.as_deref().unwrap_or("all"),
+            events,
+            w.url
+        );
+    }
+}
+
+pub fn deliveries(deliveries: &[crate::domain::WebhookDelivery], as_json: bool) {
+    if as_json {
+        return json(&deliveries);
+    }
+    println!(
+        "{:<36}  {:<24}  {:<9}  {:>8}  {:<24}  LAST ERROR",
+        "ID", "EVENT", "STATUS", "ATTEMPTS", "CREATED"
+    );
+    for d in deliveries {
+        println!(
+            "{:<36}  {:<24}  {:<9}  {:>8}  {:<24}  {}",
+            d.id,
+            d.event.as_str(),
+            d.status.as_str(),
+            d.attempts,
+            d.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            d.last_error.as_deref().unwrap_or("-")
+        );
+    }
+}

@@ -32,10 +32,33 @@ pub struct Settings {
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
     pub sandbox: SandboxSettings,
+    pub webhooks: WebhookSettings,
     /// The configuration file the settings were read from (`--config` or
     /// `AGENTFLEET_CONFIG`), hidden from agents.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+}
+
+/// Webhook delivery (see `webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Targets on private, loopback or link-local addresses are allowed.
+    pub allow_private: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Subscriptions one worker delivers to at once.
+    pub concurrency: u32,
+    /// How long delivered and failed deliveries are kept.
+    #[serde(with = "humantime_serde")]
+    pub keep_for: Duration,
 }
 
 /// The sandbox provider processes run in (see `sandbox`).

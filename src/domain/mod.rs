@@ -9,9 +9,11 @@ use uuid::Uuid;
 pub mod integral;
 pub mod page;
 mod payload;
+mod webhook;
 
 pub use page::{Cursor, Page, PageRequest};
 pub use payload::{ControlArgs, StoredPayload};
+pub use webhook::{DeliveryStatus, Webhook, WebhookDelivery, WebhookEvent};
 
 /// Where an agent is in its life. `pending` is recorded at enqueue; a worker moves it to
 /// `starting` when it claims the request and to `running` once the process is up.

@@ -51,7 +51,9 @@ impl From<StoreError> for FleetError {
             StoreError::InvalidQuery(_) => Self::Invalid(e.to_string()),
             StoreError::UnknownProject(_)
             | StoreError::UnknownAgent(_)
-            | StoreError::UnknownAccount(_) => Self::NotFound(e.to_string()),
+            | StoreError::UnknownAccount(_)
+            | StoreError::UnknownWebhook(_)
+            | StoreError::UnknownDelivery(_) => Self::NotFound(e.to_string()),
             StoreError::Database(_)
             | StoreError::Shared(_)
             | StoreError::Migrate(_)

@@ -31,6 +31,10 @@ pub enum StoreError {
     AccountExists(String),
     #[error("no account '{0}'")]
     UnknownAccount(String),
+    #[error("no webhook '{0}'")]
+    UnknownWebhook(String),
+    #[error("no webhook delivery '{0}'")]
+    UnknownDelivery(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// A database error shared by several callers (a batched write that failed as one).

@@ -297,3 +297,59 @@ pub struct ControlRequest {
     pub kind: ControlKind,
     pub payload: serde_json::Value,
 }
+
+/// A webhook subscription to record; the caller sealed its secret.
+#[derive(Debug, Clone)]
+pub struct NewWebhook<'a> {
+    pub id: Uuid,
+    pub url: &'a str,
+    /// None: every event.
+    pub events: Option<&'a [crate::domain::WebhookEvent]>,
+    /// None: every project.
+    pub project: Option<&'a str>,
+    pub sealed: &'a [u8],
+    pub key_id: &'a str,
+}
+
+/// The delivery a subscription's worker sends next: the agent as it was when the event
+/// happened (mapped from the row's snapshot as the store maps agent rows).
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event: crate::domain::WebhookEvent,
+    /// Err: the snapshot cannot be read as an agent (by this version), saying why; a
+    /// delivery that can never be sent.
+    pub agent: Result<Agent, String>,
+    /// When the event happened.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub attempts: i32,
+    /// Seconds since its retries began (its creation or its redelivery), by the store's clock.
+    pub retrying_for: f64,
+}
+
+/// What one attempt at a delivery came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    /// The receiver answered 2xx.
+    Delivered { status: i32 },
+    /// Failed; try again after `after`.
+    Retry {
+        error: String,
+        status: Option<i32>,
+        after: Duration,
+    },
+    /// Failed for the last time.
+    Failed { error: String, status: Option<i32> },
+}
+
+/// An attempt to record, fenced by the worker's claim on the subscription, which it
+/// extends by `claim_for`.
+#[derive(Debug, Clone)]
+pub struct DeliveryAttempt<'a> {
+    pub delivery_id: Uuid,
+    pub webhook_id: Uuid,
+    pub worker: &'a str,
+    pub result: AttemptResult,
+    pub claim_for: Duration,
+}

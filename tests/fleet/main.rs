@@ -37,6 +37,7 @@ mod front_door;
 mod lists;
 mod observability;
 mod openapi;
+mod webhooks;
 
 // Faults injected: processes, services, disks, output and agents that misbehave.
 mod api_outages;

@@ -51,6 +51,18 @@ async fn schemathesis_finds_nothing_against_the_documented_api() {
         .await
         .unwrap();
     assert_eq!(account.status(), StatusCode::CREATED);
+    // A subscription before the agent runs, so it has deliveries (to a name that does not
+    // resolve: they stay pending, retried).
+    let webhook: Value = api
+        .post("/v1/webhooks")
+        .json(&json!({"url": "https://receiver.invalid/hook"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let webhook = webhook["id"].as_str().expect("a subscription").to_string();
     let spawned = api
         .post("/v1/agents")
         .json(
@@ -76,14 +88,23 @@ async fn schemathesis_finds_nothing_against_the_documented_api() {
         .as_str()
         .expect("a next page")
         .to_string();
+    let deliveries = api
+        .get_json(&format!("/v1/webhooks/{webhook}/deliveries"))
+        .await;
+    let delivery = deliveries["items"][0]["id"]
+        .as_str()
+        .expect("a delivery")
+        .to_string();
 
     // Half the `{agent}` and `{label}` path parameters name what exists (the agent by name
     // and by id, the account), so those routes answer with data as well as with 404s. A
     // spawn's 422 for a reused idempotency key depends on what was sent before under the
     // key (the stateful phase replays keys), which no schema can say; every other 422 of
-    // a schema-valid spawn is still a failure, as is every 422 elsewhere. A list's cursor
-    // is opaque — only a page gives one, any other string is refused — so the cursor sent
-    // is one a page gave (an empty one asks for the first page).
+    // a schema-valid spawn is still a failure, as is every 422 elsewhere — bar a new
+    // webhook's: whether its URL is a private target (`webhooks.allow_private`) or parses
+    // as a URL at all is more than a pattern can say. A list's cursor is opaque — only a
+    // page gives one, any other string is refused — so the cursor sent is one a page
+    // gave (an empty one asks for the first page).
     let config = env.dir.path().join("schemathesis.toml");
     std::fs::write(
         &config,
@@ -97,13 +118,25 @@ values = ["contract-alpha"]
 [dictionaries.cursors]
 values = ["{cursor}"]
 
+[dictionaries.webhooks]
+values = ["{webhook}"]
+
+[dictionaries.deliveries]
+values = ["{delivery}"]
+
 [parameters]
 "query.cursor" = {{ dictionary = "cursors", probability = 1.0 }}
 "path.agent" = {{ dictionary = "agents", probability = 0.5 }}
 "path.label" = {{ dictionary = "labels", probability = 0.5 }}
+"path.webhook" = {{ dictionary = "webhooks", probability = 0.5 }}
+"path.delivery" = {{ dictionary = "deliveries", probability = 0.5 }}
 
 [[operations]]
 include-name = "POST /v1/agents"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+
+[[operations]]
+include-name = "POST /v1/webhooks"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 "#,
             name = agent.name,

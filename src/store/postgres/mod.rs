@@ -73,6 +73,7 @@ mod accounts;
 mod agents;
 mod controls;
 mod projects;
+mod webhooks;
 mod workers;
 
 shared_schema!(PgStore);

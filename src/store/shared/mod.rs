@@ -89,3 +89,5 @@ mod controls;
 mod projects;
 #[macro_use]
 pub(super) mod workers;
+#[macro_use]
+mod webhooks;

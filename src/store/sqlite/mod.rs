@@ -92,6 +92,7 @@ mod accounts;
 mod agents;
 mod controls;
 mod projects;
+mod webhooks;
 mod workers;
 
 shared_schema!(SqliteStore);

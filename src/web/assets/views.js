@@ -281,7 +281,7 @@ export function webhooks(ctx) {
   return every(ctx, async () => {
     let list;
     try {
-      list = await get("/v1/webhooks");
+      list = await getAll("/v1/webhooks");
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) {
         body.replaceChildren(h("p", { class: "muted" }, "This server has no webhooks."));
@@ -289,7 +289,7 @@ export function webhooks(ctx) {
       }
       throw e;
     }
-    const items = Array.isArray(list) ? list : list.items || [];
+    const items = list;
     body.replaceChildren(table([
       { label: "URL", cell: (w) => h("span", { class: "mono" }, w.url || "") },
       { label: "Events", cell: (w) => (w.events || []).join(", ") || "all" },
