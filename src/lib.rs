@@ -4,7 +4,8 @@
 //! `queue` (the store's pending requests, or Redis) → `worker` (claim, `workspace`,
 //! `process` starting each provider in its `sandbox`, supervisor with `providers`' parsers)
 //! → `store` + `events`. Files in places an agent can write (its checkout, its config dir)
-//! go through `agent_files`, never a plain path.
+//! go through `agent_files`, never a plain path. Status changes reach subscribers through
+//! `webhooks` (an outbox the store writes with each change, sent by every worker).
 
 pub mod agent_files;
 pub mod api;
@@ -21,5 +22,7 @@ pub mod queue;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod web;
+pub mod webhooks;
 pub mod worker;
 pub mod workspace;

@@ -32,6 +32,9 @@ struct Metrics {
     api_connections: IntGaugeVec,
     tokens: IntCounterVec,
     cost: prometheus::CounterVec,
+    webhook_deliveries: IntCounterVec,
+    webhook_latency: HistogramVec,
+    webhook_outbox: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
@@ -136,9 +139,25 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["provider"],
         )
         .expect("valid metric"),
+        webhook_deliveries: counter(
+            "agentfleet_webhook_deliveries_total",
+            "Webhook delivery attempts by this process, by outcome (delivered, retried, failed).",
+            &["outcome"],
+        ),
+        webhook_latency: histogram(
+            "agentfleet_webhook_delivery_latency_seconds",
+            "Time from an agent's change to its webhook's successful delivery.",
+            &["event"],
+            LATENCY_BUCKETS,
+        ),
+        webhook_outbox: IntGauge::new(
+            "agentfleet_webhook_outbox_depth",
+            "Webhook deliveries not delivered yet (from the store, read by the delivering worker).",
+        )
+        .expect("valid metric"),
     };
     let r = &m.registry;
-    let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+    let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
         Box::new(m.requests.clone()),
         Box::new(m.spawn_latency.clone()),
         Box::new(m.agent_run.clone()),
@@ -154,6 +173,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.api_connections.clone()),
         Box::new(m.tokens.clone()),
         Box::new(m.cost.clone()),
+        Box::new(m.webhook_deliveries.clone()),
+        Box::new(m.webhook_latency.clone()),
+        Box::new(m.webhook_outbox.clone()),
     ];
     for c in collectors {
         r.register(c).expect("metric registered once");
@@ -246,6 +268,28 @@ pub fn worker_slots(worker_id: &str, running: usize, free: usize) {
         .worker_free_slots
         .with_label_values(&[worker_id])
         .set(free as i64);
+}
+
+/// A webhook delivery attempt ended: `delivered`, `retried` or `failed`.
+pub fn webhook_attempt(outcome: &str) {
+    METRICS
+        .webhook_deliveries
+        .with_label_values(&[outcome])
+        .inc();
+}
+
+/// A webhook was delivered `since_event` after the change it reports.
+pub fn webhook_delivered(event: &str, since_event: chrono::TimeDelta) {
+    let secs = since_event.num_milliseconds().max(0) as f64 / 1000.0;
+    METRICS
+        .webhook_latency
+        .with_label_values(&[event])
+        .observe(secs);
+}
+
+/// Webhook deliveries not delivered yet, as the store counts them.
+pub fn webhook_outbox(depth: i64) {
+    METRICS.webhook_outbox.set(depth);
 }
 
 /// The Prometheus text of every metric, with the queue and agent gauges set from `queue`,

@@ -1,7 +1,7 @@
 //! Fleet benchmarks against the real services: dispatch latency, queue throughput (with
 //! BullMQ on the same Redis), agents per worker, reconcile delay, control latency (stop and
-//! resume through the API and Redis) and the idle cost of workers. Each prints a table and
-//! the machine it ran on.
+//! resume through the API and Redis), the idle cost of workers and a filtered page of
+//! 100,000 agents. Each prints a table and the machine it ran on.
 //!
 //!   cargo bench --bench fleet                  # all of them
 //!   cargo bench --bench fleet -- dispatch      # one (dispatch, queue, agents, reconcile)
@@ -15,6 +15,7 @@
 #[allow(dead_code)]
 #[path = "../../tests/common"]
 mod common {
+    pub mod api;
     pub mod databases;
     pub mod env;
     pub mod services;
@@ -31,6 +32,7 @@ mod agents;
 mod control;
 mod dispatch;
 mod idle;
+mod lists;
 mod queue;
 mod reconcile;
 mod report;
@@ -39,13 +41,14 @@ mod setup;
 
 use std::time::Instant;
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "dispatch",
     "queue",
     "agents",
     "reconcile",
     "control",
     "idle",
+    "lists",
 ];
 
 /// Options shared by every benchmark.
@@ -96,6 +99,7 @@ fn main() {
                 "reconcile" => reconcile::run(opts).await,
                 "control" => control::run(opts).await,
                 "idle" => idle::run(opts).await,
+                "lists" => lists::run(opts).await,
                 _ => unreachable!("checked above"),
             }
         });

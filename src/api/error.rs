@@ -4,7 +4,7 @@
 //! are given the same shape, so a client parses every error one way.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::http::header::{CONNECTION, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,7 @@ pub struct ErrorBody {
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// What kind of error: `invalid_request`, `unauthorized`, `not_found`,
+    /// What kind of error: `invalid_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `method_not_allowed`, `conflict`, `body_too_large`, `unsupported_media_type`,
     /// `invalid`, `idempotency_key_reused`, `rate_limited`, `unavailable`, `internal`.
     pub code: String,
@@ -52,6 +52,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
+    /// A value the caller sent is not one the API takes; the message names it.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+
     /// The body was over `api.max_body_bytes`.
     pub fn body_too_large(limit: usize) -> Self {
         Self::new(
@@ -66,6 +71,7 @@ impl ApiError {
         match status {
             StatusCode::BAD_REQUEST => "invalid_request",
             StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
@@ -104,13 +110,6 @@ impl From<FleetError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         FleetError::from(e).into()
-    }
-}
-
-/// `?all=maybe`: axum's text names the parameter and what it expected.
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        Self::bad_request(e.body_text())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Extractors of the handlers, each with `ApiError` as its rejection, so a bad body, query
 //! value (`?all=maybe`) or path segment (`%FF`) is answered in the API's error shape, naming
-//! what was wrong, like every other bad request: `Query` and `Path` are axum's with that
-//! rejection; `Json` reads the body as bytes (any content type, as the API always has),
+//! what was wrong, like every other bad request: `Query` reads a repeated parameter into a
+//! list, `Path` is axum's with that rejection; `Json` reads the body as bytes (any content type, as the API always has),
 //! refuses a NUL in any string and parses it typed; `PathParam` is a route's one parameter.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -11,10 +11,26 @@ use serde::de::DeserializeOwned;
 use super::ApiError;
 use crate::fleet::{no_nul, no_nul_in_json};
 
-/// The query string, deserialized; a bad one is a 400 naming the parameter.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// The query string, deserialized (a parameter given several times fills a list:
+/// `?status=running&status=pending`); a bad one is a 400 naming the parameter.
 pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default().as_bytes();
+        serde_path_to_error::deserialize(serde_html_form::Deserializer::from_bytes(query))
+            .map(Self)
+            .map_err(|e| {
+                ApiError::bad_request(format!("bad query parameter {}: {}", e.path(), e.inner()))
+            })
+    }
+}
 
 /// The route's path parameters; a segment that is not UTF-8 is a 400.
 #[derive(FromRequestParts)]

@@ -5,13 +5,15 @@
 mod accounts;
 mod connection;
 mod error;
-mod extract;
+pub(crate) mod extract;
 pub mod openapi;
 mod projects;
+mod queue;
 pub mod readiness;
 mod routes;
 mod server;
 mod usage;
+mod webhooks;
 
 pub(crate) use server::{ConnectionLimits, serve as serve_router};
 
@@ -20,7 +22,7 @@ pub use error::ApiError;
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
@@ -48,6 +50,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/v1/agents/{agent}/events", get(routes::agent_events))
         .route("/v1/workers", get(routes::list_workers))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/queue", get(queue::queue))
         .route(
             "/v1/projects",
             post(projects::add_project).get(projects::list_projects),
@@ -64,7 +67,23 @@ pub fn router(fleet: Fleet) -> Router {
             "/v1/accounts/{label}",
             axum::routing::delete(accounts::remove_account),
         )
-        .route("/v1/accounts/{label}/reset", post(accounts::reset_account));
+        .route("/v1/accounts/{label}/reset", post(accounts::reset_account))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::add_webhook).get(webhooks::list_webhooks),
+        )
+        .route(
+            "/v1/webhooks/{webhook}",
+            get(webhooks::get_webhook).delete(webhooks::remove_webhook),
+        )
+        .route(
+            "/v1/webhooks/{webhook}/deliveries",
+            get(webhooks::list_deliveries),
+        )
+        .route(
+            "/v1/webhook-deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        );
     // Inside the token check: a request is counted against the token it proved.
     let v1 = match RateLimit::from_settings(&fleet.settings.api) {
         Some(limit) => v1.layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -73,10 +92,14 @@ pub fn router(fleet: Fleet) -> Router {
         })),
         None => v1,
     }
-    .layer(middleware::from_fn_with_state(fleet.clone(), require_token));
+    .layer(middleware::from_fn_with_state(
+        fleet.clone(),
+        crate::web::authenticate,
+    ));
     let max_body_bytes = fleet.settings.api.max_body_bytes;
     Router::new()
         .merge(v1)
+        .merge(crate::web::router())
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -202,45 +225,12 @@ async fn trace_request(request: Request, next: Next) -> Response {
     response
 }
 
-async fn require_token(
-    State(fleet): State<Fleet>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let tokens = &fleet.settings.api.tokens;
-    if tokens.is_empty() {
-        return Ok(next.run(request).await);
-    }
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match given {
-        Some(token)
-            if tokens
-                .iter()
-                .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes())) =>
-        {
-            Ok(next.run(request).await)
-        }
-        Some(_) => Err(ApiError::unauthorized("invalid bearer token")),
-        None => Err(ApiError::unauthorized(
-            "missing bearer token (Authorization: Bearer <token>)",
-        )),
-    }
-}
-
 /// The token of an `Authorization: Bearer <token>` value. The scheme is matched without
 /// regard to case (RFC 7235 §2.1), so `bearer t` is as good as `Bearer t`.
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim_start_matches(' ');
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Refuses to expose an unauthenticated API beyond this machine.
@@ -293,12 +283,5 @@ mod tests {
         for value in ["Basic t", "Bearer", "Bearer ", "Bearert", "t"] {
             assert_eq!(bearer_token(value), None, "{value}");
         }
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secre"));
     }
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, projects, routes, usage};
+use super::{accounts, projects, queue, routes, usage, webhooks};
 use crate::fleet::Fleet;
 use crate::providers::{Provider, Providers};
 
@@ -38,6 +38,7 @@ use crate::providers::{Provider, Providers};
         routes::agent_events,
         routes::list_workers,
         usage::usage,
+        queue::queue,
         projects::add_project,
         projects::list_projects,
         projects::update_project,
@@ -46,6 +47,12 @@ use crate::providers::{Provider, Providers};
         accounts::list_accounts,
         accounts::remove_account,
         accounts::reset_account,
+        webhooks::add_webhook,
+        webhooks::list_webhooks,
+        webhooks::get_webhook,
+        webhooks::remove_webhook,
+        webhooks::list_deliveries,
+        webhooks::redeliver,
         routes::healthz,
         routes::readyz,
         routes::metrics,
@@ -58,6 +65,7 @@ use crate::providers::{Provider, Providers};
         (name = "accounts", description = "Provider accounts, sealed at rest"),
         (name = "workers", description = "Workers and their leases"),
         (name = "usage", description = "Tokens and cost the agents used"),
+        (name = "webhooks", description = "Subscriptions to agents' status changes, signed per Standard Webhooks"),
         (name = "health", description = "Liveness, readiness and metrics (no token needed)"),
     )
 )]
@@ -148,11 +156,17 @@ fn with_catalog(providers: &Providers, takes_api_key: impl Fn(&dyn Provider) -> 
         if !path.starts_with("/v1/") {
             continue;
         }
-        for operation in item
-            .as_object_mut()
-            .into_iter()
-            .flat_map(|i| i.values_mut())
-        {
+        for (method, operation) in item.as_object_mut().into_iter().flatten() {
+            // A read-only token (or a signed-in page without its CSRF token) may change
+            // nothing.
+            if method != "get" {
+                operation["responses"]["403"] = json!({
+                    "description": "a read-only token, a dashboard session without its `x-csrf-token`, or a change sent from another site's page (`forbidden`)",
+                    "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/ErrorBody"},
+                    }},
+                });
+            }
             operation["responses"]["429"] = json!({
                 "description": "over `api.rate_limit` for this token (`rate_limited`)",
                 "headers": {"retry-after": {

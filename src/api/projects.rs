@@ -11,7 +11,8 @@ use serde::Deserialize;
 use super::ApiError;
 use super::error::ErrorBody;
 use super::extract::{self, BodyError, PathParam, Query};
-use crate::domain::Project;
+use super::routes::PageQuery;
+use crate::domain::{Page, Project};
 use crate::fleet::Fleet;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -62,15 +63,20 @@ pub async fn add_project(
 }
 
 #[utoipa::path(
-    get, path = "/v1/projects", tag = "projects",
+    get, path = "/v1/projects", tag = "projects", params(PageQuery),
     responses(
-        (status = 200, description = "projects (URLs without credentials)", body = Vec<Project>),
+        (status = 200, description = "one page of the projects (URLs without credentials), newest first", body = Page<Project>),
+        (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
         (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
         (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
-pub async fn list_projects(State(fleet): State<Fleet>) -> Result<Response, ApiError> {
-    Ok(Json(fleet.list_projects().await?).into_response())
+pub async fn list_projects(
+    State(fleet): State<Fleet>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(fleet.list_projects(&q.page()?).await?).into_response())
 }
 
 /// A project's new remote, default branch and/or daily budget; at least one (`minProperties`, set in

@@ -14,10 +14,12 @@ use super::ApiError;
 use super::error::ErrorBody;
 use super::extract::{self, BodyError, PathParam, Query};
 use crate::domain::SpawnRequest;
-use crate::domain::{Agent, StoredEvent, WorkerInfo};
+use crate::domain::{Agent, AgentStatus, Page, PageRequest, StoredEvent, WorkerInfo};
 use crate::events;
 use crate::fleet::AgentDetail;
 use crate::fleet::Fleet;
+use crate::store::AgentQuery;
+use chrono::{DateTime, Utc};
 
 impl BodyError for SpawnRequest {}
 
@@ -50,19 +52,32 @@ pub async fn spawn_agent(
 }
 
 #[utoipa::path(
-    get, path = "/v1/agents", tag = "agents", params(ListQuery),
+    get, path = "/v1/agents", tag = "agents", params(AgentListQuery),
     responses(
-        (status = 200, description = "agents, oldest first", body = Vec<Agent>),
+        (status = 200, description = "one page of the agents the filters select, newest first", body = Page<Agent>),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
         (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
         (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
 pub async fn list_agents(
     State(fleet): State<Fleet>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<AgentListQuery>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(fleet.store.list_agents(q.all).await?).into_response())
+    let query = AgentQuery {
+        statuses: q.status,
+        project: q.project,
+        provider: q.provider,
+        task_id: q.task_id,
+        name_prefix: q.name,
+        search: q.search,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        include_dismissed: q.all,
+        page: PageRequest::parse(q.limit, q.cursor.as_deref()).map_err(ApiError::invalid)?,
+    };
+    Ok(Json(fleet.list_agents(&query).await?).into_response())
 }
 
 #[utoipa::path(
@@ -203,12 +218,77 @@ pub async fn cleanup_agent(
     Ok((axum::http::StatusCode::ACCEPTED, Json(agent)).into_response())
 }
 
+/// Which agents, and which page of them: every filter given must hold.
 #[derive(Deserialize, Default, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Every one: dismissed agents, workers that ended long ago.
+pub struct AgentListQuery {
+    /// Dismissed agents too.
     #[serde(default)]
     all: bool,
+    /// Only agents in one of these statuses (repeat the parameter for several).
+    #[serde(default)]
+    status: Vec<AgentStatus>,
+    /// Only the agents of this project.
+    project: Option<String>,
+    /// Only agents of this provider.
+    provider: Option<String>,
+    /// Only agents spawned with this task id.
+    task_id: Option<String>,
+    /// Only agents whose name starts with this.
+    name: Option<String>,
+    /// Only agents whose name starts with this or whose task id is this.
+    search: Option<String>,
+    /// Only agents created at or after this time (RFC 3339).
+    created_after: Option<DateTime<Utc>>,
+    /// Only agents created before this time (RFC 3339).
+    created_before: Option<DateTime<Utc>>,
+    /// How many per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "page_limit")]
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    cursor: Option<String>,
+}
+
+/// A page size as given: a number (an empty `limit=` is refused, not taken as none).
+fn page_limit<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("limit must be a number, not '{text}'")))
+}
+
+/// Which page of a list.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// How many per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "page_limit")]
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        PageRequest::parse(self.limit, self.cursor.as_deref()).map_err(ApiError::invalid)
+    }
+}
+
+/// Which workers, and which page of them.
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WorkerListQuery {
+    /// Every one, also workers that ended more than ten minutes ago.
+    #[serde(default)]
+    all: bool,
+    /// How many per page (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "page_limit")]
+    limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    cursor: Option<String>,
 }
 
 #[utoipa::path(
@@ -257,24 +337,22 @@ pub async fn agent_events(
 }
 
 #[utoipa::path(
-    get, path = "/v1/workers", tag = "workers", params(ListQuery),
+    get, path = "/v1/workers", tag = "workers", params(WorkerListQuery),
     responses(
-        (status = 200, description = "live workers and those that ended in the last ten minutes (`all`: every one)", body = Vec<WorkerInfo>),
+        (status = 200, description = "one page of the live workers and those that ended in the last ten minutes (`all`: every one), newest first", body = Page<WorkerInfo>),
         (status = 400, description = "malformed body, query or path (`invalid_request`)", body = ErrorBody),
         (status = 401, description = "missing or wrong bearer token (`unauthorized`)", body = ErrorBody),
+        (status = 422, description = "a field is invalid; the message names it (`invalid`)", body = ErrorBody),
         (status = 503, description = "the store or the queue is unavailable (`unavailable`)", body = ErrorBody)
     )
 )]
 /// Live workers and those that ended in the last ten minutes; `?all=true`: every one.
 pub async fn list_workers(
     State(fleet): State<Fleet>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<WorkerListQuery>,
 ) -> Result<Response, ApiError> {
-    let mut workers = fleet.store.list_workers().await?;
-    if !q.all {
-        workers.retain(crate::domain::WorkerInfo::recently_seen);
-    }
-    Ok(Json(workers).into_response())
+    let page = PageRequest::parse(q.limit, q.cursor.as_deref()).map_err(ApiError::invalid)?;
+    Ok(Json(fleet.list_workers(q.all, &page).await?).into_response())
 }
 
 #[utoipa::path(

@@ -107,6 +107,9 @@ pub(super) async fn account(fleet: &Fleet, command: AccountCommand) -> anyhow::R
                 new.id(),
                 report.already
             );
+            if report.webhooks > 0 {
+                println!("{} webhook secret(s) re-sealed", report.webhooks);
+            }
             if !report.changed.is_empty() {
                 bail!(
                     "accounts changed while rotating, run it again: {}",

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+
+use crate::domain::AgentStatus;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +48,9 @@ pub enum Command {
     /// Manage provider accounts (their credentials are stored sealed; never printed).
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Manage webhook subscriptions (agents' status changes POSTed to a URL, signed).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Run a worker: take spawn jobs and run their agents.
     Worker,
     /// Serve the HTTP API.
@@ -53,15 +59,8 @@ pub enum Command {
     Up,
     /// Ask for a new agent.
     Spawn(SpawnArgs),
-    /// List agents (dismissed ones with --all).
-    List {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Also dismissed agents (marked).
-        #[arg(long)]
-        all: bool,
-    },
+    /// List agents, newest first, one page at a time (dismissed ones with --all).
+    List(ListArgs),
     /// Stop a running agent (its worker sends SIGTERM, then SIGKILL after worker.stop_grace).
     Stop {
         /// The agent's id or name.
@@ -209,6 +208,120 @@ pub enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which agents `list` shows: every filter given must hold.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of text: {"items": [...], "next_cursor": ...}.
+    #[arg(long)]
+    pub json: bool,
+    /// Also dismissed agents (marked).
+    #[arg(long)]
+    pub all: bool,
+    /// Only agents in this status (repeatable).
+    #[arg(long, value_parser = agent_status)]
+    pub status: Vec<AgentStatus>,
+    /// Only the agents of this project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Only agents of this provider.
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Only agents spawned with this task id.
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Only agents whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub name: Option<String>,
+    /// Only agents created since this time: RFC 3339, or an age such as 2h or 7d.
+    #[arg(long, value_name = "TIME", value_parser = time_or_age)]
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only agents created before this time: RFC 3339, or an age such as 2h or 7d.
+    #[arg(long, value_name = "TIME", value_parser = time_or_age)]
+    pub created_before: Option<DateTime<Utc>>,
+    /// How many to show (at most 1000).
+    #[arg(long, default_value_t = crate::domain::page::DEFAULT_PAGE, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::domain::page::MAX_PAGE)))]
+    pub limit: u32,
+    /// Show the page after the one that printed this cursor.
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+/// A status by its name (`running`, `waiting_for_input`, ...).
+fn agent_status(s: &str) -> Result<AgentStatus, String> {
+    AgentStatus::parse(s).ok_or_else(|| {
+        let names: Vec<_> = AgentStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!("not a status; one of {}", names.join(", "))
+    })
+}
+
+/// A time given as RFC 3339, or as an age back from now (`90s`, `2h`, `7d`).
+pub fn time_or_age(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(s) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let age = humantime::parse_duration(s)
+        .map_err(|_| "not a time (RFC 3339) nor an age such as 2h or 7d".to_string())?;
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| "that age reaches too far back".to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Subscribe a URL to agents' status changes; prints the subscription's id and its
+    /// signing secret (shown this once).
+    Add {
+        /// Where to POST the events (http:// or https://).
+        url: String,
+        /// An event to receive (repeat for more; all when none): agent.started,
+        /// agent.completed, agent.waiting_for_input, agent.failed, agent.crashed,
+        /// agent.stopped, agent.rate_limited, agent.account_exhausted, agent.deleted.
+        #[arg(long = "event", value_name = "EVENT", value_parser = parse_event)]
+        events: Vec<crate::domain::WebhookEvent>,
+        /// Only agents of this project.
+        #[arg(long)]
+        project: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List subscriptions (never their secrets).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a subscription; its deliveries not sent yet are dropped.
+    Remove {
+        /// The subscription's id.
+        id: String,
+    },
+    /// A subscription's recent deliveries: event, status, attempts, last error.
+    Deliveries {
+        /// The subscription's id.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a delivery again (also a failed one), with the same webhook-id.
+    Redeliver {
+        /// The delivery's id (its webhook-id header).
+        delivery_id: String,
+    },
+}
+
+fn parse_event(text: &str) -> Result<crate::domain::WebhookEvent, String> {
+    crate::domain::WebhookEvent::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = crate::domain::WebhookEvent::ALL
+            .iter()
+            .map(|e| e.as_str())
+            .collect();
+        format!("unknown event; one of {}", known.join(", "))
+    })
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,8 +7,11 @@ mod args;
 mod doctor;
 mod output;
 mod usage;
+mod webhooks;
 
-pub use args::{AccountCommand, Cli, Command, ProjectCommand, SecretSource, SpawnArgs};
+pub use args::{
+    AccountCommand, Cli, Command, ListArgs, ProjectCommand, SecretSource, SpawnArgs, WebhookCommand,
+};
 
 use accounts::account;
 use agents::{follow_events, parse_answers, spawn, wait_for_end, wait_until_resumed};
@@ -143,9 +146,10 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             println!("project {name} removed (with {agents} agent record(s))");
         }
         Command::Project(ProjectCommand::List { json }) => {
-            output::projects(&fleet.list_projects().await.map_err(user)?, json)
+            output::projects(&fleet.all_projects().await.map_err(user)?, json)
         }
         Command::Account(command) => account(&fleet, command).await?,
+        Command::Webhook(command) => webhooks::webhook(&fleet, command).await?,
         Command::Worker => run_until_signal(fleet, false).await?,
         Command::Serve => {
             let shutdown = signals();
@@ -153,7 +157,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
         }
         Command::Up => run_until_signal(fleet, true).await?,
         Command::Spawn(args) => return spawn(&fleet, args).await,
-        Command::List { json, all } => output::agents(&fleet.store.list_agents(all).await?, json),
+        Command::List(args) => list(&fleet, args).await?,
         Command::Stop { agent, no_wait } => {
             let agent = fleet.stop(&agent, !no_wait).await.map_err(user)?;
             println!("{} {}", agent.name, agent.status);
@@ -235,6 +239,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             if !all {
                 workers.retain(crate::domain::WorkerInfo::recently_seen);
             }
+            workers.sort_by_key(|w| std::cmp::Reverse((w.started_at, w.id.clone())));
             output::workers(&workers, json)
         }
         Command::Usage { by, since, json } => {
@@ -247,6 +252,34 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
         ),
     }
     Ok(0)
+}
+
+/// One page of agents, as `list` was asked; the cursor of the next goes to stderr, so the
+/// table (or the JSON page) stays alone on stdout.
+async fn list(fleet: &Fleet, args: ListArgs) -> anyhow::Result<()> {
+    let query = crate::store::AgentQuery {
+        statuses: args.status,
+        project: args.project,
+        provider: args.provider,
+        task_id: args.task_id,
+        name_prefix: args.name,
+        search: None,
+        created_after: args.created_after,
+        created_before: args.created_before,
+        include_dismissed: args.all,
+        page: crate::domain::PageRequest::parse(Some(args.limit), args.cursor.as_deref())
+            .map_err(anyhow::Error::msg)?,
+    };
+    let page = fleet.list_agents(&query).await.map_err(user)?;
+    if args.json {
+        output::json(&page);
+    } else {
+        output::agents(&page.items);
+        if let Some(next) = &page.next_cursor {
+            eprintln!("more: add --cursor {next}");
+        }
+    }
+    Ok(())
 }
 
 fn user(e: FleetError) -> anyhow::Error {

@@ -3,17 +3,14 @@
 use crate::domain::{Agent, Project, StoredEvent, WorkerInfo};
 use crate::fleet::AgentDetail;
 
-fn json<T: serde::Serialize>(value: &T) {
+pub fn json<T: serde::Serialize>(value: &T) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     );
 }
 
-pub fn agents(agents: &[Agent], as_json: bool) {
-    if as_json {
-        return json(&agents);
-    }
+pub fn agents(agents: &[Agent]) {
     println!(
         "{:<36}  {:<24}  {:<8}  {:<18}  {:<36}  USAGE",
         "ID", "NAME", "PROVIDER", "STATUS", "WORKER"
@@ -246,6 +243,51 @@ pub fn accounts(accounts: &[crate::domain::Account], as_json: bool) {
             a.kind.as_str(),
             a.fingerprint,
             in_use
+        );
+    }
+}
+
+pub fn webhooks(webhooks: &[crate::domain::Webhook], as_json: bool) {
+    if as_json {
+        return json(&webhooks);
+    }
+    println!("{:<36}  {:<12}  {:<24}  URL", "ID", "PROJECT", "EVENTS");
+    for w in webhooks {
+        let events = match &w.events {
+            None => "all".to_string(),
+            Some(list) => list
+                .iter()
+                .map(|e| e.as_str().trim_start_matches("agent."))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        println!(
+            "{:<36}  {:<12}  {:<24}  {}",
+            w.id,
+            w.project.as_deref().unwrap_or("all"),
+            events,
+            w.url
+        );
+    }
+}
+
+pub fn deliveries(deliveries: &[crate::domain::WebhookDelivery], as_json: bool) {
+    if as_json {
+        return json(&deliveries);
+    }
+    println!(
+        "{:<36}  {:<24}  {:<9}  {:>8}  {:<24}  LAST ERROR",
+        "ID", "EVENT", "STATUS", "ATTEMPTS", "CREATED"
+    );
+    for d in deliveries {
+        println!(
+            "{:<36}  {:<24}  {:<9}  {:>8}  {:<24}  {}",
+            d.id,
+            d.event.as_str(),
+            d.status.as_str(),
+            d.attempts,
+            d.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            d.last_error.as_deref().unwrap_or("-")
         );
     }
 }

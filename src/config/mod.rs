@@ -185,6 +185,7 @@ fn environment() -> ::config::Environment {
         .try_parsing(true)
         .list_separator(",")
         .with_list_parse_key("api.tokens")
+        .with_list_parse_key("api.read_only_tokens")
         .with_list_parse_key("sandbox.env_passthrough")
         .with_list_parse_key("sandbox.read_paths")
         .with_list_parse_key("sandbox.write_paths")

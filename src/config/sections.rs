@@ -36,10 +36,33 @@ pub struct Settings {
     /// models), for the costs of providers that report tokens only.
     #[serde(default)]
     pub pricing: BTreeMap<String, BTreeMap<String, crate::domain::Price>>,
+    pub webhooks: WebhookSettings,
     /// The configuration file the settings were read from (`--config` or
     /// `AGENTFLEET_CONFIG`), hidden from agents.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+}
+
+/// Webhook delivery (see `webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Targets on private, loopback or link-local addresses are allowed.
+    pub allow_private: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Subscriptions one worker delivers to at once.
+    pub concurrency: u32,
+    /// How long delivered and failed deliveries are kept.
+    #[serde(with = "humantime_serde")]
+    pub keep_for: Duration,
 }
 
 /// The sandbox provider processes run in (see `sandbox`).
@@ -222,6 +245,9 @@ pub struct AgentSettings {
 pub struct ApiSettings {
     pub bind: String,
     pub tokens: Vec<String>,
+    /// Tokens that may read but change nothing (mutations answer 403 `forbidden`).
+    #[serde(default)]
+    pub read_only_tokens: Vec<String>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// A connection that has not sent a whole request header this long after it opened (or

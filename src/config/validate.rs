@@ -99,6 +99,12 @@ impl Settings {
                 "credentials.refresh_timeout",
                 self.credentials.refresh_timeout,
             ),
+            ("webhooks.timeout", self.webhooks.timeout),
+            ("webhooks.retry_initial", self.webhooks.retry_initial),
+            ("webhooks.retry_max", self.webhooks.retry_max),
+            ("webhooks.retry_for", self.webhooks.retry_for),
+            ("webhooks.poll_interval", self.webhooks.poll_interval),
+            ("webhooks.keep_for", self.webhooks.keep_for),
         ] {
             if value.is_zero() {
                 return Err(invalid(key, "must be above zero"));
@@ -112,6 +118,9 @@ impl Settings {
         }
         if self.agent.max_output_bytes == 0 {
             return Err(invalid("agent.max_output_bytes", "must be above zero"));
+        }
+        if self.webhooks.concurrency == 0 {
+            return Err(invalid("webhooks.concurrency", "must be at least 1"));
         }
         if self.queue.max_attempts == 0 {
             return Err(invalid("queue.max_attempts", "must be at least 1"));
@@ -127,6 +136,28 @@ impl Settings {
         self.validate_api()?;
         if self.api.tokens.iter().any(|t| t.trim().is_empty()) {
             return Err(invalid("api.tokens", "tokens must not be empty strings"));
+        }
+        if self
+            .api
+            .read_only_tokens
+            .iter()
+            .any(|t| t.trim().is_empty())
+        {
+            return Err(invalid(
+                "api.read_only_tokens",
+                "tokens must not be empty strings",
+            ));
+        }
+        if self
+            .api
+            .read_only_tokens
+            .iter()
+            .any(|t| self.api.tokens.contains(t))
+        {
+            return Err(invalid(
+                "api.read_only_tokens",
+                "a token is in both api.tokens and api.read_only_tokens",
+            ));
         }
         self.validate_sandbox()
     }

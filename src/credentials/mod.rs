@@ -210,9 +210,9 @@ pub async fn add_account(
         .await?)
 }
 
-/// Re-seals every account under `new` (those still under `old`); returns how many. Each
-/// row is replaced only if unchanged since it was read, so a refresh racing the rotation
-/// is not lost (its row is left under the old key and reported).
+/// Re-seals every account and every webhook secret under `new` (those still under `old`);
+/// returns how many. Each row is replaced only if unchanged since it was read, so a refresh
+/// racing the rotation is not lost (its row is left under the old key and reported).
 pub async fn rotate_key(
     store: &Store,
     old: &Keyring,
@@ -235,6 +235,22 @@ pub async fn rotate_key(
             report.changed.push(account.label.clone());
         }
     }
+    for webhook in store.list_webhooks().await? {
+        if webhook.key_id == new.id() {
+            continue;
+        }
+        let label = format!("webhook {}", webhook.id);
+        let plain = old.open(webhook.id, &label, &webhook.key_id, &webhook.sealed)?;
+        let sealed = new.seal(webhook.id, &plain)?;
+        if store
+            .reseal_webhook(webhook.id, &webhook.sealed, &sealed, new.id())
+            .await?
+        {
+            report.webhooks += 1;
+        } else {
+            report.changed.push(label);
+        }
+    }
     Ok(report)
 }
 
@@ -242,6 +258,8 @@ pub async fn rotate_key(
 pub struct RotateReport {
     pub resealed: usize,
     pub already: usize,
+    /// Webhook secrets re-sealed.
+    pub webhooks: usize,
     /// Accounts that changed while rotating: run the rotation again.
     pub changed: Vec<String>,
 }

@@ -7,14 +7,18 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub mod integral;
+pub mod page;
 mod payload;
 mod usage;
+mod webhook;
 
+pub use page::{Cursor, Page, PageRequest};
 pub use payload::{ControlArgs, StoredPayload};
 pub use usage::{
     AGO_PATTERN, Budget, DEFAULT_PRICE, PROJECT_DAILY_COST, Price, Usage, UsageGroup, UsageReport,
     UsageTotal, budget_reason, parse_ago, start_of_utc_day,
 };
+pub use webhook::{DeliveryStatus, Webhook, WebhookDelivery, WebhookEvent};
 
 /// Where an agent is in its life. `pending` is recorded at enqueue; a worker moves it to
 /// `starting` when it claims the request and to `running` once the process is up.

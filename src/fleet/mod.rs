@@ -7,6 +7,7 @@
 mod checks;
 mod control;
 mod detail;
+mod lists;
 mod spawn;
 
 pub use checks::{no_nul, no_nul_in_json, validate_input_name};
@@ -15,11 +16,11 @@ pub use detail::{AgentDetail, PendingRequest};
 pub use spawn::generate_alias;
 
 use crate::config::{Backend, Settings};
-use crate::domain::Project;
+use crate::domain::{AgentStatus, Project};
 use crate::events::{EmbeddedBus, EventBus, RedisBus};
 use crate::providers::Providers;
 use crate::queue::{EmbeddedQueue, Queue, RedisQueue};
-use crate::store::{Store, StoreError};
+use crate::store::{AgentQuery, Store, StoreError};
 use crate::workspace::validate_name;
 
 /// What went wrong, in the caller's terms; the API maps each kind to a status code.
@@ -47,9 +48,12 @@ impl From<StoreError> for FleetError {
             | StoreError::ProjectExists(_)
             | StoreError::ProjectBusy { .. }
             | StoreError::AccountExists(_) => Self::Conflict(e.to_string()),
+            StoreError::InvalidQuery(_) => Self::Invalid(e.to_string()),
             StoreError::UnknownProject(_)
             | StoreError::UnknownAgent(_)
-            | StoreError::UnknownAccount(_) => Self::NotFound(e.to_string()),
+            | StoreError::UnknownAccount(_)
+            | StoreError::UnknownWebhook(_)
+            | StoreError::UnknownDelivery(_) => Self::NotFound(e.to_string()),
             StoreError::Database(_)
             | StoreError::Shared(_)
             | StoreError::Migrate(_)
@@ -233,13 +237,14 @@ impl Fleet {
         checks::no_nul("name", name)?;
         let project = self.store.project(name).await?;
         if force {
-            let live = self
-                .store
-                .list_agents(true)
-                .await?
-                .into_iter()
-                .filter(|a| a.project == project.name && !a.status.is_final());
-            for agent in live {
+            let live = AgentQuery {
+                statuses: AgentStatus::ALL
+                    .into_iter()
+                    .filter(|s| !s.is_final())
+                    .collect(),
+                ..AgentQuery::of_project(&project.name)
+            };
+            for agent in self.all_agents(live).await? {
                 match self.stop(&agent.id.to_string(), true).await {
                     // It ended on its own in between.
                     Ok(_) | Err(FleetError::Conflict(_)) => {}
@@ -248,12 +253,6 @@ impl Fleet {
             }
         }
         Ok(self.store.remove_project(name).await?)
-    }
-
-    /// The projects as callers see them (see [`shown`]).
-    pub async fn list_projects(&self) -> Result<Vec<Project>, FleetError> {
-        let projects = self.store.list_projects().await?;
-        Ok(projects.into_iter().map(shown).collect())
     }
 }
 

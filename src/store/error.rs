@@ -22,12 +22,19 @@ pub enum StoreError {
          (project remove --force stops them)"
     )]
     ProjectBusy { name: String, live: i64 },
+    /// A list's filters or cursor the store cannot use; says which.
+    #[error("{0}")]
+    InvalidQuery(String),
     #[error("no agent with id or name '{0}'")]
     UnknownAgent(String),
     #[error("an account labelled '{0}' already exists")]
     AccountExists(String),
     #[error("no account '{0}'")]
     UnknownAccount(String),
+    #[error("no webhook '{0}'")]
+    UnknownWebhook(String),
+    #[error("no webhook delivery '{0}'")]
+    UnknownDelivery(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// A database error shared by several callers (a batched write that failed as one).

@@ -5,8 +5,8 @@
 //!
 //! `Store` dispatches to one adapter, chosen by the URL's scheme. The port is the list in
 //! `store_operations!` below, in groups — projects, requests and agents, control requests
-//! and re-dispatch, workers and leases, accounts — and each adapter's folder (`postgres/`,
-//! `sqlite/`) has one file per group, so an operation sits at the same path in both. SQL
+//! and re-dispatch, workers and leases, accounts, webhooks — and each adapter's folder
+//! (`postgres/`, `sqlite/`) has one file per group, so an operation sits at the same path in both. SQL
 //! that is the same text in both dialects is written once, in `shared/<group>.rs`, and
 //! expanded into both adapters' files of that group; each adapter writes only what truly
 //! differs. `records.rs` holds the operations' parameter and result types, `error.rs`
@@ -41,7 +41,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::domain::{
-    Account, Agent, AgentOutcome, Project, QueueStats, StoredEvent, UsageTotal, WorkerInfo,
+    Account, Agent, AgentOutcome, Page, Project, QueueStats, StoredEvent, UsageTotal, Webhook,
+    WebhookDelivery, WorkerInfo,
 };
 
 /// The store, as one of its adapters.
@@ -250,8 +251,8 @@ store_operations! {
     /// references a person gave.
     fn agent(&self, id_or_name: &str) -> Agent;
     fn agent_by_id(&self, id: Uuid) -> Agent;
-    /// Agents, oldest first; dismissed ones only when asked for.
-    fn list_agents(&self, include_dismissed: bool) -> Vec<Agent>;
+    /// One page of the agents the query selects, newest first (by creation time, then id).
+    fn list_agents(&self, query: &AgentQuery) -> Page<Agent>;
     fn count_agents(&self) -> i64;
     /// Agents by id, in one query.
     fn agents_by_id(&self, ids: &[Uuid]) -> Vec<Agent>;
@@ -386,6 +387,33 @@ store_operations! {
     fn usage_totals(&self, query: &UsageQuery) -> Vec<UsageTotal>;
     /// What the usage records of a project cost since `since` (its daily budget's count).
     fn project_cost_since(&self, project_id: Uuid, since: chrono::DateTime<chrono::Utc>) -> f64;
+    // ---- webhooks (deliveries are written by triggers on `agents`, with the change)
+    fn add_webhook(&self, new: &NewWebhook<'_>) -> Webhook;
+    fn list_webhooks(&self) -> Vec<Webhook>;
+    fn webhook_by_id(&self, id: Uuid) -> Webhook;
+    /// Removes a subscription with its deliveries (pending ones are never sent).
+    fn remove_webhook(&self, id: Uuid) -> ();
+    /// A subscription's deliveries, newest first.
+    fn list_deliveries(&self, webhook_id: Uuid, limit: i64) -> Vec<WebhookDelivery>;
+    /// Makes a delivery (pending, delivered or failed) pending again, due now, with a new
+    /// retry window; its id stays.
+    fn redeliver(&self, delivery_id: Uuid) -> WebhookDelivery;
+    /// Claims up to `limit` subscriptions with a delivery due and no live claim, for
+    /// `claim_for`: one worker at a time delivers for a subscription.
+    fn claim_webhooks(&self, worker: &str, claim_for: Duration, limit: i64) -> Vec<Webhook>;
+    /// The subscription's delivery to send next: due, and its agent's oldest pending one
+    /// (an agent's events go out in order); the agent as it was at the event.
+    fn next_delivery(&self, webhook_id: Uuid) -> Option<DueDelivery>;
+    /// Records an attempt, fenced by the worker's claim (which it extends); false when
+    /// the claim or the pending delivery is gone.
+    fn record_attempt(&self, attempt: &DeliveryAttempt<'_>) -> bool;
+    fn release_webhook(&self, webhook_id: Uuid, worker: &str) -> ();
+    /// Deliveries not delivered (nor failed) yet.
+    fn webhook_outbox_depth(&self) -> i64;
+    /// Removes delivered and failed deliveries older than `older_than`; returns how many.
+    fn prune_deliveries(&self, older_than: Duration) -> u64;
+    /// Replaces a subscription's sealed secret if it is still `old` (key rotation).
+    fn reseal_webhook(&self, id: Uuid, old: &[u8], sealed: &[u8], key_id: &str) -> bool;
 }
 
 #[cfg(test)]

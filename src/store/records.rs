@@ -7,13 +7,57 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Account, AccountKind, Agent, AgentMode, Budget, Usage, UsageGroup};
+use crate::domain::{
+    Account, AccountKind, Agent, AgentMode, AgentStatus, Budget, PageRequest, Usage, UsageGroup,
+};
 
 /// A worker's claim on the agents it runs: its id and the epoch of its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub worker_id: String,
     pub epoch: i64,
+}
+
+/// Which agents a list shows (every filter given must hold), and which page of them,
+/// newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AgentQuery {
+    /// Any of these statuses (empty: any status).
+    pub statuses: Vec<AgentStatus>,
+    pub project: Option<String>,
+    pub provider: Option<String>,
+    pub task_id: Option<String>,
+    /// Names that start with this.
+    pub name_prefix: Option<String>,
+    /// Names that start with this, or this task id (a person's search box).
+    pub search: Option<String>,
+    /// Created at or after this.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before this.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Dismissed agents too.
+    pub include_dismissed: bool,
+    pub page: PageRequest,
+}
+
+impl AgentQuery {
+    /// The first page (of the most a page holds) of every agent, dismissed ones too.
+    pub fn with_dismissed() -> Self {
+        Self {
+            include_dismissed: true,
+            page: PageRequest::all(),
+            ..Self::default()
+        }
+    }
+
+    /// The agents of one project, dismissed ones too.
+    pub fn of_project(project: &str) -> Self {
+        Self {
+            project: Some(project.to_string()),
+            include_dismissed: true,
+            ..Self::default()
+        }
+    }
 }
 
 /// What a caller gets back from recording a spawn.
@@ -276,4 +320,60 @@ pub struct ControlRequest {
     pub agent_id: Uuid,
     pub kind: ControlKind,
     pub payload: serde_json::Value,
+}
+
+/// A webhook subscription to record; the caller sealed its secret.
+#[derive(Debug, Clone)]
+pub struct NewWebhook<'a> {
+    pub id: Uuid,
+    pub url: &'a str,
+    /// None: every event.
+    pub events: Option<&'a [crate::domain::WebhookEvent]>,
+    /// None: every project.
+    pub project: Option<&'a str>,
+    pub sealed: &'a [u8],
+    pub key_id: &'a str,
+}
+
+/// The delivery a subscription's worker sends next: the agent as it was when the event
+/// happened (mapped from the row's snapshot as the store maps agent rows).
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event: crate::domain::WebhookEvent,
+    /// Err: the snapshot cannot be read as an agent (by this version), saying why; a
+    /// delivery that can never be sent.
+    pub agent: Result<Agent, String>,
+    /// When the event happened.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub attempts: i32,
+    /// Seconds since its retries began (its creation or its redelivery), by the store's clock.
+    pub retrying_for: f64,
+}
+
+/// What one attempt at a delivery came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptResult {
+    /// The receiver answered 2xx.
+    Delivered { status: i32 },
+    /// Failed; try again after `after`.
+    Retry {
+        error: String,
+        status: Option<i32>,
+        after: Duration,
+    },
+    /// Failed for the last time.
+    Failed { error: String, status: Option<i32> },
+}
+
+/// An attempt to record, fenced by the worker's claim on the subscription, which it
+/// extends by `claim_for`.
+#[derive(Debug, Clone)]
+pub struct DeliveryAttempt<'a> {
+    pub delivery_id: Uuid,
+    pub webhook_id: Uuid,
+    pub worker: &'a str,
+    pub result: AttemptResult,
+    pub claim_for: Duration,
 }

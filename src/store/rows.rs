@@ -7,8 +7,8 @@ use sqlx::{Decode, Postgres, Row, Sqlite, Type};
 
 use super::{ControlKind, ControlQueueStats, ControlRequest, PendingControl, StoreError};
 use crate::domain::{
-    Account, AccountKind, Agent, AgentMode, AgentStatus, Budget, PendingQuestion, Project,
-    StoredEvent, Usage, UsageTotal, WorkerInfo,
+    Account, AccountKind, Agent, AgentMode, AgentStatus, Budget, DeliveryStatus, PendingQuestion,
+    Project, StoredEvent, Usage, UsageTotal, Webhook, WebhookDelivery, WebhookEvent, WorkerInfo,
 };
 
 /// A column value both drivers can decode.
@@ -200,5 +200,51 @@ pub(super) fn control_stats_from_row(r: &impl StoreRow) -> Result<ControlQueueSt
         node_id: r.col("node_id")?,
         depth: r.col("depth")?,
         oldest_age_seconds: r.col("age")?,
+    })
+}
+
+/// A webhook row; `events` is a JSON array of event names (NULL: every one).
+pub(super) fn webhook_from_row(r: &impl StoreRow) -> Result<Webhook, StoreError> {
+    let events: Option<serde_json::Value> = r.col("events")?;
+    let events = match events {
+        None => None,
+        Some(value) => {
+            let names: Vec<String> = serde_json::from_value(value)
+                .map_err(|_| unknown("webhook events", "(not a list of names)"))?;
+            Some(
+                names
+                    .iter()
+                    .map(|n| WebhookEvent::parse(n).ok_or_else(|| unknown("webhook event", n)))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        }
+    };
+    Ok(Webhook {
+        id: r.col("id")?,
+        url: r.col("url")?,
+        events,
+        project: r.col("project")?,
+        created_at: r.col("created_at")?,
+        sealed: r.col("sealed")?,
+        key_id: r.col("key_id")?,
+    })
+}
+
+pub(super) fn delivery_from_row(r: &impl StoreRow) -> Result<WebhookDelivery, StoreError> {
+    let event: String = r.col("event")?;
+    let status: String = r.col("status")?;
+    Ok(WebhookDelivery {
+        id: r.col("id")?,
+        webhook_id: r.col("webhook_id")?,
+        agent_id: r.col("agent_id")?,
+        event: WebhookEvent::parse(&event).ok_or_else(|| unknown("webhook event", &event))?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| unknown("delivery status", &status))?,
+        attempts: r.col("attempts")?,
+        next_attempt_at: r.col("next_attempt_at")?,
+        last_error: r.col("last_error")?,
+        last_status: r.col("last_status")?,
+        created_at: r.col("created_at")?,
+        delivered_at: r.col("delivered_at")?,
     })
 }

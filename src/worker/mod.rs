@@ -15,9 +15,9 @@
 //! `signal_file.rs` and `outcome.rs`: how the run ended), publishes its branch and records
 //! its end; `failover.rs` and `resume.rs` start it again. The maintenance services share
 //! one shape (`service.rs`): `lease.rs` (with `liveness.rs`), `sweeper.rs` (with
-//! `node_scan.rs`), `redispatch.rs` and `cleanup.rs`; `disk.rs` and the control consumer
-//! (`control.rs`) keep loops of their own. An agent's events go through `event_log.rs` to
-//! the batching `event_writer.rs`; `output_watch.rs` wakes supervisors when output grows,
+//! `node_scan.rs`), `redispatch.rs`, `cleanup.rs` and `webhooks.rs` (the webhook sender);
+//! `disk.rs` and the control consumer (`control.rs`) keep loops of their own. An agent's
+//! events go through `event_log.rs` to the batching `event_writer.rs`; `output_watch.rs` wakes supervisors when output grows,
 //! `output_reader.rs` splits it into lines; `health.rs` serves the probes and metrics.
 
 mod agent_task;
@@ -48,6 +48,7 @@ mod stream_facts;
 mod supervisor;
 mod sweeper;
 mod usage_meter;
+mod webhooks;
 
 pub use cleanup::{CleanupReport, cleanup_workspace};
 
@@ -140,6 +141,7 @@ pub async fn run(fleet: Fleet, shutdown: Shutdown) -> anyhow::Result<()> {
         rt.clone(),
         stop_services.clone(),
     ));
+    services.spawn(webhooks::run(rt.clone(), stop_services.clone()));
     services.spawn(health::run(
         rt.clone(),
         settings.worker_metrics_bind()?,

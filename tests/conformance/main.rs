@@ -12,3 +12,4 @@ mod common {
 
 mod queue;
 mod store;
+mod store_webhooks;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use agentfleet::domain::AccountKind;
 use agentfleet::domain::{AgentMode, AgentOutcome, AgentStatus, PendingQuestion};
+use agentfleet::domain::{Cursor, PageRequest};
 use agentfleet::store::{
-    AcquireParams, ControlKind, EventAppend, JobFailure, NewAccount, NewEvent, Owner,
+    AcquireParams, AgentQuery, ControlKind, EventAppend, JobFailure, NewAccount, NewEvent, Owner,
     ProcessRecord, ReconcileParams, ReconcilePolicy, SpawnRecord, Store, StoreError, UsageEntry,
     UsageQuery,
 };
@@ -117,6 +118,198 @@ async fn projects_are_added_once_found_and_listed(store: &Store) {
     assert!(matches!(
         store.project("ghost").await,
         Err(StoreError::UnknownProject(_))
+    ));
+}
+
+/// Records a spawn named `name` on `project` for `provider`, with task id `task`.
+async fn spawned(store: &Store, name: &str, project: &str, provider: &str, task: &str) -> Uuid {
+    let spawn = SpawnRecord {
+        name,
+        provider,
+        project,
+        task_id: Some(task),
+        ..spawn_of(name, None)
+    };
+    store.record_spawn(spawn).await.unwrap().agent.id
+}
+
+/// Every page of `query`, in order, with the hook run between pages.
+async fn pages(
+    store: &Store,
+    mut query: AgentQuery,
+    between: impl AsyncFn(usize),
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = store.list_agents(&query).await.unwrap();
+        assert!(page.items.len() <= query.page.limit as usize);
+        pages.push(page.items.iter().map(|a| a.name.clone()).collect());
+        between(pages.len()).await;
+        match page.next_cursor {
+            Some(next) => query.page.after = Some(Cursor::decode(&next).unwrap()),
+            None => return pages,
+        }
+    }
+}
+
+async fn agent_lists_filter_and_page_newest_first(store: &Store) {
+    with_project(store).await;
+    store
+        .add_project("second", "/tmp/second.git", "main")
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..23 {
+        let project = if n % 2 == 0 { "demo" } else { "second" };
+        let provider = if n % 3 == 0 { "codex" } else { "claude" };
+        let task = format!("task-{}", n % 4);
+        ids.push(spawned(store, &format!("agent-{n:02}"), project, provider, &task).await);
+        // Apart in time even at SQLite's millisecond precision (the window below).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // LIKE's wildcards in a prefix are taken literally.
+    let literal = spawned(store, "x_y-1", "demo", "claude", "t").await;
+    spawned(store, "xzy-2", "demo", "claude", "t").await;
+    spawned(store, "X-case", "demo", "claude", "t").await;
+    store
+        .finish_unowned(ids[1], "failed", "broke")
+        .await
+        .unwrap();
+    store
+        .finish_unowned(ids[2], "stopped", "asked")
+        .await
+        .unwrap();
+    store.set_dismissed(ids[2]).await.unwrap();
+
+    // Pages of 7 cover every agent once, newest first, while agents are added between pages
+    // (newer: they belong before the first page, not in the ones that follow).
+    let all = AgentQuery {
+        page: PageRequest {
+            limit: 7,
+            after: None,
+        },
+        include_dismissed: true,
+        ..AgentQuery::default()
+    };
+    let names: Vec<String> = pages(store, all, async |n| {
+        spawned(store, &format!("late-{n}"), "demo", "claude", "t").await;
+    })
+    .await
+    .concat();
+    assert_eq!(names.len(), 26, "{names:?}");
+    let listed: HashSet<_> = names.iter().collect();
+    assert_eq!(listed.len(), 26, "an agent shown twice: {names:?}");
+    assert!(names.iter().all(|n| !n.starts_with("late-")), "{names:?}");
+    let everyone = store
+        .list_agents(&AgentQuery::with_dismissed())
+        .await
+        .unwrap()
+        .items;
+    let order: Vec<_> = everyone.iter().map(|a| (a.created_at, a.id)).collect();
+    let mut newest_first = order.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(order, newest_first);
+
+    let query = |q: AgentQuery| async move {
+        let mut names: Vec<String> = store
+            .list_agents(&q)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        query(AgentQuery {
+            statuses: vec![AgentStatus::Failed, AgentStatus::Stopped],
+            include_dismissed: true,
+            ..AgentQuery::default()
+        })
+        .await,
+        ["agent-01", "agent-02"]
+    );
+    // Dismissed agents only when asked for.
+    assert_eq!(
+        query(AgentQuery {
+            statuses: vec![AgentStatus::Stopped],
+            ..AgentQuery::default()
+        })
+        .await,
+        Vec::<String>::new()
+    );
+    let second_codex = query(AgentQuery {
+        project: Some("second".into()),
+        provider: Some("codex".into()),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(
+        second_codex,
+        ["agent-03", "agent-09", "agent-15", "agent-21"]
+    );
+    let task = query(AgentQuery {
+        task_id: Some("task-3".into()),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(
+        task,
+        ["agent-03", "agent-07", "agent-11", "agent-15", "agent-19"]
+    );
+    let prefixed = query(AgentQuery {
+        name_prefix: Some("x_".into()),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(prefixed, ["x_y-1"]);
+    let searched = query(AgentQuery {
+        search: Some("task-3".into()),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(searched, task, "a task id");
+    let searched = query(AgentQuery {
+        search: Some("agent-2".into()),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(
+        searched,
+        ["agent-20", "agent-21", "agent-22"],
+        "a name prefix"
+    );
+    // Case-sensitive in both dialects.
+    for (prefix, expected) in [("X", vec!["X-case"]), ("x-", vec![])] {
+        let q = AgentQuery {
+            name_prefix: Some(prefix.into()),
+            ..AgentQuery::default()
+        };
+        assert_eq!(query(q).await, expected, "{prefix}");
+    }
+    assert_eq!(store.agent_by_id(literal).await.unwrap().name, "x_y-1");
+    // A window of creation times: [after, before).
+    let at = |i: usize| everyone.iter().find(|a| a.id == ids[i]).unwrap().created_at;
+    let window = query(AgentQuery {
+        created_after: Some(at(5)),
+        created_before: Some(at(8)),
+        ..AgentQuery::default()
+    })
+    .await;
+    assert_eq!(window, ["agent-05", "agent-06", "agent-07"]);
+    // A cursor that names no agent id is the caller's mistake, not the database's.
+    let bad = AgentQuery {
+        page: PageRequest {
+            limit: 5,
+            after: Some(Cursor::new(chrono::Utc::now(), "not-an-id")),
+        },
+        ..AgentQuery::default()
+    };
+    assert!(matches!(
+        store.list_agents(&bad).await,
+        Err(StoreError::InvalidQuery(_))
     ));
 }
 
@@ -696,9 +889,10 @@ async fn finish_agent_records_the_outcome_and_closes_the_request(store: &Store) 
     assert!(agent.pending_questions.is_empty());
     assert!(store.pending_requests(10).await.unwrap().is_empty());
     let statuses: HashSet<AgentStatus> = store
-        .list_agents(true)
+        .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
         .await
         .unwrap()
+        .items
         .iter()
         .map(|a| a.status)
         .collect();
@@ -1644,6 +1838,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    agent_lists_filter_and_page_newest_first,
     projects_are_added_once_found_and_listed,
     projects_are_updated_and_removed_with_their_ended_agents_only,
     control_requests_are_claimed_once_and_resent_to_their_owner,

@@ -64,14 +64,7 @@ async fn spawn_over_http_then_follow_its_events() {
         .await
         .unwrap();
     assert_eq!(project.status(), StatusCode::CREATED);
-    let projects: Vec<Value> = api
-        .get("/v1/projects")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let projects: Vec<Value> = items(api.get("/v1/projects")).await;
     assert_eq!(projects.len(), 2);
 
     let resp = api
@@ -156,14 +149,7 @@ async fn spawn_over_http_then_follow_its_events() {
         "{resumed}"
     );
 
-    let workers: Vec<Value> = api
-        .get("/v1/workers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let workers: Vec<Value> = items(api.get("/v1/workers")).await;
     assert_eq!(workers.len(), 1);
     assert_eq!(by_name["worker_id"], workers[0]["id"]);
     assert_eq!(by_name["pending_requests"], json!([]));
@@ -390,23 +376,9 @@ async fn lifecycle_over_http_resume_stop_dismiss_delete() {
         .await
         .unwrap();
     assert_eq!(dismissed.status(), StatusCode::OK);
-    let listed: Vec<Value> = api
-        .get("/v1/agents")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Vec<Value> = items(api.get("/v1/agents")).await;
     assert_eq!(listed.len(), 1);
-    let all: Vec<Value> = api
-        .get("/v1/agents?all=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Vec<Value> = items(api.get("/v1/agents?all=true")).await;
     assert_eq!(all.len(), 2);
 
     // Delete, with the remote branch.
@@ -426,4 +398,10 @@ async fn lifecycle_over_http_resume_stop_dismiss_delete() {
     assert_eq!(error_of(gone).await.0, StatusCode::NOT_FOUND);
     assert!(env.remote_file("agent/ask-otter", "RESUMED.txt").is_none());
     env.stop_workers();
+}
+
+/// The items of the page a list request answers.
+async fn items(request: reqwest::RequestBuilder) -> Vec<Value> {
+    let page: Value = request.send().await.unwrap().json().await.unwrap();
+    serde_json::from_value(page["items"].clone()).expect("a page of items")
 }

@@ -124,7 +124,10 @@ async fn every_error_has_the_json_shape() {
     assert_json_error(unknown, StatusCode::NOT_FOUND, "unknown route").await;
 
     // Nothing was written by any of them.
-    assert_eq!(api.get_json("/v1/agents?all=true").await, json!([]));
+    assert_eq!(
+        api.get_json("/v1/agents?all=true").await,
+        json!({"items": [], "next_cursor": null})
+    );
 }
 
 /// Every response names its request: the caller's `x-request-id` when it sends a sane

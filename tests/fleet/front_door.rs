@@ -29,8 +29,8 @@ async fn embedded_env() -> TestEnv {
 }
 
 async fn listed(api: &Server, path: &str) -> usize {
-    let list = json_of(api.get(path)).await;
-    list.as_array().expect("a list").len()
+    let page = json_of(api.get(path)).await;
+    page["items"].as_array().expect("a page of items").len()
 }
 
 /// `agentfleet_backend_errors_total`, summed over backends.

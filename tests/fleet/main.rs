@@ -9,6 +9,7 @@
 #[path = "../common"]
 mod common {
     pub mod api;
+    pub mod browser;
     pub mod databases;
     pub mod env;
     pub mod fresh_store;
@@ -32,9 +33,12 @@ mod usage;
 mod api;
 mod api_limits;
 mod control;
+mod dashboard;
 mod front_door;
+mod lists;
 mod observability;
 mod openapi;
+mod webhooks;
 
 // Faults injected: processes, services, disks, output and agents that misbehave.
 mod api_outages;

@@ -51,6 +51,18 @@ async fn schemathesis_finds_nothing_against_the_documented_api() {
         .await
         .unwrap();
     assert_eq!(account.status(), StatusCode::CREATED);
+    // A subscription before the agent runs, so it has deliveries (to a name that does not
+    // resolve: they stay pending, retried).
+    let webhook: Value = api
+        .post("/v1/webhooks")
+        .json(&json!({"url": "https://receiver.invalid/hook"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let webhook = webhook["id"].as_str().expect("a subscription").to_string();
     let spawned = api
         .post("/v1/agents")
         .json(
@@ -63,12 +75,36 @@ async fn schemathesis_finds_nothing_against_the_documented_api() {
     assert_eq!(spawned.status(), StatusCode::ACCEPTED);
     let agent: agentfleet::domain::Agent = spawned.json().await.unwrap();
     env.wait_final(agent.id, Duration::from_secs(60)).await;
+    // A second project, so the list of projects has a page after its first.
+    let second = api
+        .post("/v1/projects")
+        .json(&json!({"name": "contract-second", "remote_url": env.remote.to_str().unwrap()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), StatusCode::CREATED);
+    let first: Value = api.get_json("/v1/projects?limit=1").await;
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let deliveries = api
+        .get_json(&format!("/v1/webhooks/{webhook}/deliveries"))
+        .await;
+    let delivery = deliveries["items"][0]["id"]
+        .as_str()
+        .expect("a delivery")
+        .to_string();
 
     // Half the `{agent}` and `{label}` path parameters name what exists (the agent by name
     // and by id, the account), so those routes answer with data as well as with 404s. A
     // spawn's 422 for a reused idempotency key depends on what was sent before under the
     // key (the stateful phase replays keys), which no schema can say; every other 422 of
-    // a schema-valid spawn is still a failure, as is every 422 elsewhere.
+    // a schema-valid spawn is still a failure, as is every 422 elsewhere — bar a new
+    // webhook's: whether its URL is a private target (`webhooks.allow_private`) or parses
+    // as a URL at all is more than a pattern can say. A list's cursor is opaque — only a
+    // page gives one, any other string is refused — so the cursor sent is one a page
+    // gave (an empty one asks for the first page).
     let config = env.dir.path().join("schemathesis.toml");
     std::fs::write(
         &config,
@@ -79,16 +115,33 @@ values = ["{name}", "{id}"]
 [dictionaries.labels]
 values = ["contract-alpha"]
 
+[dictionaries.cursors]
+values = ["{cursor}"]
+
+[dictionaries.webhooks]
+values = ["{webhook}"]
+
+[dictionaries.deliveries]
+values = ["{delivery}"]
+
 [parameters]
+"query.cursor" = {{ dictionary = "cursors", probability = 1.0 }}
 "path.agent" = {{ dictionary = "agents", probability = 0.5 }}
 "path.label" = {{ dictionary = "labels", probability = 0.5 }}
+"path.webhook" = {{ dictionary = "webhooks", probability = 0.5 }}
+"path.delivery" = {{ dictionary = "deliveries", probability = 0.5 }}
 
 [[operations]]
 include-name = "POST /v1/agents"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
+
+[[operations]]
+include-name = "POST /v1/webhooks"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]
 "#,
             name = agent.name,
             id = agent.id,
+            cursor = cursor,
         ),
     )
     .unwrap();

@@ -53,7 +53,14 @@ async fn projects_are_updated_and_removed_only_with_force_while_an_agent_runs() 
     fails_with(&env, &["get", "busy-otter"], "no agent with id or name");
     // The agent's process was stopped, not left running without a record.
     let store = env.store().await;
-    assert!(store.list_agents(true).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     env.stop_workers();
 }
 
@@ -106,7 +113,10 @@ async fn projects_are_updated_and_removed_over_http() {
     );
     let removed: serde_json::Value = delete("?force=true").await.unwrap().json().await.unwrap();
     assert_eq!(removed, serde_json::json!({"removed": "demo", "agents": 1}));
-    assert_eq!(api.get_json("/v1/projects").await, serde_json::json!([]));
+    assert_eq!(
+        api.get_json("/v1/projects").await["items"],
+        serde_json::json!([])
+    );
     let (status, _, _) = error_of(delete("").await.unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     env.stop_workers();

@@ -320,12 +320,11 @@ async fn dismissed_agents_are_hidden_unless_asked_for() {
     env.spawn(&["--name", "keep-otter"], "a");
     env.spawn(&["--name", "hide-otter"], "b");
     env.cli_ok(&["dismiss", "hide-otter"]);
-    let list: Vec<serde_json::Value> =
-        serde_json::from_str(&env.cli_ok(&["list", "--json"])).unwrap();
-    assert_eq!(list.len(), 1);
-    let all: Vec<serde_json::Value> =
+    let list: serde_json::Value = serde_json::from_str(&env.cli_ok(&["list", "--json"])).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let all: serde_json::Value =
         serde_json::from_str(&env.cli_ok(&["list", "--json", "--all"])).unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -82,7 +82,11 @@ async fn backlog_drains_faster_with_three_workers_and_scale_down_loses_nothing()
     let store = env.store().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let agents = store.list_agents(true).await.unwrap();
+        let agents = store
+            .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
+            .await
+            .unwrap()
+            .items;
         let running = agents
             .iter()
             .filter(|a| a.status == AgentStatus::Running)

@@ -97,9 +97,8 @@ async fn spawn_runs_on_one_of_two_workers_and_pushes_the_branch() {
     ] {
         assert!(logs.contains(kind), "logs lack {kind}: {logs}");
     }
-    let list: Vec<serde_json::Value> =
-        serde_json::from_str(&env.cli_ok(&["list", "--json"])).unwrap();
-    assert_eq!(list.len(), 1);
+    let list: serde_json::Value = serde_json::from_str(&env.cli_ok(&["list", "--json"])).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
     // How long each step from delivery to a running process took.
     let store = env.store().await;
     let id = agent["id"].as_str().unwrap().parse().unwrap();
@@ -287,7 +286,13 @@ async fn provider_exiting_non_zero_is_crashed_with_the_reason() {
         Some(1),
         "--wait exits non-zero on a crash"
     );
-    let agents = env.store().await.list_agents(true).await.unwrap();
+    let agents = env
+        .store()
+        .await
+        .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
+        .await
+        .unwrap()
+        .items;
     let agent = &agents[0];
     assert_status(agent, AgentStatus::Crashed);
     assert_eq!(agent.exit_code, Some(3));

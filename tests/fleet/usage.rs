@@ -218,7 +218,12 @@ async fn a_spawns_model_reaches_the_cli_by_its_flag_and_is_recorded() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no way to choose a model"));
     assert_eq!(
-        store.list_agents(true).await.unwrap().len(),
+        store
+            .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
+            .await
+            .unwrap()
+            .items
+            .len(),
         2,
         "nothing recorded"
     );
@@ -311,7 +316,16 @@ async fn an_agent_over_its_budget_is_stopped_within_one_event() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
-    assert_eq!(env.store().await.list_agents(true).await.unwrap().len(), 4);
+    assert_eq!(
+        env.store()
+            .await
+            .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,7 +419,11 @@ async fn a_burst_never_runs_more_of_a_provider_than_its_cap_and_all_complete() {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
     let mut most = 0;
     loop {
-        let agents = store.list_agents(true).await.unwrap();
+        let agents = store
+            .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
+            .await
+            .unwrap()
+            .items;
         let running = agents
             .iter()
             .filter(|a| matches!(a.status, AgentStatus::Starting | AgentStatus::Running))
@@ -454,7 +472,11 @@ async fn a_projects_cap_holds_its_spawns_in_order_until_a_slot_frees() {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut started_order = Vec::new();
     loop {
-        let agents = store.list_agents(true).await.unwrap();
+        let agents = store
+            .list_agents(&agentfleet::store::AgentQuery::with_dismissed())
+            .await
+            .unwrap()
+            .items;
         let running: Vec<_> = agents
             .iter()
             .filter(|a| matches!(a.status, AgentStatus::Starting | AgentStatus::Running))

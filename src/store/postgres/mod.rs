@@ -74,6 +74,7 @@ mod agents;
 mod controls;
 mod projects;
 mod usage;
+mod webhooks;
 mod workers;
 
 shared_schema!(PgStore);
@@ -111,6 +112,27 @@ impl PgStore {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// That the agent's name starts with `prefix`: LIKE (case-sensitive here), its
+    /// wildcards escaped; `agents_name_prefix_idx` (text_pattern_ops) answers it.
+    pub(super) fn push_name_prefix(sql: &mut sqlx::QueryBuilder<sqlx::Postgres>, prefix: &str) {
+        let mut pattern = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        sql.push("a.name LIKE ")
+            .push_bind(pattern)
+            .push(" ESCAPE '\\'");
+    }
+
+    /// A time to compare with a timestamp column, as this dialect binds it.
+    pub(super) fn time_param(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        at
     }
 }
 

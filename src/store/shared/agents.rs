@@ -432,15 +432,63 @@ macro_rules! shared_agents {
                         .ok_or_else(|| StoreError::UnknownAgent(id.to_string()))
                 }
 
-                /// Agents, oldest first; dismissed ones only when asked for.
-                pub async fn list_agents(&self, include_dismissed: bool) -> Result<Vec<Agent>, StoreError> {
-                    let rows = sqlx::query(select_agents!(
-                        "WHERE $1 OR NOT a.dismissed ORDER BY a.created_at, a.id"
-                    ))
-                    .bind(include_dismissed)
-                    .fetch_all(&self.pool)
-                    .await?;
-                    rows.iter().map(agent_from_row).collect()
+                /// One page of the agents `query` selects, newest first. The statement has
+                /// only the filters given, so each shape gets a plan that uses its index.
+                pub async fn list_agents(
+                    &self,
+                    query: &crate::store::AgentQuery,
+                ) -> Result<crate::domain::Page<Agent>, StoreError> {
+                    let mut sql = sqlx::QueryBuilder::<$db>::new(select_agents!("WHERE true"));
+                    if !query.include_dismissed {
+                        sql.push(" AND NOT a.dismissed");
+                    }
+                    if !query.statuses.is_empty() {
+                        sql.push(" AND a.status IN (");
+                        let mut list = sql.separated(", ");
+                        for status in &query.statuses {
+                            list.push_bind(status.as_str());
+                        }
+                        sql.push(")");
+                    }
+                    if let Some(project) = &query.project {
+                        sql.push(" AND p.name = ").push_bind(project.clone());
+                    }
+                    if let Some(provider) = &query.provider {
+                        sql.push(" AND a.provider = ").push_bind(provider.clone());
+                    }
+                    if let Some(task_id) = &query.task_id {
+                        sql.push(" AND a.task_id = ").push_bind(task_id.clone());
+                    }
+                    if let Some(prefix) = &query.name_prefix {
+                        sql.push(" AND ");
+                        Self::push_name_prefix(&mut sql, prefix);
+                    }
+                    if let Some(text) = &query.search {
+                        sql.push(" AND (");
+                        Self::push_name_prefix(&mut sql, text);
+                        sql.push(" OR a.task_id = ").push_bind(text.clone()).push(")");
+                    }
+                    if let Some(after) = query.created_after {
+                        sql.push(" AND a.created_at >= ").push_bind(Self::time_param(after));
+                    }
+                    if let Some(before) = query.created_before {
+                        sql.push(" AND a.created_at < ").push_bind(Self::time_param(before));
+                    }
+                    if let Some(cursor) = &query.page.after {
+                        let id = cursor.uuid().map_err(StoreError::InvalidQuery)?;
+                        sql.push(" AND (a.created_at, a.id) < (")
+                            .push_bind(Self::time_param(cursor.at))
+                            .push(", ")
+                            .push_bind(id)
+                            .push(")");
+                    }
+                    sql.push(" ORDER BY a.created_at DESC, a.id DESC LIMIT ")
+                        .push_bind(i64::from(query.page.limit) + 1);
+                    let rows = sql.build().fetch_all(&self.pool).await?;
+                    let agents = rows.iter().map(agent_from_row).collect::<Result<_, _>>()?;
+                    Ok(crate::domain::Page::from_rows(agents, query.page.limit, |a: &Agent| {
+                        crate::domain::Cursor::new(a.created_at, a.id)
+                    }))
                 }
 
                 pub async fn count_agents(&self) -> Result<i64, StoreError> {

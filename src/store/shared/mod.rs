@@ -94,3 +94,5 @@ mod projects;
 mod usage;
 #[macro_use]
 pub(super) mod workers;
+#[macro_use]
+mod webhooks;

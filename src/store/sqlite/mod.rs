@@ -93,6 +93,7 @@ mod agents;
 mod controls;
 mod projects;
 mod usage;
+mod webhooks;
 mod workers;
 
 shared_schema!(SqliteStore);
@@ -135,6 +136,31 @@ impl SqliteStore {
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// That the agent's name starts with `prefix`: GLOB, which is case-sensitive as
+    /// Postgres' LIKE is (SQLite's LIKE is not) and uses the names' index; its wildcards
+    /// are taken literally by putting each in brackets.
+    pub(super) fn push_name_prefix(sql: &mut sqlx::QueryBuilder<sqlx::Sqlite>, prefix: &str) {
+        let mut pattern = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            match c {
+                '*' | '?' | '[' => {
+                    pattern.push('[');
+                    pattern.push(c);
+                    pattern.push(']');
+                }
+                c => pattern.push(c),
+            }
+        }
+        pattern.push('*');
+        sql.push("a.name GLOB ").push_bind(pattern);
+    }
+
+    /// A time to compare with a timestamp column: text in the schema's format (see
+    /// `now!`), which orders as the times do.
+    pub(super) fn time_param(at: chrono::DateTime<chrono::Utc>) -> String {
+        at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
     }
 }
 

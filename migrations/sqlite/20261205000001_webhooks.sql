@@ -1,0 +1,116 @@
+-- Webhook subscriptions and their outbox. Triggers on `agents` write one delivery per
+-- matching subscription in the same transaction as the status change (or the delete) they
+-- report, with a snapshot of the row as it was then; workers deliver the outbox. Timestamps
+-- are text in the schema's one format (see the init migration); ids are 16-byte blobs.
+
+CREATE TABLE webhooks (
+    id            BLOB PRIMARY KEY,
+    url           TEXT NOT NULL,
+    -- The event types it receives (a JSON array of strings); NULL: every one.
+    events        TEXT,
+    -- Only agents of this project (by name); NULL: every project.
+    project       TEXT,
+    -- The signing secret, sealed with the fleet's key (as accounts' credentials are).
+    sealed        BLOB NOT NULL,
+    key_id        TEXT NOT NULL,
+    created_at    TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- The worker delivering for it now, and until when its claim holds.
+    claimed_by    TEXT,
+    claimed_until TEXT
+);
+
+CREATE TABLE webhook_deliveries (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- The `webhook-id` header: the same for every attempt of the delivery.
+    id              BLOB NOT NULL UNIQUE,
+    webhook_id      BLOB NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    agent_id        BLOB NOT NULL,
+    event           TEXT NOT NULL,
+    -- The agent row when the event happened (ids in hex), with its project's name.
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- Retries stop `webhooks.retry_for` after this (its creation, or its redelivery).
+    retry_since     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    last_error      TEXT,
+    last_status     INTEGER,
+    created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    delivered_at    TEXT
+);
+CREATE INDEX webhook_deliveries_pending_idx ON webhook_deliveries (webhook_id, seq)
+    WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_webhook_idx ON webhook_deliveries (webhook_id, seq);
+
+-- One delivery per matching subscription for an agent's status change. Only statuses an
+-- upstream acts on are events: `running` (agent.started, also after a resume or a
+-- failover) and the final ones; a failure caused by a rate limit or an exhausted account
+-- is told apart by the reason the worker recorded. The id is a UUID version 7.
+CREATE TRIGGER agents_webhook_status AFTER UPDATE OF status ON agents
+WHEN OLD.status IS NOT NEW.status
+    AND NEW.status IN ('running', 'completed', 'waiting_for_input', 'failed', 'crashed', 'stopped')
+    AND EXISTS (SELECT 1 FROM webhooks)
+BEGIN
+    INSERT INTO webhook_deliveries (id, webhook_id, agent_id, event, payload)
+    SELECT unhex(printf('%012x', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) || '7' ||
+                 substr(hex(randomblob(2)), 1, 3) || substr('89AB', 1 + (random() & 3), 1) ||
+                 substr(hex(randomblob(2)), 1, 3) || hex(randomblob(6))),
+           w.id, NEW.id, e.event,
+           json_object('id', hex(NEW.id), 'project_id', hex(NEW.project_id), 'name', NEW.name,
+               'provider', NEW.provider, 'mode', NEW.mode, 'task_id', NEW.task_id,
+               'status', NEW.status, 'session_id', NEW.session_id, 'worker_id', NEW.worker_id,
+               'node_id', NEW.node_id, 'owner_epoch', NEW.owner_epoch, 'pid', NEW.pid,
+               'pid_start_time', NEW.pid_start_time, 'output_path', NEW.output_path,
+               'workdir', NEW.workdir, 'branch', NEW.branch, 'result', NEW.result,
+               'pending_questions', NEW.pending_questions, 'error', NEW.error,
+               'exit_code', NEW.exit_code, 'created_at', NEW.created_at,
+               'updated_at', NEW.updated_at, 'started_at', NEW.started_at,
+               'finished_at', NEW.finished_at, 'dismissed', NEW.dismissed,
+               'output_offset', NEW.output_offset,
+               'account_id', CASE WHEN NEW.account_id IS NULL THEN NULL ELSE hex(NEW.account_id) END,
+               'project', (SELECT name FROM projects WHERE id = NEW.project_id))
+    FROM webhooks w, (SELECT CASE NEW.status
+               WHEN 'running' THEN 'agent.started'
+               WHEN 'completed' THEN 'agent.completed'
+               WHEN 'waiting_for_input' THEN 'agent.waiting_for_input'
+               WHEN 'crashed' THEN 'agent.crashed'
+               WHEN 'stopped' THEN 'agent.stopped'
+               WHEN 'failed' THEN CASE
+                   WHEN NEW.error LIKE 'rate_limited%' THEN 'agent.rate_limited'
+                   WHEN NEW.error LIKE 'account_exhausted%' THEN 'agent.account_exhausted'
+                   ELSE 'agent.failed' END
+               END AS event) e
+    WHERE (w.events IS NULL OR EXISTS (SELECT 1 FROM json_each(w.events) WHERE value = e.event))
+      AND (w.project IS NULL
+           OR w.project = (SELECT name FROM projects WHERE id = NEW.project_id))
+    ORDER BY w.id;
+END;
+
+CREATE TRIGGER agents_webhook_delete AFTER DELETE ON agents
+WHEN EXISTS (SELECT 1 FROM webhooks)
+BEGIN
+    INSERT INTO webhook_deliveries (id, webhook_id, agent_id, event, payload)
+    SELECT unhex(printf('%012x', CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)) || '7' ||
+                 substr(hex(randomblob(2)), 1, 3) || substr('89AB', 1 + (random() & 3), 1) ||
+                 substr(hex(randomblob(2)), 1, 3) || hex(randomblob(6))),
+           w.id, OLD.id, 'agent.deleted',
+           json_object('id', hex(OLD.id), 'project_id', hex(OLD.project_id), 'name', OLD.name,
+               'provider', OLD.provider, 'mode', OLD.mode, 'task_id', OLD.task_id,
+               'status', OLD.status, 'session_id', OLD.session_id, 'worker_id', OLD.worker_id,
+               'node_id', OLD.node_id, 'owner_epoch', OLD.owner_epoch, 'pid', OLD.pid,
+               'pid_start_time', OLD.pid_start_time, 'output_path', OLD.output_path,
+               'workdir', OLD.workdir, 'branch', OLD.branch, 'result', OLD.result,
+               'pending_questions', OLD.pending_questions, 'error', OLD.error,
+               'exit_code', OLD.exit_code, 'created_at', OLD.created_at,
+               'updated_at', OLD.updated_at, 'started_at', OLD.started_at,
+               'finished_at', OLD.finished_at, 'dismissed', OLD.dismissed,
+               'output_offset', OLD.output_offset,
+               'account_id', CASE WHEN OLD.account_id IS NULL THEN NULL ELSE hex(OLD.account_id) END,
+               'project', (SELECT name FROM projects WHERE id = OLD.project_id))
+    FROM webhooks w
+    WHERE (w.events IS NULL
+           OR EXISTS (SELECT 1 FROM json_each(w.events) WHERE value = 'agent.deleted'))
+      AND (w.project IS NULL
+           OR w.project = (SELECT name FROM projects WHERE id = OLD.project_id))
+    ORDER BY w.id;
+END;
