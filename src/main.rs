@@ -1,5 +1,3 @@
-use clap::Parser;
-
 fn main() {
     // The sandbox helper must run before any thread exists (it forks and enters namespaces).
     if std::env::args_os()
@@ -18,7 +16,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let cli = agentfleet::cli::Cli::parse();
+    let cli = agentfleet::cli::parse_args();
     if !cli.runs_a_service() {
         // A command whose reader went away (`logs --json | head`) ends quietly, as other
         // command-line tools do, instead of panicking in println!. Services keep Rust's

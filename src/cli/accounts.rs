@@ -2,10 +2,10 @@
 
 use anyhow::{Context, bail};
 
+use super::ops::{NewAccountSecret, Ops};
 use super::{AccountCommand, output, user};
-use crate::fleet::Fleet;
 
-pub(super) async fn account(fleet: &Fleet, command: AccountCommand) -> anyhow::Result<()> {
+pub(super) async fn account(ops: &Ops, command: AccountCommand) -> anyhow::Result<()> {
     use crate::credentials::{self, AccountInput, Keyring};
     let fail = |e: credentials::CredentialError| user(e.into());
     match command {
@@ -16,48 +16,48 @@ pub(super) async fn account(fleet: &Fleet, command: AccountCommand) -> anyhow::R
             max_concurrent,
             json,
         } => {
+            // Read and checked here in either mode: the API is sent the text as read.
             let secret = match (
                 secret.api_key_env,
                 secret.api_key_file,
                 secret.credentials_file,
             ) {
                 (Some(var), _, _) => {
-                    let value = std::env::var(&var)
+                    let text = std::env::var(&var)
                         .with_context(|| format!("environment variable {var} is not set"))?;
-                    AccountInput::api_key(&value, &format!("environment variable {var}"))
-                        .map_err(fail)?
+                    let origin = format!("environment variable {var}");
+                    NewAccountSecret {
+                        input: AccountInput::api_key(&text, &origin).map_err(fail)?,
+                        text,
+                        is_credentials_file: false,
+                    }
                 }
                 (_, Some(file), _) => {
                     let text = std::fs::read_to_string(&file)
                         .with_context(|| format!("cannot read API key file {}", file.display()))?;
-                    AccountInput::api_key(&text, &format!("API key file {}", file.display()))
-                        .map_err(fail)?
+                    let origin = format!("API key file {}", file.display());
+                    NewAccountSecret {
+                        input: AccountInput::api_key(&text, &origin).map_err(fail)?,
+                        text,
+                        is_credentials_file: false,
+                    }
                 }
                 (_, _, Some(file)) => {
                     let text = std::fs::read_to_string(&file).with_context(|| {
                         format!("cannot read credentials file {}", file.display())
                     })?;
-                    AccountInput::credentials_file(
-                        &text,
-                        &format!("credentials file {}", file.display()),
-                    )
-                    .map_err(fail)?
+                    let origin = format!("credentials file {}", file.display());
+                    NewAccountSecret {
+                        input: AccountInput::credentials_file(&text, &origin).map_err(fail)?,
+                        text,
+                        is_credentials_file: true,
+                    }
                 }
                 _ => bail!("give --api-key-env, --api-key-file or --credentials-file"),
             };
-            let account = credentials::add_account(
-                &fleet.settings,
-                &fleet.store,
-                &fleet.providers,
-                AccountInput {
-                    provider,
-                    label,
-                    secret,
-                    max_concurrent,
-                },
-            )
-            .await
-            .map_err(fail)?;
+            let account = ops
+                .add_account(provider, label, secret, max_concurrent)
+                .await?;
             if json {
                 output::accounts(std::slice::from_ref(&account), true);
             } else {
@@ -70,26 +70,17 @@ pub(super) async fn account(fleet: &Fleet, command: AccountCommand) -> anyhow::R
                 );
             }
         }
-        AccountCommand::List { json } => {
-            output::accounts(&fleet.store.list_accounts().await?, json)
-        }
+        AccountCommand::List { json } => output::accounts(&ops.accounts().await?, json),
         AccountCommand::Remove { label } => {
-            fleet
-                .store
-                .remove_account(&label)
-                .await
-                .map_err(|e| user(e.into()))?;
+            ops.remove_account(&label).await?;
             println!("account {label} removed");
         }
         AccountCommand::Reset { label } => {
-            let account = fleet
-                .store
-                .reset_account(&label)
-                .await
-                .map_err(|e| user(e.into()))?;
+            let account = ops.reset_account(&label).await?;
             println!("account {} reset", account.label);
         }
         AccountCommand::RotateKey { new_key_file } => {
+            let fleet = ops.local("account rotate-key")?;
             let old = Keyring::load(&fleet.settings, false).map_err(fail)?;
             let new = if new_key_file.exists() {
                 Keyring::read_file(&new_key_file).map_err(fail)?

@@ -4,7 +4,8 @@
 use anyhow::{Context, bail};
 use futures::StreamExt;
 
-use super::{SpawnArgs, output, user};
+use super::ops::Ops;
+use super::{SpawnArgs, output};
 use crate::domain::{InputFile, SpawnRequest};
 use crate::events;
 use crate::fleet::Fleet;
@@ -35,7 +36,7 @@ pub(super) fn parse_answers(
         .collect()
 }
 
-pub(super) async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32> {
+pub(super) async fn spawn(ops: &Ops, args: SpawnArgs) -> anyhow::Result<i32> {
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), None) => p.clone(),
         (None, Some(f)) => std::fs::read_to_string(f)
@@ -56,7 +57,7 @@ pub(super) async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32>
             content,
         });
     }
-    let recorded = fleet
+    let agent = ops
         .spawn(SpawnRequest {
             provider: args.provider,
             project: args.project,
@@ -75,27 +76,26 @@ pub(super) async fn spawn(fleet: &Fleet, args: SpawnArgs) -> anyhow::Result<i32>
             })
             .filter(|b| !b.is_empty()),
         })
-        .await
-        .map_err(user)?;
+        .await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&recorded.agent)?);
+        println!("{}", serde_json::to_string_pretty(&agent)?);
     } else {
-        println!("{} {}", recorded.agent.id, recorded.agent.name);
+        println!("{} {}", agent.id, agent.name);
     }
     if !args.wait {
         return Ok(0);
     }
-    wait_for_end(fleet, recorded.agent.id, 0).await
+    wait_for_end(ops, agent.id, 0).await
 }
 
 /// Follows the agent's events after `after` until it ends; the exit code says how.
 pub(super) async fn wait_for_end(
-    fleet: &Fleet,
+    ops: &Ops,
     agent_id: uuid::Uuid,
     after: i64,
 ) -> anyhow::Result<i32> {
-    follow_events(fleet, agent_id, false, after).await?;
-    let agent = fleet.store.agent_by_id(agent_id).await?;
+    ops.follow(agent_id, false, after).await?;
+    let agent = ops.agent_by_id(agent_id).await?;
     eprintln!("agent {} ended: {}", agent.name, agent.status);
     if let Some(error) = &agent.error {
         eprintln!("error: {error}");
@@ -119,10 +119,10 @@ pub(super) async fn wait_for_end(
 }
 
 /// Waits until a worker has taken up a resume (the agent leaves `waiting_for_input`).
-pub(super) async fn wait_until_resumed(fleet: &Fleet, agent_id: uuid::Uuid) -> anyhow::Result<()> {
+pub(super) async fn wait_until_resumed(ops: &Ops, agent_id: uuid::Uuid) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let agent = fleet.store.agent_by_id(agent_id).await?;
+        let agent = ops.agent_by_id(agent_id).await?;
         if agent.status != crate::domain::AgentStatus::WaitingForInput {
             return Ok(());
         }

@@ -18,6 +18,19 @@ pub struct Cli {
     /// Configuration file (also AGENTFLEET_CONFIG).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// Work through a fleet's HTTP API at this URL instead of the configured store (no
+    /// database or Redis settings needed, nothing written here).
+    #[arg(long, global = true, value_name = "URL", env = "AGENTFLEET_API_URL")]
+    pub api: Option<String>,
+    /// The API's bearer token (else read from client.token_file); never printed.
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = "AGENTFLEET_API_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

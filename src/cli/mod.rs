@@ -1,11 +1,14 @@
 //! The `agentfleet` command line (clap): every operation of the fleet, talking to the store
-//! and the queue directly, plus the long-running `worker`, `serve` and `up`.
+//! and the queue directly or, with `--api URL`, to a fleet's HTTP API (`ops.rs` answers
+//! each operation either way), plus the long-running `worker`, `serve` and `up`.
 
 mod accounts;
 mod agents;
 mod args;
 mod doctor;
+mod ops;
 mod output;
+mod remote;
 mod usage;
 mod webhooks;
 
@@ -14,8 +17,11 @@ pub use args::{
 };
 
 use accounts::account;
-use agents::{follow_events, parse_answers, spawn, wait_for_end, wait_until_resumed};
+use agents::{parse_answers, spawn, wait_for_end, wait_until_resumed};
+use ops::Ops;
+use remote::Remote;
 
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -26,36 +32,104 @@ use crate::worker::{self, Shutdown};
 /// Runs the parsed command; the returned code is the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let settings = Settings::load(cli.config.as_deref())?;
+    let remote = match &cli.api {
+        Some(url) => Some(Remote::new(url, api_token(&cli, &settings)?)?),
+        None => None,
+    };
     let telemetry = crate::telemetry::init(matches!(
         cli.command,
         Command::Worker | Command::Serve | Command::Up
     ));
-    let result = run_command(cli.command, settings).await;
+    let result = run_command(cli.command, settings, remote).await;
     // Spans still buffered (a CLI spawn's producer span, a worker's last jobs) go out now.
     telemetry.shutdown().await;
     result
 }
 
-async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32> {
-    if let Command::Migrate = command {
-        let store = connect_store(&settings).await?;
-        let applied = store.migrate().await?;
-        let all = crate::store::migrations_in(store.kind());
-        match applied {
-            0 => println!("the database schema is up to date"),
-            n if n == all => println!("created the database schema ({n} migrations)"),
-            n => println!("updated the database schema ({n} of {all} migrations applied now)"),
-        }
-        return Ok(0);
+/// The remote mode's token: `--token` / `AGENTFLEET_API_TOKEN`, else `client.token_file`.
+fn api_token(cli: &Cli, settings: &Settings) -> anyhow::Result<Option<String>> {
+    if let Some(token) = &cli.token {
+        return Ok(Some(token.clone()));
     }
+    let file = &settings.client.token_file;
+    if file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read client.token_file {}", file.display()))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// Parses the command line, with `--help` saying which mode the CLI is in: the API named by
+/// `--api` or `AGENTFLEET_API_URL`, or the configured store.
+pub fn parse_args() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command()
+        .after_help(mode_line(&args, std::env::var("AGENTFLEET_API_URL").ok()))
+        .get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+fn mode_line(args: &[std::ffi::OsString], env_url: Option<String>) -> String {
+    let mut from_args = None;
+    for (i, arg) in args.iter().enumerate() {
+        let arg = arg.to_string_lossy();
+        if let Some(url) = arg.strip_prefix("--api=") {
+            from_args = Some(url.to_string());
+        } else if arg == "--api" {
+            from_args = args.get(i + 1).map(|a| a.to_string_lossy().into_owned());
+        }
+    }
+    match from_args.or(env_url).filter(|u| !u.trim().is_empty()) {
+        Some(url) => format!(
+            "Mode: remote: commands go to the fleet's HTTP API at {url} (--api / \
+             AGENTFLEET_API_URL); worker, serve, up, migrate, doctor, cleanup without an agent \
+             and account rotate-key are refused."
+        ),
+        None => "Mode: local: commands use the configured store and queue. Set --api URL or \
+                 AGENTFLEET_API_URL (and --token, AGENTFLEET_API_TOKEN or client.token_file) \
+                 to use a fleet's HTTP API instead."
+            .to_string(),
+    }
+}
+
+async fn run_command(
+    command: Command,
+    settings: Settings,
+    remote: Option<Remote>,
+) -> anyhow::Result<i32> {
     if let Command::Openapi = command {
         print!("{}", crate::api::openapi::document());
         return Ok(0);
     }
-    if let Command::Doctor { json } = command {
-        return tokio::task::spawn_blocking(move || doctor::run(&settings, json)).await?;
-    }
-    let fleet = Fleet::connect(settings).await?;
+    let ops = match remote {
+        Some(remote) => {
+            if let Some(name) = ops::local_only(&command) {
+                return Err(ops::refused(name, &remote));
+            }
+            Ops::Remote(remote)
+        }
+        None => {
+            if let Command::Migrate = command {
+                let store = connect_store(&settings).await?;
+                let applied = store.migrate().await?;
+                let all = crate::store::migrations_in(store.kind());
+                match applied {
+                    0 => println!("the database schema is up to date"),
+                    n if n == all => println!("created the database schema ({n} migrations)"),
+                    n => println!(
+                        "updated the database schema ({n} of {all} migrations applied now)"
+                    ),
+                }
+                return Ok(0);
+            }
+            if let Command::Doctor { json } = command {
+                return tokio::task::spawn_blocking(move || doctor::run(&settings, json)).await?;
+            }
+            Ops::Local(Box::new(Fleet::connect(settings).await?))
+        }
+    };
     match command {
         Command::Migrate | Command::Openapi | Command::Doctor { .. } => {
             unreachable!("handled above")
@@ -65,10 +139,7 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             remote,
             branch,
         }) => {
-            let project = fleet
-                .add_project(&name, &remote, &branch)
-                .await
-                .map_err(user)?;
+            let project = ops.add_project(&name, &remote, &branch).await?;
             println!("project {} added ({})", project.name, project.remote_url);
         }
         Command::Project(ProjectCommand::Update {
@@ -105,29 +176,37 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
                 ),
             };
             let mut project = None;
-            if remote.is_some() || branch.is_some() || (daily.is_none() && cap.is_none()) {
+            if daily.is_none() && cap.is_none() {
                 project = Some(
-                    fleet
-                        .update_project(&name, remote.as_deref(), branch.as_deref())
-                        .await
-                        .map_err(user)?,
+                    ops.update_project(&name, remote.as_deref(), branch.as_deref())
+                        .await?,
                 );
-            }
-            if let Some(daily) = daily {
-                project = Some(
-                    fleet
-                        .set_project_daily_budget(&name, daily)
-                        .await
-                        .map_err(user)?,
-                );
-            }
-            if let Some(cap) = cap {
-                project = Some(
-                    fleet
-                        .set_project_max_concurrent(&name, cap)
-                        .await
-                        .map_err(user)?,
-                );
+            } else {
+                let fleet = ops.local("project update --daily-cost-usd/--max-concurrent")?;
+                if remote.is_some() || branch.is_some() {
+                    project = Some(
+                        fleet
+                            .update_project(&name, remote.as_deref(), branch.as_deref())
+                            .await
+                            .map_err(user)?,
+                    );
+                }
+                if let Some(daily) = daily {
+                    project = Some(
+                        fleet
+                            .set_project_daily_budget(&name, daily)
+                            .await
+                            .map_err(user)?,
+                    );
+                }
+                if let Some(cap) = cap {
+                    project = Some(
+                        fleet
+                            .set_project_max_concurrent(&name, cap)
+                            .await
+                            .map_err(user)?,
+                    );
+                }
             }
             let project = project.expect("one of them ran");
             if let Some(cap) = project.max_concurrent {
@@ -142,31 +221,32 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             );
         }
         Command::Project(ProjectCommand::Remove { name, force }) => {
-            let agents = fleet.remove_project(&name, force).await.map_err(user)?;
+            let agents = ops.remove_project(&name, force).await?;
             println!("project {name} removed (with {agents} agent record(s))");
         }
         Command::Project(ProjectCommand::List { json }) => {
-            output::projects(&fleet.all_projects().await.map_err(user)?, json)
+            output::projects(&ops.projects().await?, json)
         }
-        Command::Account(command) => account(&fleet, command).await?,
-        Command::Webhook(command) => webhooks::webhook(&fleet, command).await?,
-        Command::Worker => run_until_signal(fleet, false).await?,
+        Command::Account(command) => account(&ops, command).await?,
+        Command::Webhook(command) => webhooks::webhook(&ops, command).await?,
+        Command::Worker => run_until_signal(ops.local("worker")?.clone(), false).await?,
         Command::Serve => {
             let shutdown = signals();
+            let fleet = ops.local("serve")?.clone();
             crate::api::serve(fleet, shutdown.soft.clone(), None).await?
         }
-        Command::Up => run_until_signal(fleet, true).await?,
-        Command::Spawn(args) => return spawn(&fleet, args).await,
-        Command::List(args) => list(&fleet, args).await?,
+        Command::Up => run_until_signal(ops.local("up")?.clone(), true).await?,
+        Command::Spawn(args) => return spawn(&ops, args).await,
+        Command::List(args) => list(&ops, args).await?,
         Command::Stop { agent, no_wait } => {
-            let agent = fleet.stop(&agent, !no_wait).await.map_err(user)?;
+            let agent = ops.stop(&agent, !no_wait).await?;
             println!("{} {}", agent.name, agent.status);
         }
         Command::Delete {
             agent,
             remote_branch,
         } => {
-            let name = fleet.delete(&agent, remote_branch).await.map_err(user)?;
+            let name = ops.delete(&agent, remote_branch).await?;
             println!("{name} deleted");
         }
         Command::Resume {
@@ -176,33 +256,30 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             wait,
         } => {
             let answers = parse_answers(&answers, answers_file.as_deref())?;
-            let before = fleet
-                .store
-                .agent(&agent)
-                .await
-                .map_err(|e| user(e.into()))?;
-            let last_seq = fleet.store.last_event_seq(before.id).await?;
-            let agent = fleet.resume(&agent, answers).await.map_err(user)?;
+            let before = ops.agent(&agent).await?;
+            let last_seq = ops.last_event_seq(&before).await?;
+            let agent = ops.resume(&agent, answers).await?;
             println!("{} resuming", agent.name);
             if wait {
-                wait_until_resumed(&fleet, agent.id).await?;
-                return wait_for_end(&fleet, agent.id, last_seq).await;
+                wait_until_resumed(&ops, agent.id).await?;
+                return wait_for_end(&ops, agent.id, last_seq).await;
             }
         }
         Command::Dismiss { agent } => {
-            let agent = fleet.dismiss(&agent).await.map_err(user)?;
+            let agent = ops.dismiss(&agent).await?;
             println!("{} dismissed", agent.name);
         }
         Command::Cleanup {
             agent: Some(agent), ..
         } => {
-            let agent = fleet.cleanup(&agent).await.map_err(user)?;
+            let agent = ops.cleanup(&agent).await?;
             println!("{} checkout being removed on its node", agent.name);
         }
         Command::Cleanup {
             agent: None,
             dry_run,
         } => {
+            let fleet = ops.local("cleanup")?;
             let root = &fleet.settings.worker.workspace_root;
             let report = worker::cleanup_workspace(root, &fleet.store, dry_run).await?;
             let verb = if dry_run { "would remove" } else { "removed" };
@@ -214,49 +291,38 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
             }
         }
         Command::Get { agent, json } => {
-            output::agent(&fleet.agent_detail(&agent).await.map_err(user)?, json);
+            output::agent(&ops.agent_detail(&agent).await?, json);
         }
         Command::Logs {
             agent,
             follow,
             json,
         } => {
-            let agent = fleet
-                .store
-                .agent(&agent)
-                .await
-                .map_err(|e| user(e.into()))?;
+            let agent = ops.agent(&agent).await?;
             if follow {
-                follow_events(&fleet, agent.id, json, 0).await?;
+                ops.follow(agent.id, json, 0).await?;
             } else {
-                for event in fleet.store.events_after(agent.id, 0).await? {
+                for event in ops.events(&agent).await? {
                     output::event(&event, json);
                 }
             }
         }
-        Command::Workers { all, json } => {
-            let mut workers = fleet.store.list_workers().await?;
-            if !all {
-                workers.retain(crate::domain::WorkerInfo::recently_seen);
-            }
-            workers.sort_by_key(|w| std::cmp::Reverse((w.started_at, w.id.clone())));
-            output::workers(&workers, json)
+        Command::Workers { all, json } => output::workers(&ops.workers(all).await?, json),
+        Command::Queue { json } => {
+            let (stats, controls) = ops.queue().await?;
+            output::queue(&stats, &controls, json)
         }
         Command::Usage { by, since, json } => {
+            let fleet = ops.local("usage")?;
             usage::report(&fleet.store, by, since.as_deref(), json).await?
         }
-        Command::Queue { json } => output::queue(
-            &fleet.store.queue_stats().await?,
-            &fleet.store.control_queue_stats().await?,
-            json,
-        ),
     }
     Ok(0)
 }
 
 /// One page of agents, as `list` was asked; the cursor of the next goes to stderr, so the
 /// table (or the JSON page) stays alone on stdout.
-async fn list(fleet: &Fleet, args: ListArgs) -> anyhow::Result<()> {
+async fn list(ops: &Ops, args: ListArgs) -> anyhow::Result<()> {
     let query = crate::store::AgentQuery {
         statuses: args.status,
         project: args.project,
@@ -270,7 +336,9 @@ async fn list(fleet: &Fleet, args: ListArgs) -> anyhow::Result<()> {
         page: crate::domain::PageRequest::parse(Some(args.limit), args.cursor.as_deref())
             .map_err(anyhow::Error::msg)?,
     };
-    let page = fleet.list_agents(&query).await.map_err(user)?;
+    let page = ops
+        .list_agents(query, args.limit, args.cursor.as_deref())
+        .await?;
     if args.json {
         output::json(&page);
     } else {

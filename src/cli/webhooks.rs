@@ -1,10 +1,9 @@
 //! `agentfleet webhook …`: webhook subscriptions and their deliveries, from the command line.
 
-use super::{WebhookCommand, output, user};
-use crate::fleet::Fleet;
-use crate::webhooks;
+use super::ops::Ops;
+use super::{WebhookCommand, output};
 
-pub(super) async fn webhook(fleet: &Fleet, command: WebhookCommand) -> anyhow::Result<()> {
+pub(super) async fn webhook(ops: &Ops, command: WebhookCommand) -> anyhow::Result<()> {
     match command {
         WebhookCommand::Add {
             url,
@@ -13,9 +12,7 @@ pub(super) async fn webhook(fleet: &Fleet, command: WebhookCommand) -> anyhow::R
             json,
         } => {
             let events = (!events.is_empty()).then_some(events);
-            let subscribed = webhooks::subscribe(fleet, &url, events, project.as_deref())
-                .await
-                .map_err(user)?;
+            let subscribed = ops.subscribe(&url, events, project.as_deref()).await?;
             if json {
                 output::json(&subscribed);
             } else {
@@ -27,20 +24,16 @@ pub(super) async fn webhook(fleet: &Fleet, command: WebhookCommand) -> anyhow::R
                 println!("(shown only now: verify each request's webhook-signature with it)");
             }
         }
-        WebhookCommand::List { json } => {
-            output::webhooks(&webhooks::list(fleet).await.map_err(user)?, json)
-        }
+        WebhookCommand::List { json } => output::webhooks(&ops.webhooks().await?, json),
         WebhookCommand::Remove { id } => {
-            let id = webhooks::remove(fleet, &id).await.map_err(user)?;
+            let id = ops.remove_webhook(&id).await?;
             println!("webhook {id} removed");
         }
         WebhookCommand::Deliveries { id, json } => {
-            output::deliveries(&webhooks::deliveries(fleet, &id).await.map_err(user)?, json)
+            output::deliveries(&ops.deliveries(&id).await?, json)
         }
         WebhookCommand::Redeliver { delivery_id } => {
-            let delivery = webhooks::redeliver(fleet, &delivery_id)
-                .await
-                .map_err(user)?;
+            let delivery = ops.redeliver(&delivery_id).await?;
             println!(
                 "delivery {} ({}) will be sent again",
                 delivery.id, delivery.event

@@ -37,10 +37,18 @@ pub struct Settings {
     #[serde(default)]
     pub pricing: BTreeMap<String, BTreeMap<String, crate::domain::Price>>,
     pub webhooks: WebhookSettings,
+    pub client: ClientSettings,
     /// The configuration file the settings were read from (`--config` or
     /// `AGENTFLEET_CONFIG`), hidden from agents.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+}
+
+/// The CLI as a client of a fleet's API (`cli/remote.rs`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientSettings {
+    /// A file holding the API's bearer token (empty: none).
+    pub token_file: PathBuf,
 }
 
 /// Webhook delivery (see `webhooks`).

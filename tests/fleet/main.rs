@@ -25,6 +25,7 @@ mod cli_first_run;
 mod embedded;
 mod process;
 mod projects;
+mod remote_cli;
 mod resume;
 mod spine;
 mod usage;
