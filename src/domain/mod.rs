@@ -150,6 +150,12 @@ pub struct Agent {
     /// The account it runs (or last ran) on; `None` runs on the CLI's own login.
     #[serde(default)]
     pub account_id: Option<Uuid>,
+    /// The commit its checkout started from (its project's base branch then).
+    #[serde(default)]
+    pub base_commit: Option<String>,
+    /// The commit its branch was last pushed at; `None` until a run pushed one.
+    #[serde(default)]
+    pub pushed_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

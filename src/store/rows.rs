@@ -91,6 +91,8 @@ pub(super) fn agent_from_row(r: &impl StoreRow) -> Result<Agent, StoreError> {
         output_offset: r.col("output_offset")?,
         pid_start_time: r.col("pid_start_time")?,
         account_id: r.col("account_id")?,
+        base_commit: r.col("base_commit")?,
+        pushed_commit: r.col("pushed_commit")?,
     })
 }
 

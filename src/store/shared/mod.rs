@@ -20,7 +20,7 @@ macro_rules! select_agents {
             "a.session_id, a.worker_id, a.node_id, a.owner_epoch, a.pid, a.branch, a.workdir, ",
             "a.output_path, a.result, a.pending_questions, a.error, a.exit_code, a.created_at, ",
             "a.updated_at, a.started_at, a.finished_at, a.dismissed, a.output_offset, ",
-            "a.pid_start_time, a.account_id ",
+            "a.pid_start_time, a.account_id, a.base_commit, a.pushed_commit ",
             "FROM agents a JOIN projects p ON p.id = a.project_id ",
             $rest
         )

@@ -83,6 +83,8 @@ impl SqliteStore {
             field!("finished_at"),
             field!("dismissed"),
             field!("output_offset"),
+            field!("base_commit"),
+            field!("pushed_commit"),
             "1 AS snapshot FROM d), ",
             "projects AS (SELECT unhex(json_extract(j, '$.project_id')) AS id, ",
             "json_extract(j, '$.project') AS name FROM d) ",
