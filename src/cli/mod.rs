@@ -4,6 +4,7 @@
 mod accounts;
 mod agents;
 mod args;
+mod diff;
 mod doctor;
 mod output;
 mod webhooks;
@@ -158,6 +159,9 @@ async fn run_command(command: Command, settings: Settings) -> anyhow::Result<i32
         }
         Command::Get { agent, json } => {
             output::agent(&fleet.agent_detail(&agent).await.map_err(user)?, json);
+        }
+        Command::Diff { agent, stat, json } => {
+            diff::print(&fleet.agent_diff(&agent, !stat).await.map_err(user)?, json)
         }
         Command::Logs {
             agent,

@@ -119,6 +119,7 @@ function renderDiff(data) {
   let text = "";
   if (typeof data === "string") text = data;
   else if (data && typeof data.diff === "string") text = data.diff;
+  else if (data && typeof data.patch === "string") text = data.patch + (data.truncated ? "\n(cut at the server's size limit)" : "");
   else if (data && Array.isArray(data.files)) text = data.files.map((f) => f.patch || f.diff || `${f.path}`).join("\n");
   if (!text.trim()) return h("p", { class: "muted" }, "No changes on the agent's branch.");
   const lines = text.split("\n");
