@@ -220,6 +220,26 @@ async fn a_diff_is_capped_and_bad_requests_are_refused() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("the patch was cut"), "{text}");
 
+    // A run that ended with nothing to push (it wrote only where commits never look): an
+    // empty diff from its base.
+    let idle = env.spawn(
+        &["--name", "idle-otter"],
+        "look only\n#file .agentfleet/output/note.txt",
+    );
+    let idle = env.wait_final(idle.id, Duration::from_secs(60)).await;
+    assert_status(&idle, AgentStatus::Completed);
+    assert!(
+        idle.base_commit.is_some() && idle.pushed_commit.is_none(),
+        "{idle:?}"
+    );
+    let empty = api.get_json("/v1/agents/idle-otter/diff").await;
+    assert_eq!(empty["files"], serde_json::json!([]), "{empty}");
+    assert_eq!(
+        (empty["patch"].as_str(), empty["truncated"].as_bool()),
+        (Some(""), Some(false))
+    );
+    assert_eq!(empty["pushed_commit"], Value::Null);
+
     // An unknown agent, a bad query value.
     let resp = api
         .get("/v1/agents/no-such-otter/diff")
