@@ -1,5 +1,5 @@
--- The agents' snapshots in webhook deliveries carry the usage, model and budget columns
--- too (the agent as GET shows it): the triggers are made again with them.
+-- The agents' snapshots in webhook deliveries carry the usage, model, budget and commit
+-- columns too (the agent as GET shows it): the triggers are made again with them.
 DROP TRIGGER agents_webhook_status;
 DROP TRIGGER agents_webhook_delete;
 
@@ -35,6 +35,7 @@ BEGIN
                'budget_max_tokens', NEW.budget_max_tokens,
                'budget_max_cost_usd', NEW.budget_max_cost_usd,
                'budget_max_turns', NEW.budget_max_turns,
+               'base_commit', NEW.base_commit, 'pushed_commit', NEW.pushed_commit,
                'account_id', CASE WHEN NEW.account_id IS NULL THEN NULL ELSE hex(NEW.account_id) END,
                'project', (SELECT name FROM projects WHERE id = NEW.project_id))
     FROM webhooks w, (SELECT CASE NEW.status
@@ -84,6 +85,7 @@ BEGIN
                'budget_max_tokens', OLD.budget_max_tokens,
                'budget_max_cost_usd', OLD.budget_max_cost_usd,
                'budget_max_turns', OLD.budget_max_turns,
+               'base_commit', OLD.base_commit, 'pushed_commit', OLD.pushed_commit,
                'account_id', CASE WHEN OLD.account_id IS NULL THEN NULL ELSE hex(OLD.account_id) END,
                'project', (SELECT name FROM projects WHERE id = OLD.project_id))
     FROM webhooks w

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod connection;
+mod diff;
 mod error;
 pub(crate) mod extract;
 pub mod openapi;
@@ -48,6 +49,7 @@ pub fn router(fleet: Fleet) -> Router {
         .route("/v1/agents/{agent}/dismiss", post(routes::dismiss_agent))
         .route("/v1/agents/{agent}/cleanup", post(routes::cleanup_agent))
         .route("/v1/agents/{agent}/events", get(routes::agent_events))
+        .route("/v1/agents/{agent}/diff", get(diff::agent_diff))
         .route("/v1/workers", get(routes::list_workers))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/queue", get(queue::queue))

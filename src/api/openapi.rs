@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{accounts, projects, queue, routes, usage, webhooks};
+use super::{accounts, diff, projects, queue, routes, usage, webhooks};
 use crate::fleet::Fleet;
 use crate::providers::{Provider, Providers};
 
@@ -36,6 +36,7 @@ use crate::providers::{Provider, Providers};
         routes::dismiss_agent,
         routes::cleanup_agent,
         routes::agent_events,
+        diff::agent_diff,
         routes::list_workers,
         usage::usage,
         queue::queue,

@@ -128,6 +128,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show an agent's pushed work against the commit it started from: the files changed
+    /// with their line counts, then the patch.
+    Diff {
+        /// The agent's id or name.
+        agent: String,
+        /// The files and counts only, without the patch.
+        #[arg(long)]
+        stat: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an agent's normalised output; -f follows it until the agent ends.
     Logs {
         /// The agent's id or name.

@@ -5,6 +5,7 @@
 mod accounts;
 mod agents;
 mod args;
+mod diff;
 mod doctor;
 mod ops;
 mod output;
@@ -292,6 +293,9 @@ async fn run_command(
         }
         Command::Get { agent, json } => {
             output::agent(&ops.agent_detail(&agent).await?, json);
+        }
+        Command::Diff { agent, stat, json } => {
+            diff::print(&ops.agent_diff(&agent, !stat).await?, json)
         }
         Command::Logs {
             agent,

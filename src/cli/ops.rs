@@ -15,7 +15,7 @@ use crate::domain::{
     Account, Agent, Project, QueueStats, SpawnRequest, StoredEvent, Webhook, WebhookDelivery,
     WebhookEvent, WorkerInfo,
 };
-use crate::fleet::{AgentDetail, Fleet, PendingRequest};
+use crate::fleet::{AgentDetail, AgentDiff, Fleet, PendingRequest};
 use crate::store::{AgentQuery, ControlQueueStats};
 use crate::webhooks::Subscribed;
 
@@ -174,6 +174,20 @@ impl Ops {
             Self::Remote(api) => {
                 let detail: RemoteDetail = api.get(&["agents", agent]).await?;
                 Ok(detail.into())
+            }
+        }
+    }
+
+    /// The agent's branch against its base: files with counts and, `with_patch`, the patch.
+    pub async fn agent_diff(&self, agent: &str, with_patch: bool) -> anyhow::Result<AgentDiff> {
+        match self {
+            Self::Local(f) => f.agent_diff(agent, with_patch).await.map_err(user),
+            Self::Remote(api) => {
+                let stat = if with_patch { "false" } else { "true" };
+                let request = api
+                    .request(Method::GET, &["agents", agent, "diff"])
+                    .query(&[("stat", stat)]);
+                api.send(request).await
             }
         }
     }

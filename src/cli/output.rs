@@ -45,6 +45,12 @@ pub fn agent(detail: &AgentDetail, as_json: bool) {
     println!("project:   {}", a.project);
     println!("status:    {}", a.status);
     println!("branch:    {}", a.branch);
+    if let Some(c) = &a.base_commit {
+        println!("base:      {c}");
+    }
+    if let Some(c) = &a.pushed_commit {
+        println!("pushed:    {c}");
+    }
     if let Some(w) = &a.worker_id {
         println!(
             "worker:    {w} (node {})",

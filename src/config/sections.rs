@@ -272,6 +272,11 @@ pub struct ApiSettings {
     pub rate_limit: u32,
     /// How many requests a token may make at once above its rate.
     pub rate_limit_burst: u32,
+    /// Largest patch an agent's diff returns, in bytes; a longer one is cut (`truncated`).
+    pub diff_max_bytes: usize,
+    /// Where agents' diffs are read from: a cache of the projects' remotes (empty:
+    /// `<worker.workspace_root>/diff-cache`).
+    pub diff_cache_dir: PathBuf,
 }
 
 impl ApiSettings {

@@ -165,6 +165,12 @@ pub struct Agent {
     /// Its limits (None: none).
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// The commit its checkout started from (its project's base branch then).
+    #[serde(default)]
+    pub base_commit: Option<String>,
+    /// The commit its branch was last pushed at; `None` until a run pushed one.
+    #[serde(default)]
+    pub pushed_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

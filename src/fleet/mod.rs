@@ -7,12 +7,14 @@
 mod checks;
 mod control;
 mod detail;
+mod diff;
 mod lists;
 mod spawn;
 
 pub use checks::{no_nul, no_nul_in_json, validate_input_name};
 pub use control::{CHECKOUT_REMOVED_EVENT, RESUME_WAITING_EVENT};
 pub use detail::{AgentDetail, PendingRequest};
+pub use diff::AgentDiff;
 pub use spawn::generate_alias;
 
 use crate::config::{Backend, Settings};

@@ -263,6 +263,10 @@ store_operations! {
     /// name was taken on the remote); fenced by the owner, and false also when the agent's
     /// branch is no longer `from`.
     fn rename_branch(&self, agent_id: Uuid, owner: &Owner, from: &str, to: &str) -> bool;
+    /// Records the commit the agent's checkout started from; fenced by the owner.
+    fn set_base_commit(&self, agent_id: Uuid, owner: &Owner, commit: &str) -> bool;
+    /// Records the commit the agent's branch was pushed at; fenced by the owner.
+    fn set_pushed_commit(&self, agent_id: Uuid, owner: &Owner, commit: &str) -> bool;
     /// Appends a batch of events and records how far into the output file they reach,
     /// atomically, only while `owner` owns the agent; false when the write was fenced off.
     fn append_events(

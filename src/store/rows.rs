@@ -109,6 +109,8 @@ pub(super) fn agent_from_row(r: &impl StoreRow) -> Result<Agent, StoreError> {
             max_turns: r.col("budget_max_turns")?,
         })
         .filter(|b| !b.is_empty()),
+        base_commit: r.col("base_commit")?,
+        pushed_commit: r.col("pushed_commit")?,
     })
 }
 

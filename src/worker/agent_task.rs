@@ -171,6 +171,18 @@ async fn supervise(
     match publication.pushed {
         Ok(Some(commit)) => {
             tracing::info!(agent_id = %agent.id, %commit, branch = %publication.branch, "branch pushed");
+            // Fenced like the final state written next: a worker that lost the agent records
+            // neither.
+            let store = &rt.fleet.store;
+            match store.set_pushed_commit(agent.id, &rt.owner, &commit).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(agent_id = %agent.id, "pushed commit not recorded: the agent is no longer this worker's")
+                }
+                Err(e) => {
+                    tracing::warn!(agent_id = %agent.id, error = %e, "pushed commit not recorded")
+                }
+            }
         }
         Ok(None) => tracing::info!(agent_id = %agent.id, "no commits to push"),
         Err(e) => {

@@ -222,6 +222,14 @@ async fn start_agent(
         prepared.fetch,
         prepared.checkout,
     );
+    let base = &prepared.base_commit;
+    let recorded = retry::store(rt, "record the base commit", || {
+        rt.fleet.store.set_base_commit(agent.id, &rt.owner, base)
+    })
+    .await?;
+    if !recorded {
+        return Err(StartError::Fenced);
+    }
     let workdir = prepared.workdir;
     let step = Instant::now();
     write_inputs(&workdir, request)

@@ -76,6 +76,8 @@ impl ProjectGit {
 /// A new agent's worktree, and how long each step of making it took.
 pub(crate) struct PreparedWorktree {
     pub workdir: PathBuf,
+    /// The commit the checkout started from.
+    pub base_commit: String,
     /// Whether this spawn fetched (false: a fetch begun after its delivery served it).
     pub fetched: bool,
     /// Waiting for another agent's git work on the same project.
@@ -170,8 +172,11 @@ impl WorkerGit {
             let step = Instant::now();
             let workdir = tracing::info_span!("worktree create")
                 .in_scope(|| ws.create_worktree(&key, &name, &branch, &base))?;
+            // Read back from the layout: a redelivered job finds the checkout made earlier.
+            let base_commit = ws.agent_base_commit(&name)?;
             Ok::<_, WorkspaceError>(PreparedWorktree {
                 workdir,
+                base_commit,
                 fetched: fetch_now,
                 lock_wait: waited,
                 fetch,

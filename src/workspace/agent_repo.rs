@@ -102,6 +102,14 @@ pub(super) fn open_agent_repo(
     Ok(repo)
 }
 
+impl Workspace {
+    /// The commit agent `name`'s checkout here started from (recorded when it was made).
+    pub fn agent_base_commit(&self, name: &str) -> Result<String, WorkspaceError> {
+        check_agent_name(name)?;
+        Ok(read_record(name, &self.agent_paths(name))?.base.to_string())
+    }
+}
+
 /// Reads the worker's record of agent `name` from `publish.git` (worker-written only).
 pub(super) fn read_record(name: &str, paths: &AgentPaths) -> Result<Record, WorkspaceError> {
     let broken = |detail: String| WorkspaceError::AgentRepo {

@@ -52,6 +52,15 @@ pub enum WorkspaceError {
     #[error("base branch '{branch}' does not exist on remote {remote}")]
     BaseBranchMissing { branch: String, remote: String },
 
+    /// A commit an agent's diff needs is not on the remote's branch (deleted, or moved
+    /// elsewhere by a forced push).
+    #[error("the {what} commit {commit} is no longer on the remote's branch '{branch}'")]
+    CommitMissing {
+        what: &'static str,
+        commit: String,
+        branch: String,
+    },
+
     /// The agent's workdir holds files but no repository this worker finished creating.
     #[error(
         "directory {} for agent '{agent}' already exists and is not a checkout of project \

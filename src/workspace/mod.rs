@@ -25,6 +25,7 @@
 
 mod agent_repo;
 mod commit;
+mod diff;
 mod error;
 mod layout;
 mod mirror;
@@ -38,6 +39,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use commit::LARGEST_FILE;
+pub use diff::{ChangeSet, DiffTarget, FileChange, FileStatus};
 pub use error::WorkspaceError;
 pub(crate) use error::redact_url;
 pub use publish::Published;

@@ -711,6 +711,50 @@ async fn an_agents_branch_is_renamed_by_its_owner_only(store: &Store) {
     );
 }
 
+async fn an_agents_commits_are_recorded_by_its_owner_only(store: &Store) {
+    with_project(store).await;
+    let (agent, owner) = claimed_agent(store, "committed").await;
+    let [stale, stranger] = wrong_owners(store, &owner).await;
+    let (base, pushed) = ("a".repeat(40), "b".repeat(40));
+    let fresh = store.agent_by_id(agent).await.unwrap();
+    assert_eq!((fresh.base_commit, fresh.pushed_commit), (None, None));
+    for wrong in [&stale, &stranger] {
+        assert!(!store.set_base_commit(agent, wrong, &base).await.unwrap());
+        assert!(
+            !store
+                .set_pushed_commit(agent, wrong, &pushed)
+                .await
+                .unwrap()
+        );
+    }
+    let untouched = store.agent_by_id(agent).await.unwrap();
+    assert_eq!(
+        (untouched.base_commit, untouched.pushed_commit),
+        (None, None)
+    );
+    assert!(store.set_base_commit(agent, &owner, &base).await.unwrap());
+    assert!(
+        store
+            .set_pushed_commit(agent, &owner, &pushed)
+            .await
+            .unwrap()
+    );
+    let outcome = AgentOutcome {
+        status: AgentStatus::Completed,
+        result: Some("done".into()),
+        questions: Vec::new(),
+        error: None,
+        exit_code: Some(0),
+        session_id: None,
+    };
+    assert!(store.finish_agent(agent, &owner, &outcome).await.unwrap());
+    let recorded = store.agent("committed").await.unwrap();
+    assert_eq!(recorded.base_commit.as_deref(), Some(base.as_str()));
+    assert_eq!(recorded.pushed_commit.as_deref(), Some(pushed.as_str()));
+    let listed = store.agents_by_id(&[agent]).await.unwrap();
+    assert_eq!(listed[0].pushed_commit.as_deref(), Some(pushed.as_str()));
+}
+
 async fn events_are_appended_once_and_read_in_order(store: &Store) {
     with_project(store).await;
     let (agent, owner) = claimed_agent(store, "chatty").await;
@@ -1852,6 +1896,7 @@ conformance!(
     claims_need_a_live_lease_of_the_current_epoch,
     fenced_writes_are_refused_for_a_wrong_epoch,
     an_agents_branch_is_renamed_by_its_owner_only,
+    an_agents_commits_are_recorded_by_its_owner_only,
     events_are_appended_once_and_read_in_order,
     batched_appends_store_owned_agents_and_fence_the_rest,
     finish_agent_records_the_outcome_and_closes_the_request,

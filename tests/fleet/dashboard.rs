@@ -87,6 +87,8 @@ async fn a_spawn_appears_and_its_output_streams_live() {
     b.screenshot("agent").await;
     b.wait_text("#agent-status", "Completed", WAIT).await;
     b.wait_text("#conversation", "All done.", WAIT).await;
+    // The diff, read again once the run ended and pushed its work.
+    b.wait_text("#diff", "+written by fake-claude", WAIT).await;
     b.screenshot("agent-completed").await;
 
     // Every other view, for the screenshots and to see each renders its data.

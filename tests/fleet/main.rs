@@ -35,6 +35,7 @@ mod api;
 mod api_limits;
 mod control;
 mod dashboard;
+mod diff;
 mod front_door;
 mod lists;
 mod observability;

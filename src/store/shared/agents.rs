@@ -570,6 +570,48 @@ macro_rules! shared_agents {
                     Ok(done.rows_affected() == 1)
                 }
 
+                pub async fn set_base_commit(
+                    &self,
+                    agent_id: Uuid,
+                    owner: &Owner,
+                    commit: &str,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE agents SET base_commit = $4, updated_at = ",
+                        now!(),
+                        " WHERE ",
+                        owned_by!()
+                    ))
+                    .bind(agent_id)
+                    .bind(&owner.worker_id)
+                    .bind(owner.epoch)
+                    .bind(commit)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                pub async fn set_pushed_commit(
+                    &self,
+                    agent_id: Uuid,
+                    owner: &Owner,
+                    commit: &str,
+                ) -> Result<bool, StoreError> {
+                    let done = sqlx::query(concat!(
+                        "UPDATE agents SET pushed_commit = $4, updated_at = ",
+                        now!(),
+                        " WHERE ",
+                        owned_by!()
+                    ))
+                    .bind(agent_id)
+                    .bind(&owner.worker_id)
+                    .bind(owner.epoch)
+                    .bind(commit)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
                 pub async fn last_event_seq(&self, agent_id: Uuid) -> Result<i64, StoreError> {
                     let seq: Option<i64> =
                         sqlx::query_scalar("SELECT max(seq) FROM agent_events WHERE agent_id = $1")

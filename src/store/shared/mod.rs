@@ -23,7 +23,8 @@ macro_rules! select_agents {
             "a.pid_start_time, a.account_id, ",
             "a.usage_input_tokens, a.usage_output_tokens, a.usage_cache_read_tokens, ",
             "a.usage_cache_write_tokens, a.usage_cost_usd, a.usage_cost_estimated, a.usage_turns, ",
-            "a.model, a.budget_max_tokens, a.budget_max_cost_usd, a.budget_max_turns ",
+            "a.model, a.budget_max_tokens, a.budget_max_cost_usd, a.budget_max_turns, ",
+            "a.base_commit, a.pushed_commit ",
             "FROM agents a JOIN projects p ON p.id = a.project_id ",
             $rest
         )

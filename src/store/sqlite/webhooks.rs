@@ -94,6 +94,8 @@ impl SqliteStore {
             field!("budget_max_tokens"),
             field!("budget_max_cost_usd"),
             field!("budget_max_turns"),
+            field!("base_commit"),
+            field!("pushed_commit"),
             "1 AS snapshot FROM d), ",
             "projects AS (SELECT unhex(json_extract(j, '$.project_id')) AS id, ",
             "json_extract(j, '$.project') AS name FROM d) ",

@@ -119,6 +119,7 @@ function renderDiff(data) {
   let text = "";
   if (typeof data === "string") text = data;
   else if (data && typeof data.diff === "string") text = data.diff;
+  else if (data && typeof data.patch === "string") text = data.patch + (data.truncated ? "\n(cut at the server's size limit)" : "");
   else if (data && Array.isArray(data.files)) text = data.files.map((f) => f.patch || f.diff || `${f.path}`).join("\n");
   if (!text.trim()) return h("p", { class: "muted" }, "No changes on the agent's branch.");
   const lines = text.split("\n");
@@ -150,6 +151,7 @@ export function agentView(ctx) {
   let agent = null;
   let rawCount = 0;
   let answered = null;
+  let lastDiffKey = null;
 
   ctx.main.replaceChildren(
     h("p", {}, h("a", { href: "#/agents" }, "← Agents")),
@@ -196,7 +198,8 @@ export function agentView(ctx) {
         h("dt", {}, "Started"), h("dd", {}, time(a.started_at)),
         h("dt", {}, "Finished"), h("dd", {}, a.finished_at ? `${time(a.finished_at)} (ran ${duration(span(a.started_at, a.finished_at))})` : "–"),
         h("dt", {}, "Branch"), h("dd", { class: "mono" }, a.branch),
-        h("dt", {}, "Base"), h("dd", { class: "mono" }, project ? project.default_branch : "–"),
+        h("dt", {}, "Base"), h("dd", { class: "mono" }, (project ? project.default_branch : "–") + (a.base_commit ? ` @ ${a.base_commit.slice(0, 12)}` : "")),
+        h("dt", {}, "Pushed"), h("dd", { class: "mono", id: "pushed-commit" }, a.pushed_commit ? a.pushed_commit.slice(0, 12) : "–"),
         h("dt", {}, "Session"), h("dd", { class: "mono" }, a.session_id || "–"),
         h("dt", {}, "Account"), h("dd", {}, account ? `${account.provider}/${account.label}` : a.account_id || "the CLI's own login"),
         h("dt", {}, "Trace"), h("dd", { class: "mono" }, a.trace_id || "–"),
@@ -259,7 +262,7 @@ export function agentView(ctx) {
   let lastKey = "";
   async function refresh() {
     agent = await get(`/v1/agents/${encodeURIComponent(id)}`);
-    const key = JSON.stringify([agent.status, agent.finished_at, agent.pending_requests, agent.dismissed, agent.session_id]);
+    const key = JSON.stringify([agent.status, agent.finished_at, agent.pending_requests, agent.dismissed, agent.session_id, agent.pushed_commit]);
     if (key !== lastKey) {
       lastKey = key;
       renderHeader(agent, extras.projects, extras.accounts);
@@ -267,6 +270,20 @@ export function agentView(ctx) {
       renderActions(agent);
     }
     if (!following && (!FINAL.has(agent.status) || lastSeq === 0)) stream();
+    // The diff changes when a run ends (and pushes): read it again then.
+    const diffKey = JSON.stringify([agent.status, agent.pushed_commit]);
+    if (diffKey !== lastDiffKey) {
+      lastDiffKey = diffKey;
+      loadDiff();
+    }
+  }
+
+  async function loadDiff() {
+    try {
+      diffBox.replaceChildren(renderDiff(await get(`/v1/agents/${agent.id}/diff`)));
+    } catch (e) {
+      diffBox.replaceChildren(h("p", { class: "muted" }, e.status === 404 && /route/.test(e.message) ? "This server does not show diffs." : e.message));
+    }
   }
 
   (async () => {
@@ -276,11 +293,6 @@ export function agentView(ctx) {
       ]);
       extras = { projects, accounts };
       await refresh();
-      try {
-        diffBox.replaceChildren(renderDiff(await get(`/v1/agents/${agent.id}/diff`)));
-      } catch (e) {
-        diffBox.replaceChildren(h("p", { class: "muted" }, e.status === 404 && /route/.test(e.message) ? "This server does not show diffs." : e.message));
-      }
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) {
         header.replaceChildren(h("h1", {}, "No such agent"), h("p", {}, e.message));

@@ -12,6 +12,7 @@ use tempfile::TempDir;
 use super::*;
 
 mod attacks;
+mod diff;
 mod hostile_files;
 mod mirror;
 mod publish;
