@@ -145,33 +145,13 @@ pub async fn update_project(
     PathParam(name): PathParam,
     extract::Json(update): extract::Json<ProjectUpdate>,
 ) -> Result<Response, ApiError> {
-    let moved = update.remote_url.is_some() || update.default_branch.is_some();
-    // Every field is checked before anything is written.
-    if let Some(daily) = update.daily_cost_usd {
-        Fleet::check_daily_budget(daily)?;
-    }
-    let cap = update
-        .max_concurrent
-        .map(Fleet::check_project_cap)
-        .transpose()?;
-    let mut project = None;
-    if moved || (update.daily_cost_usd.is_none() && cap.is_none()) {
-        project = Some(
-            fleet
-                .update_project(
-                    &name,
-                    update.remote_url.as_deref(),
-                    update.default_branch.as_deref(),
-                )
-                .await?,
-        );
-    }
-    if let Some(daily) = update.daily_cost_usd {
-        project = Some(fleet.set_project_daily_budget(&name, daily).await?);
-    }
-    if let Some(cap) = cap {
-        project = Some(fleet.set_project_max_concurrent(&name, cap).await?);
-    }
+    let change = crate::fleet::ProjectChange {
+        remote_url: update.remote_url,
+        default_branch: update.default_branch,
+        daily_cost_usd: update.daily_cost_usd,
+        max_concurrent: update.max_concurrent,
+    };
+    let project = fleet.change_project(&name, &change).await?;
     Ok(Json(project).into_response())
 }
 

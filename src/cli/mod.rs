@@ -159,57 +159,20 @@ async fn run_command(
                     )
                 })?)),
             };
-            if let Some(daily) = daily {
-                crate::fleet::Fleet::check_daily_budget(daily).map_err(user)?;
-            }
             let cap = match max_concurrent.as_deref() {
                 None => None,
                 Some("none") => Some(None),
-                Some(text) => Some(
-                    crate::fleet::Fleet::check_project_cap(Some(text.parse::<i64>().map_err(
-                        |_| {
-                            anyhow::anyhow!(
-                                "--max-concurrent must be a number, or none; got {text:?}"
-                            )
-                        },
-                    )?))
-                    .map_err(user)?,
-                ),
+                Some(text) => Some(Some(text.parse::<i64>().map_err(|_| {
+                    anyhow::anyhow!("--max-concurrent must be a number, or none; got {text:?}")
+                })?)),
             };
-            let mut project = None;
-            if daily.is_none() && cap.is_none() {
-                project = Some(
-                    ops.update_project(&name, remote.as_deref(), branch.as_deref())
-                        .await?,
-                );
-            } else {
-                let fleet = ops.local("project update --daily-cost-usd/--max-concurrent")?;
-                if remote.is_some() || branch.is_some() {
-                    project = Some(
-                        fleet
-                            .update_project(&name, remote.as_deref(), branch.as_deref())
-                            .await
-                            .map_err(user)?,
-                    );
-                }
-                if let Some(daily) = daily {
-                    project = Some(
-                        fleet
-                            .set_project_daily_budget(&name, daily)
-                            .await
-                            .map_err(user)?,
-                    );
-                }
-                if let Some(cap) = cap {
-                    project = Some(
-                        fleet
-                            .set_project_max_concurrent(&name, cap)
-                            .await
-                            .map_err(user)?,
-                    );
-                }
-            }
-            let project = project.expect("one of them ran");
+            let change = crate::fleet::ProjectChange {
+                remote_url: remote,
+                default_branch: branch,
+                daily_cost_usd: daily,
+                max_concurrent: cap,
+            };
+            let project = ops.update_project(&name, &change).await?;
             if let Some(cap) = project.max_concurrent {
                 println!("project {} runs at most {cap} agents at once", project.name);
             }

@@ -66,18 +66,23 @@ impl Ops {
     pub async fn update_project(
         &self,
         name: &str,
-        remote: Option<&str>,
-        branch: Option<&str>,
+        change: &crate::fleet::ProjectChange,
     ) -> anyhow::Result<Project> {
         match self {
-            Self::Local(f) => f.update_project(name, remote, branch).await.map_err(user),
+            Self::Local(f) => f.change_project(name, change).await.map_err(user),
             Self::Remote(api) => {
                 let mut body = serde_json::Map::new();
-                if let Some(r) = remote {
-                    body.insert("remote_url".into(), r.into());
+                if let Some(r) = &change.remote_url {
+                    body.insert("remote_url".into(), r.as_str().into());
                 }
-                if let Some(b) = branch {
-                    body.insert("default_branch".into(), b.into());
+                if let Some(b) = &change.default_branch {
+                    body.insert("default_branch".into(), b.as_str().into());
+                }
+                if let Some(daily) = change.daily_cost_usd {
+                    body.insert("daily_cost_usd".into(), serde_json::json!(daily));
+                }
+                if let Some(cap) = change.max_concurrent {
+                    body.insert("max_concurrent".into(), serde_json::json!(cap));
                 }
                 let request = api.request(Method::PATCH, &["projects", name]).json(&body);
                 api.send(request).await

@@ -209,6 +209,39 @@ impl Fleet {
         Ok(shown(project))
     }
 
+    /// Changes what `change` gives of a project (its remote and branch, daily budget, cap),
+    /// every value checked before anything is written; with nothing to change, the
+    /// remote/branch update's own error says so.
+    pub async fn change_project(
+        &self,
+        name: &str,
+        change: &ProjectChange,
+    ) -> Result<Project, FleetError> {
+        if let Some(daily) = change.daily_cost_usd {
+            Self::check_daily_budget(daily)?;
+        }
+        let cap = change
+            .max_concurrent
+            .map(Self::check_project_cap)
+            .transpose()?;
+        let moved = change.remote_url.is_some() || change.default_branch.is_some();
+        let mut project = None;
+        if moved || (change.daily_cost_usd.is_none() && cap.is_none()) {
+            let (remote, branch) = (
+                change.remote_url.as_deref(),
+                change.default_branch.as_deref(),
+            );
+            project = Some(self.update_project(name, remote, branch).await?);
+        }
+        if let Some(daily) = change.daily_cost_usd {
+            project = Some(self.set_project_daily_budget(name, daily).await?);
+        }
+        if let Some(cap) = cap {
+            project = Some(self.set_project_max_concurrent(name, cap).await?);
+        }
+        Ok(project.expect("one write ran: the update runs when nothing else does"))
+    }
+
     /// A project's cap is 1 or more (None: no cap).
     pub fn check_project_cap(max_concurrent: Option<i64>) -> Result<Option<i32>, FleetError> {
         match max_concurrent {
@@ -256,6 +289,15 @@ impl Fleet {
         }
         Ok(self.store.remove_project(name).await?)
     }
+}
+
+/// What to change of a project (None: kept; `Some(None)`: a budget or cap removed).
+#[derive(Debug, Clone, Default)]
+pub struct ProjectChange {
+    pub remote_url: Option<String>,
+    pub default_branch: Option<String>,
+    pub daily_cost_usd: Option<Option<f64>>,
+    pub max_concurrent: Option<Option<i64>>,
 }
 
 /// A project as callers see it: its remote URL without the credentials it may embed. The

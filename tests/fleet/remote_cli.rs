@@ -250,6 +250,26 @@ async fn every_command_works_over_the_api_and_writes_nothing_here() {
             .trim(),
         format!("project other updated ({other}, branch dev)")
     );
+    // A daily budget and a cap go over the API too, and come off with `none`.
+    let budgeted = cli.ok(&[
+        "project",
+        "update",
+        "other",
+        "--daily-cost-usd",
+        "2.5",
+        "--max-concurrent",
+        "3",
+    ]);
+    assert!(
+        budgeted.contains("project other runs at most 3 agents at once"),
+        "{budgeted}"
+    );
+    assert!(
+        budgeted.contains("project other daily budget: 2.5 US dollars"),
+        "{budgeted}"
+    );
+    let cleared = cli.ok(&["project", "update", "other", "--daily-cost-usd", "none"]);
+    assert!(!cleared.contains("daily budget"), "{cleared}");
     assert_eq!(
         cli.ok(&["project", "remove", "other"]).trim(),
         "project other removed (with 0 agent record(s))"
