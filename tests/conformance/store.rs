@@ -231,6 +231,32 @@ async fn agent_lists_filter_and_page_newest_first(store: &Store) {
         .await,
         ["agent-01", "agent-02"]
     );
+    // Several statuses, paged: each once, newest first, across the statuses.
+    let two = AgentQuery {
+        statuses: vec![
+            AgentStatus::Pending,
+            AgentStatus::Failed,
+            AgentStatus::Pending,
+        ],
+        include_dismissed: true,
+        page: PageRequest {
+            limit: 4,
+            after: None,
+        },
+        ..AgentQuery::default()
+    };
+    let paged: Vec<String> = pages(store, two, async |_| {}).await.concat();
+    let expected: Vec<String> = store
+        .list_agents(&AgentQuery::with_dismissed())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|a| a.status != AgentStatus::Stopped)
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(paged, expected);
+    assert_eq!(paged.len(), 29, "{paged:?}");
     // Dismissed agents only when asked for.
     assert_eq!(
         query(AgentQuery {

@@ -432,23 +432,61 @@ macro_rules! shared_agents {
                         .ok_or_else(|| StoreError::UnknownAgent(id.to_string()))
                 }
 
-                /// One page of the agents `query` selects, newest first. The statement has
-                /// only the filters given, so each shape gets a plan that uses its index.
+                /// One page of the agents `query` selects, newest first.
                 pub async fn list_agents(
                     &self,
                     query: &crate::store::AgentQuery,
                 ) -> Result<crate::domain::Page<Agent>, StoreError> {
-                    let mut sql = sqlx::QueryBuilder::<$db>::new(select_agents!("WHERE true"));
+                    let after = match &query.page.after {
+                        Some(cursor) => Some((
+                            cursor.at,
+                            cursor.uuid().map_err(StoreError::InvalidQuery)?,
+                        )),
+                        None => None,
+                    };
+                    let mut statuses: Vec<&'static str> =
+                        query.statuses.iter().map(|s| s.as_str()).collect();
+                    statuses.sort_unstable();
+                    statuses.dedup();
+                    let mut sql = sqlx::QueryBuilder::<$db>::new("");
+                    if statuses.len() < 2 {
+                        Self::push_agents_page(&mut sql, query, statuses.first().copied(), after);
+                    } else {
+                        // One page per status, each read in its own index order, merged:
+                        // a single `status IN (...)` would sort every match first.
+                        for (i, status) in statuses.iter().enumerate() {
+                            if i > 0 {
+                                sql.push(" UNION ALL ");
+                            }
+                            sql.push("SELECT * FROM (");
+                            Self::push_agents_page(&mut sql, query, Some(status), after);
+                            sql.push(format!(") AS s{i}"));
+                        }
+                        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                            .push_bind(i64::from(query.page.limit) + 1);
+                    }
+                    let rows = sql.build().fetch_all(&self.pool).await?;
+                    let agents = rows.iter().map(agent_from_row).collect::<Result<_, _>>()?;
+                    Ok(crate::domain::Page::from_rows(agents, query.page.limit, |a: &Agent| {
+                        crate::domain::Cursor::new(a.created_at, a.id)
+                    }))
+                }
+
+                /// The SELECT of one page of `query`'s agents (of `status`, when given),
+                /// after `after`, newest first: only the filters given, so each shape gets a
+                /// plan that uses its index.
+                fn push_agents_page(
+                    sql: &mut sqlx::QueryBuilder<$db>,
+                    query: &crate::store::AgentQuery,
+                    status: Option<&'static str>,
+                    after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+                ) {
+                    sql.push(select_agents!("WHERE true"));
                     if !query.include_dismissed {
                         sql.push(" AND NOT a.dismissed");
                     }
-                    if !query.statuses.is_empty() {
-                        sql.push(" AND a.status IN (");
-                        let mut list = sql.separated(", ");
-                        for status in &query.statuses {
-                            list.push_bind(status.as_str());
-                        }
-                        sql.push(")");
+                    if let Some(status) = status {
+                        sql.push(" AND a.status = ").push_bind(status);
                     }
                     if let Some(project) = &query.project {
                         sql.push(" AND p.name = ").push_bind(project.clone());
@@ -461,11 +499,11 @@ macro_rules! shared_agents {
                     }
                     if let Some(prefix) = &query.name_prefix {
                         sql.push(" AND ");
-                        Self::push_name_prefix(&mut sql, prefix);
+                        Self::push_name_prefix(sql, prefix);
                     }
                     if let Some(text) = &query.search {
                         sql.push(" AND (");
-                        Self::push_name_prefix(&mut sql, text);
+                        Self::push_name_prefix(sql, text);
                         sql.push(" OR a.task_id = ").push_bind(text.clone()).push(")");
                     }
                     if let Some(after) = query.created_after {
@@ -474,21 +512,15 @@ macro_rules! shared_agents {
                     if let Some(before) = query.created_before {
                         sql.push(" AND a.created_at < ").push_bind(Self::time_param(before));
                     }
-                    if let Some(cursor) = &query.page.after {
-                        let id = cursor.uuid().map_err(StoreError::InvalidQuery)?;
+                    if let Some((at, id)) = after {
                         sql.push(" AND (a.created_at, a.id) < (")
-                            .push_bind(Self::time_param(cursor.at))
+                            .push_bind(Self::time_param(at))
                             .push(", ")
                             .push_bind(id)
                             .push(")");
                     }
                     sql.push(" ORDER BY a.created_at DESC, a.id DESC LIMIT ")
                         .push_bind(i64::from(query.page.limit) + 1);
-                    let rows = sql.build().fetch_all(&self.pool).await?;
-                    let agents = rows.iter().map(agent_from_row).collect::<Result<_, _>>()?;
-                    Ok(crate::domain::Page::from_rows(agents, query.page.limit, |a: &Agent| {
-                        crate::domain::Cursor::new(a.created_at, a.id)
-                    }))
                 }
 
                 pub async fn count_agents(&self) -> Result<i64, StoreError> {
