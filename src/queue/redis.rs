@@ -159,6 +159,19 @@ impl RedisQueue {
     }
 }
 
+/// Wakes the consumers twice more shortly after a push: one still busy with its previous
+/// job when the first wake came (its handler returning, its slot coming back) asks the
+/// queue only on its next wake, which would otherwise be its poll.
+fn wake_again_soon(wakeups: &[Wakeup]) {
+    let wakeups = wakeups.to_vec();
+    tokio::spawn(async move {
+        for after in [Duration::from_millis(100), Duration::from_millis(300)] {
+            tokio::time::sleep(after).await;
+            wakeups.iter().for_each(Wakeup::wake);
+        }
+    });
+}
+
 /// Wakes `wakeup` on every message on `channels`, until `stop`; re-subscribes after a lost
 /// connection.
 pub(super) async fn wake_on(
@@ -185,7 +198,10 @@ pub(super) async fn wake_on(
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         msg = messages.next() => match msg {
-                            Some(_) => wake(),
+                            Some(_) => {
+                                wake();
+                                wake_again_soon(wakeups);
+                            }
                             None => break,
                         },
                     }

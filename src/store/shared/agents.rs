@@ -489,7 +489,10 @@ macro_rules! shared_agents {
                         sql.push(" AND a.status = ").push_bind(status);
                     }
                     if let Some(project) = &query.project {
-                        sql.push(" AND p.name = ").push_bind(project.clone());
+                        // By id, so the project's index range is read whatever the plan.
+                        sql.push(" AND a.project_id = (SELECT id FROM projects WHERE name = ")
+                            .push_bind(project.clone())
+                            .push(")");
                     }
                     if let Some(provider) = &query.provider {
                         sql.push(" AND a.provider = ").push_bind(provider.clone());
